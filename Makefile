@@ -1,0 +1,154 @@
+# echohost: one non-recursive Makefile; every output goes to build/.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+PREFIX  ?= /usr/local
+LUA     ?= lua5.4
+BUILD   ?= build
+
+LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_LIBS   := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+
+CWARNS  := -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wstrict-prototypes \
+           -Wmissing-prototypes -Wold-style-definition -Wformat=2 \
+           -Wpointer-arith -Wcast-align -Wvla
+ifeq ($(CI),true)
+CWARNS  += -Werror
+endif
+
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(CWARNS) $(CFLAGS) $(EXTRA_CFLAGS) \
+             -Isrc -Iglue -I$(BUILD)/glue $(LUA_CFLAGS) -MMD -MP
+LDLIBS_ALL = $(LUA_LIBS) -ledit -lm -ldl
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# --- Debian packages --------------------------------------------------------
+# lua5.4 + headers: the embedded language; lua-lpeg: the glue generator;
+# lua-busted, lua-check, lua-socket: the test suite and its clients;
+# libedit-dev: line editing in the REPL; valgrind: leak checks of the glue.
+DEPS_PKGS  := lua5.4 liblua5.4-dev lua-lpeg lua-busted lua-check lua-socket \
+              libedit-dev pkg-config valgrind procps
+BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
+FUZZ_PKGS  := clang
+
+# --- sources ----------------------------------------------------------------
+TOOLS    := src/bench.c src/refecho.c
+HOST_SRC := $(filter-out $(TOOLS),$(wildcard src/*.c))
+GLUE_SRC := $(wildcard glue/*.c)
+GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
+ifneq ($(wildcard glue/gen.lua),)
+GLUE_GEN := $(BUILD)/glue/glue_types.c
+GLUE_GENH:= $(BUILD)/glue/glue_types.h
+endif
+
+OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN))
+
+# Lua C modules also built as shared objects for a stock lua5.4:
+# build/echohost/<name>.so, found through package.cpath "build/?.so".
+SO_socket := src/lsocket.c src/net.c
+SO_proc   := src/lproc.c
+SO_glue   := $(GLUE_SRC)
+LUAMODS   := $(foreach m,socket proc glue,$(if $(wildcard $(firstword $(SO_$(m)))),$(m)))
+SOS       := $(foreach m,$(LUAMODS),$(BUILD)/echohost/$(m).so)
+
+BIN   := $(BUILD)/echohost
+TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
+           $(if $(wildcard src/refecho.c),$(BUILD)/refecho)
+
+.PHONY: all run test test-only lint asan asan-test bench bench-quick fuzz \
+        clean deps bench-deps install glue-test
+all: deps-check $(BIN) $(SOS) $(TOOLBIN)
+
+$(BIN): $(OBJ)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -o $@ $^ $(LDLIBS_ALL) $(EXTRA_LDFLAGS)
+
+$(BUILD)/%.o: %.c $(GLUE_GENH)
+	@mkdir -p $(dir $@)
+	@printf '  CC %s\n' $<
+	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
+
+ifneq ($(GLUE_GEN),)
+$(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS)
+	@mkdir -p $(BUILD)/glue
+	@printf '  GEN %s\n' $(GLUE_GEN)
+	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_types $(GLUE_DEFS)
+endif
+
+$(BUILD)/echohost/%.so: $(GLUE_GENH)
+	@mkdir -p $(dir $@)
+	@printf '  SO %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $(SO_$*) \
+	    $(if $(filter glue,$*),$(GLUE_GEN)) $(EXTRA_LDFLAGS)
+$(foreach m,$(LUAMODS),$(eval $(BUILD)/echohost/$(m).so: $(SO_$(m))))
+$(BUILD)/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
+
+$(BUILD)/echohost-bench: src/bench.c
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lm -lpthread $(EXTRA_LDFLAGS)
+
+$(BUILD)/refecho: src/refecho.c
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
+
+-include $(OBJ:.o=.d)
+
+# --- dependencies -------------------------------------------------------------
+# Installs only what is missing; not root and something missing: one line, exit 1.
+deps-check:
+	@sh tests/deps.sh $(DEPS_PKGS)
+deps: deps-check
+bench-deps:
+	@sh tests/deps.sh $(DEPS_PKGS) $(BENCH_PKGS)
+.PHONY: deps-check
+
+# --- run, test ----------------------------------------------------------------
+run: all
+	$(BIN) --listen 127.0.0.1:8888
+
+test: all
+	@$(MAKE) --no-print-directory lint
+	@sh tests/run.sh $(BUILD)
+
+test-only:
+	@sh tests/run.sh $(BUILD)
+
+lint: deps-check
+	@luacheck -q lua scripts tests glue/gen.lua
+
+# ASan + UBSan build in its own directory, same tests against it.
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer -O1 -g
+asan: deps-check
+	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
+	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
+	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/echohost/$(m).so)
+asan-test: asan
+	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
+
+# --- benchmark, fuzzing ---------------------------------------------------------
+bench: bench-deps all
+	@$(LUA) scripts/bench.lua --build $(BUILD)
+bench-quick: bench-deps all
+	@$(LUA) scripts/bench.lua --build $(BUILD) --quick
+
+fuzz:
+	@sh tests/fuzz.sh
+
+# --- install, clean -----------------------------------------------------------
+LUA_CMOD_DIR := $(PREFIX)/lib/lua/5.4
+LUA_LMOD_DIR := $(PREFIX)/share/lua/5.4
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_CMOD_DIR)/echohost \
+	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/echohost
+	$(if $(SOS),install -m 644 $(SOS) $(DESTDIR)$(LUA_CMOD_DIR)/echohost/)
+	$(if $(wildcard lua/echohost/*.lua),install -m 644 lua/echohost/*.lua \
+	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost/)
+
+clean:
+	rm -rf build

@@ -1,0 +1,29 @@
+/* Server configuration: filled by main.c from the command line, read-only
+ * everywhere else. */
+#ifndef ECHOHOST_CONFIG_H
+#define ECHOHOST_CONFIG_H
+
+#include <stddef.h>
+
+enum eh_model { EH_MODEL_EVENT, EH_MODEL_FORK };
+
+struct eh_config {
+    char host[256];             /* "127.0.0.1", "::1", "0.0.0.0" */
+    int port;                   /* 0: the kernel picks, the log says which */
+    int workers;                /* event model: worker processes */
+    enum eh_model model;
+    int max_conns;              /* per worker (event) / live children (fork) */
+    double idle_timeout;        /* seconds; 0 = never */
+    size_t high_water;          /* per-connection output bytes before pausing reads */
+    size_t low_water;           /* resume reading below this */
+    double drain_timeout;       /* seconds SIGTERM waits for in-flight echoes */
+    const char *handler;        /* Lua handler file, or NULL for C echo */
+    int watch;                  /* reload the handler when its file changes */
+    const char *control;        /* control socket path, or NULL */
+    size_t lua_mem_limit;       /* bytes per Lua state; 0 = unlimited */
+    long lua_budget;            /* VM instructions per callback/resume; 0 = none */
+};
+
+void config_defaults(struct eh_config *c);
+
+#endif

@@ -1,0 +1,83 @@
+/* A client connection of an event-model worker, and the contract between
+ * the worker (socket I/O, buffers, backpressure, timers) and the handler
+ * runtime (Lua). worker.c implements the conn_* calls; handler.c implements
+ * the handler_* calls. With no --handler the worker echoes in C and never
+ * calls handler_*. */
+#ifndef ECHOHOST_CONN_H
+#define ECHOHOST_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "ev.h"
+
+struct worker;
+struct handler;
+struct conn_out;                /* output queue, private to worker.c */
+
+typedef struct conn {
+    int fd;
+    uint64_t id;                /* unique within the server run */
+    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412" */
+    struct worker *w;
+    void *hdata;                /* owned by the handler runtime */
+    /* the fields below are private to worker.c */
+    struct conn_out *out;
+    unsigned flags;
+    long long idle_timer;
+    long long last_active_ms;
+    struct conn *prev, *next;
+} conn;
+
+/* --- worker.c, for the handler runtime ------------------------------------ */
+
+/* Queues len bytes (copied) for the client. 0, or -1 when the connection is
+ * closing or gone. The queue may pass the high-water mark: callers that must
+ * respect backpressure check conn_can_send() first and wait for
+ * handler_on_drain(). */
+int conn_send(conn *c, const char *data, size_t len);
+/* 1 while the queued output is below the high-water mark. */
+int conn_can_send(const conn *c);
+size_t conn_pending(const conn *c);
+/* Stop (on = 0) or resume (on = 1) reading from the client: the runtime's
+ * own input buffer is bounded this way. */
+void conn_want_read(conn *c, int on);
+/* Flush what is queued, then close. Idempotent. handler_on_close follows
+ * (later, never from inside this call). */
+void conn_close(conn *c);
+/* 1 once conn_close was called or the socket failed. */
+int conn_closing(const conn *c);
+ev_loop *conn_loop(const conn *c);
+
+/* --- handler.c, for the worker -------------------------------------------- */
+
+/* Loads cfg->handler into a new Lua state for this worker. NULL on failure,
+ * with the reason (file:line: message) in err. */
+struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
+                               char *err, size_t errlen);
+void handler_destroy(struct handler *h);
+/* Loads path in a fresh environment and makes it current; on failure the old
+ * handler stays and err says why (with file and line). 0 or -1. */
+int handler_reload(struct handler *h, const char *path, char *err,
+                   size_t errlen);
+int handler_version(const struct handler *h);
+
+void handler_on_open(struct handler *h, conn *c);
+/* buf is the worker's scratch buffer: copy what must outlive the call. */
+void handler_on_data(struct handler *h, conn *c, const char *buf, size_t len);
+/* The client shut down its side: no more data will come. The runtime calls
+ * conn_close() once it has nothing more to send. */
+void handler_on_eof(struct handler *h, conn *c);
+/* Output fell to the low-water mark after having passed the high one. */
+void handler_on_drain(struct handler *h, conn *c);
+/* The connection is going away (reason: "eof", "error", "timeout", "reset",
+ * "shutdown", "closed"); release c->hdata. c is freed after this returns. */
+void handler_on_close(struct handler *h, conn *c, const char *reason);
+
+/* Fork model: runs the handler on one blocking socket in a child process.
+ * Returns the child's exit status. */
+int handler_serve_blocking(const struct eh_config *cfg, int fd,
+                           const char *peer);
+
+#endif

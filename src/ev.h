@@ -1,0 +1,44 @@
+/* Event loop: file and timer events over epoll [Redis ae.h in miniature].
+ * Knows nothing about Lua or connections. */
+#ifndef ECHOHOST_EV_H
+#define ECHOHOST_EV_H
+
+#include <stdint.h>
+
+#define EV_OK 0
+#define EV_ERR -1
+
+#define EV_NONE 0
+#define EV_READABLE 1
+#define EV_WRITABLE 2
+
+#define EV_NOMORE -1            /* a timer proc returning this is deleted */
+
+typedef struct ev_loop ev_loop;
+
+typedef void ev_file_proc(ev_loop *loop, int fd, void *ud, int mask);
+/* Returns the next delay in ms, or EV_NOMORE. */
+typedef long ev_timer_proc(ev_loop *loop, long long id, void *ud);
+/* Runs once per iteration, after the events of that iteration. */
+typedef void ev_after_proc(ev_loop *loop, void *ud);
+
+ev_loop *ev_create(int setsize);                 /* NULL on failure */
+void ev_destroy(ev_loop *loop);
+int ev_setsize(ev_loop *loop);
+
+/* mask is added to what fd already waits for; EV_ERR with errno set. */
+int ev_add(ev_loop *loop, int fd, int mask, ev_file_proc *proc, void *ud);
+/* mask is removed; when nothing is left the fd leaves the loop. */
+void ev_del(ev_loop *loop, int fd, int mask);
+int ev_mask(ev_loop *loop, int fd);
+
+/* Returns a timer id (> 0) or EV_ERR. */
+long long ev_timer_add(ev_loop *loop, long ms, ev_timer_proc *proc, void *ud);
+int ev_timer_del(ev_loop *loop, long long id);
+
+void ev_set_after(ev_loop *loop, ev_after_proc *proc, void *ud);
+void ev_run(ev_loop *loop);                      /* until ev_stop */
+void ev_stop(ev_loop *loop);
+long long ev_now_ms(void);                       /* monotonic clock */
+
+#endif

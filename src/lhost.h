@@ -1,0 +1,31 @@
+/* Lua host: creating Lua states with the echohost modules preloaded, a
+ * memory-capped allocator, and the one protected call every C->Lua call uses. */
+#ifndef ECHOHOST_LHOST_H
+#define ECHOHOST_LHOST_H
+
+#include <stddef.h>
+#include <lua.h>
+
+/* A new state with the standard libraries opened and every echohost module
+ * in package.preload. mem_limit caps the bytes the state may hold (0 = no
+ * cap); an allocation past it fails as "not enough memory". NULL on failure. */
+lua_State *lhost_newstate(size_t mem_limit);
+
+/* Closes a state made by lhost_newstate and frees its allocator. */
+void lhost_close(lua_State *L);
+
+/* Registers the echohost C modules in package.preload [linit.c]. */
+void lhost_preload(lua_State *L);
+
+/* Bytes in use / the cap of a state made by lhost_newstate. */
+size_t lhost_mem_used(lua_State *L);
+void lhost_set_mem_limit(lua_State *L, size_t limit);
+
+/* lua_pcall with a traceback message handler [lua.c docall]. On error the
+ * message (with traceback) is left on the stack; returns the lua_pcall code. */
+int eh_pcall(lua_State *L, int nargs, int nresults);
+
+/* Traceback message handler, usable with lua_pcall/lua_resume callers. */
+int lhost_msghandler(lua_State *L);
+
+#endif

@@ -1,0 +1,276 @@
+/* echohost: command line and exit codes. Parses, runs the chosen mode
+ * (server, --script, --repl), reports; exit 2 for usage, 1 for runtime. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#define ECHOHOST_VERSION "0.1.0"
+
+static const char *progname = "echohost";
+
+static void usage(FILE *f) {
+    fprintf(f,
+"usage: %s [options]                  serve echo (or a Lua handler)\n"
+"       %s --script FILE.lua [ARGS]   run a Lua program with echohost modules\n"
+"       %s --repl [--connect PATH]    Lua prompt on values (or into a server)\n"
+"\n"
+"server options:\n"
+"  --listen ADDR:PORT    address to serve (default 127.0.0.1:8888; [::1]:PORT\n"
+"                        for IPv6; port 0 picks a free port and logs it)\n"
+"  --workers N           worker processes (default: number of cores)\n"
+"  --model event|fork    event loop (default) or a process per connection\n"
+"  --max-conns N         connections per worker / live children (default 10000)\n"
+"  --idle-timeout SECS   close connections silent this long (default 300, 0=off)\n"
+"  --high-water BYTES    output held per connection before reads pause\n"
+"                        (default 256k; suffixes k, m)\n"
+"  --drain-timeout SECS  how long SIGTERM lets in-flight echoes finish (default 5)\n"
+"  --handler FILE.lua    run a Lua handler on every connection\n"
+"  --watch               reload the handler when its file changes\n"
+"  --control PATH        control socket for 'echohost --repl --connect PATH'\n"
+"  --lua-mem BYTES       memory cap per Lua state (default 64m, 0=off)\n"
+"  --lua-budget N        VM instructions per handler call (default 100000000)\n"
+"  --log-level LEVEL     error, warn, info (default) or debug\n"
+"repl options:\n"
+"  --connect PATH        open the prompt inside a server's control socket\n"
+"  --history FILE        history file (default ~/.echohost_history)\n"
+"  -h, --help            this text\n"
+"  --version             print the version\n",
+        progname, progname, progname);
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "%s: ", progname);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry '%s --help' for more information.\n", progname);
+    return 2;
+}
+
+static void config_defaults(struct eh_config *c) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    memset(c, 0, sizeof *c);
+    strcpy(c->host, "127.0.0.1");
+    c->port = 8888;
+    c->workers = n > 0 ? (int)n : 1;
+    c->model = EH_MODEL_EVENT;
+    c->max_conns = 10000;
+    c->idle_timeout = 300;
+    c->high_water = 256 * 1024;
+    c->drain_timeout = 5;
+    c->lua_mem_limit = 64 * 1024 * 1024;
+    c->lua_budget = 100000000;
+}
+
+/* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888". 0 or -1. */
+static int parse_listen(const char *s, struct eh_config *c) {
+    const char *colon, *host = s;
+    size_t hlen;
+    char *end;
+    long port;
+
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (rb == NULL || rb[1] != ':')
+            return -1;
+        host = s + 1;
+        hlen = rb - host;
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL)
+            return -1;
+        hlen = colon - s;
+    }
+    errno = 0;
+    port = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end || errno || port < 0 || port > 65535)
+        return -1;
+    if (hlen >= sizeof c->host)
+        return -1;
+    if (hlen == 0 || (hlen == 1 && *host == '*'))
+        strcpy(c->host, *s == '[' ? "::" : "0.0.0.0");
+    else {
+        memcpy(c->host, host, hlen);
+        c->host[hlen] = '\0';
+    }
+    c->port = (int)port;
+    return 0;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end || errno || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_seconds(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end || errno || !(v >= 0 && v <= 1e7))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* "65536", "64k", "1m", "2g" */
+static int parse_bytes(const char *s, size_t *out) {
+    char *end;
+    unsigned long long mult = 1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*s == '\0' || *s == '-' || errno)
+        return -1;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': mult = 1ULL << 10; end++; break;
+    case 'm': case 'M': mult = 1ULL << 20; end++; break;
+    case 'g': case 'G': mult = 1ULL << 30; end++; break;
+    default: return -1;
+    }
+    if (*end || v > (1ULL << 40) / mult)
+        return -1;
+    *out = (size_t)(v * mult);
+    return 0;
+}
+
+enum {
+    OPT_LISTEN = 256, OPT_WORKERS, OPT_MODEL, OPT_MAX_CONNS, OPT_IDLE,
+    OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
+    OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
+    OPT_CONNECT, OPT_HISTORY, OPT_VERSION
+};
+
+static const struct option options[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE},
+    {"high-water", required_argument, NULL, OPT_HIGH_WATER},
+    {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+    {"handler", required_argument, NULL, OPT_HANDLER},
+    {"watch", no_argument, NULL, OPT_WATCH},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
+    {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"script", required_argument, NULL, OPT_SCRIPT},
+    {"repl", no_argument, NULL, OPT_REPL},
+    {"connect", required_argument, NULL, OPT_CONNECT},
+    {"history", required_argument, NULL, OPT_HISTORY},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0}
+};
+
+struct cli {
+    struct eh_config cfg;
+    int script_index;           /* argv index of the script file, or 0 */
+    int repl;
+    const char *connect;
+    const char *history;
+};
+
+/* 0 to run, 2 on a usage error (already reported), -1 after --help/--version. */
+static int parse_args(int argc, char **argv, struct cli *cli) {
+    struct eh_config *c = &cli->cfg;
+    long n;
+    int opt;
+
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "+:h", options, NULL)) != -1) {
+        const char *a = optarg;
+        switch (opt) {
+        case OPT_LISTEN:
+            if (parse_listen(a, c) < 0)
+                return usage_error("bad --listen '%s' (want ADDR:PORT)", a);
+            break;
+        case OPT_WORKERS:
+            if (parse_long(a, 1, 1024, &n) < 0)
+                return usage_error("bad --workers '%s' (want 1..1024)", a);
+            c->workers = (int)n;
+            break;
+        case OPT_MODEL:
+            if (strcmp(a, "event") == 0) c->model = EH_MODEL_EVENT;
+            else if (strcmp(a, "fork") == 0) c->model = EH_MODEL_FORK;
+            else return usage_error("bad --model '%s' (want event or fork)", a);
+            break;
+        case OPT_MAX_CONNS:
+            if (parse_long(a, 1, 10000000, &n) < 0)
+                return usage_error("bad --max-conns '%s' (want 1..10000000)", a);
+            c->max_conns = (int)n;
+            break;
+        case OPT_IDLE:
+            if (parse_seconds(a, &c->idle_timeout) < 0)
+                return usage_error("bad --idle-timeout '%s' (want seconds)", a);
+            break;
+        case OPT_HIGH_WATER:
+            if (parse_bytes(a, &c->high_water) < 0 || c->high_water < 1024)
+                return usage_error("bad --high-water '%s' (want bytes >= 1024)",
+                                   a);
+            break;
+        case OPT_DRAIN:
+            if (parse_seconds(a, &c->drain_timeout) < 0)
+                return usage_error("bad --drain-timeout '%s' (want seconds)", a);
+            break;
+        case OPT_HANDLER: c->handler = a; break;
+        case OPT_WATCH: c->watch = 1; break;
+        case OPT_CONTROL: c->control = a; break;
+        case OPT_LUA_MEM:
+            if (parse_bytes(a, &c->lua_mem_limit) < 0)
+                return usage_error("bad --lua-mem '%s' (want bytes)", a);
+            break;
+        case OPT_LUA_BUDGET:
+            if (parse_long(a, 0, LONG_MAX, &n) < 0)
+                return usage_error("bad --lua-budget '%s' (want a count)", a);
+            c->lua_budget = n;
+            break;
+        case OPT_LOG_LEVEL:
+            if ((log_level = log_parse_level(a)) < 0)
+                return usage_error("bad --log-level '%s' "
+                                   "(want error, warn, info or debug)", a);
+            break;
+        case OPT_SCRIPT:
+            cli->script_index = optind - 1;
+            return 0;           /* the rest belongs to the script */
+        case OPT_REPL: cli->repl = 1; break;
+        case OPT_CONNECT: cli->connect = a; break;
+        case OPT_HISTORY: cli->history = a; break;
+        case 'h': usage(stdout); return -1;
+        case OPT_VERSION: printf("echohost %s\n", ECHOHOST_VERSION); return -1;
+        case ':':
+            return usage_error("option '%s' needs an argument", argv[optind - 1]);
+        default:
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    c->low_water = c->high_water / 4;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    struct cli cli;
+    int rc;
+
+    memset(&cli, 0, sizeof cli);
+    config_defaults(&cli.cfg);
+    rc = parse_args(argc, argv, &cli);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    return server_main(&cli.cfg);
+}
