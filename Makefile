@@ -49,7 +49,7 @@ OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN))
 
 # Lua C modules also built as shared objects for a stock lua5.4:
 # build/echohost/<name>.so, found through package.cpath "build/?.so".
-SO_socket := src/lsocket.c src/net.c
+SO_socket := src/lsocket.c
 SO_proc   := src/lproc.c
 SO_glue   := $(GLUE_SRC)
 LUAMODS   := $(foreach m,socket proc glue,$(if $(wildcard $(firstword $(SO_$(m)))),$(m)))

@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "script.h"
 #include "server.h"
 
 #define ECHOHOST_VERSION "0.1.0"
@@ -272,5 +273,7 @@ int main(int argc, char **argv) {
     rc = parse_args(argc, argv, &cli);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
+    if (cli.script_index)
+        return script_main(argc, argv, cli.script_index);
     return server_main(&cli.cfg);
 }
