@@ -1,0 +1,572 @@
+/* Handler runtime for event-model workers: runs a Lua handler (per-message
+ * function, callbacks, or a direct-style coroutine per connection) on the
+ * connections of one worker, and swaps it on reload or file change. */
+#include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "conn.h"
+#include "handler_lua.h"
+#include "lhost.h"
+#include "log.h"
+
+#define HANDLER_ERR_LEN 512
+
+enum hwait { HW_NONE, HW_RECV, HW_SEND };
+
+struct handler {
+    lua_State *L;
+    ev_loop *loop;
+    const struct eh_config *cfg;
+    char *path;
+    int version;
+    struct hl_refs cur;         /* the current version */
+    int watch_fd;               /* inotify, or -1 */
+    char *watch_name;           /* the file's name in its directory */
+    size_t inbuf_max;           /* bytes buffered for a coroutine */
+};
+
+/* Per-connection state of the runtime: c->hdata. */
+struct hconn {
+    struct handler *h;
+    conn *c;
+    struct lconn *u;
+    int ud_ref;                 /* the conn object */
+    lua_State *co;              /* direct style: the coroutine, or NULL */
+    int co_ref;
+    enum hwait wait;            /* what the parked coroutine waits for */
+    size_t recv_max;            /* recv's size argument (0: any) */
+    int send_ref;               /* the string a parked send will queue */
+    long long timer;            /* the pending operation's timeout, or 0 */
+    char *ibuf;                 /* input that arrived while not in recv */
+    size_t ioff, ilen, icap;
+    int eof;                    /* the client shut down its side */
+    int paused;                 /* we stopped reading: ibuf is full */
+    int gone;                   /* handler_on_close is running */
+    int memfault;               /* a handler call ran out of memory */
+    int direct;                 /* a coroutine ran: no callbacks any more */
+};
+
+/* --- Lua calls with the memory cap held back ------------------------------ */
+
+/* Pushing arguments happens outside any protected call: the cap is lifted
+ * for those few pushes so that hitting it can only raise inside a call (one
+ * message may pass the cap; the handler's next allocation then fails). */
+static size_t cap_lift(struct handler *h) {
+    size_t cap = h->cfg->lua_mem_limit;
+    if (cap)
+        lhost_set_mem_limit(h->L, 0);
+    return cap;
+}
+
+static void cap_restore(struct handler *h, size_t cap) {
+    if (cap)
+        lhost_set_mem_limit(h->L, cap);
+}
+
+/* Logs the error at the top of L and closes the connection. */
+static void fault(struct hconn *hc, lua_State *L, int status) {
+    const char *msg = lua_tostring(L, -1);
+
+    log_error("handler %s: connection %s (id %lld) closed: %s",
+              hc->h->path, hc->u->peer, (long long)hc->u->id,
+              msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+    if (status == LUA_ERRMEM) {
+        hc->memfault = 1;
+        lua_gc(hc->h->L, LUA_GCCOLLECT);
+    }
+    conn_close(hc->c);
+}
+
+/* Sends the reply at the top of L (a string or nil) and pops it. */
+static int send_reply(struct hconn *hc, lua_State *L) {
+    size_t len;
+    const char *s;
+
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        s = lua_tolstring(L, -1, &len);
+        if (len)
+            conn_send(hc->c, s, len);
+    } else if (!lua_isnil(L, -1)) {
+        lua_pushfstring(L, "handler returned a %s (expected a string or nil)",
+                        luaL_typename(L, -1));
+        lua_remove(L, -2);
+        fault(hc, L, LUA_ERRRUN);
+        return -1;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Calls registry function ref(conn [, data]) and sends what it returns. */
+static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
+                    const char *reason) {
+    struct handler *h = hc->h;
+    lua_State *L = h->L;
+    size_t cap = cap_lift(h);
+    int nargs = 1;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hc->ud_ref);
+    if (buf) {
+        lua_pushlstring(L, buf, len);
+        nargs++;
+    } else if (reason) {
+        lua_pushstring(L, reason);
+        nargs++;
+    }
+    cap_restore(h, cap);
+    hl_budget(L, h->cfg->lua_budget);
+    int status = eh_pcall(L, nargs, 1);
+    if (status != LUA_OK) {
+        fault(hc, L, status);
+        return;
+    }
+    send_reply(hc, L);
+}
+
+/* --- the coroutine of a direct-style connection --------------------------- */
+
+static void co_end(struct hconn *hc) {
+    if (hc->co == NULL)
+        return;
+    if (hc->send_ref != LUA_NOREF) {
+        luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
+        hc->send_ref = LUA_NOREF;
+    }
+    luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->co_ref);
+    hc->co_ref = LUA_NOREF;
+    hc->co = NULL;
+    hc->wait = HW_NONE;
+}
+
+static void co_fault(struct hconn *hc, int status) {
+    lua_State *L = hc->h->L, *co = hc->co;
+    size_t cap = cap_lift(hc->h);
+    const char *msg = lua_tostring(co, -1);
+
+    if (status == LUA_ERRMEM || msg == NULL)
+        lua_pushstring(L, msg ? msg : "(error object is not a string)");
+    else
+        luaL_traceback(L, co, msg, 0);
+    cap_restore(hc->h, cap);
+    co_end(hc);
+    fault(hc, L, status);
+}
+
+/* Resumes the parked coroutine with the nargs results on its stack. */
+static void co_resume(struct hconn *hc, int nargs) {
+    lua_State *co = hc->co;
+    int nres, status;
+
+    if (hc->timer) {
+        ev_timer_del(hc->h->loop, hc->timer);
+        hc->timer = 0;
+    }
+    hc->wait = HW_NONE;
+    hl_budget(co, hc->h->cfg->lua_budget);
+    status = lua_resume(co, hc->h->L, nargs, &nres);
+    if (status == LUA_YIELD) {
+        lua_pop(co, nres);
+        if (hc->wait != HW_NONE || hc->gone)
+            return;
+        lua_pushliteral(co, "handle yielded outside conn:recv/conn:send");
+        status = LUA_ERRRUN;
+    } else if (status == LUA_OK) {
+        co_end(hc);
+        conn_close(hc->c);      /* handle returned: flush, then close */
+        return;
+    }
+    co_fault(hc, status);
+}
+
+static void co_start(struct hconn *hc) {
+    struct handler *h = hc->h;
+    size_t cap = cap_lift(h);
+
+    hc->direct = 1;
+    hc->co = lua_newthread(h->L);
+    hc->co_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
+    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, h->cur.handle);
+    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, hc->ud_ref);
+    cap_restore(h, cap);
+    co_resume(hc, 1);
+}
+
+static long co_timeout(ev_loop *loop, long long id, void *ud) {
+    struct hconn *hc = ud;
+    (void)loop; (void)id;
+
+    hc->timer = 0;
+    if (hc->wait == HW_RECV || hc->wait == HW_SEND) {
+        if (hc->wait == HW_SEND) {
+            luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
+            hc->send_ref = LUA_NOREF;
+        }
+        co_resume(hc, hl_fail(hc->co, "timeout", ETIMEDOUT));
+    }
+    return EV_NOMORE;
+}
+
+/* Parks the running coroutine L on op; the caller returns lua_yield. */
+static void co_park(struct hconn *hc, enum hwait op) {
+    double t = hc->u->timeout;
+
+    hc->wait = op;
+    if (t >= 0) {
+        long ms = (long)(t * 1000 + 0.5);
+        long long id = ev_timer_add(hc->h->loop, ms, co_timeout, hc);
+        hc->timer = id > 0 ? id : 0;
+    }
+}
+
+/* --- input buffer (bytes that arrived while the coroutine was elsewhere) -- */
+
+static int inbuf_append(struct hconn *hc, const char *p, size_t n) {
+    if (hc->ioff && hc->ioff == hc->ilen)
+        hc->ioff = hc->ilen = 0;
+    if (hc->ilen + n > hc->icap) {
+        if (hc->ioff) {
+            memmove(hc->ibuf, hc->ibuf + hc->ioff, hc->ilen - hc->ioff);
+            hc->ilen -= hc->ioff;
+            hc->ioff = 0;
+        }
+        if (hc->ilen + n > hc->icap) {
+            size_t cap = hc->icap ? hc->icap : 4096;
+            while (cap < hc->ilen + n)
+                cap *= 2;
+            char *b = realloc(hc->ibuf, cap);
+            if (b == NULL)
+                return -1;
+            hc->ibuf = b;
+            hc->icap = cap;
+        }
+    }
+    memcpy(hc->ibuf + hc->ilen, p, n);
+    hc->ilen += n;
+    if (hc->ilen - hc->ioff >= hc->h->inbuf_max && !hc->paused) {
+        hc->paused = 1;
+        conn_want_read(hc->c, 0);
+    }
+    return 0;
+}
+
+/* recv's result from src: pushes at most max bytes (0: all), returns how
+ * many it took. The immediate path (from ibuf) and the wake-up path (from
+ * the worker's scratch buffer) both push through here. */
+static size_t recv_push(lua_State *L, const char *src, size_t n, size_t max) {
+    if (max && n > max)
+        n = max;
+    lua_pushlstring(L, src, n);
+    return n;
+}
+
+int hl_event_recv(lua_State *L, struct lconn *u) {
+    struct hconn *hc = u->hc;
+    size_t max = (size_t)lua_tointeger(L, 2);
+
+    if (hc->ilen > hc->ioff) {
+        hc->ioff += recv_push(L, hc->ibuf + hc->ioff, hc->ilen - hc->ioff,
+                              max);
+        if (hc->paused && hc->ilen - hc->ioff < hc->h->inbuf_max / 2) {
+            hc->paused = 0;
+            conn_want_read(hc->c, 1);
+        }
+        return 1;
+    }
+    if (hc->eof || conn_closing(hc->c) || hc->gone)
+        return hl_fail(L, "closed", 0);
+    if (L != hc->co)
+        return luaL_error(L, "conn:recv would wait: only a handle(conn) "
+                          "coroutine can wait for data");
+    hc->recv_max = max;
+    co_park(hc, HW_RECV);
+    return lua_yield(L, 0);
+}
+
+/* send's result: queues len bytes; pushes len, or nil, "closed", 0. */
+static int send_push(lua_State *L, struct hconn *hc, const char *s,
+                     size_t len) {
+    if (conn_closing(hc->c) || conn_send(hc->c, s, len) < 0)
+        return hl_fail(L, "closed", 0);
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
+}
+
+int hl_event_send(lua_State *L, struct lconn *u) {
+    struct hconn *hc = u->hc;
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+
+    if (L != hc->co || hc->gone || conn_can_send(hc->c) ||
+        conn_closing(hc->c))
+        return send_push(L, hc, s, len);
+    hc->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the data */
+    co_park(hc, HW_SEND);
+    return lua_yield(L, 0);
+}
+
+int hl_event_close(lua_State *L, struct lconn *u) {
+    conn_close(u->hc->c);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* --- the worker's calls --------------------------------------------------- */
+
+void handler_on_open(struct handler *h, conn *c) {
+    struct hconn *hc = calloc(1, sizeof *hc);
+    size_t cap;
+
+    if (hc == NULL) {
+        log_error("handler: out of memory for connection %s", c->peer);
+        conn_close(c);
+        return;
+    }
+    hc->h = h;
+    hc->c = c;
+    hc->co_ref = hc->send_ref = LUA_NOREF;
+    c->hdata = hc;
+    cap = cap_lift(h);
+    hc->u = hl_newconn(h->L, (lua_Integer)c->id, c->peer);
+    hc->u->hc = hc;
+    hc->ud_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
+    cap_restore(h, cap);
+    if (h->cur.kind == HL_DIRECT)
+        co_start(hc);
+    else if (h->cur.kind == HL_CALLBACKS && h->cur.open != LUA_REFNIL)
+        call_cb(hc, h->cur.open, NULL, 0, NULL);
+}
+
+void handler_on_data(struct handler *h, conn *c, const char *buf,
+                     size_t len) {
+    struct hconn *hc = c->hdata;
+    size_t took;
+
+    if (hc == NULL || conn_closing(c))
+        return;
+    if (hc->co == NULL && hc->direct)
+        return;                 /* handle returned: closing */
+    if (hc->co == NULL && h->cur.kind == HL_DIRECT) {
+        if (inbuf_append(hc, buf, len) < 0)
+            goto nomem;
+        co_start(hc);           /* swapped to direct style since open */
+        return;
+    }
+    if (hc->co == NULL) {
+        if (h->cur.data != LUA_REFNIL)
+            call_cb(hc, h->cur.data, buf, len, NULL);
+        return;
+    }
+    if (hc->wait != HW_RECV) {
+        if (inbuf_append(hc, buf, len) < 0)
+            goto nomem;
+        return;
+    }
+    {
+        size_t cap = cap_lift(h);
+        took = recv_push(hc->co, buf, len, hc->recv_max);
+        cap_restore(h, cap);
+    }
+    if (took < len && inbuf_append(hc, buf + took, len - took) < 0)
+        goto nomem;
+    co_resume(hc, 1);
+    return;
+nomem:
+    log_error("handler: out of memory buffering input of %s", c->peer);
+    conn_close(c);
+}
+
+void handler_on_eof(struct handler *h, conn *c) {
+    struct hconn *hc = c->hdata;
+    (void)h;
+
+    if (hc == NULL)
+        return;
+    hc->eof = 1;
+    if (hc->co == NULL)
+        conn_close(c);          /* callbacks: nothing more will come */
+    else if (hc->wait == HW_RECV)
+        co_resume(hc, hl_fail(hc->co, "closed", 0));
+}
+
+void handler_on_drain(struct handler *h, conn *c) {
+    struct hconn *hc = c->hdata;
+    size_t len, cap;
+    const char *s;
+    int n;
+
+    if (hc == NULL || hc->co == NULL || hc->wait != HW_SEND)
+        return;
+    cap = cap_lift(h);
+    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, hc->send_ref);
+    s = lua_tolstring(hc->co, -1, &len);
+    n = send_push(hc->co, hc, s, len);
+    lua_rotate(hc->co, -(n + 1), -1);
+    lua_pop(hc->co, 1);                         /* the data */
+    cap_restore(h, cap);
+    luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
+    hc->send_ref = LUA_NOREF;
+    co_resume(hc, n);
+}
+
+void handler_on_close(struct handler *h, conn *c, const char *reason) {
+    struct hconn *hc = c->hdata;
+
+    if (hc == NULL)
+        return;
+    hc->gone = 1;
+    if (hc->eof && strcmp(reason, "closed") == 0)
+        reason = "eof";
+    if (hc->timer) {
+        ev_timer_del(h->loop, hc->timer);
+        hc->timer = 0;
+    }
+    if (hc->co && hc->wait != HW_NONE) {
+        if (hc->send_ref != LUA_NOREF) {
+            luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
+            hc->send_ref = LUA_NOREF;
+        }
+        co_resume(hc, hl_fail(hc->co, "closed", 0));
+    } else if (!hc->direct && h->cur.kind == HL_CALLBACKS &&
+               h->cur.close != LUA_REFNIL) {
+        call_cb(hc, h->cur.close, NULL, 0, reason);
+    }
+    co_end(hc);
+    hc->u->hc = NULL;
+    luaL_unref(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
+    if (hc->memfault)
+        lua_gc(h->L, LUA_GCCOLLECT);
+    free(hc->ibuf);
+    free(hc);
+    c->hdata = NULL;
+}
+
+/* --- loading and swapping ------------------------------------------------- */
+
+int handler_reload(struct handler *h, const char *path, char *err,
+                   size_t errlen) {
+    struct hl_refs r;
+
+    if (path == NULL)
+        path = h->path;
+    if (hl_load(h->L, path, h->cfg->lua_budget, &r, err, errlen) < 0) {
+        log_error("handler %s: not loaded, version %d stays: %s", path,
+                  h->version, err);
+        return -1;
+    }
+    if (path != h->path) {
+        char *p = strdup(path);
+        if (p == NULL) {
+            hl_unref(h->L, &r);
+            snprintf(err, errlen, "%s: out of memory", path);
+            return -1;
+        }
+        free(h->path);
+        h->path = p;
+    }
+    hl_unref(h->L, &h->cur);
+    h->cur = r;
+    h->version++;
+    log_info("handler %s version %d loaded", h->path, h->version);
+    return 0;
+}
+
+int handler_version(const struct handler *h) {
+    return h->version;
+}
+
+static void watch_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct handler *h = ud;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    char err[HANDLER_ERR_LEN];
+    int changed = 0;
+    ssize_t n;
+    (void)loop; (void)mask;
+
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            struct inotify_event *e = (struct inotify_event *)(void *)p;
+            if (e->len && strcmp(e->name, h->watch_name) == 0)
+                changed = 1;
+            p += sizeof *e + e->len;
+        }
+    }
+    if (changed)
+        handler_reload(h, NULL, err, sizeof err);
+}
+
+/* Watches the handler's directory: editors replace files by rename. */
+static int watch_start(struct handler *h, char *err, size_t errlen) {
+    char *d = strdup(h->path), *b = strdup(h->path);
+    int rc = -1;
+
+    if (d == NULL || b == NULL)
+        goto out;
+    h->watch_name = strdup(basename(b));
+    h->watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (h->watch_name == NULL || h->watch_fd < 0)
+        goto out;
+    if (inotify_add_watch(h->watch_fd, dirname(d),
+                          IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
+        goto out;
+    if (ev_add(h->loop, h->watch_fd, EV_READABLE, watch_proc, h) == EV_ERR)
+        goto out;
+    rc = 0;
+out:
+    if (rc < 0)
+        snprintf(err, errlen, "--watch %s: %s", h->path, strerror(errno));
+    free(d);
+    free(b);
+    return rc;
+}
+
+struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
+                               char *err, size_t errlen) {
+    struct handler *h = calloc(1, sizeof *h);
+
+    if (h == NULL || (h->path = strdup(cfg->handler)) == NULL) {
+        snprintf(err, errlen, "handler: out of memory");
+        free(h);
+        return NULL;
+    }
+    h->loop = loop;
+    h->cfg = cfg;
+    h->watch_fd = -1;
+    h->cur.data = h->cur.open = h->cur.close = h->cur.handle = LUA_NOREF;
+    h->inbuf_max = cfg->high_water ? cfg->high_water : 256 * 1024;
+    h->L = lhost_newstate(cfg->lua_mem_limit);
+    if (h->L == NULL) {
+        snprintf(err, errlen, "handler: cannot create a Lua state");
+        goto err;
+    }
+    hl_createmeta(h->L);
+    if (handler_reload(h, NULL, err, errlen) < 0)
+        goto err;
+    if (cfg->watch && watch_start(h, err, errlen) < 0)
+        goto err;
+    return h;
+err:
+    handler_destroy(h);
+    return NULL;
+}
+
+void handler_destroy(struct handler *h) {
+    if (h == NULL)
+        return;
+    if (h->watch_fd >= 0) {
+        ev_del(h->loop, h->watch_fd, EV_READABLE);
+        close(h->watch_fd);
+    }
+    if (h->L)
+        lhost_close(h->L);
+    free(h->watch_name);
+    free(h->path);
+    free(h);
+}
