@@ -1,0 +1,4 @@
+-- Echo in upper case.
+return function(_, data)
+  return data:upper()
+end
