@@ -1,0 +1,219 @@
+-- Every shipped handler script, and the conn API, under the three
+-- interpreters: the in-memory harness, the event server (--handler) and the
+-- fork model (--model fork). The same steps must give the same bytes.
+local harness = require "echohost.harness"
+local util = require "helpers.handler_util"
+
+-- A case is a handler and steps. A step sends data (send), shuts the
+-- client's side down (eof) or lets time pass (wait: the harness's timeout),
+-- then expects exactly `expect` back, and with closed = true that the
+-- server closes the connection after it.
+local LONG = string.rep("x", 1100)
+
+local conn_api = [[
+return {
+  handle = function(conn)
+    conn.state.n = 1
+    local ok, err = pcall(function() return conn:send(42) end)
+    conn:send((ok and "no error" or err:match("bad argument.*")) .. "\n")
+    ok, err = pcall(function() conn.id = 1 end)
+    conn:send((ok and "no error" or err:match("echohost.conn.*")) .. "\n")
+    conn:send(("%s %s %s %d\n"):format(math.type(conn.id),
+      conn.peer:match("^127%.0%.0%.1:%d+$") and "peer" or conn.peer,
+      type(conn.state), conn.state.n))
+    conn:settimeout(0.2)
+    local data, msg, code = conn:recv()
+    conn:send(("%s %s %s\n"):format(data, msg, code))
+    conn:settimeout(nil)
+    data = conn:recv(3)
+    conn:send("[" .. data .. "]")
+    data = conn:recv()
+    conn:send("[" .. data .. "]")
+    data, msg, code = conn:recv()
+    conn:send(("%s %s %s\n"):format(data, msg, code))
+    assert(conn:close() == true)
+    data, msg = conn:send("late")
+    assert(data == nil and msg == "closed")
+  end,
+}
+]]
+
+local fault_fn = [[
+return function(_, data)
+  if data:find("boom") then
+    error("boom at " .. #data)
+  end
+  return data
+end
+]]
+
+local cases = {
+  { name = "echo.lua (per-message function)", script = "scripts/echo.lua",
+    steps = {
+      { send = "hello", expect = "hello" },
+      { send = "x\0y\r\n", expect = "x\0y\r\n" },
+      { eof = true, expect = "", closed = true },
+    } },
+  { name = "upper.lua", script = "scripts/upper.lua",
+    steps = {
+      { send = "Hello, World", expect = "HELLO, WORLD" },
+      { eof = true, expect = "", closed = true },
+    } },
+  { name = "echo_once.lua (direct style)", script = "scripts/echo_once.lua",
+    steps = {
+      { send = "only once", expect = "only once", closed = true },
+    } },
+  { name = "echo_co.lua (direct style loop)", script = "scripts/echo_co.lua",
+    steps = {
+      { send = "one", expect = "one" },
+      { send = "two", expect = "two" },
+      { eof = true, expect = "", closed = true },
+    } },
+  { name = "lines.lua: complete lines only", script = "scripts/lines.lua",
+    steps = {
+      { send = "ab", expect = "" },
+      { send = "c\nde", expect = "abc\n" },
+      { send = "f\ng\nh", expect = "def\ng\n" },
+      { send = "\n", expect = "h\n" },
+      { eof = true, expect = "", closed = true },
+    } },
+  { name = "lines.lua: a line over the cap", script = "scripts/lines.lua",
+    steps = {
+      { send = "ok\n", expect = "ok\n" },
+      { send = LONG, expect = "error: line too long (max 1024 bytes)\n",
+        closed = true },
+    } },
+  { name = "kv.lua (callbacks, per-connection state)", script = "scripts/kv.lua",
+    steps = {
+      { send = "SET a 1\nGET a\n", expect = "OK\n1\n" },
+      { send = "GET b\nGE", expect = "NIL\n" },
+      { send = "T a\nDEL a\nGET a\nPUT x\n", expect = "1\nOK\nNIL\nERR unknown command\n" },
+      { eof = true, expect = "", closed = true },
+    } },
+  { name = "the conn API", source = conn_api,
+    steps = {
+      { send = "", expect = "bad argument #1 to 'send' (string expected, got number)\n"
+          .. "echohost.conn fields are read-only (keep your data in conn.state)\n"
+          .. "integer peer table 1\n" },
+      { wait = true, expect = "nil timeout 110\n" },
+      { send = "abcdef", expect = "[abc][def]" },
+      { eof = true, expect = "nil closed 0\n", closed = true },
+    } },
+  { name = "an error closes the connection", source = fault_fn,
+    steps = {
+      { send = "fine", expect = "fine" },
+      { send = "boom", expect = "", closed = true },
+    } },
+}
+
+-- Interpreter 1: the harness.
+local function run_harness(file, steps)
+  local h, pos = harness.open(file), 0
+  for _, st in ipairs(steps) do
+    if st.eof then
+      h:eof()
+    elseif st.wait then
+      h:timeout()
+    else
+      h:input(st.send)
+    end
+    local sent = h:sent()           -- what was sent since the last step
+    assert.equal(st.expect, sent:sub(pos + 1))
+    pos = #sent
+    assert.equal(st.closed or false, h:closed())
+  end
+  h:finish()
+end
+
+-- Interpreters 2 and 3: a server on loopback.
+local function run_socket(port, steps)
+  local c = util.connect(port)
+  finally(function() c:close() end)
+  for _, st in ipairs(steps) do
+    if st.eof then
+      c:shutdown("send")
+    elseif st.send and #st.send > 0 then
+      assert(c:send(st.send))
+    end
+    if st.closed then
+      local got, err = util.read_all(c)
+      assert.equal(st.expect, got)
+      assert.is_nil(err)
+    elseif #st.expect > 0 then
+      assert.equal(st.expect, (util.read_n(c, #st.expect)))
+    end
+  end
+end
+
+local dir = util.tmpdir()
+local files = {}
+for i, case in ipairs(cases) do
+  if case.source then
+    files[i] = dir .. "/case" .. i .. ".lua"
+    util.write_file(files[i], case.source)
+  else
+    files[i] = case.script
+  end
+end
+
+describe("handler scripts under the harness", function()
+  for i, case in ipairs(cases) do
+    it(case.name, function() run_harness(files[i], case.steps) end)
+  end
+end)
+
+for _, model in ipairs({ "event", "fork" }) do
+  describe("handler scripts under --model " .. model, function()
+    for i, case in ipairs(cases) do
+      it(case.name, function()
+        local srv = util.start({ "--model", model, "--workers", "1",
+                                 "--handler", files[i] }, dir)
+        finally(srv.stop)
+        run_socket(srv.port, case.steps)
+        -- a second connection works the same (and after a fault)
+        run_socket(srv.port, case.steps)
+      end)
+    end
+  end)
+end
+
+describe("harness", function()
+  it("runs a list of inputs and reports what was sent and the close", function()
+    local r = harness.run("scripts/upper.lua", { "ab", "c", harness.CLOSE })
+    assert.equal("ABC", r.sent)
+    assert.is_true(r.closed)
+    assert.is_nil(r.error)
+  end)
+
+  it("reports a handler error with its traceback and closes", function()
+    local r = harness.run(dir .. "/case9.lua", { "x", "boom", "y" })
+    assert.equal("x", r.sent)
+    assert.is_true(r.closed)
+    assert.matches("boom at 4", r.error)
+    assert.matches("stack traceback", r.error)
+  end)
+
+  it("stops a loop with the instruction budget", function()
+    local r = harness.run(function() while true do end end, { "x" }, { budget = 10000 })
+    assert.is_true(r.closed)
+    assert.matches("instruction budget exceeded", r.error)
+  end)
+
+  it("refuses a file that returns the wrong kind of value", function()
+    local bad = dir .. "/bad.lua"
+    util.write_file(bad, "return 42\n")
+    assert.has_error(function() harness.open(bad) end,
+      bad .. ": returned number; a handler returns a function or a table "
+        .. "with handle, on_open, on_data or on_close")
+  end)
+
+  it("calls on_close with the reason", function()
+    local seen
+    local h = harness.open({ on_close = function(_, why) seen = why end })
+    h:eof()
+    h:finish()
+    assert.equal("eof", seen)
+  end)
+end)
+
+teardown(function() util.rmdir(dir) end)
