@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "repl.h"
 #include "script.h"
 #include "server.h"
 
@@ -275,5 +276,10 @@ int main(int argc, char **argv) {
         return rc < 0 ? 0 : rc;
     if (cli.script_index)
         return script_main(argc, argv, cli.script_index);
+    if (cli.repl)
+        return repl_main(cli.connect, cli.history);
+    if (cli.connect || cli.history)
+        return usage_error("%s needs --repl",
+                           cli.connect ? "--connect" : "--history");
     return server_main(&cli.cfg);
 }

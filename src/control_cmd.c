@@ -1,0 +1,302 @@
+/* Control commands: stats(), conns(), handler(path), reload() in a control
+ * session, asked of every worker over its channel, and the worker's side. */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "conn.h"
+#include "control.h"
+#include "control_proto.h"
+#include "log.h"
+#include "worker.h"
+
+#define CONTROL_REPLY_MS 2000           /* how long the master waits */
+#define CONTROL_CONNS_MAX 500           /* connections listed per worker */
+
+/* --- master: asking the workers -------------------------------------------- */
+
+/* Loads one reply's table constructor in an empty environment: a table on
+ * the stack, or an error table. */
+static void cmd_parse(lua_State *L, const char *text, size_t len) {
+    lua_pushliteral(L, "return ");
+    lua_pushlstring(L, text, len);
+    lua_concat(L, 2);
+    if (luaL_loadbufferx(L, lua_tostring(L, -1), len + 7, "=worker",
+                         "t") != LUA_OK ||
+        (lua_newtable(L), lua_setupvalue(L, -2, 1),
+         lua_pcall(L, 0, 1, 0)) != LUA_OK || !lua_istable(L, -1)) {
+        lua_pop(L, 2);
+        lua_newtable(L);
+        lua_pushliteral(L, "bad reply from a worker");
+        lua_setfield(L, -2, "error");
+        return;
+    }
+    lua_remove(L, -2);                          /* the source text */
+}
+
+static void cmd_error_entry(lua_State *L, struct control_worker *w,
+                            const char *msg) {
+    lua_newtable(L);
+    lua_pushfstring(L, "worker %d: %s", (int)w->pid, msg);
+    lua_setfield(L, -2, "error");
+}
+
+/* Receives what worker w sent: 1 when its reply (to seq) is on the stack,
+ * 0 for a late reply to an older request (dropped). */
+static int cmd_recv(lua_State *L, struct control_worker *w, unsigned seq,
+                    char *buf) {
+    ssize_t n = recv(w->fd, buf, CONTROL_MSG_MAX, MSG_DONTWAIT);
+    char *end;
+    unsigned long got;
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        cmd_error_entry(L, w, "worker gone");
+        return 1;
+    }
+    got = strtoul(buf, &end, 10);
+    if (end == buf || *end != ' ' || got != seq)
+        return 0;
+    end++;
+    cmd_parse(L, end, n - (end - buf));
+    return 1;
+}
+
+static void cmd_set_worker(lua_State *L, struct control *ctl, int slot) {
+    lua_pushinteger(L, slot);
+    lua_setfield(L, -2, "slot");
+    lua_pushinteger(L, ctl->workers[slot].pid);
+    lua_setfield(L, -2, "pid");
+}
+
+/* Sends "<seq> <req>" to every worker. Fills pfd/slot with those that
+ * were sent to; the rest get an error entry in the table on top. */
+static int cmd_send(lua_State *L, struct control *ctl, unsigned seq,
+                    const char *req, struct pollfd *pfd, int *slot) {
+    const char *msg = lua_pushfstring(L, "%d %s", (int)seq, req);
+    size_t len = strlen(msg);
+    int left = 0;
+
+    for (int i = 0; i < ctl->nworkers; i++) {
+        struct control_worker *w = &ctl->workers[i];
+        if (w->fd < 0)
+            continue;
+        if (send(w->fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+            cmd_error_entry(L, w, strerror(errno));
+            cmd_set_worker(L, ctl, i);
+            lua_rawseti(L, -3, i + 1);
+            continue;
+        }
+        pfd[left].fd = w->fd;
+        pfd[left].events = POLLIN;
+        slot[left++] = i;
+    }
+    lua_pop(L, 1);
+    return left;
+}
+
+/* The per-slot table on top, without the empty slots, as a sequence. */
+static void cmd_compact(lua_State *L, int n) {
+    int j = 0;
+
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++)
+        if (lua_rawgeti(L, -2, i) == LUA_TNIL)
+            lua_pop(L, 1);
+        else
+            lua_rawseti(L, -2, ++j);
+    lua_remove(L, -2);
+}
+
+/* Asks every worker and waits (bounded) for the replies. Leaves a sequence
+ * with one table per worker: its reply with slot and pid added, or
+ * {error = ...}. Buffers live in a userdata: an error here leaks nothing. */
+static void cmd_ask(lua_State *L, struct control *ctl, const char *req) {
+    int n = ctl->nworkers, left;
+    unsigned seq = ++ctl->seq;
+    size_t sz = CONTROL_MSG_MAX + (n + 1) * (sizeof(struct pollfd) + sizeof(int));
+    char *buf = lua_newuserdatauv(L, sz, 0);
+    struct pollfd *pfd = (struct pollfd *)(buf + CONTROL_MSG_MAX);
+    int *slot = (int *)(pfd + n + 1);
+    long long end = ev_now_ms() + CONTROL_REPLY_MS;
+
+    lua_createtable(L, n, 0);
+    left = cmd_send(L, ctl, seq, req, pfd, slot);
+    while (left > 0 && ev_now_ms() < end) {
+        if (poll(pfd, left, (int)(end - ev_now_ms())) < 0 && errno != EINTR)
+            break;
+        for (int k = 0; k < left; k++) {
+            if (pfd[k].revents == 0 ||
+                !cmd_recv(L, &ctl->workers[slot[k]], seq, buf))
+                continue;
+            cmd_set_worker(L, ctl, slot[k]);
+            lua_rawseti(L, -2, slot[k] + 1);
+            pfd[k] = pfd[--left];           /* answered: stop waiting */
+            slot[k--] = slot[left];
+        }
+    }
+    for (int k = 0; k < left; k++) {
+        cmd_error_entry(L, &ctl->workers[slot[k]], "no reply");
+        cmd_set_worker(L, ctl, slot[k]);
+        lua_rawseti(L, -2, slot[k] + 1);
+    }
+    cmd_compact(L, n);
+    lua_remove(L, -2);                          /* the buffers */
+}
+
+/* --- master: the session's functions ---------------------------------------- */
+
+static struct control_sess *cmd_sess(lua_State *L) {
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* The sum of field name over the worker tables in the sequence at idx. */
+static lua_Integer cmd_sum(lua_State *L, int idx, const char *name) {
+    lua_Integer sum = 0;
+    lua_Integer n = luaL_len(L, idx);
+
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        lua_getfield(L, -1, name);
+        sum += lua_tointeger(L, -1);
+        lua_pop(L, 2);
+    }
+    return sum;
+}
+
+static const char *const cmd_totals[] = {
+    "conns", "accepted", "bytes_in", "bytes_out", "errors", NULL
+};
+
+/* stats() -> {pid, operators, conns, accepted, bytes_in, bytes_out, errors,
+ * workers = {{slot, pid, conns, ..., handler_version}, ...}} */
+static int cmd_stats(lua_State *L) {
+    struct control_sess *s = cmd_sess(L);
+    int operators = 0;
+
+    cmd_ask(L, s->ctl, "stats");
+    lua_newtable(L);
+    for (int i = 0; cmd_totals[i]; i++) {
+        lua_pushinteger(L, cmd_sum(L, -2, cmd_totals[i]));
+        lua_setfield(L, -2, cmd_totals[i]);
+    }
+    for (struct control_sess *o = s->ctl->sessions; o; o = o->next)
+        operators++;
+    lua_pushinteger(L, operators);
+    lua_setfield(L, -2, "operators");
+    lua_pushinteger(L, getpid());
+    lua_setfield(L, -2, "pid");
+    lua_rotate(L, -2, 1);
+    lua_setfield(L, -2, "workers");
+    return 1;
+}
+
+static int cmd_less_id(lua_State *L) {
+    lua_getfield(L, 1, "id");
+    lua_getfield(L, 2, "id");
+    lua_pushboolean(L, lua_tointeger(L, -2) < lua_tointeger(L, -1));
+    return 1;
+}
+
+/* Sorts the sequence on top by id with table.sort. */
+static void cmd_sort(lua_State *L) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, LUA_TABLIBNAME);
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, -4);
+    lua_pushcfunction(L, cmd_less_id);
+    lua_call(L, 2, 0);
+    lua_pop(L, 2);
+}
+
+/* conns() -> {{id, peer, worker, age, bytes_in, bytes_out}, ...} by id. */
+static int cmd_conns(lua_State *L) {
+    struct control_sess *s = cmd_sess(L);
+    lua_Integer n, j = 0;
+
+    cmd_ask(L, s->ctl, "conns");
+    lua_newtable(L);
+    n = luaL_len(L, -2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -2, i);                  /* a worker's list */
+        lua_Integer m = luaL_len(L, -1);
+        lua_getfield(L, -1, "pid");
+        for (lua_Integer k = 1; k <= m; k++) {
+            lua_rawgeti(L, -2, k);
+            lua_pushvalue(L, -2);
+            lua_setfield(L, -2, "worker");      /* conn.worker = pid */
+            lua_rawseti(L, -4, ++j);
+        }
+        lua_pop(L, 2);
+    }
+    cmd_sort(L);
+    return 1;
+}
+
+/* Every worker answered {ok = true}: true. Else nil and the first error
+ * (a load error says file and line; the old handler stays). */
+static int cmd_swap_result(lua_State *L) {
+    lua_Integer n = luaL_len(L, -1);
+
+    if (n == 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "no workers to swap (the fork model has none)");
+        return 2;
+    }
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_getfield(L, -1, "ok") != LUA_TBOOLEAN || !lua_toboolean(L, -1)) {
+            lua_getfield(L, -2, "error");
+            lua_pushnil(L);
+            lua_pushstring(L, luaL_optstring(L, -2, "failed"));
+            return 2;
+        }
+        lua_pop(L, 2);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* handler(path): every worker loads path (relative to the operator's
+ * directory) as its handler. */
+static int cmd_handler(lua_State *L) {
+    struct control_sess *s = cmd_sess(L);
+    const char *path = luaL_checkstring(L, 1);
+
+    if (path[0] == '\0')
+        return luaL_argerror(L, 1, "expected a handler file");
+    if (path[0] != '/' && s->cwd[0])
+        path = lua_pushfstring(L, "%s/%s", s->cwd, path);
+    cmd_ask(L, s->ctl, lua_pushfstring(L, "handler %s", path));
+    return cmd_swap_result(L);
+}
+
+/* reload(): every worker loads its current handler file again. */
+static int cmd_reload(lua_State *L) {
+    cmd_ask(L, cmd_sess(L)->ctl, "reload");
+    return cmd_swap_result(L);
+}
+
+static const luaL_Reg cmd_funcs[] = {
+    {"conns", cmd_conns},
+    {"handler", cmd_handler},
+    {"reload", cmd_reload},
+    {"stats", cmd_stats},
+    {NULL, NULL}
+};
+
+void control_openlib(lua_State *L, struct control_sess *s) {
+    lua_pushglobaltable(L);
+    lua_pushlightuserdata(L, s);
+    luaL_setfuncs(L, cmd_funcs, 1);             /* _G.stats = ..., upvalue s */
+    lua_pop(L, 1);
+}
