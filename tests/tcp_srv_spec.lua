@@ -1,0 +1,182 @@
+-- echohost.tcp_srv: the generic fork-per-connection server of the original,
+-- with the original echo_handler (scripts/echo_once.lua).
+local socket = require "echohost.socket"
+local proc = require "echohost.proc"
+local glue = require "echohost.glue"
+local tcp_srv = require "echohost.tcp_srv"
+
+local echo_once = dofile("scripts/echo_once.lua")
+local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
+local ECHILD, EADDRINUSE = 10, 98
+
+local function listener()
+  local srv = assert(socket.open_socket("127.0.0.1", 0))
+  assert(srv:listen())
+  return srv, select(2, srv:sockname())
+end
+
+local function connect(port)
+  return assert(socket.connect("127.0.0.1", port, 5))
+end
+
+-- Runs fn in a child process (exit 0, or 99 if it raised); returns the pid.
+local function spawn(fn)
+  return glue.match(assert(proc.fork()), {
+    Parent = function(pid) return pid end,
+    Child = function() proc.exit(pcall(fn) and 0 or 99) end,
+  })
+end
+
+-- Waits about sec seconds (a bounded poll interval, not synchronisation).
+local function pause(sec)
+  local s <close> = assert(socket.open_socket("127.0.0.1", 0))
+  s:listen()
+  s:settimeout(sec)
+  s:accept_connection()
+end
+
+-- The pids of pid's children, zombies included.
+local function children(pid)
+  local f = io.open(("/proc/%d/task/%d/children"):format(pid, pid))
+  if not f then return {} end
+  local list = {}
+  for p in f:read("a"):gmatch("%d+") do list[#list + 1] = tonumber(p) end
+  f:close()
+  return list
+end
+
+-- Polls until pred() holds, at most 5 s; returns whether it did.
+local function eventually(pred)
+  for _ = 1, 250 do
+    if pred() then return true end
+    pause(0.02)
+  end
+  return pred()
+end
+
+-- Sends msg on c and checks the echo comes back, then that c is closed.
+local function check_echo(c, msg)
+  assert.equal(#msg, c:send(msg))
+  assert.equal(msg, c:recv())
+  assert.same({nil, "closed", 0}, {c:recv()})
+end
+
+describe("echohost.tcp_srv", function()
+  it("serves 20 concurrent clients, each in its own child, and reaps them", function()
+    local srv, port = listener()
+    local pid = spawn(function() tcp_srv.serve(srv, echo_once) end)
+    srv:close()
+    finally(function()
+      if proc.waitpid(pid, "nohang") == "running" then
+        proc.kill(pid, "KILL")
+        proc.waitpid(pid)
+      end
+    end)
+    local clients = {}
+    for i = 1, 20 do clients[i] = connect(port) end
+    -- all 20 are being served at once: one live child per client
+    assert.is_true(eventually(function() return #children(pid) == 20 end),
+      "children: " .. #children(pid))
+    for i = 20, 1, -1 do     -- the last accepted first: no one waits in line
+      check_echo(clients[i], ("client %d says hello\n"):format(i))
+      clients[i]:close()
+    end
+    assert.is_true(eventually(function() return #children(pid) == 0 end),
+      "zombies left: " .. #children(pid))
+    assert.is_true(proc.kill(pid, "TERM"))
+    assert.same({"signaled", "SIGTERM", pid}, {proc.waitpid(pid)})
+  end)
+
+  it("serve stops after max_accepts connections and waits for its children", function()
+    local srv, port = listener()
+    local clients = {}
+    for i = 1, 3 do           -- queued in the backlog before serve runs
+      clients[i] = connect(port)
+      clients[i]:send("msg " .. i)
+    end
+    assert.is_true(tcp_srv.serve(srv, echo_once, {max_accepts = 3}))
+    assert.equal("echohost.socket (closed)", tostring(srv))
+    for i = 1, 3 do
+      assert.equal("msg " .. i, clients[i]:recv())
+      assert.same({nil, "closed", 0}, {clients[i]:recv()})
+      clients[i]:close()
+    end
+    assert.same({nil, "waitpid -1: No child processes", ECHILD},
+      {proc.waitpid(-1, "nohang")})
+  end)
+
+  it("tcp_srv opens, listens and runs a function handler", function()
+    local clients = {}
+    local upper = function(conn)
+      local msg = conn:recv()
+      conn:send(msg:upper())
+      conn:close()
+    end
+    local ok = tcp_srv.tcp_srv("127.0.0.1", 0, upper, {
+      max_accepts = 2,
+      on_listen = function(srv)
+        local host, port = srv:sockname()
+        assert.equal("127.0.0.1", host)
+        for i = 1, 2 do
+          clients[i] = connect(port)
+          clients[i]:send("hello " .. i)
+        end
+      end,
+    })
+    assert.is_true(ok)
+    for i = 1, 2 do
+      assert.equal("HELLO " .. i, clients[i]:recv())
+      clients[i]:close()
+    end
+  end)
+
+  it("a handler that raises closes only its own connection", function()
+    local srv, port = listener()
+    local bad, good = connect(port), connect(port)
+    bad:send("boom")
+    good:send("fine")
+    local handler = {handle = function(conn)
+      local msg = conn:recv()
+      if msg == "boom" then error("handler failed on purpose") end
+      conn:send(msg)
+      conn:close()
+    end}
+    assert.is_true(tcp_srv.serve(srv, handler, {max_accepts = 2}))
+    assert.same({nil, "closed", 0}, {bad:recv()})
+    assert.equal("fine", good:recv())
+    bad:close()
+    good:close()
+  end)
+
+  it("returns nil, message, EADDRINUSE when the port is taken", function()
+    local srv, port = listener()
+    finally(function() srv:close() end)
+    assert.same({nil, ("bind 127.0.0.1:%d: Address already in use"):format(port), EADDRINUSE},
+      {tcp_srv.tcp_srv("127.0.0.1", port, echo_once)})
+  end)
+
+  it("raises on a handler that is neither a function nor a table with handle", function()
+    assert.has_error(function() tcp_srv.tcp_srv("127.0.0.1", 0, 42) end,
+      "bad argument #3 to 'tcp_srv' (function or table with handle expected, got number)")
+    assert.has_error(function() tcp_srv.serve(nil, {}) end,
+      "bad argument #2 to 'serve' (function or table with handle expected, got table)")
+  end)
+
+  it("scripts/tcp_echo.lua answers as the original's telnet session shows", function()
+    local p = assert(io.popen(BIN .. " --script scripts/tcp_echo.lua 0 2>&1 & echo pid $!"))
+    local pid, port
+    for _ = 1, 2 do
+      local line = p:read("l") or ""
+      pid = pid or tonumber(line:match("^pid (%d+)"))
+      port = port or tonumber(line:match("listening on 127%.0%.0%.1:(%d+)"))
+    end
+    finally(function()
+      if pid then proc.kill(pid, "TERM") end
+      p:close()
+    end)
+    assert.is_number(pid)
+    assert.is_number(port)
+    check_echo(connect(port), "hello, echo server!\r\n")
+    check_echo(connect(port), "and again\r\n")
+  end)
+end)
