@@ -300,3 +300,176 @@ void control_openlib(lua_State *L, struct control_sess *s) {
     luaL_setfuncs(L, cmd_funcs, 1);             /* _G.stats = ..., upvalue s */
     lua_pop(L, 1);
 }
+
+/* --- worker: answering ----------------------------------------------------------- */
+
+struct cmd_out {
+    char buf[CONTROL_MSG_MAX];
+    size_t len;
+    int full;                   /* something did not fit */
+};
+
+static void cmd_printf(struct cmd_out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void cmd_printf(struct cmd_out *o, const char *fmt, ...) {
+    size_t room = sizeof o->buf - o->len;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(o->buf + o->len, room, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= room)
+        o->full = 1;
+    else
+        o->len += n;
+}
+
+/* s as a Lua string literal: printable ASCII as is, the rest as \ddd. */
+static void cmd_quote(struct cmd_out *o, const char *s) {
+    cmd_printf(o, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            cmd_printf(o, "\\%c", ch);
+        else if (ch < 32 || ch > 126)
+            cmd_printf(o, "\\%03u", ch);
+        else
+            cmd_printf(o, "%c", ch);
+    }
+    cmd_printf(o, "\"");
+}
+
+static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
+    const struct worker_stats *st = w->stats;
+
+    cmd_printf(o, "{conns=%llu,accepted=%llu,closed=%llu,rejected=%llu,"
+               "bytes_in=%llu,bytes_out=%llu,errors=%llu,timeouts=%llu,"
+               "reloads=%llu,handler_version=%d,uptime=%.3f}",
+               (unsigned long long)st->conns_open,
+               (unsigned long long)st->accepted,
+               (unsigned long long)st->closed,
+               (unsigned long long)st->rejected,
+               (unsigned long long)st->bytes_in,
+               (unsigned long long)st->bytes_out,
+               (unsigned long long)st->errors,
+               (unsigned long long)st->timeouts,
+               (unsigned long long)st->reloads,
+               w->h ? handler_version(w->h) : 0,
+               (ev_now_ms() - (long long)st->started_ms) / 1000.0);
+}
+
+static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
+    long long now = ev_now_ms();
+    int n = 0, more = 0;
+
+    cmd_printf(o, "{");
+    for (conn *c = w->conns; c; c = c->next) {
+        size_t mark = o->len;
+        if (n >= CONTROL_CONNS_MAX) {
+            more++;
+            continue;
+        }
+        cmd_printf(o, "{id=%llu,peer=", (unsigned long long)c->id);
+        cmd_quote(o, c->peer);
+        cmd_printf(o, ",idle=%.3f,pending=%zu},",
+                   (now - c->last_active_ms) / 1000.0, conn_pending(c));
+        if (o->full || o->len > sizeof o->buf - 64) {
+            o->len = mark;                  /* keep room for the end */
+            o->full = 0;
+            more++;
+            n = CONTROL_CONNS_MAX;
+            continue;
+        }
+        n++;
+    }
+    cmd_printf(o, "more=%d}", more);
+}
+
+/* handler <path>, or reload (path NULL): {ok=true,version=N} or
+ * {ok=false,error="file:line: ..."}; the old handler stays on failure. */
+static void cmd_w_swap(struct worker *w, const char *path,
+                       struct cmd_out *o) {
+    char err[512];
+
+    if (w->h == NULL) {
+        cmd_printf(o, "{ok=false,error=\"this server echoes in C (started "
+                   "without --handler): nothing to swap\"}");
+        return;
+    }
+    if (handler_reload(w->h, path, err, sizeof err) < 0) {
+        cmd_printf(o, "{ok=false,error=");
+        cmd_quote(o, err);
+        cmd_printf(o, "}");
+        return;
+    }
+    w->stats->reloads++;
+    cmd_printf(o, "{ok=true,version=%d}", handler_version(w->h));
+}
+
+static void cmd_w_answer(struct worker *w, const char *req, struct cmd_out *o) {
+    if (strcmp(req, "stats") == 0)
+        cmd_w_stats(w, o);
+    else if (strcmp(req, "conns") == 0)
+        cmd_w_conns(w, o);
+    else if (strcmp(req, "reload") == 0)
+        cmd_w_swap(w, NULL, o);
+    else if (strncmp(req, "handler ", 8) == 0)
+        cmd_w_swap(w, req + 8, o);
+    else
+        cmd_printf(o, "{error=\"unknown request\"}");
+    if (o->full) {
+        o->len = 0;
+        o->full = 0;
+        cmd_printf(o, "{error=\"reply too long\"}");
+    }
+}
+
+struct cmd_worker {
+    struct worker *w;
+    int fd;
+    struct cmd_out out;
+    char req[CONTROL_MSG_MAX];
+};
+
+static void cmd_w_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct cmd_worker *cw = ud;
+    ssize_t n;
+    char *sp;
+
+    (void)mask;
+    n = recv(fd, cw->req, sizeof cw->req - 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {                       /* the master is gone */
+        ev_del(loop, fd, EV_READABLE);
+        close(fd);
+        free(cw);
+        return;
+    }
+    cw->req[n] = '\0';
+    if ((sp = strchr(cw->req, ' ')) == NULL)
+        return;
+    *sp = '\0';
+    cw->out.len = 0;
+    cw->out.full = 0;
+    cmd_printf(&cw->out, "%s ", cw->req);       /* the request's number */
+    cmd_w_answer(cw->w, sp + 1, &cw->out);
+    if (send(fd, cw->out.buf, cw->out.len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        log_warn("control: reply to the master: %s", strerror(errno));
+}
+
+int control_worker_attach(struct worker *w, ev_loop *loop, int fd) {
+    struct cmd_worker *cw = malloc(sizeof *cw);
+
+    if (cw == NULL)
+        return -1;
+    cw->w = w;
+    cw->fd = fd;
+    if (ev_add(loop, fd, EV_READABLE, cmd_w_proc, cw) == EV_ERR) {
+        free(cw);
+        return -1;
+    }
+    return 0;
+}

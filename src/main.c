@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,14 +49,21 @@ static void usage(FILE *f) {
         progname, progname, progname);
 }
 
-static int usage_error(const char *fmt, const char *arg) {
+static int usage_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+
     fprintf(stderr, "%s: ", progname);
-    fprintf(stderr, fmt, arg);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
     fprintf(stderr, "\nTry '%s --help' for more information.\n", progname);
     return 2;
 }
 
-static void config_defaults(struct eh_config *c) {
+void config_defaults(struct eh_config *c) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
 
     memset(c, 0, sizeof *c);
