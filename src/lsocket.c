@@ -195,14 +195,13 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
 /* open_socket(host, port): a TCP socket bound to host:port (SO_REUSEADDR,
  * like the original), not yet listening. */
 static int sock_open_socket(lua_State *L) {
+    struct sock *s = newsock(L);        /* first: nothing to leak if it raises */
     struct addrinfo *res = check_resolve(L, 0, 1);
-    struct sock *s;
     char where[SOCK_ADDR_LEN + 8] = "bind";
     char addr[SOCK_ADDR_LEN];
 
     if (res == NULL)
         return 3;
-    s = newsock(L);
     s->fd = bind_any(res, addr, sizeof addr);
     freeaddrinfo(res);
     if (s->fd < 0) {
@@ -264,9 +263,9 @@ static int sock_connect(lua_State *L) {
     int err = EADDRNOTAVAIL;
 
     luaL_argcheck(L, !isnan(timeout), 3, "timeout is NaN");
+    s = newsock(L);                     /* first: nothing to leak if it raises */
     if ((res = check_resolve(L, 1, 0)) == NULL)
         return 3;
-    s = newsock(L);
     s->timeout = timeout < 0 ? -1 : timeout;
     deadline = sock_deadline(s);
     for (ai = res; ai && s->fd < 0; ai = ai->ai_next) {
