@@ -11,6 +11,9 @@
 #define EV_NONE 0
 #define EV_READABLE 1
 #define EV_WRITABLE 2
+/* With EV_READABLE, for an fd several processes wait on (a shared listening
+ * socket): wake one waiter, not all (EPOLLEXCLUSIVE). */
+#define EV_EXCLUSIVE 4
 
 #define EV_NOMORE -1            /* a timer proc returning this is deleted */
 
@@ -40,5 +43,7 @@ void ev_set_after(ev_loop *loop, ev_after_proc *proc, void *ud);
 void ev_run(ev_loop *loop);                      /* until ev_stop */
 void ev_stop(ev_loop *loop);
 long long ev_now_ms(void);                       /* monotonic clock */
+/* ev_now_ms() as of the loop's last wake-up: no syscall, for hot paths. */
+long long ev_time_ms(const ev_loop *loop);
 
 #endif

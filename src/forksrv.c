@@ -1,0 +1,273 @@
+/* Fork model: accept, fork a child per connection, the parent closes its
+ * copy and accepts again; children are reaped as they exit. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "forksrv.h"
+#include "log.h"
+#include "net.h"
+
+#define ACCEPT_MAX 16
+#define CHILD_BUF (64 * 1024)
+#define KILL_GRACE_MS 1000
+
+struct forksrv {
+    const struct eh_config *cfg;
+    ev_loop *loop;
+    int lfd;                    /* -1 once draining */
+    int sigfd;
+    pid_t *kids;                /* live children, unordered */
+    int nkids, capkids;
+    int draining;
+    long long last_reject_log;
+};
+
+/* --- the child ---------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* RFC 862 over a blocking socket: until EOF, an error, or --idle-timeout
+ * without progress (SO_RCVTIMEO/SO_SNDTIMEO). */
+static int echo_blocking(const struct eh_config *cfg, int fd) {
+    static char buf[CHILD_BUF];
+
+    if (cfg->idle_timeout > 0) {
+        struct timeval tv;
+        tv.tv_sec = (time_t)cfg->idle_timeout;
+        tv.tv_usec = (suseconds_t)((cfg->idle_timeout - tv.tv_sec) * 1e6);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || write_all(fd, buf, n) < 0)
+            break;
+    }
+    close(fd);
+    return 0;
+}
+
+/* In the child: no master state, default signals but ^C (the master's),
+ * die with the master, blocking I/O. Never returns. */
+static void child_run(struct forksrv *fs, pid_t parent, int fd,
+                      const char *peer) {
+    const struct eh_config *cfg = fs->cfg;
+    sigset_t none;
+
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+        _exit(1);
+    close(fs->lfd);
+    close(fs->sigfd);
+    ev_destroy(fs->loop);
+    signal(SIGINT, SIG_IGN);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    net_nonblock(NULL, fd, 0);
+    /* a forked child has no caller to return to: it ends here */
+    if (cfg->handler)
+        exit(handler_serve_blocking(cfg, fd, peer));
+    exit(echo_blocking(cfg, fd));
+}
+
+/* --- the parent ---------------------------------------------------------------- */
+
+static int kid_add(struct forksrv *fs, pid_t pid) {
+    if (fs->nkids == fs->capkids) {
+        int cap = fs->capkids ? fs->capkids * 2 : 64;
+        pid_t *k = realloc(fs->kids, cap * sizeof *k);
+        if (k == NULL)
+            return -1;
+        fs->kids = k;
+        fs->capkids = cap;
+    }
+    fs->kids[fs->nkids++] = pid;
+    return 0;
+}
+
+static void kid_remove(struct forksrv *fs, pid_t pid) {
+    for (int i = 0; i < fs->nkids; i++) {
+        if (fs->kids[i] == pid) {
+            fs->kids[i] = fs->kids[--fs->nkids];
+            return;
+        }
+    }
+}
+
+static int reject_log_due(struct forksrv *fs) {
+    long long now = ev_time_ms(fs->loop);
+
+    if (now - fs->last_reject_log < 1000)
+        return 0;
+    fs->last_reject_log = now;
+    return 1;
+}
+
+static void reap(struct forksrv *fs);
+
+static void serve(struct forksrv *fs, int fd, const char *peer) {
+    pid_t parent = getpid(), pid;
+
+    if (fs->nkids >= fs->cfg->max_conns)
+        reap(fs);               /* a child may have exited unnoticed yet */
+    if (fs->nkids >= fs->cfg->max_conns) {
+        close(fd);
+        if (reject_log_due(fs))
+            log_warn("max-conns %d reached: refusing %s", fs->cfg->max_conns,
+                     peer);
+        return;
+    }
+    pid = fork();
+    if (pid == 0)
+        child_run(fs, parent, fd, peer);
+    close(fd);
+    if (pid < 0) {
+        if (reject_log_due(fs))
+            log_warn("fork: %s: refusing %s", strerror(errno), peer);
+        return;
+    }
+    if (kid_add(fs, pid) < 0)
+        log_error("out of memory tracking child %d", (int)pid);
+    log_debug("child %d serves %s", (int)pid, peer);
+}
+
+static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
+    struct forksrv *fs = ud;
+    char peer[NET_ADDR_LEN];
+
+    (void)loop;
+    (void)mask;
+    for (int i = 0; i < ACCEPT_MAX && fs->lfd >= 0; i++) {
+        int fd = net_accept(lfd, peer, sizeof peer);
+        if (fd >= 0) {
+            serve(fs, fd, peer);
+            continue;
+        }
+        if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO &&
+            reject_log_due(fs))
+            log_warn("accept: %s", strerror(errno));
+        return;
+    }
+}
+
+static void reap(struct forksrv *fs) {
+    pid_t pid;
+    int status;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        kid_remove(fs, pid);
+        if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM &&
+            WTERMSIG(status) != SIGKILL)
+            log_warn("child %d was killed by signal %d (%s)", (int)pid,
+                     WTERMSIG(status), strsignal(WTERMSIG(status)));
+    }
+    if (fs->draining && fs->nkids == 0)
+        ev_stop(fs->loop);
+}
+
+static void kill_kids(struct forksrv *fs) {
+    for (int i = 0; i < fs->nkids; i++)
+        kill(fs->kids[i], SIGKILL);
+    for (int i = 0; i < fs->nkids; i++)
+        waitpid(fs->kids[i], NULL, 0);
+    fs->nkids = 0;
+}
+
+static long deadline_proc(ev_loop *loop, long long id, void *ud) {
+    struct forksrv *fs = ud;
+
+    (void)id;
+    if (fs->nkids > 0)
+        log_info("drain deadline: killing %d children", fs->nkids);
+    kill_kids(fs);
+    ev_stop(loop);
+    return EV_NOMORE;
+}
+
+/* First SIGTERM/SIGINT: stop accepting, let children finish until the
+ * deadline. A second one: kill them now. */
+static void stop(struct forksrv *fs, int sig) {
+    if (fs->draining) {
+        log_info("%s again: stopping now", strsignal(sig));
+        kill_kids(fs);
+        ev_stop(fs->loop);
+        return;
+    }
+    fs->draining = 1;
+    log_info("%s: draining %d children (at most %g s)", strsignal(sig),
+             fs->nkids, fs->cfg->drain_timeout);
+    ev_del(fs->loop, fs->lfd, EV_READABLE);
+    close(fs->lfd);
+    fs->lfd = -1;
+    if (fs->nkids == 0) {
+        ev_stop(fs->loop);
+        return;
+    }
+    ev_timer_add(fs->loop, (long)(fs->cfg->drain_timeout * 1000),
+                 deadline_proc, fs);
+}
+
+static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct forksrv *fs = ud;
+    struct signalfd_siginfo si;
+
+    (void)loop;
+    (void)mask;
+    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGCHLD)
+            reap(fs);
+        else if (si.ssi_signo == SIGHUP)
+            log_info("SIGHUP: each new connection loads its handler afresh");
+        else
+            stop(fs, (int)si.ssi_signo);
+    }
+}
+
+int forksrv_main(const struct eh_config *cfg, int lfd) {
+    struct forksrv fs;
+    int rc = 0;
+
+    memset(&fs, 0, sizeof fs);
+    fs.cfg = cfg;
+    fs.lfd = lfd;
+    fs.loop = ev_create(64);
+    fs.sigfd = server_signalfd();
+    if (fs.loop == NULL || fs.sigfd < 0 ||
+        ev_add(fs.loop, fs.sigfd, EV_READABLE, signal_proc, &fs) < 0 ||
+        ev_add(fs.loop, lfd, EV_READABLE, accept_proc, &fs) < 0) {
+        log_error("fork server: %s", strerror(errno));
+        rc = 1;
+    } else {
+        ev_run(fs.loop);
+    }
+    kill_kids(&fs);
+    if (fs.lfd >= 0)
+        close(fs.lfd);
+    if (fs.sigfd >= 0)
+        close(fs.sigfd);
+    ev_destroy(fs.loop);
+    free(fs.kids);
+    return rc;
+}

@@ -1,0 +1,233 @@
+/* Sockets without Lua: TCP listen/accept/connect, options and address text,
+ * errors written into a caller buffer [Redis anet.c]. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net.h"
+
+__attribute__((format(printf, 2, 3)))
+static void net_set_error(char *err, const char *fmt, ...) {
+    va_list ap;
+
+    if (err == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, NET_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+int net_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
+    char host[INET6_ADDRSTRLEN];
+    int n;
+
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        n = snprintf(buf, len, "%s:%d", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        n = snprintf(buf, len, "[%s]:%d", host, ntohs(in6->sin6_port));
+    } else {
+        n = snprintf(buf, len, "?");
+    }
+    return n < 0 || (size_t)n >= len ? NET_ERR : NET_OK;
+}
+
+/* "127.0.0.1:8888" / "[::1]:8888" for messages, before anything resolved. */
+static void host_port(char *buf, size_t len, const char *host, int port) {
+    if (strchr(host, ':'))
+        snprintf(buf, len, "[%s]:%d", host, port);
+    else
+        snprintf(buf, len, "%s:%d", host, port);
+}
+
+static struct addrinfo *net_resolve(char *err, const char *host, int port,
+                                    int passive) {
+    struct addrinfo hints, *res;
+    char service[8];
+    int rv;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    snprintf(service, sizeof service, "%d", port);
+    rv = getaddrinfo(host, service, &hints, &res);
+    if (rv != 0) {
+        net_set_error(err, "resolve '%s': %s", host,
+                      rv == EAI_SYSTEM ? strerror(errno) : gai_strerror(rv));
+        return NULL;
+    }
+    return res;
+}
+
+static int set_int_opt(int fd, int level, int name, int value) {
+    return setsockopt(fd, level, name, &value, sizeof value);
+}
+
+/* Binds (and listens on) one resolved address. fd, or NET_ERR with err. */
+static int server_one(char *err, const struct addrinfo *ai, int backlog,
+                      int flags) {
+    char where[NET_ADDR_LEN];
+    const char *what = "socket";
+    int type = ai->ai_socktype | SOCK_CLOEXEC;
+    int fd;
+
+    if (flags & NET_NONBLOCK)
+        type |= SOCK_NONBLOCK;
+    net_format_addr(ai->ai_addr, where, sizeof where);
+    fd = socket(ai->ai_family, type, ai->ai_protocol);
+    if (fd < 0)
+        goto err;
+    what = "setsockopt";
+    if (set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0 ||
+        set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, 1) < 0)
+        goto err;
+    if ((flags & NET_REUSEPORT) &&
+        set_int_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1) < 0)
+        goto err;
+    if (ai->ai_family == AF_INET6 &&
+        set_int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) < 0)
+        goto err;
+    what = "bind";
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+        goto err;
+    what = "listen";
+    if (!(flags & NET_NOLISTEN) && listen(fd, backlog) < 0)
+        goto err;
+    return fd;
+err:
+    net_set_error(err, "%s %s: %s", what, where, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return NET_ERR;
+}
+
+int net_tcp_server(char *err, const char *host, int port, int backlog,
+                   int flags) {
+    struct addrinfo *res, *ai;
+    int fd = NET_ERR;
+
+    if ((res = net_resolve(err, host, port, 1)) == NULL)
+        return NET_ERR;
+    /* the first address that binds wins; err keeps the first failure */
+    for (ai = res; ai != NULL && fd < 0; ai = ai->ai_next)
+        fd = server_one(ai == res ? err : NULL, ai, backlog, flags);
+    freeaddrinfo(res);
+    return fd;
+}
+
+int net_tcp_connect(char *err, const char *host, int port, int flags) {
+    struct addrinfo *res, *ai;
+    char where[NET_ADDR_LEN + 8];
+    int fd = NET_ERR, saved = 0;
+
+    if ((res = net_resolve(err, host, port, 0)) == NULL)
+        return NET_ERR;
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = NET_ERR;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        host_port(where, sizeof where, host, port);
+        net_set_error(err, "connect %s: %s", where, strerror(saved));
+        return NET_ERR;
+    }
+    if ((flags & NET_NONBLOCK) && net_nonblock(err, fd, 1) < 0) {
+        close(fd);
+        return NET_ERR;
+    }
+    return fd;
+}
+
+int net_accept(int lfd, char *peer, size_t peerlen) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd;
+
+    do {
+        len = sizeof ss;
+        fd = accept4(lfd, (struct sockaddr *)&ss, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd >= 0 && peer != NULL)
+        net_format_addr((struct sockaddr *)&ss, peer, peerlen);
+    return fd < 0 ? NET_ERR : fd;
+}
+
+int net_nonblock(char *err, int fd, int on) {
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl < 0 || fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK
+                                        : fl & ~O_NONBLOCK) < 0) {
+        net_set_error(err, "fcntl: %s", strerror(errno));
+        return NET_ERR;
+    }
+    return NET_OK;
+}
+
+int net_nodelay(char *err, int fd, int on) {
+    if (set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, on) < 0) {
+        net_set_error(err, "setsockopt TCP_NODELAY: %s", strerror(errno));
+        return NET_ERR;
+    }
+    return NET_OK;
+}
+
+static int name_of(char *err, int fd, int peer, struct sockaddr_storage *ss) {
+    socklen_t len = sizeof *ss;
+    int rv = peer ? getpeername(fd, (struct sockaddr *)ss, &len)
+                  : getsockname(fd, (struct sockaddr *)ss, &len);
+
+    if (rv < 0) {
+        net_set_error(err, "%s: %s", peer ? "getpeername" : "getsockname",
+                      strerror(errno));
+        return NET_ERR;
+    }
+    return NET_OK;
+}
+
+int net_sock_name(char *err, int fd, char *buf, size_t len) {
+    struct sockaddr_storage ss;
+
+    if (name_of(err, fd, 0, &ss) < 0)
+        return NET_ERR;
+    return net_format_addr((struct sockaddr *)&ss, buf, len);
+}
+
+int net_peer_name(char *err, int fd, char *buf, size_t len) {
+    struct sockaddr_storage ss;
+
+    if (name_of(err, fd, 1, &ss) < 0)
+        return NET_ERR;
+    return net_format_addr((struct sockaddr *)&ss, buf, len);
+}
+
+int net_sock_port(char *err, int fd) {
+    struct sockaddr_storage ss;
+
+    if (name_of(err, fd, 0, &ss) < 0)
+        return NET_ERR;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}

@@ -1,0 +1,416 @@
+/* The server's master process: binds the port, forks the event-model
+ * workers, restarts those that die, relays signals, drains on SIGTERM. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "forksrv.h"
+#include "log.h"
+#include "net.h"
+#include "server.h"
+#include "worker.h"
+
+#define BACKLOG 4096
+#define BACKOFF_MIN_MS 100        /* a worker that died young waits this, */
+#define BACKOFF_MAX_MS 5000       /* doubling up to this */
+#define LIVED_LONG_MS 2000        /* lived this long: restart at once */
+#define KILL_GRACE_MS 2000        /* past the drain deadline: SIGKILL */
+
+struct master;
+
+struct slot {
+    struct master *m;
+    pid_t pid;                  /* 0: not running */
+    int lfd;                    /* its listening socket (reuseport mode) */
+    long long started;          /* ev_now_ms() at fork */
+    int starts;
+    int fails;                  /* quick deaths in a row: the backoff */
+    long long timer;            /* pending restart, or 0 */
+};
+
+struct master {
+    const struct eh_config *cfg;
+    ev_loop *loop;
+    int sigfd;
+    int exclusive;              /* one socket shared, EPOLLEXCLUSIVE */
+    int nslots;
+    struct slot *slots;
+    struct worker_stats *stats; /* shared mapping, one per slot */
+    unsigned starts;            /* worker starts so far */
+    int draining;
+    int status;
+    pid_t pid;
+};
+
+/* --- listening ------------------------------------------------------------- */
+
+/* Reuseport mode (the default; ECHOHOST_ACCEPT=exclusive selects the other):
+ * one listening socket per worker slot, all SO_REUSEPORT on the same port
+ * (the first learns the port when it is 0). The master keeps them open, so a
+ * dead worker's queued connections wait for its replacement. Exclusive
+ * mode: one socket that every worker polls with EPOLLEXCLUSIVE. */
+static int master_listen(struct master *m, char *addr, size_t len) {
+    const struct eh_config *cfg = m->cfg;
+    char err[NET_ERR_LEN];
+    int port = cfg->port;
+    int flags = NET_NONBLOCK | (m->exclusive ? 0 : NET_REUSEPORT);
+
+    for (int i = 0; i < m->nslots; i++) {
+        int fd = net_tcp_server(err, cfg->host, port, BACKLOG, flags);
+        if (fd < 0) {
+            log_error("%s", err);
+            return -1;
+        }
+        m->slots[i].lfd = fd;
+        if (i == 0 && (port = net_sock_port(err, fd)) < 0) {
+            log_error("%s", err);
+            return -1;
+        }
+        if (m->exclusive)
+            break;
+    }
+    for (int i = 1; m->exclusive && i < m->nslots; i++)
+        m->slots[i].lfd = m->slots[0].lfd;
+    return net_sock_name(err, m->slots[0].lfd, addr, len);
+}
+
+static void master_close_listeners(struct master *m) {
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->slots[i].lfd >= 0 && (i == 0 || !m->exclusive))
+            close(m->slots[i].lfd);
+        m->slots[i].lfd = -1;
+    }
+}
+
+/* --- workers --------------------------------------------------------------- */
+
+/* In the new worker: die with the master, drop what only the master uses. */
+static void child_setup(struct master *m, int slot) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != m->pid)
+        _exit(1);                       /* the master is already gone */
+    ev_destroy(m->loop);
+    close(m->sigfd);
+    for (int i = 0; i < m->nslots && !m->exclusive; i++)
+        if (i != slot && m->slots[i].lfd >= 0)
+            close(m->slots[i].lfd);
+}
+
+static long restart_proc(ev_loop *loop, long long id, void *ud);
+
+static void worker_spawn(struct master *m, int i) {
+    struct slot *s = &m->slots[i];
+    struct worker_start ws;
+    pid_t pid;
+
+    ws.slot = i;
+    ws.gen = m->starts;
+    ws.lfd = s->lfd;
+    ws.exclusive = m->exclusive;
+    ws.stats = &m->stats[i];
+    pid = fork();
+    if (pid < 0) {
+        log_error("fork worker %d: %s (retrying)", i, strerror(errno));
+        s->timer = ev_timer_add(m->loop, BACKOFF_MAX_MS, restart_proc, s);
+        return;
+    }
+    if (pid == 0) {
+        child_setup(m, i);
+        /* a forked child has no caller to return to: it ends here */
+        exit(worker_main(m->cfg, &ws));
+    }
+    m->starts++;
+    s->pid = pid;
+    s->starts++;
+    s->started = ev_now_ms();
+    m->stats[i].pid = pid;
+}
+
+static long restart_proc(ev_loop *loop, long long id, void *ud) {
+    struct slot *s = ud;
+    struct master *m = s->m;
+
+    (void)loop;
+    (void)id;
+    s->timer = 0;
+    if (!m->draining)
+        worker_spawn(m, (int)(s - m->slots));
+    return EV_NOMORE;
+}
+
+static void describe_status(int status, char *buf, size_t len) {
+    if (WIFEXITED(status))
+        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(buf, len, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, len, "stopped (status 0x%x)", status);
+}
+
+static int live_workers(const struct master *m) {
+    int n = 0;
+
+    for (int i = 0; i < m->nslots; i++)
+        n += m->slots[i].pid != 0;
+    return n;
+}
+
+static void signal_workers(struct master *m, int sig) {
+    for (int i = 0; i < m->nslots; i++)
+        if (m->slots[i].pid > 0)
+            kill(m->slots[i].pid, sig);
+}
+
+/* Kills what is left and waits for it: used when stopping at once. */
+static void kill_workers(struct master *m) {
+    signal_workers(m, SIGKILL);
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->slots[i].pid > 0) {
+            waitpid(m->slots[i].pid, NULL, 0);
+            m->slots[i].pid = 0;
+            m->stats[i].pid = 0;
+        }
+    }
+}
+
+/* Schedules the restart of slot i, sooner if it lived long. */
+static void worker_died(struct master *m, int i, int status) {
+    struct slot *s = &m->slots[i];
+    char what[128];
+    long delay;
+
+    describe_status(status, what, sizeof what);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG &&
+        s->starts == 1) {
+        log_error("worker %d could not start: stopping", i);
+        m->status = 1;
+        kill_workers(m);
+        ev_stop(m->loop);
+        return;
+    }
+    if (ev_now_ms() - s->started >= LIVED_LONG_MS)
+        s->fails = 0;
+    delay = s->fails == 0 ? 0 : BACKOFF_MIN_MS << (s->fails - 1);
+    if (delay > BACKOFF_MAX_MS)
+        delay = BACKOFF_MAX_MS;
+    s->fails++;
+    log_warn("worker %d (pid %d) %s; restarting in %ld ms", i, (int)s->pid,
+             what, delay);
+    s->pid = 0;
+    s->timer = ev_timer_add(m->loop, delay, restart_proc, s);
+}
+
+static void master_reap(struct master *m) {
+    char what[128];
+    pid_t pid;
+    int status;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < m->nslots; i++) {
+            if (m->slots[i].pid != pid)
+                continue;
+            m->stats[i].pid = 0;
+            m->stats[i].conns_open = 0;
+            if (!m->draining) {
+                worker_died(m, i, status);
+            } else {
+                describe_status(status, what, sizeof what);
+                log_debug("worker %d (pid %d) %s", i, (int)pid, what);
+                m->slots[i].pid = 0;
+            }
+            break;
+        }
+    }
+    if (m->draining && live_workers(m) == 0)
+        ev_stop(m->loop);
+}
+
+/* --- signals ---------------------------------------------------------------- */
+
+static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
+    struct master *m = ud;
+
+    (void)id;
+    log_warn("workers still running past the drain deadline: killing them");
+    kill_workers(m);
+    ev_stop(loop);
+    return EV_NOMORE;
+}
+
+/* First SIGTERM/SIGINT: stop accepting and let the workers drain. A second
+ * one: stop now. */
+static void master_stop(struct master *m, int sig) {
+    if (m->draining) {
+        log_info("%s again: stopping now", strsignal(sig));
+        kill_workers(m);
+        ev_stop(m->loop);
+        return;
+    }
+    m->draining = 1;
+    log_info("%s: draining (at most %g s)", strsignal(sig),
+             m->cfg->drain_timeout);
+    master_close_listeners(m);
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->slots[i].timer) {
+            ev_timer_del(m->loop, m->slots[i].timer);
+            m->slots[i].timer = 0;
+        }
+    }
+    signal_workers(m, SIGTERM);
+    if (live_workers(m) == 0) {
+        ev_stop(m->loop);
+        return;
+    }
+    ev_timer_add(m->loop, (long)(m->cfg->drain_timeout * 1000) + KILL_GRACE_MS,
+                 drain_deadline_proc, m);
+}
+
+static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct master *m = ud;
+    struct signalfd_siginfo si;
+
+    (void)loop;
+    (void)mask;
+    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGCHLD:
+            master_reap(m);
+            break;
+        case SIGHUP:
+            log_info("SIGHUP: reloading the handler in %d workers",
+                     live_workers(m));
+            signal_workers(m, SIGHUP);
+            break;
+        default:
+            master_stop(m, (int)si.ssi_signo);
+            break;
+        }
+    }
+}
+
+/* Signals of interest are blocked and read from a signalfd on the loop;
+ * children inherit the mask and set their own. */
+int server_signalfd(void) {
+    sigset_t set;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+/* --- master ------------------------------------------------------------------ */
+
+static int master_init(struct master *m, char *addr, size_t len) {
+    const char *mode = getenv("ECHOHOST_ACCEPT");
+
+    m->exclusive = mode != NULL && strcmp(mode, "exclusive") == 0;
+    m->nslots = m->cfg->workers;
+    m->pid = getpid();
+    m->slots = calloc(m->nslots, sizeof *m->slots);
+    m->stats = mmap(NULL, m->nslots * sizeof *m->stats,
+                    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m->stats == MAP_FAILED)
+        m->stats = NULL;
+    if (m->slots == NULL || m->stats == NULL) {
+        log_error("out of memory");
+        return -1;
+    }
+    for (int i = 0; i < m->nslots; i++) {
+        m->slots[i].m = m;
+        m->slots[i].lfd = -1;
+    }
+    if (master_listen(m, addr, len) < 0)
+        return -1;
+    m->loop = ev_create(64);
+    m->sigfd = server_signalfd();
+    if (m->loop == NULL || m->sigfd < 0 ||
+        ev_add(m->loop, m->sigfd, EV_READABLE, master_signal_proc, m) < 0) {
+        log_error("master: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void master_fini(struct master *m) {
+    if (m->slots)
+        master_close_listeners(m);
+    if (m->sigfd >= 0)
+        close(m->sigfd);
+    ev_destroy(m->loop);
+    if (m->stats)
+        munmap(m->stats, m->nslots * sizeof *m->stats);
+    free(m->slots);
+}
+
+static int master_main(const struct eh_config *cfg) {
+    struct master m;
+    char addr[NET_ADDR_LEN];
+
+    memset(&m, 0, sizeof m);
+    m.cfg = cfg;
+    m.sigfd = -1;
+    if (master_init(&m, addr, sizeof addr) < 0) {
+        master_fini(&m);
+        return 1;
+    }
+    log_info("listening on %s (%d workers, %s)", addr, m.nslots,
+             cfg->handler ? cfg->handler : "C echo");
+    for (int i = 0; i < m.nslots; i++)
+        worker_spawn(&m, i);
+    ev_run(m.loop);
+    kill_workers(&m);
+    master_fini(&m);
+    return m.status;
+}
+
+/* A handler that cannot be read is one clear line here, not one per
+ * worker (a file that does not compile is reported by the workers). */
+static int handler_readable(const struct eh_config *cfg) {
+    FILE *f;
+
+    if (cfg->handler == NULL)
+        return 1;
+    if ((f = fopen(cfg->handler, "r")) == NULL) {
+        log_error("handler %s: %s", cfg->handler, strerror(errno));
+        return 0;
+    }
+    fclose(f);
+    return 1;
+}
+
+static int fork_main(const struct eh_config *cfg) {
+    char err[NET_ERR_LEN], addr[NET_ADDR_LEN];
+    int lfd = net_tcp_server(err, cfg->host, cfg->port, BACKLOG,
+                             NET_NONBLOCK);
+
+    if (lfd < 0 || net_sock_name(err, lfd, addr, sizeof addr) < 0) {
+        log_error("%s", err);
+        if (lfd >= 0)
+            close(lfd);
+        return 1;
+    }
+    log_info("listening on %s (fork model, %s)", addr,
+             cfg->handler ? cfg->handler : "C echo");
+    return forksrv_main(cfg, lfd);
+}
+
+int server_main(const struct eh_config *cfg) {
+    signal(SIGPIPE, SIG_IGN);
+    if (!handler_readable(cfg))
+        return 1;
+    if (cfg->model == EH_MODEL_FORK)
+        return fork_main(cfg);
+    return master_main(cfg);
+}

@@ -1,0 +1,620 @@
+/* Event-model worker: accepts on the shared port, echoes in C (or feeds a
+ * Lua handler), bounds every connection's memory, drains on SIGTERM. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+#include "worker.h"
+
+#define SCRATCH_LEN (64 * 1024)   /* the worker's one read buffer */
+#define ACCEPT_MAX 16             /* accepts per wake-up [anet, ae] */
+#define ACCEPT_PAUSE_MS 100       /* no fd left: wait before accepting */
+#define OUT_MIN 4096              /* smallest output queue allocation */
+
+enum {
+    CONN_READING = 1 << 0,      /* registered for EV_READABLE */
+    CONN_WRITING = 1 << 1,      /* registered for EV_WRITABLE */
+    CONN_PAUSED = 1 << 2,       /* output over high water: not reading */
+    CONN_NOREAD = 1 << 3,       /* the handler asked us not to read */
+    CONN_EOF = 1 << 4,          /* the client shut down its side */
+    CONN_CLOSING = 1 << 5,      /* conn_close: flush, then close */
+    CONN_DEAD = 1 << 6,         /* on w->dead, freed after the iteration */
+    CONN_REASON_SHIFT = 8       /* index into reasons[] */
+};
+
+enum { R_EOF, R_ERROR, R_TIMEOUT, R_RESET, R_SHUTDOWN, R_CLOSED };
+static const char *const reasons[] = {
+    "eof", "error", "timeout", "reset", "shutdown", "closed"
+};
+
+/* Bytes queued for the client: data[head .. head+len). */
+struct conn_out {
+    size_t head, len, cap;
+    char data[];
+};
+
+static void conn_kill(conn *c, int reason);
+
+/* --- reading and writing --------------------------------------------------- */
+
+size_t conn_pending(const conn *c) {
+    return c->out ? c->out->len : 0;
+}
+
+int conn_can_send(const conn *c) {
+    return conn_pending(c) < c->w->cfg->high_water;
+}
+
+int conn_closing(const conn *c) {
+    return (c->flags & (CONN_CLOSING | CONN_DEAD)) != 0;
+}
+
+ev_loop *conn_loop(const conn *c) {
+    return c->w->loop;
+}
+
+static void conn_fail(conn *c, int err) {
+    int reset = err == ECONNRESET || err == EPIPE;
+
+    c->w->stats->errors++;
+    log_debug("conn %llu (%s): %s", (unsigned long long)c->id, c->peer,
+              strerror(err));
+    conn_kill(c, reset ? R_RESET : R_ERROR);
+}
+
+static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask);
+static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask);
+
+/* Registers for reading exactly when nothing holds reads back. */
+static void conn_update_read(conn *c) {
+    int want = !(c->flags & (CONN_PAUSED | CONN_NOREAD | CONN_EOF |
+                             CONN_CLOSING | CONN_DEAD));
+
+    if (want && !(c->flags & CONN_READING)) {
+        if (ev_add(c->w->loop, c->fd, EV_READABLE, conn_read_proc, c) < 0) {
+            conn_fail(c, errno);
+            return;
+        }
+        c->flags |= CONN_READING;
+    } else if (!want && (c->flags & CONN_READING)) {
+        ev_del(c->w->loop, c->fd, EV_READABLE);
+        c->flags &= ~CONN_READING;
+    }
+}
+
+void conn_want_read(conn *c, int on) {
+    if (on)
+        c->flags &= ~CONN_NOREAD;
+    else
+        c->flags |= CONN_NOREAD;
+    conn_update_read(c);
+}
+
+/* Appends to the output queue, compacting or growing it. 0 or -1. */
+static int out_append(conn *c, const char *data, size_t len) {
+    struct conn_out *o = c->out;
+    size_t need = (o ? o->len : 0) + len;
+
+    if (o && o->head + need <= o->cap) {
+        memcpy(o->data + o->head + o->len, data, len);
+        o->len += len;
+        return 0;
+    }
+    if (o && need <= o->cap) {
+        memmove(o->data, o->data + o->head, o->len);
+        o->head = 0;
+    } else {
+        size_t cap = o ? o->cap * 2 : OUT_MIN;
+        size_t hw = c->w->cfg->high_water;
+        if (cap > hw)
+            cap = hw;
+        if (cap < need)
+            cap = need;
+        if (o && o->head) {
+            memmove(o->data, o->data + o->head, o->len);
+            o->head = 0;
+        }
+        struct conn_out *n = realloc(o, sizeof *n + cap);
+        if (n == NULL)
+            return -1;
+        if (o == NULL)
+            n->head = n->len = 0;
+        n->cap = cap;
+        c->out = o = n;
+    }
+    memcpy(o->data + o->len, data, len);
+    o->len += len;
+    return 0;
+}
+
+/* Writes what it can at once and queues the rest, so the usual echo is one
+ * read and one write with no copy and no epoll_ctl. */
+int conn_send(conn *c, const char *data, size_t len) {
+    struct worker *w = c->w;
+
+    if (c->flags & (CONN_CLOSING | CONN_DEAD))
+        return -1;
+    if (c->out == NULL) {
+        ssize_t n = write(c->fd, data, len);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR) {
+                conn_fail(c, errno);
+                return -1;
+            }
+            n = 0;
+        }
+        w->stats->bytes_out += n;
+        if ((size_t)n == len)
+            return 0;
+        data += n;
+        len -= n;
+    }
+    if (out_append(c, data, len) < 0) {
+        conn_fail(c, ENOMEM);
+        return -1;
+    }
+    if (!(c->flags & CONN_WRITING)) {
+        if (ev_add(w->loop, c->fd, EV_WRITABLE, conn_write_proc, c) < 0) {
+            conn_fail(c, errno);
+            return -1;
+        }
+        c->flags |= CONN_WRITING;
+    }
+    if (c->out->len >= w->cfg->high_water && !(c->flags & CONN_PAUSED)) {
+        c->flags |= CONN_PAUSED;
+        conn_update_read(c);
+    }
+    return 0;
+}
+
+static int close_reason(const conn *c) {
+    return (c->flags & CONN_EOF) ? R_EOF : R_CLOSED;
+}
+
+void conn_close(conn *c) {
+    if (c->flags & (CONN_CLOSING | CONN_DEAD))
+        return;
+    c->flags |= CONN_CLOSING;
+    conn_update_read(c);
+    if (c->out == NULL)
+        conn_kill(c, close_reason(c));
+}
+
+/* The queue fell to low water after passing high water: read again. */
+static void conn_drained(conn *c) {
+    c->flags &= ~CONN_PAUSED;
+    conn_update_read(c);
+    if (c->w->h && !(c->flags & CONN_DEAD))
+        handler_on_drain(c->w->h, c);
+}
+
+static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    conn *c = ud;
+    struct conn_out *o = c->out;
+    ssize_t n;
+
+    (void)mask;
+    if (o == NULL)
+        return;
+    n = write(fd, o->data + o->head, o->len);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            conn_fail(c, errno);
+        return;
+    }
+    c->w->stats->bytes_out += n;
+    c->last_active_ms = ev_time_ms(loop);
+    o->head += n;
+    o->len -= n;
+    if (o->len == 0) {
+        free(o);
+        c->out = NULL;
+        ev_del(loop, fd, EV_WRITABLE);
+        c->flags &= ~CONN_WRITING;
+    }
+    if ((c->flags & CONN_PAUSED) &&
+        conn_pending(c) <= c->w->cfg->low_water)
+        conn_drained(c);
+    if (c->out == NULL && (c->flags & CONN_CLOSING))
+        conn_kill(c, close_reason(c));
+}
+
+static void conn_eof(conn *c) {
+    c->flags |= CONN_EOF;
+    conn_update_read(c);
+    if (c->w->h)
+        handler_on_eof(c->w->h, c);
+    else
+        conn_close(c);
+}
+
+/* The hot path: one read into the worker's scratch buffer, straight back
+ * out (C echo) or to the handler. With no handler the read is capped so
+ * the queue never passes --high-water. */
+static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    conn *c = ud;
+    struct worker *w = c->w;
+    size_t room = w->scratch_len;
+    ssize_t n;
+
+    (void)mask;
+    if (w->h == NULL) {
+        size_t left = w->cfg->high_water - conn_pending(c);
+        if (left < room)
+            room = left;
+    }
+    if (room == 0)
+        return;
+    n = read(fd, w->scratch, room);
+    if (n > 0) {
+        w->stats->bytes_in += n;
+        c->last_active_ms = ev_time_ms(loop);
+        if (w->h)
+            handler_on_data(w->h, c, w->scratch, n);
+        else
+            conn_send(c, w->scratch, n);
+    } else if (n == 0) {
+        conn_eof(c);
+    } else if (errno != EAGAIN && errno != EINTR) {
+        conn_fail(c, errno);
+    }
+}
+
+/* --- connection lifetime --------------------------------------------------- */
+
+static void conn_unlink(conn **head, conn *c) {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void conn_link(conn **head, conn *c) {
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+}
+
+/* Leaves the loop now; the fd is closed and c freed after the iteration
+ * (worker_after), so no callback below us touches freed memory. */
+static void conn_kill(conn *c, int reason) {
+    struct worker *w = c->w;
+
+    if (c->flags & CONN_DEAD)
+        return;
+    c->flags |= CONN_DEAD | (unsigned)reason << CONN_REASON_SHIFT;
+    ev_del(w->loop, c->fd, EV_READABLE | EV_WRITABLE);
+    c->flags &= ~(CONN_READING | CONN_WRITING);
+    conn_unlink(&w->conns, c);
+    conn_link(&w->dead, c);
+}
+
+static void conn_free(struct worker *w, conn *c) {
+    int reason = (int)(c->flags >> CONN_REASON_SHIFT);
+
+    if (w->h)
+        handler_on_close(w->h, c, reasons[reason]);
+    close(c->fd);
+    free(c->out);
+    free(c);
+    w->stats->closed++;
+    w->stats->conns_open--;
+}
+
+/* After every iteration: free what was closed; stop once drained. */
+static void worker_after(ev_loop *loop, void *ud) {
+    struct worker *w = ud;
+    conn *c;
+
+    while ((c = w->dead) != NULL) {
+        conn_unlink(&w->dead, c);
+        conn_free(w, c);
+    }
+    if (w->draining && w->conns == NULL)
+        ev_stop(loop);
+}
+
+static void conn_create(struct worker *w, int fd, const char *peer) {
+    conn *c = calloc(1, sizeof *c);
+
+    if (c == NULL || ev_add(w->loop, fd, EV_READABLE, conn_read_proc, c) < 0) {
+        log_warn("connection from %s dropped: %s", peer, strerror(errno));
+        w->stats->errors++;
+        free(c);
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    c->id = ++w->next_id;
+    memcpy(c->peer, peer, sizeof c->peer);
+    c->w = w;
+    c->flags = CONN_READING;
+    c->last_active_ms = ev_time_ms(w->loop);
+    conn_link(&w->conns, c);
+    w->stats->accepted++;
+    w->stats->conns_open++;
+    if (w->h)
+        handler_on_open(w->h, c);
+}
+
+/* --- accepting --------------------------------------------------------------- */
+
+static void accept_proc(ev_loop *loop, int fd, void *ud, int mask);
+
+static int accept_start(struct worker *w) {
+    int mask = EV_READABLE | (w->exclusive ? EV_EXCLUSIVE : 0);
+
+    if (w->lfd < 0)
+        return 0;
+    return ev_add(w->loop, w->lfd, mask, accept_proc, w);
+}
+
+static long accept_resume(ev_loop *loop, long long id, void *ud) {
+    struct worker *w = ud;
+
+    (void)loop;
+    (void)id;
+    if (accept_start(w) < 0)
+        log_error("worker %d: cannot accept: %s", w->slot, strerror(errno));
+    return EV_NOMORE;
+}
+
+/* Stops accepting for a moment: nothing could be accepted and level-
+ * triggered readiness would otherwise spin. */
+static void accept_pause(struct worker *w, int err) {
+    log_warn("accept: %s (pausing %d ms)", strerror(err), ACCEPT_PAUSE_MS);
+    ev_del(w->loop, w->lfd, EV_READABLE | EV_EXCLUSIVE);
+    ev_timer_add(w->loop, ACCEPT_PAUSE_MS, accept_resume, w);
+}
+
+/* One line a second at most for conditions that can repeat per connection. */
+static int reject_log_due(struct worker *w) {
+    long long now = ev_time_ms(w->loop);
+
+    if (now - w->last_reject_log < 1000)
+        return 0;
+    w->last_reject_log = now;
+    return 1;
+}
+
+/* Out of descriptors: give back the spare, accept and close the client
+ * (it sees a close, not a hang), take the spare again [nginx, libuv].
+ * 0 if the caller can go on accepting, -1 if it must pause. */
+static int accept_shed(struct worker *w, int err) {
+    int fd;
+
+    if (w->spare_fd < 0)
+        return -1;
+    close(w->spare_fd);
+    fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0) {
+        close(fd);
+        w->stats->rejected++;
+    }
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (reject_log_due(w))
+        log_warn("accept: %s: refusing connections", strerror(err));
+    return fd >= 0 ? 0 : -1;
+}
+
+static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
+    struct worker *w = ud;
+    char peer[NET_ADDR_LEN];
+
+    (void)loop;
+    (void)mask;
+    for (int i = 0; i < ACCEPT_MAX; i++) {
+        int fd = net_accept(lfd, peer, sizeof peer);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == ECONNABORTED || errno == EPROTO)
+                continue;
+            if ((errno == EMFILE || errno == ENFILE) &&
+                accept_shed(w, errno) == 0)
+                continue;
+            accept_pause(w, errno);
+            return;
+        }
+        if (w->stats->conns_open >= (uint64_t)w->cfg->max_conns) {
+            close(fd);
+            w->stats->rejected++;
+            if (reject_log_due(w))
+                log_warn("max-conns %d reached: refusing %s",
+                         w->cfg->max_conns, peer);
+            continue;
+        }
+        conn_create(w, fd, peer);
+    }
+}
+
+/* --- timers and signals ------------------------------------------------------ */
+
+/* Closes connections silent for --idle-timeout: one sweep every so often
+ * instead of a timer per connection (no timer syscall per message). */
+static long sweep_proc(ev_loop *loop, long long id, void *ud) {
+    struct worker *w = ud;
+    long long idle = (long long)(w->cfg->idle_timeout * 1000);
+    long long now = ev_now_ms();
+    conn *c, *next;
+
+    (void)loop;
+    (void)id;
+    for (c = w->conns; c != NULL; c = next) {
+        next = c->next;
+        if (now - c->last_active_ms >= idle) {
+            w->stats->timeouts++;
+            log_debug("conn %llu (%s): idle timeout",
+                      (unsigned long long)c->id, c->peer);
+            conn_kill(c, R_TIMEOUT);
+        }
+    }
+    return idle / 4 < 10 ? 10 : idle / 4 > 1000 ? 1000 : idle / 4;
+}
+
+static void kill_all(struct worker *w, int reason) {
+    while (w->conns != NULL)
+        conn_kill(w->conns, reason);
+}
+
+static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
+    struct worker *w = ud;
+
+    (void)id;
+    if (w->conns != NULL)
+        log_info("drain deadline: closing %llu connections",
+                 (unsigned long long)w->stats->conns_open);
+    kill_all(w, R_SHUTDOWN);
+    ev_stop(loop);
+    return EV_NOMORE;
+}
+
+/* First SIGTERM: stop accepting, let connections finish until the drain
+ * deadline. A second one closes everything now. */
+static void worker_drain(struct worker *w) {
+    if (w->draining) {
+        kill_all(w, R_SHUTDOWN);
+        ev_stop(w->loop);
+        return;
+    }
+    w->draining = 1;
+    if (w->lfd >= 0) {
+        ev_del(w->loop, w->lfd, EV_READABLE | EV_EXCLUSIVE);
+        close(w->lfd);
+        w->lfd = -1;
+    }
+    if (w->conns == NULL) {
+        ev_stop(w->loop);
+        return;
+    }
+    w->drain_timer = ev_timer_add(w->loop,
+                                  (long)(w->cfg->drain_timeout * 1000),
+                                  drain_deadline_proc, w);
+}
+
+static void worker_reload(struct worker *w) {
+    char err[512];
+
+    if (w->h == NULL) {
+        log_debug("SIGHUP: no handler to reload");
+        return;
+    }
+    if (handler_reload(w->h, w->cfg->handler, err, sizeof err) == 0) {
+        w->stats->reloads++;
+        log_info("handler %s reloaded (version %d)", w->cfg->handler,
+                 handler_version(w->h));
+    } else {
+        log_error("handler reload failed, keeping the old one: %s", err);
+    }
+}
+
+static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct worker *w = ud;
+    struct signalfd_siginfo si;
+
+    (void)loop;
+    (void)mask;
+    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGTERM)
+            worker_drain(w);
+        else if (si.ssi_signo == SIGHUP)
+            worker_reload(w);
+    }
+}
+
+/* SIGTERM and SIGHUP arrive through a signalfd; SIGINT is the master's
+ * (a terminal's ^C reaches the whole group: the master relays it once). */
+static int worker_signals(struct worker *w) {
+    sigset_t set;
+
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_SETMASK, &set, NULL);
+    w->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (w->sigfd < 0)
+        return -1;
+    return ev_add(w->loop, w->sigfd, EV_READABLE, signal_proc, w);
+}
+
+/* --- worker ------------------------------------------------------------------ */
+
+static int worker_init(struct worker *w, const struct worker_start *ws) {
+    char err[512];
+
+    w->loop = ev_create(1024);
+    w->scratch_len = SCRATCH_LEN;
+    w->scratch = malloc(w->scratch_len);
+    if (w->loop == NULL || w->scratch == NULL || worker_signals(w) < 0) {
+        log_error("worker %d: %s", w->slot, strerror(errno));
+        return 1;
+    }
+    if (w->cfg->handler) {
+        w->h = handler_create(w->loop, w->cfg, err, sizeof err);
+        if (w->h == NULL) {
+            log_error("handler: %s", err);
+            return WORKER_EXIT_CONFIG;
+        }
+    }
+    w->lfd = ws->lfd;
+    w->exclusive = ws->exclusive;
+    if (accept_start(w) < 0) {
+        log_error("worker %d: epoll: %s", w->slot, strerror(errno));
+        return 1;
+    }
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (w->cfg->idle_timeout > 0)
+        w->sweep_timer = ev_timer_add(w->loop, 10, sweep_proc, w);
+    ev_set_after(w->loop, worker_after, w);
+    return 0;
+}
+
+static void worker_fini(struct worker *w) {
+    kill_all(w, R_SHUTDOWN);
+    if (w->loop)
+        worker_after(w->loop, w);
+    if (w->h)
+        handler_destroy(w->h);
+    if (w->lfd >= 0)
+        close(w->lfd);
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
+    if (w->sigfd >= 0)
+        close(w->sigfd);
+    ev_destroy(w->loop);
+    free(w->scratch);
+}
+
+int worker_main(const struct eh_config *cfg, const struct worker_start *ws) {
+    struct worker w;
+    int rc;
+
+    memset(&w, 0, sizeof w);
+    w.slot = ws->slot;
+    w.cfg = cfg;
+    w.stats = ws->stats;
+    w.lfd = w.spare_fd = w.sigfd = -1;
+    w.next_id = (uint64_t)ws->gen << 40;
+    w.stats->pid = getpid();
+    w.stats->started_ms = ev_now_ms();
+    rc = worker_init(&w, ws);
+    if (rc == 0) {
+        log_debug("worker %d ready", w.slot);
+        ev_run(w.loop);
+    }
+    worker_fini(&w);
+    return rc;
+}

@@ -1,0 +1,69 @@
+/* Event-model worker: one process, one event loop, its connections (C echo
+ * or a Lua handler), and the statistics the master can read. */
+#ifndef ECHOHOST_WORKER_H
+#define ECHOHOST_WORKER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "conn.h"
+#include "ev.h"
+
+/* Exit status of a worker that cannot start (its handler does not load):
+ * the master gives up instead of restarting it. */
+#define WORKER_EXIT_CONFIG 78
+
+/* Counters of one worker, written only by that worker. The master maps an
+ * array of these shared (MAP_SHARED) before forking, so it can read every
+ * worker's figures at any time: aligned 64-bit words, read without locks. */
+struct worker_stats {
+    int64_t pid;                /* 0 while the slot has no worker */
+    uint64_t started_ms;        /* ev_now_ms() when the worker started */
+    uint64_t conns_open;        /* connections now open */
+    uint64_t accepted;
+    uint64_t closed;
+    uint64_t rejected;          /* closed at once: --max-conns, EMFILE */
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t errors;            /* connections ended by a socket error */
+    uint64_t timeouts;          /* connections ended by --idle-timeout */
+    uint64_t reloads;           /* handler reloads that succeeded */
+} __attribute__((aligned(128)));    /* one per cache line pair: no sharing */
+
+/* What the master hands a worker it forks. */
+struct worker_start {
+    int slot;                   /* 0 .. workers-1 */
+    unsigned gen;               /* worker starts before this one (ids) */
+    int lfd;                    /* listening socket, non-blocking */
+    int exclusive;              /* lfd is shared by all workers */
+    struct worker_stats *stats; /* this slot in the master's mapping */
+};
+
+struct worker {
+    int slot;                   /* 0 .. workers-1 */
+    const struct eh_config *cfg;
+    ev_loop *loop;
+    struct handler *h;          /* NULL: C echo */
+    struct worker_stats *stats;
+    int lfd;                    /* -1 once draining */
+    int exclusive;              /* lfd shared with the other workers */
+    int spare_fd;               /* kept for EMFILE (see accept_proc) */
+    int sigfd;
+    char *scratch;              /* the one read buffer of this worker */
+    size_t scratch_len;
+    conn *conns;                /* open connections */
+    conn *dead;                 /* closed, freed after the iteration */
+    uint64_t next_id;
+    long long sweep_timer;
+    long long drain_timer;
+    int draining;
+    long long last_reject_log;
+};
+
+/* Runs a worker in the current (forked) process until it has drained.
+ * Returns the exit status: 0 after a drain, 1 on a runtime error,
+ * WORKER_EXIT_CONFIG if it cannot start. */
+int worker_main(const struct eh_config *cfg, const struct worker_start *ws);
+
+#endif
