@@ -195,7 +195,7 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
 /* open_socket(host, port): a TCP socket bound to host:port (SO_REUSEADDR,
  * like the original), not yet listening. */
 static int sock_open_socket(lua_State *L) {
-    struct sock *s = newsock(L);        /* first: nothing to leak if it raises */
+    struct sock *s = newsock(L);      /* first: a raise leaks nothing */
     struct addrinfo *res = check_resolve(L, 0, 1);
     char where[SOCK_ADDR_LEN + 8] = "bind";
     char addr[SOCK_ADDR_LEN];
@@ -263,7 +263,7 @@ static int sock_connect(lua_State *L) {
     int err = EADDRNOTAVAIL;
 
     luaL_argcheck(L, !isnan(timeout), 3, "timeout is NaN");
-    s = newsock(L);                     /* first: nothing to leak if it raises */
+    s = newsock(L);                   /* first: a raise leaks nothing */
     if ((res = check_resolve(L, 1, 0)) == NULL)
         return 3;
     s->timeout = timeout < 0 ? -1 : timeout;
