@@ -1,0 +1,595 @@
+-- Benchmark driver (`make bench`, `make bench-quick`): runs echohost-bench
+-- against refecho, the echohost variants and the peers, each on a free
+-- loopback port with client and server on different cores; writes
+-- BUILD/bench/results.md, results.json and chart.png, and copies the table and
+-- the chart into scripts/bench/.
+--   lua5.4 scripts/bench.lua --build build [--quick] [--runs N] [--only a,b]
+local socket = require "socket"
+
+local opts = { build = "build", runs = 3, quick = false }
+do
+  local i = 1
+  while arg[i] do
+    local a = arg[i]
+    if a == "--build" then opts.build = arg[i + 1]; i = i + 1
+    elseif a == "--quick" then opts.quick = true; opts.runs = 1
+    elseif a == "--runs" then opts.runs = tonumber(arg[i + 1]); i = i + 1
+    elseif a == "--only" then opts.only = arg[i + 1]; i = i + 1
+    else io.stderr:write("bench.lua: unknown argument ", a, "\n"); os.exit(2) end
+    i = i + 1
+  end
+end
+
+local ROOT = io.popen("pwd"):read("l")
+local BUILD = opts.build:sub(1, 1) == "/" and opts.build or ROOT .. "/" .. opts.build
+local OUT = BUILD .. "/bench"
+local SCRIPTS = ROOT .. "/scripts/bench"
+local BENCH = BUILD .. "/echohost-bench"
+local ECHOHOST = BUILD .. "/echohost"
+local WARMUP = opts.quick and 0.3 or 0.5
+local DURATION = opts.quick and 1 or 3
+local IDLE_CONNS = 10000
+
+-- --- small helpers ----------------------------------------------------------
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function capture(cmd)
+  local f = io.popen(cmd)
+  local out = f:read("a")
+  f:close()
+  return (out:gsub("%s+$", ""))
+end
+
+local function exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function have(cmd)
+  return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
+end
+
+local function log(fmt, ...)
+  io.stderr:write(string.format(fmt, ...), "\n")
+end
+
+local function median(xs)
+  local t = {}
+  for _, x in ipairs(xs) do t[#t + 1] = x end
+  if #t == 0 then return nil end
+  table.sort(t)
+  local m = (#t + 1) // 2
+  if #t % 2 == 1 then return t[m] end
+  return (t[m] + t[m + 1]) / 2
+end
+
+-- A flat JSON object as printed by echohost-bench.
+local function parse_json_line(line)
+  local t = {}
+  for k, v in line:gmatch('"([%w_]+)":("?[^,}"]*"?)') do
+    if v:sub(1, 1) == '"' then t[k] = v:sub(2, -2)
+    elseif v ~= "null" then t[k] = tonumber(v) end
+  end
+  return t
+end
+
+local function json_encode(v, indent)
+  indent = indent or ""
+  local ty = type(v)
+  if ty == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    return math.type(v) == "integer" and tostring(v) or string.format("%.6g", v)
+  elseif ty == "string" then
+    return '"' .. v:gsub('[%c"\\]', function(c)
+      return string.format("\\u%04x", c:byte())
+    end) .. '"'
+  elseif ty == "boolean" then return tostring(v)
+  elseif ty ~= "table" then return "null" end
+  local inner, parts = indent .. "  ", {}
+  if #v > 0 or next(v) == nil then
+    for _, x in ipairs(v) do parts[#parts + 1] = inner .. json_encode(x, inner) end
+    return "[\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = inner .. json_encode(k) .. ": " .. json_encode(v[k], inner)
+  end
+  return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
+end
+
+-- --- processes --------------------------------------------------------------
+
+local CLIENT_CPU, SERVER_CPU = "0", "1"
+do
+  local n = tonumber(capture("nproc")) or 1
+  if n < 2 then CLIENT_CPU, SERVER_CPU = nil, nil end
+end
+
+local function pinned(cpu, cmd)
+  if cpu and have("taskset") then return "taskset -c " .. cpu .. " " .. cmd end
+  return cmd
+end
+
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local function alive(pid)
+  local stat = read_file("/proc/" .. pid .. "/stat")
+  return stat ~= nil and not stat:match("^%d+ %b() [ZX]")
+end
+
+-- Starts CMD in the background (env: a string of VAR=value words), output
+-- to LOGFILE; returns its pid.
+local function spawn(cmd, env, logfile)
+  local line = string.format("(ulimit -n $(ulimit -Hn) 2>/dev/null; %s exec %s) "
+    .. ">%s 2>&1 </dev/null & echo $!", env or "", pinned(SERVER_CPU, cmd),
+    sh_quote(logfile))
+  return tonumber(capture(line))
+end
+
+local function stop(pid)
+  if not pid then return end
+  os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+  local deadline = socket.gettime() + 3
+  while alive(pid) and socket.gettime() < deadline do socket.sleep(0.02) end
+  if alive(pid) then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+end
+
+local function can_connect(port)
+  local c = socket.tcp()
+  c:settimeout(0.2)
+  local ok = c:connect("127.0.0.1", port)
+  c:close()
+  return ok ~= nil
+end
+
+-- Waits (bounded) until the server is up: its port is read from its log
+-- ("listening on ADDR:PORT") unless it was given one; returns the port or
+-- nil, reason.
+local function wait_ready(pid, logfile, port)
+  local deadline = socket.gettime() + 8
+  while socket.gettime() < deadline do
+    if not alive(pid) then
+      return nil, "exited: " .. (read_file(logfile) or ""):sub(1, 300)
+    end
+    if not port then
+      local text = read_file(logfile) or ""
+      port = tonumber(text:match("listening on [^%s]-:(%d+)"))
+    end
+    if port and can_connect(port) then return port end
+    socket.sleep(0.05)
+  end
+  return nil, "not ready after 8 s: " .. (read_file(logfile) or ""):sub(1, 300)
+end
+
+-- --- servers ----------------------------------------------------------------
+
+-- The per-message handler: scripts/echo.lua when it is one (a file returning
+-- a function), else scripts/bench/echo_fn.lua.
+local lua_handler = SCRIPTS .. "/echo_fn.lua"
+do
+  local ok, h = pcall(dofile, ROOT .. "/scripts/echo.lua")
+  if ok and type(h) == "function" then lua_handler = ROOT .. "/scripts/echo.lua" end
+end
+
+local function echohost(args)
+  return function()
+    return ECHOHOST .. " --workers 1 --listen 127.0.0.1:0 --max-conns 20000 "
+      .. "--idle-timeout 0 --drain-timeout 1 " .. args
+  end
+end
+
+-- name: key; title: table row; cmd(port, cfg): command line (port given only
+-- when fixed_port); available(): nil or the reason it cannot run.
+local SERVERS = {
+  { name = "refecho", title = "refecho (reference)",
+    cmd = function() return BUILD .. "/refecho" end,
+    available = function() return not exists(BUILD .. "/refecho") and "not built" or nil end },
+  { name = "c_echo", title = "echohost C echo",
+    cmd = echohost(""), echohost = true },
+  { name = "lua_fn", title = "echohost Lua per-message",
+    cmd = echohost("--handler " .. lua_handler), echohost = true },
+  { name = "lua_co", title = "echohost Lua coroutine",
+    cmd = echohost("--handler " .. SCRIPTS .. "/echo_co.lua"), echohost = true },
+  { name = "fork", title = "echohost --model fork",
+    cmd = echohost("--model fork"), echohost = true },
+  { name = "socat", title = "socat fork", fixed_port = true, tool = "socat",
+    cmd = function(port)
+      return "socat TCP4-LISTEN:" .. port .. ",bind=127.0.0.1,fork,reuseaddr,backlog=4096 PIPE"
+    end },
+  { name = "python", title = "Python asyncio", tool = "/usr/bin/python3",
+    cmd = function() return "/usr/bin/python3 " .. SCRIPTS .. "/pyecho.py" end },
+  { name = "node", title = "Node net", tool = "node",
+    cmd = function() return "node " .. SCRIPTS .. "/nodeecho.js" end },
+  { name = "haproxy", title = "HAProxy Lua service", fixed_port = true, tool = "haproxy",
+    cmd = function() return "haproxy -db -f " .. SCRIPTS .. "/haproxy.cfg" end,
+    env = function(port, cfg)
+      return string.format("BENCH_PORT=%d BENCH_DIR=%s BENCH_MSG_SIZE=%d",
+        port, sh_quote(SCRIPTS), cfg.size)
+    end },
+}
+
+local function server_missing(s)
+  if s.available then return s.available() end
+  if s.echohost and not exists(ECHOHOST) then return "build/echohost not built" end
+  if s.tool and not (exists(s.tool) or have(s.tool)) then return s.tool .. " not installed" end
+  return nil
+end
+
+local CONFIGS = {
+  { name = "rr1", title = "rr 1×64 B", mode = "rr", conns = 1, size = 64 },
+  { name = "rr50", title = "rr 50×1 KiB", mode = "rr", conns = 50, size = 1024 },
+  { name = "stream", title = "stream 50×16 KiB", mode = "stream", conns = 50, size = 16384,
+    metric = "mb_per_s", unit = "MB/s" },
+  { name = "connrate", title = "connrate 16×64 B", mode = "connrate", conns = 16, size = 64,
+    unit = "conn/s" },
+}
+local IDLE_CFG = { name = "idle", mode = "idle", conns = IDLE_CONNS, size = 64 }
+local MEMORY_SERVERS = { refecho = true, c_echo = true, lua_fn = true, lua_co = true }
+
+local function start_server(s, cfg)
+  local port = s.fixed_port and free_port() or nil
+  local logfile = string.format("%s/%s-%s.log", OUT, s.name, cfg.name)
+  local env = s.env and s.env(port, cfg) or ""
+  local pid = spawn(s.cmd(port, cfg), env, logfile)
+  if not pid then return nil, "spawn failed" end
+  local got, err = wait_ready(pid, logfile, port)
+  if not got then
+    stop(pid)
+    return nil, err
+  end
+  return pid, got
+end
+
+-- One client run; returns the parsed JSON line, or nil, reason.
+local function run_client(cfg, pid, port, label)
+  local d = cfg.mode == "idle" and 60 or DURATION
+  local cmd = string.format("timeout -k 2 %d %s -m %s -c %d -s %d -d %g -W %g -p %d -l %s "
+    .. "127.0.0.1:%d 2>>%s", math.ceil(d + WARMUP + 25), pinned(CLIENT_CPU, BENCH), cfg.mode,
+    cfg.conns, cfg.size, d, WARMUP, pid, sh_quote(label), port,
+    sh_quote(OUT .. "/client.log"))
+  local f = io.popen(cmd)
+  local line = f:read("a")
+  local _, _, code = f:close()
+  local r = parse_json_line(line)
+  if not r.mode then return nil, "no result (exit " .. tostring(code) .. ")" end
+  r.exit = code
+  return r
+end
+
+-- --- the measurement --------------------------------------------------------
+
+local results = { runs = {}, skipped = {}, mismatches = 0 }
+
+local function selected(s)
+  if not opts.only then return true end
+  return s.name == "refecho" or (("," .. opts.only .. ","):find("," .. s.name .. ",", 1, true))
+end
+
+local function record(sname, cname, round, r)
+  results.runs[sname] = results.runs[sname] or {}
+  results.runs[sname][cname] = results.runs[sname][cname] or {}
+  results.runs[sname][cname][round] = r
+end
+
+local function measure(s, cfg, round)
+  local pid, port = start_server(s, cfg)
+  if not pid then
+    log("  %-8s %-9s not run: %s", s.name, cfg.name, port)
+    results.skipped[s.name] = results.skipped[s.name] or ("did not start: " .. port)
+    return
+  end
+  local r, err = run_client(cfg, pid, port, s.name .. "/" .. cfg.name)
+  stop(pid)
+  if not r then
+    log("  %-8s %-9s failed: %s", s.name, cfg.name, err)
+    return
+  end
+  if (r.mismatches or 0) > 0 then results.mismatches = results.mismatches + r.mismatches end
+  if cfg.mode == "idle" then
+    log("  %-8s %-9s %6.0f B/conn  (%d conns, %d errors)", s.name, cfg.name,
+      r.rss_per_conn_b or -1, r.msgs or 0, r.errors or 0)
+  else
+    log("  %-8s %-9s %10.1f msg/s %9.1f MB/s  p50 %7.1f µs  cpu %s µs/msg  err %d mism %d",
+      s.name, cfg.name, r.msgs_per_s, r.mb_per_s, r.p50_us,
+      r.server_cpu_us_per_msg and string.format("%.2f", r.server_cpu_us_per_msg) or "-",
+      r.errors, r.mismatches)
+  end
+  record(s.name, cfg.name, round, r)
+end
+
+local function run_all()
+  os.execute("mkdir -p " .. sh_quote(OUT))
+  os.remove(OUT .. "/client.log")
+  local servers = {}
+  for _, s in ipairs(SERVERS) do
+    local why = server_missing(s)
+    if not selected(s) then
+      log("not selected: %s", s.name)
+    elseif why then
+      results.skipped[s.name] = why
+      log("skipping %s: %s", s.name, why)
+    else
+      servers[#servers + 1] = s
+    end
+  end
+  for round = 1, opts.runs do
+    log("round %d/%d", round, opts.runs)
+    for _, cfg in ipairs(CONFIGS) do
+      for _, s in ipairs(servers) do measure(s, cfg, round) end
+    end
+  end
+  log("memory: %d idle connections", IDLE_CONNS)
+  for _, s in ipairs(servers) do
+    if MEMORY_SERVERS[s.name] then measure(s, IDLE_CFG, 1) end
+  end
+  return servers
+end
+
+-- --- summary ----------------------------------------------------------------
+
+local function metric_of(cfg) return cfg.metric or "msgs_per_s" end
+
+-- Median over rounds of field(run) for one server/config.
+local function med(sname, cname, field)
+  local xs = {}
+  for _, r in pairs((results.runs[sname] or {})[cname] or {}) do
+    if r[field] then xs[#xs + 1] = r[field] end
+  end
+  return median(xs)
+end
+
+-- Median over rounds of the ratio server/refecho within each round.
+local function ratio(sname, cname, field)
+  local xs, mine = {}, (results.runs[sname] or {})[cname] or {}
+  local ref = (results.runs.refecho or {})[cname] or {}
+  for round, r in pairs(mine) do
+    local b = ref[round]
+    if b and r[field] and b[field] and b[field] > 0 then xs[#xs + 1] = r[field] / b[field] end
+  end
+  return median(xs)
+end
+
+local function fmt(x, f)
+  if not x then return "–" end
+  return string.format(f or "%.2f", x)
+end
+
+local function machine()
+  local cpu = (read_file("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "?"
+  return {
+    nproc = tonumber(capture("nproc")),
+    cpu = cpu,
+    kernel = capture("uname -sr"),
+    date = capture("date -u '+%Y-%m-%d %H:%M UTC'"),
+    pinning = CLIENT_CPU and ("client on CPU " .. CLIENT_CPU .. ", server on CPU " .. SERVER_CPU)
+      or "no pinning (one CPU)",
+  }
+end
+
+local TARGETS = {
+  { "C echo", "c_echo", "rr1", "ratio", ">=", 0.97 },
+  { "C echo", "c_echo", "rr50", "ratio", ">=", 0.97 },
+  { "C echo", "c_echo", "connrate", "ratio", ">=", 0.97 },
+  { "C echo", "c_echo", "rr1", "cpu", "<=", 1.05 },
+  { "C echo", "c_echo", "rr50", "cpu", "<=", 1.05 },
+  { "C echo", "c_echo", "connrate", "cpu", "<=", 1.05 },
+  { "Lua per-message", "lua_fn", "rr50", "ratio", ">=", 0.90 },
+  { "Lua coroutine", "lua_co", "rr50", "ratio", ">=", 0.85 },
+  { "fork model", "fork", "connrate", "ratio", ">=", 0.25 },
+  { "C echo", "c_echo", "idle", "rss", "<=", 1024 },
+  { "Lua coroutine", "lua_co", "idle", "rss", "<=", 4096 },
+}
+
+local function config_title(cname)
+  for _, c in ipairs(CONFIGS) do if c.name == cname then return c.title end end
+  return IDLE_CONNS .. " idle conns"
+end
+
+local function target_value(t)
+  local sname, cname, kind = t[2], t[3], t[4]
+  if kind == "rss" then return med(sname, cname, "rss_per_conn_b") end
+  local cfg
+  for _, c in ipairs(CONFIGS) do if c.name == cname then cfg = c end end
+  if kind == "cpu" then return ratio(sname, cname, "server_cpu_us_per_msg") end
+  return ratio(sname, cname, metric_of(cfg))
+end
+
+local function targets_table(out)
+  out[#out + 1] = "| target | measured | met |"
+  out[#out + 1] = "|---|---|---|"
+  local summary = {}
+  for _, t in ipairs(TARGETS) do
+    local v = target_value(t)
+    local what
+    if t[4] == "rss" then
+      what = string.format("%s: RSS per idle connection ≤ %d B", t[1], t[6])
+    elseif t[4] == "cpu" then
+      what = string.format("%s: server CPU/msg on %s ≤ %.2f× ref", t[1], config_title(t[3]), t[6])
+    else
+      what = string.format("%s: %s ≥ %.2f× ref", t[1], config_title(t[3]), t[6])
+    end
+    local met = v and ((t[5] == ">=" and v >= t[6]) or (t[5] == "<=" and v <= t[6]))
+    local shown = t[4] == "rss" and fmt(v, "%.0f B") or fmt(v, "%.3f×")
+    out[#out + 1] = string.format("| %s | %s | %s |", what, shown,
+      v == nil and "not measured" or (met and "yes" or "**no**"))
+    summary[#summary + 1] = { target = what, value = v, met = v ~= nil and met or nil }
+  end
+  return summary
+end
+
+local function tables(servers, m)
+  local out = {}
+  out[#out + 1] = "# echohost benchmark"
+  out[#out + 1] = ""
+  out[#out + 1] = string.format("%s · %d × %s · %s · %s · %d run%s (medians), %g s measured "
+    .. "after %g s warm-up per run", m.date, m.nproc, m.cpu, m.kernel, m.pinning, opts.runs,
+    opts.runs > 1 and "s" or "", DURATION, WARMUP)
+  out[#out + 1] = ""
+  out[#out + 1] = "## Ratio to refecho (same run; higher is better, CPU/msg: lower is better)"
+  out[#out + 1] = ""
+  local head = { "| server |" }
+  local rule = { "|---|" }
+  for _, c in ipairs(CONFIGS) do
+    head[#head + 1] = " " .. c.title .. " |"
+    rule[#rule + 1] = "---:|"
+  end
+  head[#head + 1] = " CPU/msg rr 1×64 B | CPU/msg rr 50×1 KiB | CPU/msg connrate |"
+  rule[#rule + 1] = "---:|---:|---:|"
+  out[#out + 1] = table.concat(head)
+  out[#out + 1] = table.concat(rule)
+  for _, s in ipairs(servers) do
+    local row = { "| " .. s.title .. " |" }
+    for _, c in ipairs(CONFIGS) do
+      row[#row + 1] = " " .. fmt(ratio(s.name, c.name, metric_of(c))) .. " |"
+    end
+    for _, cn in ipairs({ "rr1", "rr50", "connrate" }) do
+      row[#row + 1] = " " .. fmt(ratio(s.name, cn, "server_cpu_us_per_msg")) .. " |"
+    end
+    out[#out + 1] = table.concat(row)
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "## Absolute figures (medians)"
+  out[#out + 1] = ""
+  out[#out + 1] = "| server | rr 1×64 B msg/s | p50 / p99 µs | rr 50×1 KiB msg/s | p99 µs "
+    .. "| stream MB/s | connrate conn/s "
+    .. "| server CPU µs/msg (rr1 / rr50 / stream / connrate) | errors |"
+  out[#out + 1] = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for _, s in ipairs(servers) do
+    local errs = 0
+    for _, byc in pairs(results.runs[s.name] or {}) do
+      for _, r in pairs(byc) do errs = errs + (r.errors or 0) end
+    end
+    local cpu = {}
+    for _, c in ipairs(CONFIGS) do
+      cpu[#cpu + 1] = fmt(med(s.name, c.name, "server_cpu_us_per_msg"), "%.1f")
+    end
+    out[#out + 1] = string.format("| %s | %s | %s / %s | %s | %s | %s | %s | %s | %d |", s.title,
+      fmt(med(s.name, "rr1", "msgs_per_s"), "%.0f"), fmt(med(s.name, "rr1", "p50_us"), "%.0f"),
+      fmt(med(s.name, "rr1", "p99_us"), "%.0f"), fmt(med(s.name, "rr50", "msgs_per_s"), "%.0f"),
+      fmt(med(s.name, "rr50", "p99_us"), "%.0f"), fmt(med(s.name, "stream", "mb_per_s"), "%.0f"),
+      fmt(med(s.name, "connrate", "msgs_per_s"), "%.0f"), table.concat(cpu, " / "), errs)
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = string.format("## Memory: %d idle connections (one 64 B echo each)", IDLE_CONNS)
+  out[#out + 1] = ""
+  out[#out + 1] = "| server | VmRSS before | VmRSS after | per connection |"
+  out[#out + 1] = "|---|---:|---:|---:|"
+  for _, s in ipairs(servers) do
+    if MEMORY_SERVERS[s.name] and med(s.name, "idle", "rss_per_conn_b") then
+      out[#out + 1] = string.format("| %s | %s KiB | %s KiB | %s B |", s.title,
+        fmt(med(s.name, "idle", "rss_before_kb"), "%.0f"),
+        fmt(med(s.name, "idle", "rss_after_kb"), "%.0f"),
+        fmt(med(s.name, "idle", "rss_per_conn_b"), "%.0f"))
+    end
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "## Targets"
+  out[#out + 1] = ""
+  local summary = targets_table(out)
+  local skipped = {}
+  for name, why in pairs(results.skipped) do skipped[#skipped + 1] = name .. " (" .. why .. ")" end
+  table.sort(skipped)
+  if #skipped > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = "Not measured: " .. table.concat(skipped, "; ") .. "."
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "Throughput is echoed messages (stream: MB, connrate: connections) per second; "
+    .. "latency from a log-linear histogram; server CPU is utime+stime of the server and its "
+    .. "children from /proc over the measured window. HAProxy 2.6's `receive(n)` needs a "
+    .. "length, so its service reads the configured message size."
+  out[#out + 1] = ""
+  return table.concat(out, "\n"), summary
+end
+
+-- --- chart ------------------------------------------------------------------
+
+local function chart(servers, m)
+  local dat, cols = {}, {}
+  for _, s in ipairs(servers) do cols[#cols + 1] = '"' .. s.title .. '"' end
+  dat[#dat + 1] = "config " .. table.concat(cols, " ")
+  for _, c in ipairs(CONFIGS) do
+    local row = { '"' .. c.title .. '"' }
+    for _, s in ipairs(servers) do
+      row[#row + 1] = fmt(ratio(s.name, c.name, metric_of(c)), "%.4f"):gsub("–", "0")
+    end
+    dat[#dat + 1] = table.concat(row, " ")
+  end
+  write_file(OUT .. "/chart.dat", table.concat(dat, "\n") .. "\n")
+  local gp = {
+    "set terminal pngcairo size 1100,560 font 'Sans,10'",
+    "set output '" .. OUT .. "/chart.png'",
+    string.format("set title \"echohost benchmark: throughput / refecho (median of %d)\\n%s, "
+      .. "%d × %s, %s\"", opts.runs, m.date, m.nproc, m.cpu, m.kernel),
+    "set style data histograms",
+    "set style histogram clustered gap 1",
+    "set style fill solid 0.85 border -1",
+    "set boxwidth 0.9",
+    "set key outside right top vertical",
+    "set ylabel 'ratio to refecho'",
+    "set yrange [0:*]",
+    "set grid ytics",
+    "set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 1.5",
+    string.format("plot for [i=2:%d] '%s/chart.dat' using i:xtic(1) title columnheader(i)",
+      #servers + 1, OUT),
+  }
+  write_file(OUT .. "/chart.gp", table.concat(gp, "\n") .. "\n")
+  if not have("gnuplot") then return false end
+  return os.execute("gnuplot " .. sh_quote(OUT .. "/chart.gp") .. " 2>>" ..
+    sh_quote(OUT .. "/gnuplot.log")) == true
+end
+
+-- --- main -------------------------------------------------------------------
+
+local t0 = socket.gettime()
+if not exists(BENCH) then
+  io.stderr:write("bench.lua: ", BENCH, " not built (run make)\n")
+  os.exit(1)
+end
+local servers = run_all()
+local m = machine()
+local md, summary = tables(servers, m)
+write_file(OUT .. "/results.md", md)
+write_file(OUT .. "/results.json", json_encode({
+  machine = m, runs = opts.runs, quick = opts.quick, warmup_s = WARMUP, duration_s = DURATION,
+  results = results.runs, skipped = results.skipped, targets = summary,
+}) .. "\n")
+local drew = chart(servers, m)
+if not opts.quick then
+  os.execute(string.format("cp %s %s", sh_quote(OUT .. "/results.md"), sh_quote(SCRIPTS)))
+  if drew then
+    os.execute(string.format("cp %s %s", sh_quote(OUT .. "/chart.png"), sh_quote(SCRIPTS)))
+  end
+end
+io.write(md)
+log("wrote %s/results.md, results.json%s (%.0f s)", OUT, drew and ", chart.png" or "",
+  socket.gettime() - t0)
+if results.mismatches > 0 then
+  log("bench: %d mismatched echo(es): see %s/client.log", results.mismatches, OUT)
+  os.exit(1)
+end

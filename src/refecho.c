@@ -1,0 +1,183 @@
+/* refecho: the reference echo server of `make bench`. One thread, one epoll,
+ * level-triggered, no allocation on the steady path: the floor any event-loop
+ * echo must reach. Usage: refecho [HOST:PORT] (default 127.0.0.1:0). */
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define REF_BUF     (64 * 1024)
+#define REF_EVENTS  256
+#define REF_ACCEPTS 64
+
+/* Output that did not fit in the socket: the connection stops reading until
+ * it has been written (backpressure, bounded by one read per connection). */
+struct ref_pending {
+    size_t off, len;
+    char data[];
+};
+
+static struct ref_pending **ref_out;    /* indexed by fd */
+static int ref_maxfd;
+static char ref_buf[REF_BUF];
+
+/* Listens on an IPv4 HOST:PORT; fills the bound address; -1 on failure. */
+static int ref_listen(const char *spec, struct sockaddr_in *bound) {
+    char host[64] = "127.0.0.1";
+    const char *colon = strrchr(spec, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t len = sizeof sa;
+    int fd, one = 1;
+
+    if (colon) {
+        size_t n = (size_t)(colon - spec);
+        if (n >= sizeof host) return errno = EINVAL, -1;
+        memcpy(host, spec, n);
+        host[n] = '\0';
+    }
+    sa.sin_port = htons((unsigned short)atoi(colon ? colon + 1 : spec));
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) return errno = EINVAL, -1;
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        listen(fd, SOMAXCONN) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        close(fd);
+        return -1;
+    }
+    *bound = sa;
+    return fd;
+}
+
+static void ref_close(int ep, int fd) {
+    epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+    if (fd < ref_maxfd) {
+        free(ref_out[fd]);
+        ref_out[fd] = NULL;
+    }
+    close(fd);
+}
+
+static void ref_accept(int ep, int lfd) {
+    int i, one = 1;
+
+    for (i = 0; i < REF_ACCEPTS; i++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN};
+        if (fd < 0) return;
+        if (fd >= ref_maxfd) {          /* no room to park output: refuse */
+            close(fd);
+            continue;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        ev.data.fd = fd;
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) close(fd);
+    }
+}
+
+/* Parks the unwritten tail and swaps interest from reading to writing. */
+static void ref_park(int ep, int fd, const char *p, size_t n) {
+    struct ref_pending *o = malloc(sizeof *o + n);
+    struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+    if (!o) {
+        ref_close(ep, fd);
+        return;
+    }
+    o->off = 0;
+    o->len = n;
+    memcpy(o->data, p, n);
+    ref_out[fd] = o;
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
+
+static void ref_read(int ep, int fd) {
+    ssize_t n = read(fd, ref_buf, sizeof ref_buf), w;
+
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) ref_close(ep, fd);
+        return;
+    }
+    w = write(fd, ref_buf, (size_t)n);
+    if (w == n) return;
+    if (w < 0) {
+        if (errno != EAGAIN) {
+            ref_close(ep, fd);
+            return;
+        }
+        w = 0;
+    }
+    ref_park(ep, fd, ref_buf + w, (size_t)(n - w));
+}
+
+static void ref_write(int ep, int fd) {
+    struct ref_pending *o = ref_out[fd];
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    ssize_t w = write(fd, o->data + o->off, o->len - o->off);
+
+    if (w < 0) {
+        if (errno != EAGAIN) ref_close(ep, fd);
+        return;
+    }
+    o->off += (size_t)w;
+    if (o->off < o->len) return;
+    free(o);
+    ref_out[fd] = NULL;
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
+
+static void ref_loop(int ep, int lfd) {
+    struct epoll_event evs[REF_EVENTS];
+
+    for (;;) {
+        int i, n = epoll_wait(ep, evs, REF_EVENTS, -1);
+        if (n < 0 && errno != EINTR) return;
+        for (i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == lfd)
+                ref_accept(ep, lfd);
+            else if (ref_out[fd])
+                ref_write(ep, fd);
+            else
+                ref_read(ep, fd);
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    struct epoll_event ev = {.events = EPOLLIN};
+    struct sockaddr_in sa;
+    const char *spec = argc > 1 ? argv[1] : "127.0.0.1:0";
+    int ep, lfd = ref_listen(spec, &sa);
+    long maxfd = sysconf(_SC_OPEN_MAX);
+    char host[INET_ADDRSTRLEN];
+
+    if (lfd < 0) {
+        fprintf(stderr, "refecho: cannot listen on %s: %s\n", spec,
+                strerror(errno));
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    ref_maxfd = (int)(maxfd > 0 ? maxfd : 1024);
+    ref_out = calloc((size_t)ref_maxfd, sizeof *ref_out);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    ev.data.fd = lfd;
+    if (!ref_out || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) {
+        perror("refecho");
+        return 1;
+    }
+    inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host);
+    printf("refecho listening on %s:%d\n", host, ntohs(sa.sin_port));
+    fflush(stdout);
+    ref_loop(ep, lfd);
+    perror("refecho: epoll_wait");
+    return 1;
+}

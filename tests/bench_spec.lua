@@ -1,0 +1,180 @@
+-- echohost-bench, the load generator of `make bench`: it checks every echoed
+-- byte (a corrupting server makes it exit 1), reports one sane JSON line
+-- against refecho in each mode, bounds every run, and refuses targets that are
+-- not loopback.
+local socket = require "socket"
+
+local function tool(name)
+  local build = os.getenv("ECHOHOST_BUILD") or "build"
+  local f = io.open(build .. "/" .. name, "r")
+  if f then
+    f:close()
+    return build .. "/" .. name
+  end
+  return "build/" .. name
+end
+
+local BENCH, REFECHO = tool("echohost-bench"), tool("refecho")
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function tmpname()
+  local p = io.popen("mktemp /tmp/echohost-bench.XXXXXX")
+  local path = p:read("l")
+  p:close()
+  return path
+end
+
+local function alive(pid)
+  return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true
+end
+
+-- Starts cmd in the background; waits (bounded) for "listening on H:PORT" on
+-- its output. Returns { pid, port, stop }.
+local function start(cmd)
+  local out = tmpname()
+  local p = io.popen("exec " .. cmd .. " >" .. out .. " 2>&1 & echo $!")
+  local pid = assert(tonumber(p:read("l")))
+  p:close()
+  local srv = { pid = pid }
+  function srv.stop()
+    if alive(pid) then os.execute("kill -TERM " .. pid) end
+    local deadline = socket.gettime() + 3
+    while alive(pid) and socket.gettime() < deadline do socket.sleep(0.01) end
+    if alive(pid) then os.execute("kill -KILL " .. pid) end
+    os.remove(out)
+  end
+  local deadline = socket.gettime() + 5
+  repeat
+    srv.port = tonumber(read_file(out):match("listening on [^%s]-:(%d+)"))
+    if srv.port then return srv end
+    socket.sleep(0.01)
+  until socket.gettime() > deadline or not alive(pid)
+  srv.stop()
+  error("server did not start: " .. cmd)
+end
+
+-- Runs the load generator; returns exit code, the parsed JSON (or {}),
+-- stderr and the wall time it took.
+local function bench(args)
+  local err = tmpname()
+  local t0 = socket.gettime()
+  local p = io.popen(BENCH .. " " .. args .. " 2>" .. err)
+  local line = p:read("a")
+  local _, _, code = p:close()
+  local t = {}
+  for k, v in line:gmatch('"([%w_]+)":("?[^,}"]*"?)') do
+    if v:sub(1, 1) == '"' then t[k] = v:sub(2, -2) else t[k] = tonumber(v) end
+  end
+  local stderr = read_file(err)
+  os.remove(err)
+  return code, t, stderr, socket.gettime() - t0, line
+end
+
+-- An echo server that flips one bit of the 100th byte of each connection's
+-- stream; exits after 10 s whatever happens.
+local CORRUPT = [[
+local socket = require "socket"
+local s = assert(socket.bind("127.0.0.1", 0))
+local _, port = s:getsockname()
+io.stdout:write("listening on 127.0.0.1:", port, "\n")
+io.stdout:flush()
+local stop = socket.gettime() + 10
+s:settimeout(0.05)
+local conns, seen = {}, {}
+while socket.gettime() < stop do
+  local c = s:accept()
+  if c then c:settimeout(0); conns[#conns + 1] = c; seen[c] = 0 end
+  for _, k in ipairs(conns) do
+    local d, e, part = k:receive(65536)
+    d = d or part
+    if d and #d > 0 then
+      local n = seen[k]
+      if n < 100 and n + #d >= 100 then
+        local i = 100 - n
+        d = d:sub(1, i - 1) .. string.char(d:byte(i) ~ 1) .. d:sub(i + 1)
+      end
+      seen[k] = n + #d
+      k:send(d)
+    end
+  end
+  socket.sleep(0.001)
+end
+]]
+
+describe("echohost-bench", function()
+  local ref
+  setup(function() ref = start(REFECHO) end)
+  teardown(function() if ref then ref.stop() end end)
+
+  local function target() return "127.0.0.1:" .. ref.port end
+
+  for _, mode in ipairs({ "rr", "stream", "connrate" }) do
+    it("reports sane JSON in " .. mode .. " mode against refecho", function()
+      local code, r, stderr = bench(string.format("-m %s -c 4 -s 512 -d 0.4 -W 0.1 -p %d -l t %s",
+        mode, ref.pid, target()))
+      assert.equal(0, code, stderr)
+      assert.equal(mode, r.mode)
+      assert.equal("t", r.label)
+      assert.equal(0, r.mismatches)
+      assert.equal(0, r.errors)
+      assert.is_true(r.msgs > 100, "msgs " .. tostring(r.msgs))
+      assert.near(r.msgs / r.duration_s, r.msgs_per_s, r.msgs_per_s * 0.01 + 1)
+      assert.near(r.msgs_per_s * 512 / 1e6, r.mb_per_s, 0.01)
+      assert.is_true(r.p50_us > 0)
+      assert.is_true(r.p50_us <= r.p90_us and r.p90_us <= r.p99_us)
+      assert.is_true(r.p99_us <= r.p999_us and r.p999_us <= r.max_us)
+      assert.is_number(r.server_cpu_s)
+      assert.is_true(r.server_cpu_s > 0, "the server did work")
+    end)
+  end
+
+  it("measures the server's RSS over idle connections", function()
+    local code, r, stderr = bench("-m idle -c 200 -p " .. ref.pid .. " " .. target())
+    assert.equal(0, code, stderr)
+    assert.equal(200, r.msgs)
+    assert.is_true(r.rss_after_kb >= r.rss_before_kb and r.rss_before_kb > 0)
+    assert.is_number(r.rss_per_conn_b)
+  end)
+
+  it("detects a corrupted echo and exits 1", function()
+    local script = tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(CORRUPT)
+    f:close()
+    local bad = start("lua5.4 " .. script)
+    finally(function()
+      bad.stop()
+      os.remove(script)
+    end)
+    local code, r, stderr = bench("-m rr -c 2 -s 64 -d 0.5 -W 0 127.0.0.1:" .. bad.port)
+    assert.equal(1, code, stderr)
+    assert.is_true(r.mismatches >= 1)
+    assert.matches("mismatch at stream offset 99: got 0x%x%x, want 0x%x%x", stderr)
+  end)
+
+  it("ends a run against a silent server within its time bound", function()
+    local silent = socket.bind("127.0.0.1", 0)
+    finally(function() silent:close() end)
+    local _, port = silent:getsockname()
+    local code, r, _, secs = bench("-m rr -c 2 -d 0.3 -W 0 127.0.0.1:" .. port)
+    assert.equal(3, code)
+    assert.equal(0, r.msgs)
+    assert.is_true(secs < 3, "took " .. secs .. " s")
+  end)
+
+  it("refuses a target that is not a loopback address", function()
+    for _, t in ipairs({ "192.0.2.1:7", "[2001:db8::1]:7" }) do
+      local code, r, stderr = bench("-m rr -d 0.1 " .. t)
+      assert.equal(2, code)
+      assert.is_nil(r.mode)
+      assert.matches("refusing non%-loopback target", stderr)
+    end
+  end)
+end)
