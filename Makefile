@@ -48,12 +48,13 @@ endif
 OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN))
 
 # Lua C modules also built as shared objects for a stock lua5.4:
-# build/echohost/<name>.so, found through package.cpath "build/?.so".
+# build/lua/echohost/<name>.so, found through package.cpath "build/lua/?.so"
+# (not build/echohost/: that is the binary).
 SO_socket := src/lsocket.c
 SO_proc   := src/lproc.c
 SO_glue   := $(GLUE_SRC)
 LUAMODS   := $(foreach m,socket proc glue,$(if $(wildcard $(firstword $(SO_$(m)))),$(m)))
-SOS       := $(foreach m,$(LUAMODS),$(BUILD)/echohost/$(m).so)
+SOS       := $(foreach m,$(LUAMODS),$(BUILD)/lua/echohost/$(m).so)
 
 BIN   := $(BUILD)/echohost
 TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
@@ -79,13 +80,13 @@ $(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS)
 	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_types $(GLUE_DEFS)
 endif
 
-$(BUILD)/echohost/%.so: $(GLUE_GENH)
+$(BUILD)/lua/echohost/%.so: $(GLUE_GENH)
 	@mkdir -p $(dir $@)
 	@printf '  SO %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $(SO_$*) \
 	    $(if $(filter glue,$*),$(GLUE_GEN)) $(EXTRA_LDFLAGS)
-$(foreach m,$(LUAMODS),$(eval $(BUILD)/echohost/$(m).so: $(SO_$(m))))
-$(BUILD)/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
+$(foreach m,$(LUAMODS),$(eval $(BUILD)/lua/echohost/$(m).so: $(SO_$(m))))
+$(BUILD)/lua/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
 
 $(BUILD)/echohost-bench: src/bench.c
 	@printf '  LD %s\n' $@
@@ -126,7 +127,7 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
 asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
-	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/echohost/$(m).so)
+	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so)
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
 

@@ -54,7 +54,7 @@ c_suite() {
     echo "suite $name: $line"
 }
 
-BUSTED="busted --lua=lua5.4 --cpath=$BUILD/?.so"
+BUSTED="busted --lua=lua5.4 --cpath=$BUILD/lua/?.so"
 if [ -n "$ECHOHOST_ASAN" ]; then
     busted_suite specs env LD_PRELOAD="$ASAN_PRELOAD" $BUSTED
 else
