@@ -456,11 +456,8 @@ int handler_reload(struct handler *h, const char *path, char *err,
 
     if (path == NULL)
         path = h->path;
-    if (hl_load(h->L, path, h->cfg->lua_budget, &r, err, errlen) < 0) {
-        log_error("handler %s: not loaded, version %d stays: %s", path,
-                  h->version, err);
+    if (hl_load(h->L, path, h->cfg->lua_budget, &r, err, errlen) < 0)
         return -1;
-    }
     if (path != h->path) {
         char *p = strdup(path);
         if (p == NULL) {
@@ -498,8 +495,9 @@ static void watch_proc(ev_loop *loop, int fd, void *ud, int mask) {
             p += sizeof *e + e->len;
         }
     }
-    if (changed)
-        handler_reload(h, NULL, err, sizeof err);
+    if (changed && handler_reload(h, NULL, err, sizeof err) < 0)
+        log_error("handler %s changed but did not load, version %d stays: %s",
+                  h->path, h->version, err);
 }
 
 /* Watches the handler's directory: editors replace files by rename. */

@@ -130,9 +130,13 @@ function M.read_n(c, n)
   return data or partial, err
 end
 
--- Reads until the server closes; returns the bytes and the reason.
+-- Reads until the server closes; returns the bytes, or the bytes and an
+-- error ("timeout") if it did not close.
 function M.read_all(c)
   local data, err, partial = c:receive("*a")
+  if err == "closed" then         -- LuaSocket says so when nothing came
+    err = nil
+  end
   return data or partial, err
 end
 
