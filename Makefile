@@ -62,7 +62,9 @@ TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
 
 .PHONY: all run test test-only lint asan asan-test bench bench-quick fuzz \
         clean deps bench-deps install glue-test
-all: deps-check $(BIN) $(SOS) $(TOOLBIN)
+# A helper of the REPL tests: runs a command on a pseudo-terminal.
+TESTBIN := $(BUILD)/tests/ptyrun
+all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -91,6 +93,11 @@ $(BUILD)/lua/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
 $(BUILD)/echohost-bench: src/bench.c
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lm -lpthread $(EXTRA_LDFLAGS)
+
+$(BUILD)/tests/ptyrun: tests/ptyrun.c
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lutil $(EXTRA_LDFLAGS)
 
 $(BUILD)/refecho: src/refecho.c
 	@printf '  LD %s\n' $@
@@ -127,7 +134,8 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
 asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
-	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so)
+	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
+	    build/asan/tests/ptyrun
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
 

@@ -37,6 +37,7 @@ struct repl {
     repl_check_fn *check;
     long long deadline_ms;
     int sigint;                 /* Ctrl-C interrupts (the local prompt) */
+    int returns;                /* the chunk is "=expr": already a return */
 };
 
 struct repl_input {
@@ -311,28 +312,24 @@ static int repl_append(struct repl *r, const char *s, size_t len) {
     return 0;
 }
 
-/* The first line as an expression: "return <line>;" [lua.c addreturn].
- * Leaves the compiled function and returns 1, or returns 0. */
-static int repl_addreturn(struct repl *r, const char *line, size_t len) {
+/* The chunk as an expression: "return <chunk>" [lua.c addreturn]. Leaves
+ * the compiled function (LUA_OK) or the error message (LUA_ERRSYNTAX), or
+ * nothing and returns -1 when the expression is only incomplete. */
+static int repl_addreturn(struct repl *r, const char *code, size_t len) {
     lua_State *L = r->L;
-    luaL_Buffer b;
+    int status;
 
-    const char *code;
-    size_t n;
-
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, "return ");
-    luaL_addlstring(&b, line, len);
-    luaL_addchar(&b, ';');
-    luaL_pushresult(&b);
-    code = lua_tolstring(L, -1, &n);
-
-    if (luaL_loadbuffer(L, code, n, r->chunkname) == LUA_OK) {
-        lua_remove(L, -2);
-        return 1;
-    }
-    lua_pop(L, 2);
-    return 0;
+    lua_pushliteral(L, "return ");
+    lua_pushlstring(L, code, len);
+    lua_concat(L, 2);
+    code = lua_tolstring(L, -1, &len);
+    status = luaL_loadbuffer(L, code, len, r->chunkname);
+    lua_remove(L, -2);
+    if (status == LUA_OK)
+        return LUA_OK;
+    if (repl_incomplete(L, status))
+        return -1;
+    return status;
 }
 
 static void repl_run(struct repl *r, int status) {
@@ -345,29 +342,35 @@ static void repl_run(struct repl *r, int status) {
 }
 
 int repl_feed(struct repl *r, const char *line, size_t len) {
-    int oom = 0, status;
+    int ret, status;
 
     lua_settop(r->L, 0);
-    if (r->len == 0) {
-        if (len > 0 && line[0] == '=') {        /* "=expr" [Lua 5.1] */
-            oom = repl_append(r, "return ", 7);
-            line++, len--;
-        } else if (repl_addreturn(r, line, len)) {
-            repl_run(r, LUA_OK);
-            return REPL_READY;
-        }
-    } else {
-        oom = repl_append(r, "\n", 1);
+    if (r->len == 0 && len > 0 && line[0] == '=') {     /* "=expr" [5.1] */
+        line++, len--;
+        r->returns = 1;
     }
-    if (oom || repl_append(r, line, len) < 0) {
-        r->len = 0;
+    if ((r->len > 0 && repl_append(r, "\n", 1) < 0) ||
+        repl_append(r, line, len) < 0) {
+        r->len = r->returns = 0;
         repl_puts(r, REPL_ERR, "not enough memory");
         return REPL_READY;
     }
-    status = luaL_loadbuffer(r->L, r->buf, r->len, r->chunkname);
-    if (repl_incomplete(r->L, status))
+    /* An expression first, so that its values print; then a statement. */
+    status = ret = repl_addreturn(r, r->buf, r->len);
+    if (ret != LUA_OK && !r->returns) {
+        if (ret != -1)
+            lua_pop(r->L, 1);
+        status = luaL_loadbuffer(r->L, r->buf, r->len, r->chunkname);
+        if (repl_incomplete(r->L, status))
+            return REPL_MORE;
+        if (status != LUA_OK && ret == -1) {        /* "{1," goes on */
+            lua_pop(r->L, 1);
+            return REPL_MORE;
+        }
+    }
+    if (status == -1)
         return REPL_MORE;
-    r->len = 0;
+    r->len = r->returns = 0;
     repl_run(r, status);
     return REPL_READY;
 }
