@@ -1,6 +1,7 @@
 /* Handler runtime for the fork model: the same handler file and forms as the
  * event runtime, on one socket with blocking calls (poll-based timeouts). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -223,6 +224,8 @@ int handler_serve_blocking(const struct eh_config *cfg, int fd,
         close(fd);
         return 1;
     }
+    /* non-blocking under the hood: every wait is a poll with the timeout */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     u = hl_newconn(L, (lua_Integer)getpid(), peer);
     u->fd = fd;
     conn_ref = luaL_ref(L, LUA_REGISTRYINDEX);

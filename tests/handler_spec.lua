@@ -217,3 +217,65 @@ describe("harness", function()
 end)
 
 teardown(function() util.rmdir(dir) end)
+
+-- A direct-style send above the high-water mark waits (the coroutine
+-- yields) until the client reads; with a timeout it gives up.
+local flood = [[
+return {
+  handle = function(conn)
+    local chunk, total = string.rep("0123456789abcdef", 4096), 0
+    conn:settimeout(%s)
+    for _ = 1, %d do
+      local n, err = conn:send(chunk)
+      if not n then
+        io.stderr:write("flood stopped: ", err, " after ", total, "\n")
+        break
+      end
+      total = total + n
+    end
+    conn:close()
+  end,
+}
+]]
+
+for _, model in ipairs({ "event", "fork" }) do
+  describe("direct-style send under --model " .. model, function()
+    local fdir
+    setup(function() fdir = util.tmpdir() end)
+    teardown(function() util.rmdir(fdir) end)
+
+    it("waits while the client does not read, and loses nothing", function()
+      local file = fdir .. "/flood.lua"
+      util.write_file(file, flood:format("nil", 64))         -- 4 MiB
+      local srv = util.start({ "--model", model, "--workers", "1",
+                               "--high-water", "64k", "--handler", file }, fdir)
+      finally(srv.stop)
+      local c = util.connect(srv.port)
+      finally(function() c:close() end)
+      require("socket").sleep(0.2)    -- let the server hit the high-water mark
+      local got = assert(util.read_all(c))
+      assert.equal(64 * 65536, #got)
+      assert.equal(string.rep("0123456789abcdef", 4096 * 64), got)
+    end)
+
+    it("returns nil, 'timeout' when the client never reads", function()
+      local file = fdir .. "/flood_t.lua"
+      util.write_file(file, flood:format("0.2", 1000000))
+      local srv = util.start({ "--model", model, "--workers", "1",
+                               "--high-water", "64k", "--handler", file }, fdir)
+      finally(srv.stop)
+      local c = util.connect(srv.port)
+      finally(function() c:close() end)
+      local total = util.wait_for(function()
+        return srv.log_text():match("flood stopped: timeout after (%d+)")
+      end, 10)
+      assert.truthy(total)
+      local got = assert(util.read_all(c))
+      total = tonumber(total)
+      assert.is_true(#got >= total and #got < total + 65536)
+      if model == "event" then
+        assert.equal(total, #got)   -- a send that times out queued nothing
+      end
+    end)
+  end)
+end
