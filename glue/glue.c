@@ -184,6 +184,10 @@ int glue_collect(struct thread_info *ti, size_t need, int may_grow) {
     if (copy_into(ti, h->words) < 0)
         return -1;
     live = glue_heap_live(ti);
+    if (live + need <= h->words / 8 && h->words > GLUE_NURSERY) {
+        words = 4 * (live + need);      /* mostly garbage: shrink */
+        return copy_into(ti, words > GLUE_NURSERY ? words : GLUE_NURSERY);
+    }
     if (live + need <= h->words / 2)
         return 0;
     if (!may_grow)

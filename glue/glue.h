@@ -189,6 +189,7 @@ void glue_print_with(value v, const struct glue_type *t,
 int glue_fprint(FILE *f, value v, const struct glue_ty *ty);
 size_t glue_sprint(char *buf, size_t len, value v, const struct glue_ty *ty);
 char *glue_aprint(value v, const struct glue_ty *ty, size_t *len);
+size_t glue_read_bound(const char *text, size_t len);
 int glue_read(struct thread_info *ti, const char *text, size_t len,
               const struct glue_ty *expect, value *out,
               const struct glue_ty **outty, char *err, size_t errlen);

@@ -521,8 +521,8 @@ static int close_frame(struct reader *r, value *v, const struct glue_ty **ty) {
     return 1;
 }
 
-/* An upper bound of the words reading s can allocate. */
-static size_t read_bound(const char *s, size_t len) {
+/* An upper bound of the heap words reading s can allocate. */
+size_t glue_read_bound(const char *s, size_t len) {
     size_t words = 4;
     int in_str = 0, in_tok = 0;
 
@@ -608,7 +608,7 @@ int glue_read(struct thread_info *ti, const char *text, size_t len,
     r.ti = ti, r.s = text, r.len = len, r.err = err, r.errlen = errlen;
     if (errlen > 0)
         err[0] = '\0';
-    if (glue_reserve(ti, read_bound(text, len)) < 0)
+    if (glue_reserve(ti, glue_read_bound(text, len)) < 0)
         return rfail(&r, 0, "glue heap exhausted");
     rc = read_loop(&r, expect ? expect : &glue_ty_any, out, outty);
     if (rc == 0 && lex(&r) == 0 && r.tok != T_EOF)

@@ -431,7 +431,7 @@ static int lglue_read(lua_State *L) {
     char err[GLUE_ERR_LEN];
     value v;
 
-    if (reserve(L, ti, 2 * len + 8) < 0)
+    if (reserve(L, ti, glue_read_bound(text, len)) < 0)
         return luaL_error(L, "glue heap exhausted");
     if (glue_read(ti, text, len, ty, &v, &got, err, sizeof err) < 0) {
         luaL_pushfail(L);
