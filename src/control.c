@@ -156,8 +156,10 @@ static void control_sess_free(struct control_sess *s, int unloop) {
         ctl->sessions = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    if (unloop)
+    if (unloop) {
         ev_del(ctl->loop, s->fd, EV_READABLE | EV_WRITABLE);
+        log_info("control: operator gone");
+    }
     close(s->fd);
     repl_free(s->r);
     if (s->L)
@@ -404,6 +406,20 @@ void control_close(struct control *ctl) {
         close(ctl->fd);
         unlink(ctl->path);
     }
+    for (int i = 0; i < ctl->nworkers; i++)
+        if (ctl->workers[i].fd >= 0)
+            close(ctl->workers[i].fd);
+    free(ctl->workers);
+    free(ctl);
+}
+
+void control_after_fork(struct control *ctl) {
+    if (ctl == NULL)
+        return;
+    while (ctl->sessions)
+        control_sess_free(ctl->sessions, 0);
+    if (ctl->fd >= 0)
+        close(ctl->fd);
     for (int i = 0; i < ctl->nworkers; i++)
         if (ctl->workers[i].fd >= 0)
             close(ctl->workers[i].fd);

@@ -25,6 +25,11 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
 /* Ends every session, closes the socket and unlinks its path. */
 void control_close(struct control *ctl);
 
+/* In a newly forked worker: closes the fds it inherited from the control
+ * side of the master (socket, sessions, other channels) and frees the
+ * copies of the sessions; the path is left alone. */
+void control_after_fork(struct control *ctl);
+
 /* A channel to the workers: a SOCK_SEQPACKET socketpair made before the
  * fork. The master keeps fds[0], the worker fds[1]. -1 with errno. */
 int control_channel(int fds[2]);
