@@ -40,6 +40,7 @@ function M.tmpdir()
 end
 
 function M.rmdir(dir)
+  if os.getenv("KEEP_TMP") then return end
   if dir and dir:match("^/tmp/echohost%-handler%.") then
     sh("rm -rf '" .. dir .. "'")
   end
@@ -105,6 +106,18 @@ function M.start(args, dir)
   if not up or not alive(pid) then
     srv.stop()
     error("echohost did not start: " .. read_file(log))
+  end
+  -- event model with a handler: ready once every worker has loaded it
+  local opt = {}
+  for i = 1, #args - 1 do
+    opt[args[i]] = args[i + 1]
+  end
+  if opt["--handler"] and opt["--model"] ~= "fork" then
+    local workers = tonumber(opt["--workers"] or "1")
+    if not M.wait_for(function() return M.count(srv, "version 1 loaded") >= workers end, 5) then
+      srv.stop()
+      error("echohost workers did not load the handler: " .. read_file(log))
+    end
   end
   return srv
 end
