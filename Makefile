@@ -64,7 +64,10 @@ TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
         clean deps bench-deps install glue-test
 # A helper of the REPL tests: runs a command on a pseudo-terminal.
 TESTBIN := $(BUILD)/tests/ptyrun
-all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN)
+# C tests of the glue runtime (tests/glue/test_*.c), run by tests/suites/glue.sh.
+GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
+GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
+all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -98,6 +101,13 @@ $(BUILD)/tests/ptyrun: tests/ptyrun.c
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lutil $(EXTRA_LDFLAGS)
+
+$(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $< $(GLUE_OBJ) $(LUA_LIBS) -lm \
+	    $(EXTRA_LDFLAGS)
+glue-test: $(GLUE_TESTS)
 
 $(BUILD)/refecho: src/refecho.c
 	@printf '  LD %s\n' $@
@@ -135,7 +145,7 @@ asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
 	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
-	    build/asan/tests/ptyrun
+	    build/asan/tests/ptyrun $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS))
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
 
