@@ -207,20 +207,26 @@ local function linecol(text, pos)
   return line, pos - start + 1
 end
 
+-- Adds the declarations of text to env; returns env, or nil and
+-- "name:line:col: message" (env then holds part of them).
+function M.check(env, text, name)
+  local ok, e = pcall(M.parse, text, env)
+  if ok then return env end
+  if type(e) ~= "table" then error(e, 0) end
+  local line, col = linecol(text, e.pos)
+  return nil, string.format("%s:%d:%d: %s", name, line, col, e.msg)
+end
+
 -- Parses every file; returns env, or nil and "file:line:col: message".
-function M.load(files)
-  local env = M.newenv()
+function M.load(files, env)
+  env = env or M.newenv()
   for _, name in ipairs(files) do
     local f, err = io.open(name, "rb")
     if not f then return nil, err end
     local text = f:read("a")
     f:close()
-    local ok, e = pcall(M.parse, text, env)
-    if not ok then
-      if type(e) ~= "table" then error(e, 0) end
-      local line, col = linecol(text, e.pos)
-      return nil, string.format("%s:%d:%d: %s", name, line, col, e.msg)
-    end
+    local _, msg = M.check(env, text, name)
+    if msg then return nil, msg end
   end
   return env
 end

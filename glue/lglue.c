@@ -362,6 +362,34 @@ static int lglue_match(lua_State *L) {
     return lua_gettop(L) - 2;
 }
 
+/* glue.show(x): x as glue prints it (a value, an integer or a string). */
+static int lglue_show(lua_State *L) {
+    struct thread_info *ti = tinfo(L);
+    const struct glue_ty *ty = type_of(L, 1);
+    luaL_Buffer b;
+    size_t len;
+    char *s;
+
+    if (ty == NULL || ty->kind == GLUE_FN)
+        return luaL_typeerror(L, 1, "glue value, integer or string");
+    if (ty->kind == GLUE_APP || ty->kind == GLUE_ANY)
+        return value_tostring(L);
+    if (ty->kind == GLUE_INT) {
+        lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointegerx(L, 1, NULL));
+        return 1;
+    }
+    if (reserve(L, ti, words_of(L, 1)) < 0)
+        return luaL_error(L, "glue heap exhausted");
+    s = glue_aprint(to_word(L, ti, 1, LUA_NOREF), ty, &len);
+    if (s == NULL)
+        return luaL_error(L, "not enough memory");
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, s, len);
+    free(s);
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int lglue_stats(lua_State *L) {
     struct thread_info *ti = tinfo(L);
 
@@ -599,6 +627,7 @@ static const luaL_Reg glue_funcs[] = {
     {"is_value", lglue_is_value},
     {"match", lglue_match},
     {"read", lglue_read},
+    {"show", lglue_show},
     {"stats", lglue_stats},
     {"tag", lglue_tag},
     {"type", lglue_type},
