@@ -26,8 +26,8 @@ local OUT = BUILD .. "/bench"
 local SCRIPTS = ROOT .. "/scripts/bench"
 local BENCH = BUILD .. "/echohost-bench"
 local ECHOHOST = BUILD .. "/echohost"
-local WARMUP = opts.quick and 0.3 or 0.5
-local DURATION = opts.quick and 1 or 3
+local WARMUP = opts.quick and 0.2 or 0.4
+local DURATION = opts.quick and 0.8 or 2
 local IDLE_CONNS = 10000
 
 -- --- small helpers ----------------------------------------------------------
@@ -69,6 +69,11 @@ end
 
 local function log(fmt, ...)
   io.stderr:write(string.format(fmt, ...), "\n")
+end
+
+local function fmt(x, f)
+  if not x then return "–" end
+  return string.format(f or "%.2f", x)
 end
 
 local function median(xs)
@@ -283,7 +288,10 @@ end
 
 -- --- the measurement --------------------------------------------------------
 
-local results = { runs = {}, skipped = {}, mismatches = 0 }
+-- runs[server][config]: every run, in order; seq[config][round]: the order
+-- in which servers ran, so each run is compared with the refecho runs next
+-- to it (interference on a shared machine drifts over minutes).
+local results = { runs = {}, seq = {}, skipped = {}, mismatches = 0 }
 
 local function selected(s)
   if not opts.only then return true end
@@ -293,7 +301,11 @@ end
 local function record(sname, cname, round, r)
   results.runs[sname] = results.runs[sname] or {}
   results.runs[sname][cname] = results.runs[sname][cname] or {}
-  results.runs[sname][cname][round] = r
+  table.insert(results.runs[sname][cname], r)
+  results.seq[cname] = results.seq[cname] or {}
+  results.seq[cname][round] = results.seq[cname][round] or {}
+  table.insert(results.seq[cname][round], { server = sname, run = r })
+  r.round = round
 end
 
 local function measure(s, cfg, round)
@@ -337,12 +349,25 @@ local function run_all()
       servers[#servers + 1] = s
     end
   end
+  -- refecho, then two servers, refecho, two servers, ..., refecho
+  local order = {}
+  for i, s in ipairs(servers) do
+    if s.name ~= "refecho" then
+      if #order % 3 == 0 then order[#order + 1] = servers[1] end
+      order[#order + 1] = s
+    end
+    if i == #servers then order[#order + 1] = servers[1] end
+  end
   for round = 1, opts.runs do
     log("round %d/%d", round, opts.runs)
     for _, cfg in ipairs(CONFIGS) do
-      for _, s in ipairs(servers) do measure(s, cfg, round) end
+      for _, s in ipairs(order) do measure(s, cfg, round) end
     end
   end
+  local f = io.popen(pinned(SERVER_CPU, BENCH) .. " -m fork -d 1 -l fork")
+  results.fork = parse_json_line(f:read("a"))
+  f:close()
+  log("fork+_exit+waitpid: %s µs", fmt(results.fork.us_per_fork, "%.0f"))
   log("memory: %d idle connections", IDLE_CONNS)
   for _, s in ipairs(servers) do
     if MEMORY_SERVERS[s.name] then measure(s, IDLE_CFG, 1) end
@@ -363,21 +388,52 @@ local function med(sname, cname, field)
   return median(xs)
 end
 
--- Median over rounds of the ratio server/refecho within each round.
+-- The mean of field over the refecho runs next to position i of seq.
+local function ref_near(seq, i, field)
+  local sum, n = 0, 0
+  for _, step in ipairs({ -1, 1 }) do
+    local j = i + step
+    while seq[j] and seq[j].server ~= "refecho" do j = j + step end
+    if seq[j] and seq[j].run[field] then
+      sum, n = sum + seq[j].run[field], n + 1
+    end
+  end
+  return n > 0 and sum / n or nil
+end
+
+-- Median over runs of field(server) / field(refecho runs beside it).
 local function ratio(sname, cname, field)
-  local xs, mine = {}, (results.runs[sname] or {})[cname] or {}
-  local ref = (results.runs.refecho or {})[cname] or {}
-  for round, r in pairs(mine) do
-    local b = ref[round]
-    if b and r[field] and b[field] and b[field] > 0 then xs[#xs + 1] = r[field] / b[field] end
+  if sname == "refecho" then return med(sname, cname, field) and 1 or nil end
+  local xs = {}
+  for _, seq in pairs(results.seq[cname] or {}) do
+    for i, step in ipairs(seq) do
+      local v, b = step.run[field], nil
+      if step.server == sname and v then b = ref_near(seq, i, field) end
+      if b and b > 0 then xs[#xs + 1] = v / b end
+    end
   end
   return median(xs)
 end
 
-local function fmt(x, f)
-  if not x then return "–" end
-  return string.format(f or "%.2f", x)
+-- How much of a CPU other processes (and the hypervisor) took during the
+-- measured windows: the noise of this run.
+local function interference()
+  local other, steal = {}, {}
+  for _, byc in pairs(results.runs) do
+    for cname, runs in pairs(byc) do
+      for _, r in ipairs(runs) do
+        if cname ~= "idle" and r.other_cpu_s and r.duration_s > 0 then
+          other[#other + 1] = r.other_cpu_s / r.duration_s
+          steal[#steal + 1] = (r.steal_s or 0) / r.duration_s
+        end
+      end
+    end
+  end
+  table.sort(other)
+  return { other_median = median(other), other_max = other[#other],
+           steal_median = median(steal) }
 end
+
 
 local function machine()
   local cpu = (read_file("/proc/cpuinfo") or ""):match("model name%s*:%s*([^\n]+)") or "?"
@@ -449,6 +505,15 @@ local function tables(servers, m)
   out[#out + 1] = string.format("%s · %d × %s · %s · %s · %d run%s (medians), %g s measured "
     .. "after %g s warm-up per run", m.date, m.nproc, m.cpu, m.kernel, m.pinning, opts.runs,
     opts.runs > 1 and "s" or "", DURATION, WARMUP)
+  local noise = interference()
+  if noise.other_median then
+    out[#out + 1] = ""
+    out[#out + 1] = string.format("Interference: other processes used a median %.0f %% "
+      .. "(max %.0f %%) of one CPU during the measured windows; hypervisor steal %.1f %%. "
+      .. "Each ratio compares a "
+      .. "run with the refecho runs just before and after it.", 100 * noise.other_median,
+      100 * noise.other_max, 100 * noise.steal_median)
+  end
   out[#out + 1] = ""
   out[#out + 1] = "## Ratio to refecho (same run; higher is better, CPU/msg: lower is better)"
   out[#out + 1] = ""
@@ -508,6 +573,15 @@ local function tables(servers, m)
     end
   end
   out[#out + 1] = ""
+  local fk = results.fork and results.fork.us_per_fork
+  local ref_cr = med("refecho", "connrate", "msgs_per_s")
+  if fk and ref_cr then
+    out[#out + 1] = string.format("The machine's floor for a process per connection: fork, _exit "
+      .. "and waitpid of a small process take %.0f µs here (echohost-bench -m fork), at most "
+      .. "%.0f forks/s = %.3f× refecho's connrate, before any socket work.", fk, 1e6 / fk,
+      1e6 / fk / ref_cr)
+    out[#out + 1] = ""
+  end
   out[#out + 1] = "## Targets"
   out[#out + 1] = ""
   local summary = targets_table(out)
@@ -578,6 +652,7 @@ write_file(OUT .. "/results.md", md)
 write_file(OUT .. "/results.json", json_encode({
   machine = m, runs = opts.runs, quick = opts.quick, warmup_s = WARMUP, duration_s = DURATION,
   results = results.runs, skipped = results.skipped, targets = summary,
+  interference = interference(), fork_probe = results.fork,
 }) .. "\n")
 local drew = chart(servers, m)
 if not opts.quick then

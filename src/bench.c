@@ -20,6 +20,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,9 +38,9 @@
 #define HIST_HALF    (1 << (HIST_BITS - 1))
 #define HIST_BUCKETS ((64 - HIST_BITS + 1) * HIST_HALF + HIST_HALF)
 
-enum bench_mode { MODE_RR, MODE_STREAM, MODE_CONNRATE, MODE_IDLE };
+enum bench_mode { MODE_RR, MODE_STREAM, MODE_CONNRATE, MODE_IDLE, MODE_FORK };
 static const char *const bench_mode_names[] = {
-    "rr", "stream", "connrate", "idle", NULL
+    "rr", "stream", "connrate", "idle", "fork", NULL
 };
 
 enum conn_state { ST_FREE, ST_CONNECTING, ST_OPEN, ST_IDLE, ST_DEAD };
@@ -85,8 +86,14 @@ static struct bench_opts bo;
 static unsigned char *bench_pat;       /* 2 * PAT_LEN: any slice contiguous */
 static size_t bench_nring;
 static uint64_t g_warm_end, g_end;
-static long long g_cpu0 = -1, g_cpu1 = -1;
-static uint64_t g_cpu_t0, g_cpu_t1;
+/* CPU time at the start [0] and the end [1] of the measured window. */
+struct cpu_sample {
+    int taken;
+    long long server;           /* ns used by the --pid trees; -1: unknown */
+    long long busy, steal;      /* ticks of every CPU, from /proc/stat */
+    double self;                /* seconds used by this client */
+};
+static struct cpu_sample g_cpu[2];
 static char g_first_error[160];
 
 static uint64_t now_ns(void) {
@@ -156,10 +163,10 @@ static double hist_quantile(const struct bench_stats *st, double q) {
 
 struct proc_row {
     pid_t pid, ppid;
-    long long ticks;
+    long long child_ticks;      /* cutime + cstime: reaped children */
 };
 
-/* Reads pid, ppid and utime+stime+cutime+cstime from /proc/PID/stat. */
+/* Reads pid, ppid and cutime+cstime from /proc/PID/stat. */
 static int proc_stat(const char *pid, struct proc_row *r) {
     char path[64], line[1024], *p;
     long long f[4];
@@ -178,8 +185,32 @@ static int proc_stat(const char *pid, struct proc_row *r) {
                &f[3]) != 5)
         return -1;
     r->pid = (pid_t)atoi(pid);
-    r->ticks = f[0] + f[1] + f[2] + f[3];
+    r->child_ticks = f[2] + f[3];
     return 0;
+}
+
+/* CPU time of a live process in ns: the sum of its threads' run time from
+ * /proc/PID/task/TID/schedstat (utime and stime are in 10 ms ticks, too
+ * coarse to sum over many short-lived children). */
+static long long proc_run_ns(pid_t pid) {
+    char path[320];
+    long long sum = 0, ns;
+    struct dirent *de;
+    DIR *d;
+
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    if (!(d = opendir(path))) return 0;
+    while ((de = readdir(d))) {
+        FILE *fp;
+        if (!isdigit((unsigned char)de->d_name[0])) continue;
+        snprintf(path, sizeof path, "/proc/%d/task/%s/schedstat", (int)pid,
+                 de->d_name);
+        if (!(fp = fopen(path, "r"))) continue;
+        if (fscanf(fp, "%lld", &ns) == 1) sum += ns;
+        fclose(fp);
+    }
+    closedir(d);
+    return sum;
 }
 
 static long proc_rss_kb(pid_t pid) {
@@ -195,10 +226,10 @@ static long proc_rss_kb(pid_t pid) {
     return kb;
 }
 
-/* Walks the process tree under the --pid roots. Fills the CPU time (clock
- * ticks, reaped children included) and the summed VmRSS in KiB. -1 if no
- * root is alive. */
-static int proc_tree(long long *ticks, long *rss_kb) {
+/* Walks the process tree under the --pid roots. Fills the CPU time in ns
+ * (reaped children included) and the summed VmRSS in KiB. -1 if no root is
+ * alive. */
+static int proc_tree(long long *cpu_ns, long *rss_kb) {
     struct proc_row *rows = NULL;
     size_t n = 0, cap = 0, i;
     char *in;
@@ -206,7 +237,9 @@ static int proc_tree(long long *ticks, long *rss_kb) {
     struct dirent *de;
     DIR *d = opendir("/proc");
 
-    *ticks = 0;
+    long long tick_ns = 1000000000LL / sysconf(_SC_CLK_TCK);
+
+    *cpu_ns = 0;
     if (rss_kb) *rss_kb = 0;
     if (!d) return -1;
     while ((de = readdir(d))) {
@@ -233,7 +266,7 @@ static int proc_tree(long long *ticks, long *rss_kb) {
     for (i = 0; in && i < n; i++) {
         if (!in[i]) continue;
         found = 1;
-        *ticks += rows[i].ticks;
+        *cpu_ns += proc_run_ns(rows[i].pid) + rows[i].child_ticks * tick_ns;
         if (rss_kb) *rss_kb += proc_rss_kb(rows[i].pid);
     }
     free(in);
@@ -241,9 +274,32 @@ static int proc_tree(long long *ticks, long *rss_kb) {
     return found ? 0 : -1;
 }
 
-static void sample_cpu(long long *ticks, uint64_t *when) {
-    if (bo.npids == 0 || proc_tree(ticks, NULL) < 0) *ticks = -1;
-    *when = now_ns();
+/* Reads user+nice+system and steal ticks of all CPUs from /proc/stat (irq
+ * and softirq left out: they include the loopback traffic of the run). */
+static void proc_stat_all(long long *busy, long long *steal) {
+    long long f[8] = {0};
+    FILE *fp = fopen("/proc/stat", "r");
+
+    *busy = *steal = 0;
+    if (!fp) return;
+    if (fscanf(fp, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &f[0],
+               &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7]) == 8) {
+        *busy = f[0] + f[1] + f[2];
+        *steal = f[7];
+    }
+    fclose(fp);
+}
+
+static void sample_cpu(struct cpu_sample *s) {
+    struct rusage ru;
+
+    if (bo.npids == 0 || proc_tree(&s->server, NULL) < 0) s->server = -1;
+    proc_stat_all(&s->busy, &s->steal);
+    getrusage(RUSAGE_SELF, &ru);
+    s->self = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+              ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) /
+              1e6;
+    s->taken = 1;
 }
 
 /* --- connections ------------------------------------------------------------ */
@@ -369,8 +425,7 @@ static void conn_progress(struct bench_thread *t, struct bench_conn *c) {
             stats_record(&t->st, now, now - ts);
         }
         break;
-    case MODE_CONNRATE:
-    case MODE_IDLE:
+    default:                            /* connrate, idle: one echo */
         if (c->rcvd < bo.size) return;
         stats_record(&t->st, now, now - c->t_start);
         if (bo.mode == MODE_IDLE) {
@@ -449,7 +504,7 @@ static void conn_event(struct bench_thread *t, struct bench_conn *c,
 
 static int thread_timeout(const struct bench_thread *t, uint64_t now) {
     uint64_t next = g_end;
-    if (t->id == 0 && g_cpu_t0 == 0 && g_warm_end > now) next = g_warm_end;
+    if (t->id == 0 && !g_cpu[0].taken && g_warm_end > now) next = g_warm_end;
     if (next <= now) return 0;
     next = (next - now + 999999) / 1000000;
     return next > 100 ? 100 : (int)next;
@@ -471,8 +526,8 @@ static void *thread_run(void *arg) {
         for (int i = 0; i < t->nconns; i++) conn_open(t, &t->conns[i]);
     while (!thread_done(t, now = now_ns())) {
         int n;
-        if (t->id == 0 && g_cpu_t0 == 0 && now >= g_warm_end)
-            sample_cpu(&g_cpu0, &g_cpu_t0);
+        if (t->id == 0 && !g_cpu[0].taken && now >= g_warm_end)
+            sample_cpu(&g_cpu[0]);
         while (bo.mode == MODE_IDLE && t->opened < t->nconns &&
                t->connecting < BENCH_CONNECTING)
             conn_open(t, &t->conns[t->opened]);
@@ -482,7 +537,7 @@ static void *thread_run(void *arg) {
         for (int i = 0; i < n; i++)
             conn_event(t, evs[i].data.ptr, evs[i].events);
     }
-    if (t->id == 0) sample_cpu(&g_cpu1, &g_cpu_t1);
+    if (t->id == 0) sample_cpu(&g_cpu[1]);
     return NULL;
 }
 
@@ -532,14 +587,29 @@ static void json_str(const char *s) {
     putchar('"');
 }
 
+/* Server CPU over the window, and what the rest of the machine used
+ * meanwhile (other processes; steal by the hypervisor): the noise gauge. */
 static void report_cpu(const struct bench_stats *st) {
-    double hz = (double)sysconf(_SC_CLK_TCK), cpu;
-    if (g_cpu0 < 0 || g_cpu1 < 0) {
-        printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null");
+    const struct cpu_sample *a = &g_cpu[0], *b = &g_cpu[1];
+    double hz = (double)sysconf(_SC_CLK_TCK), cpu, all, self;
+
+    if (!a->taken || !b->taken) {
+        printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null,"
+               "\"other_cpu_s\":null,\"steal_s\":null");
         return;
     }
-    cpu = (double)(g_cpu1 - g_cpu0) / hz;
-    printf(",\"server_cpu_s\":%.3f,\"server_cpu_us_per_msg\":", cpu);
+    all = (double)(b->busy - a->busy) / hz;
+    self = b->self - a->self;
+    printf(",\"steal_s\":%.3f", (double)(b->steal - a->steal) / hz);
+    if (a->server < 0 || b->server < 0) {
+        printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null,"
+               "\"other_cpu_s\":null");
+        return;
+    }
+    cpu = (double)(b->server - a->server) / 1e9;
+    printf(",\"server_cpu_s\":%.3f,\"other_cpu_s\":%.3f", cpu,
+           all - cpu - self > 0 ? all - cpu - self : 0);
+    printf(",\"server_cpu_us_per_msg\":");
     if (st->msgs) printf("%.3f", cpu * 1e6 / (double)st->msgs);
     else printf("null");
 }
@@ -579,7 +649,8 @@ static void report(const struct bench_stats *st, double secs, long rss0,
 static void usage(void) {
     fprintf(stderr,
 "usage: echohost-bench [options] HOST:PORT\n"
-"  -m, --mode MODE        rr | stream | connrate | idle (default rr)\n"
+"  -m, --mode MODE        rr | stream | connrate | idle (default rr);\n"
+"                         fork: time fork+_exit+waitpid here (no target)\n"
 "  -c, --connections N    concurrent connections (default 1)\n"
 "  -s, --size BYTES       message size; stream: chunk size (default 64)\n"
 "  -w, --window BYTES     stream: bytes in flight per connection (4 x size)\n"
@@ -687,6 +758,7 @@ static void parse_args(int argc, char **argv) {
         default: usage();
         }
     }
+    if (bo.mode == MODE_FORK && optind == argc) return;
     if (optind != argc - 1) usage();
     if (bo.mode == MODE_IDLE) {         /* every exchange counts */
         bo.threads = 1;
@@ -696,6 +768,29 @@ static void parse_args(int argc, char **argv) {
     if (!bo.window) bo.window = 4 * bo.size;
     bo.target = argv[optind];
     parse_target(bo.target);
+}
+
+/* The machine's floor for a process per connection: fork, _exit and
+ * waitpid in a loop for the duration, no target involved. */
+static int fork_cost(void) {
+    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(bo.duration * 1e9), now;
+    unsigned long n = 0;
+
+    do {
+        pid_t pid = fork();
+        if (pid == 0) _exit(0);
+        if (pid < 0 || waitpid(pid, NULL, 0) < 0) {
+            perror("echohost-bench: fork");
+            return 3;
+        }
+        n++;
+    } while ((now = now_ns()) < end);
+    printf("{\"label\":");
+    json_str(bo.label ? bo.label : "");
+    printf(",\"mode\":\"fork\",\"forks\":%lu,\"duration_s\":%.3f,"
+           "\"us_per_fork\":%.1f}\n", n, (double)(now - t0) / 1e9,
+           (double)(now - t0) / 1e3 / (double)n);
+    return 0;
 }
 
 /* --- main --------------------------------------------------------------------- */
@@ -745,12 +840,13 @@ static int bench_run(struct bench_thread *th, struct bench_stats *st) {
 int main(int argc, char **argv) {
     static struct bench_thread th[2];
     static struct bench_stats st;
-    long long ticks;
+    long long cpu_ns;
     long rss0 = -1, rss1 = -1;
     double secs;
     int i;
 
     parse_args(argc, argv);
+    if (bo.mode == MODE_FORK) return fork_cost();
     bench_setup();
     for (i = 0; i < bo.threads; i++)
         if (thread_init(&th[i], i, bo.conns / bo.threads +
@@ -758,7 +854,7 @@ int main(int argc, char **argv) {
             perror("echohost-bench");
             return 3;
         }
-    if (bo.mode == MODE_IDLE && bo.npids && proc_tree(&ticks, &rss0) < 0)
+    if (bo.mode == MODE_IDLE && bo.npids && proc_tree(&cpu_ns, &rss0) < 0)
         rss0 = -1;
     if (bench_run(th, &st) < 0) return 3;
     secs = (double)(now_ns() - g_warm_end) / 1e9;
@@ -766,7 +862,7 @@ int main(int argc, char **argv) {
     if (bo.mode == MODE_IDLE && bo.npids) {
         struct timespec ts = {0, BENCH_SETTLE_NS};
         nanosleep(&ts, NULL);
-        if (proc_tree(&ticks, &rss1) < 0) rss1 = -1;
+        if (proc_tree(&cpu_ns, &rss1) < 0) rss1 = -1;
     }
     report(&st, secs, rss0, rss1);
     for (i = 0; i < bo.threads; i++) thread_free(&th[i]);

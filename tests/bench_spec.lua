@@ -169,6 +169,13 @@ describe("echohost-bench", function()
     assert.is_true(secs < 3, "took " .. secs .. " s")
   end)
 
+  it("times fork, _exit and waitpid without a target (-m fork)", function()
+    local code, r, stderr = bench("-m fork -d 0.1")
+    assert.equal(0, code, stderr)
+    assert.equal("fork", r.mode)
+    assert.is_true(r.forks >= 1 and r.us_per_fork > 0)
+  end)
+
   it("refuses a target that is not a loopback address", function()
     for _, t in ipairs({ "192.0.2.1:7", "[2001:db8::1]:7" }) do
       local code, r, stderr = bench("-m rr -d 0.1 " .. t)
