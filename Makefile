@@ -155,7 +155,8 @@ bench: bench-deps all
 bench-quick: bench-deps all
 	@$(LUA) scripts/bench.lua --build $(BUILD) --quick
 
-fuzz:
+fuzz: $(GLUE_GEN)
+	@sh tests/deps.sh $(FUZZ_PKGS)
 	@sh tests/fuzz.sh
 
 # --- install, clean -----------------------------------------------------------

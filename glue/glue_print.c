@@ -610,6 +610,8 @@ int glue_read(struct thread_info *ti, const char *text, size_t len,
         err[0] = '\0';
     if (glue_reserve(ti, glue_read_bound(text, len)) < 0)
         return rfail(&r, 0, "glue heap exhausted");
+    if (grow(&r.env, &r.capenv, 16, sizeof *r.env) < 0)
+        return rfail(&r, 0, "out of memory");  /* env + base: never NULL */
     rc = read_loop(&r, expect ? expect : &glue_ty_any, out, outty);
     if (rc == 0 && lex(&r) == 0 && r.tok != T_EOF)
         rc = rfail(&r, r.start, "expected end of input, got %s",

@@ -1,0 +1,33 @@
+#!/bin/sh
+# make fuzz: libFuzzer (clang) over the glue reader and the declaration
+# parser, FUZZ_SECONDS (default 30) each. Seeds in tests/fuzz/{read,decl}/;
+# new inputs go to a scratch corpus, crashes to build/fuzz/.
+set -e
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SECONDS_EACH=${FUZZ_SECONDS:-30}
+OUT=build/fuzz
+LUA_CFLAGS=$(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_LIBS=$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+mkdir -p "$OUT"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+for target in read decl; do
+    echo "  FUZZ $target (${SECONDS_EACH}s)"
+    clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=all -Iglue -Ibuild/glue $LUA_CFLAGS \
+        -o "$OUT/fuzz_$target" "tests/fuzz/fuzz_$target.c" glue/*.c \
+        build/glue/glue_types.c $LUA_LIBS -lm
+    mkdir -p "$scratch/$target"
+    "$OUT/fuzz_$target" "$scratch/$target" "tests/fuzz/$target" \
+        -max_total_time="$SECONDS_EACH" -max_len=4096 -rss_limit_mb=1024 \
+        -artifact_prefix="$OUT/$target-" -print_final_stats=1 \
+        >"$OUT/$target.log" 2>&1 || {
+        tail -n 40 "$OUT/$target.log"
+        echo "fuzz $target: failed (see $OUT/$target.log)"
+        exit 1
+    }
+    grep -E '^stat::number_of_executed_units|^Done' "$OUT/$target.log" || true
+done
+echo "fuzz: no crash in $((2 * SECONDS_EACH)) s"
