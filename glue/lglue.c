@@ -230,7 +230,7 @@ static int lglue_construct(lua_State *L) {
     return 1;
 }
 
-/* --- Values ---------------------------------------------------------------- */
+/* --- Values ------------------------------------------------------------- */
 
 static const struct glue_type *headtype(lua_State *L, struct lvalue *lv) {
     if (lv->ty->kind != GLUE_APP)
@@ -307,7 +307,7 @@ static int value_index(lua_State *L) {
     return 0;
 }
 
-/* --- Module functions ------------------------------------------------------ */
+/* --- Module functions --------------------------------------------------- */
 
 static int lglue_args(lua_State *L) {
     struct lvalue *lv = checkvalue(L, 1);
@@ -491,7 +491,7 @@ static int lglue_declare(lua_State *L) {
     return 1;
 }
 
-/* --- Module ---------------------------------------------------------------- */
+/* --- Module -------------------------------------------------------------- */
 
 static int is_keyword(const char *s) {
     for (int i = 0; lua_keywords[i]; i++)

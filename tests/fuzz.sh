@@ -7,7 +7,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECONDS_EACH=${FUZZ_SECONDS:-30}
 OUT=build/fuzz
-LUA_CFLAGS=$(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_CFLAGS=$(pkg-config --cflags lua5.4 2>/dev/null ||
+    echo -I/usr/include/lua5.4)
 LUA_LIBS=$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
 mkdir -p "$OUT"
 scratch=$(mktemp -d)

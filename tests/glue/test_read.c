@@ -39,7 +39,8 @@ static void test_read_ok(void) {
     ASSERT_STR_EQ(roundtrip("nil", "list string"), "nil : list string");
     ASSERT_STR_EQ(roundtrip("(cons nil (cons (cons \"\\x41\" nil) nil))",
                             NULL),
-                  "(cons nil (cons (cons \"A\" nil) nil)) : list (list string)");
+                  "(cons nil (cons (cons \"A\" nil) nil)) : "
+                  "list (list string)");
     ASSERT_STR_EQ(roundtrip("(pair (Some true)\n(Error 3))", NULL),
                   "(pair (Some true) (Error 3)) : prod (option bool) "
                   "(result _ int)");
@@ -77,7 +78,8 @@ static void test_read_errors(void) {
                   "line 2, column 3: unexpected character '#'");
     ASSERT_STR_EQ(roundtrip("(3)", NULL),
                   "column 2: expected a constructor, got 3");
-    ASSERT_STR_EQ(roundtrip("1", "lst int"), "type: column 1: unknown type lst");
+    ASSERT_STR_EQ(roundtrip("1", "lst int"),
+                  "type: column 1: unknown type lst");
     ASSERT_STR_EQ(roundtrip("1", "list int int"),
                   "type: column 1: list expects 1 argument, got 2");
 }
