@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "forksrv.h"
 #include "log.h"
 #include "net.h"
@@ -43,6 +44,7 @@ struct master {
     int nslots;
     struct slot *slots;
     struct worker_stats *stats; /* shared mapping, one per slot */
+    struct control *ctl;        /* --control socket, or NULL */
     unsigned starts;            /* worker starts so far */
     int draining;
     int status;
@@ -98,6 +100,7 @@ static void child_setup(struct master *m, int slot) {
         _exit(1);                       /* the master is already gone */
     ev_destroy(m->loop);
     close(m->sigfd);
+    control_after_fork(m->ctl);         /* operators' fds are the master's */
     for (int i = 0; i < m->nslots && !m->exclusive; i++)
         if (i != slot && m->slots[i].lfd >= 0)
             close(m->slots[i].lfd);
@@ -108,20 +111,30 @@ static long restart_proc(ev_loop *loop, long long id, void *ud);
 static void worker_spawn(struct master *m, int i) {
     struct slot *s = &m->slots[i];
     struct worker_start ws;
+    int ch[2] = {-1, -1};
     pid_t pid;
 
+    if (m->ctl && control_channel(ch) < 0)
+        log_warn("worker %d: control channel: %s", i, strerror(errno));
     ws.slot = i;
     ws.gen = m->starts;
     ws.lfd = s->lfd;
     ws.exclusive = m->exclusive;
+    ws.ctl_fd = ch[1];
     ws.stats = &m->stats[i];
     pid = fork();
     if (pid < 0) {
         log_error("fork worker %d: %s (retrying)", i, strerror(errno));
+        if (ch[0] >= 0) {
+            close(ch[0]);
+            close(ch[1]);
+        }
         s->timer = ev_timer_add(m->loop, BACKOFF_MAX_MS, restart_proc, s);
         return;
     }
     if (pid == 0) {
+        if (ch[0] >= 0)
+            close(ch[0]);
         child_setup(m, i);
         /* a forked child has no caller to return to: it ends here */
         exit(worker_main(m->cfg, &ws));
@@ -131,6 +144,11 @@ static void worker_spawn(struct master *m, int i) {
     s->starts++;
     s->started = ev_now_ms();
     m->stats[i].pid = pid;
+    if (m->ctl) {
+        if (ch[1] >= 0)
+            close(ch[1]);
+        control_set_worker(m->ctl, i, pid, ch[0]);
+    }
 }
 
 static long restart_proc(ev_loop *loop, long long id, void *ud) {
@@ -219,6 +237,8 @@ static void master_reap(struct master *m) {
                 continue;
             m->stats[i].pid = 0;
             m->stats[i].conns_open = 0;
+            if (m->ctl)
+                control_set_worker(m->ctl, i, 0, -1);
             if (!m->draining) {
                 worker_died(m, i, status);
             } else {
@@ -340,10 +360,20 @@ static int master_init(struct master *m, char *addr, size_t len) {
         log_error("master: %s", strerror(errno));
         return -1;
     }
+    if (m->cfg->control) {
+        char err[CONTROL_ERR_LEN];
+        m->ctl = control_open(m->loop, m->cfg, err, sizeof err);
+        if (m->ctl == NULL) {
+            log_error("%s", err);
+            return -1;
+        }
+    }
     return 0;
 }
 
 static void master_fini(struct master *m) {
+    if (m->ctl)
+        control_close(m->ctl);
     if (m->slots)
         master_close_listeners(m);
     if (m->sigfd >= 0)

@@ -8,6 +8,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "log.h"
 #include "net.h"
 #include "worker.h"
@@ -150,6 +151,7 @@ int conn_send(conn *c, const char *data, size_t len) {
             n = 0;
         }
         w->stats->bytes_out += n;
+        c->bytes_out += n;
         if ((size_t)n == len)
             return 0;
         data += n;
@@ -209,6 +211,7 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
         return;
     }
     c->w->stats->bytes_out += n;
+    c->bytes_out += n;
     c->last_active_ms = ev_time_ms(loop);
     o->head += n;
     o->len -= n;
@@ -254,6 +257,7 @@ static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
     n = read(fd, w->scratch, room);
     if (n > 0) {
         w->stats->bytes_in += n;
+        c->bytes_in += n;
         c->last_active_ms = ev_time_ms(loop);
         if (w->h)
             handler_on_data(w->h, c, w->scratch, n);
@@ -341,6 +345,7 @@ static void conn_create(struct worker *w, int fd, const char *peer) {
     c->w = w;
     c->flags = CONN_READING;
     c->last_active_ms = ev_time_ms(w->loop);
+    c->opened_ms = c->last_active_ms;
     conn_link(&w->conns, c);
     w->stats->accepted++;
     w->stats->conns_open++;
@@ -575,6 +580,8 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
         log_error("worker %d: epoll: %s", w->slot, strerror(errno));
         return 1;
     }
+    if (ws->ctl_fd >= 0 && control_worker_attach(w, w->loop, ws->ctl_fd) < 0)
+        log_warn("worker %d: control channel: %s", w->slot, strerror(errno));
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (w->cfg->idle_timeout > 0)
         w->sweep_timer = ev_timer_add(w->loop, 10, sweep_proc, w);

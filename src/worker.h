@@ -37,6 +37,7 @@ struct worker_start {
     unsigned gen;               /* worker starts before this one (ids) */
     int lfd;                    /* listening socket, non-blocking */
     int exclusive;              /* lfd is shared by all workers */
+    int ctl_fd;                 /* control channel (worker's end), or -1 */
     struct worker_stats *stats; /* this slot in the master's mapping */
 };
 
