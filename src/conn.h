@@ -27,6 +27,8 @@ typedef struct conn {
     unsigned flags;
     long long idle_timer;
     long long last_active_ms;
+    long long opened_ms;
+    uint64_t bytes_in, bytes_out;   /* this connection's (control: conns()) */
     struct conn *prev, *next;
 } conn;
 

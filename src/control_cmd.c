@@ -373,7 +373,10 @@ static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
         }
         cmd_printf(o, "{id=%llu,peer=", (unsigned long long)c->id);
         cmd_quote(o, c->peer);
-        cmd_printf(o, ",idle=%.3f,pending=%zu},",
+        cmd_printf(o, ",bytes_in=%llu,bytes_out=%llu,age=%.3f,idle=%.3f,"
+                   "pending=%zu},", (unsigned long long)c->bytes_in,
+                   (unsigned long long)c->bytes_out,
+                   (now - c->opened_ms) / 1000.0,
                    (now - c->last_active_ms) / 1000.0, conn_pending(c));
         if (o->full || o->len > sizeof o->buf - 64) {
             o->len = mark;                  /* keep room for the end */

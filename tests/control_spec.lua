@@ -1,0 +1,307 @@
+-- The control socket (--control PATH) against a live server: the client
+-- (echohost --repl --connect PATH), stats/conns/handler/reload, several
+-- operators, broken operators, and paths that are refused.
+local server = require "helpers.server"
+local unix = require "socket.unix"
+local socket = require "socket"
+
+local BIN = server.BIN
+do                                                  -- tests cd elsewhere
+  local p = io.popen("realpath " .. "'" .. BIN .. "'")
+  BIN = p:read("l") or BIN
+  p:close()
+end
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+-- Runs `echohost --repl --connect path` with input piped: stdout, stderr, code.
+local function ctl(path, input)
+  local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
+  spit(inp, input)
+  local _, _, code = os.execute(string.format("timeout 10 %s --repl --connect %s < %s > %s 2> %s",
+    q(BIN), q(path), q(inp), q(out), q(err)))
+  local o, e = slurp(out), slurp(err)
+  os.remove(inp); os.remove(out); os.remove(err)
+  return o, e, code
+end
+
+-- A raw operator: frames "<type> <len>\n<payload>" until a prompt frame.
+local Raw = {}
+Raw.__index = Raw
+
+local function raw(path)
+  local c = assert(unix.stream())
+  c:settimeout(5)
+  assert(c:connect(path))
+  local r = setmetatable({ c = c }, Raw)
+  r:until_prompt()
+  return r
+end
+
+-- Frames up to the next prompt: {o = "...", e = "...", prompt = "p" or "c"}.
+function Raw:until_prompt()
+  local got = { o = "", e = "", i = "" }
+  while true do
+    local head, err = self.c:receive("*l")
+    if not head then
+      return nil, err
+    end
+    local t, n = head:match("^(%a) (%d+)$")
+    assert(t, "bad frame header: " .. head)
+    local data = ""
+    if tonumber(n) > 0 then
+      data = assert(self.c:receive(tonumber(n)))
+    end
+    if t == "p" or t == "c" then
+      got.prompt = t
+      return got
+    end
+    got[t] = got[t] .. data
+  end
+end
+
+function Raw:eval(line)
+  assert(self.c:send(line .. "\n"))
+  return self:until_prompt()
+end
+
+function Raw:close()
+  self.c:close()
+end
+
+local function echo(srv, data)
+  local c = srv:connect()
+  local back = server.exchange(c, data)
+  c:close()
+  return back
+end
+
+describe("--control", function()
+  local dir
+  before_each(function()
+    dir = tmpdir()
+  end)
+  after_each(function()
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  it("listens on a Unix socket with mode 0600 and removes it on exit", function()
+    local path = dir .. "/ctl.sock"
+    local srv = server.start({ "--workers", "1", "--control", path })
+    finally(function() srv:stop() end)
+    local p = io.popen("stat -c '%F %a' " .. q(path))
+    local what = p:read("l")
+    p:close()
+    assert.equal("socket 600", what)
+    assert.equal(0, srv:stop())
+    assert.is_nil(io.open(path))
+  end)
+
+  it("refuses a path that is not a socket: one clear line, exit 1", function()
+    local path = dir .. "/file"
+    spit(path, "precious")
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--control", path })
+    assert.equal(1, code)
+    assert.truthy(err:find("control socket " .. path
+      .. ": path exists and is not a socket (refusing to replace it)", 1, true), err)
+    assert.equal(1, select(2, err:gsub("\n", "")))
+    assert.equal("precious", slurp(path))
+  end)
+
+  it("refuses the socket of a server that is running", function()
+    local path = dir .. "/ctl.sock"
+    local srv = server.start({ "--workers", "1", "--control", path })
+    finally(function() srv:stop() end)
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--control", path })
+    assert.equal(1, code)
+    assert.truthy(err:find("control socket " .. path .. ": in use by a running server", 1, true),
+      err)
+    assert.equal("1\n", (ctl(path, "1\n")))      -- the first server still answers
+  end)
+
+  it("takes over a stale socket left by a server that died", function()
+    local path = dir .. "/ctl.sock"
+    local old = assert(unix.stream())
+    assert(old:bind(path))
+    assert(old:listen())
+    old:close()                                   -- the path stays, nobody accepts
+    local srv = server.start({ "--workers", "1", "--control", path })
+    finally(function() srv:stop() end)
+    assert.equal("2\n", (ctl(path, "1 + 1\n")))
+  end)
+end)
+
+describe("echohost --repl --connect", function()
+  local dir, path, srv
+  before_each(function()
+    dir = tmpdir()
+    path = dir .. "/ctl.sock"
+    srv = server.start({ "--workers", "2", "--control", path, "--handler", "scripts/echo.lua" })
+  end)
+  after_each(function()
+    local report = srv:sanitizer_report()
+    srv:stop()
+    os.execute("rm -rf " .. q(dir))
+    assert.is_nil(report)
+  end)
+
+  it("evaluates like the local REPL: values, tables, errors, multi-line input", function()
+    local out, err, code = ctl(path, table.concat({
+      "1 + 1",
+      '{b = 2, a = "x"}',
+      'error("boom")',
+      "function f(x)",
+      "  return x * 2",
+      "end",
+      "f(21)",
+      'print("printed")',
+    }, "\n") .. "\n")
+    assert.equal('2\n{a = "x", b = 2}\n42\nprinted\n', out)
+    assert.equal(table.concat({
+      "control:1: boom",
+      "stack traceback:",
+      "\t[C]: in function 'error'",
+      "\tcontrol:1: in main chunk",
+    }, "\n") .. "\n", err)
+    assert.equal(0, code)
+  end)
+
+  it("stats() and conns() change when a client connects", function()
+    local out = ctl(path, "=stats().conns\n=#stats().workers\n=#conns()\n")
+    assert.equal("0\n2\n0\n", out)
+    local c = srv:connect()
+    finally(function() c:close() end)
+    assert.equal("ping", server.exchange(c, "ping"))
+    local _, lport = c:getsockname()
+    out = ctl(path, table.concat({
+      "s = stats()",
+      "=s.conns, s.accepted, s.bytes_in, s.bytes_out",
+      "=s.workers[1].handler_version, s.workers[2].handler_version",
+      "l = conns()",
+      "=#l, l[1].peer, l[1].bytes_in, l[1].bytes_out, l[1].age >= 0",
+      "=l[1].worker == s.workers[1].pid or l[1].worker == s.workers[2].pid",
+    }, "\n") .. "\n")
+    assert.equal(table.concat({
+      "1\t1\t4\t4",
+      "1\t1",
+      '1\t"127.0.0.1:' .. lport .. '"\t4\t4\ttrue',
+      "true",
+    }, "\n") .. "\n", out)
+  end)
+
+  it("handler(path) swaps the handler of every worker: clients get the new one", function()
+    assert.equal("hello", echo(srv, "hello"))
+    local out, err = ctl(path, 'handler("scripts/upper.lua")\n')
+    assert.equal("", err)
+    assert.equal("true\n", out)
+    for _ = 1, 6 do                                  -- whichever worker accepts
+      assert.equal("HELLO", echo(srv, "hello"))
+    end
+    out = ctl(path, "=stats().workers[1].handler_version, stats().workers[2].handler_version\n")
+    assert.equal("2\t2\n", out)
+    out = ctl(path, "reload()\n=stats().workers[1].handler_version\n")
+    assert.equal("true\n3\n", out)
+  end)
+
+  it("a handler that does not load is reported with file and line; the old one stays", function()
+    local bad = dir .. "/bad.lua"
+    spit(bad, "return function(_, data)\n  return data +\nend\n")
+    local out = ctl(path, 'handler("' .. bad .. '")\n')
+    assert.equal('nil\t"' .. bad .. ":3: unexpected symbol near 'end'\"\n", out)
+    out = ctl(path, 'handler("' .. dir .. '/missing.lua")\n')
+    assert.truthy(out:find("^nil\t\"[^\n]*missing.lua[^\n]*No such file or directory\"\n$"), out)
+    assert.equal("still echo", echo(srv, "still echo"))
+    out = ctl(path, "=stats().workers[1].handler_version\n")
+    assert.equal("1\n", out)
+  end)
+
+  it("resolves a relative handler path against the operator's directory", function()
+    spit(dir .. "/shout.lua", "return function(_, d) return d:upper() .. '!' end\n")
+    local _, _, code = os.execute(string.format(
+      "cd %s && echo 'handler(\"shout.lua\")' | %s --repl --connect ctl.sock > out 2>&1",
+      q(dir), q(BIN)))
+    assert.equal(0, code)
+    assert.equal("true\n", slurp(dir .. "/out"))
+    assert.equal("HI!", echo(srv, "hi"))
+  end)
+
+  it("serves several operators at once, each with its own state", function()
+    local a, b = raw(path), raw(path)
+    finally(function() a:close(); b:close() end)
+    assert.equal("2\n", a:eval("=stats().operators").o)
+    a:eval("x = 'a'")
+    b:eval("x = 'b'")
+    assert.equal('"a"\n', a:eval("x").o)
+    assert.equal('"b"\n', b:eval("x").o)
+    local r = b:eval("function g(")
+    assert.equal("c", r.prompt)                      -- b is inside a chunk
+    assert.equal("3\n", a:eval("=1 + 2").o)           -- a is not disturbed
+  end)
+
+  it("Ctrl-C (a \\3 byte) interrupts a running evaluation", function()
+    local a = raw(path)
+    finally(function() a:close() end)
+    assert(a.c:send("while true do end\n"))
+    socket.sleep(0.1)
+    assert(a.c:send("\3"))
+    local r = a:until_prompt()
+    assert.equal("", r.o)
+    assert.truthy(r.e:find("^interrupted!\nstack traceback:"), r.e)
+    assert.equal("p", r.prompt)
+    assert.equal("1\n", a:eval("1").o)
+  end)
+
+  it("a broken operator does not disturb the server or the others", function()
+    local a = raw(path)
+    finally(function() a:close() end)
+    -- One leaves inside an endless loop: the loop is stopped when it goes.
+    local b = raw(path)
+    assert(b.c:send("while true do end\n"))
+    b:close()
+    -- One leaves in the middle of a chunk, one sends a line far too long.
+    local c = raw(path)
+    assert(c.c:send("function f(\n"))
+    c:close()
+    local d = raw(path)
+    d.c:send(string.rep("x", 2 * 1024 * 1024))
+    d:close()
+    local t0 = socket.gettime()
+    assert.equal("2\n", a:eval("=1 + 1").o)
+    assert.is_true(socket.gettime() - t0 < 3)
+    assert.equal("after", echo(srv, "after"))
+    assert.truthy(server.wait(function()
+      return a:eval("=stats().operators").o == "1\n"
+    end, 5))
+    assert.truthy(srv:wait_log("operator gone", 5))
+  end)
+
+  it("--connect to a path with no server: one clear line, exit 1", function()
+    local out, err, code = ctl(dir .. "/nothing.sock", "1\n")
+    assert.equal("", out)
+    assert.equal("echohost: cannot connect to control socket " .. dir
+      .. "/nothing.sock: No such file or directory\n", err)
+    assert.equal(1, code)
+  end)
+end)
