@@ -137,8 +137,8 @@ static int addr_push(lua_State *L, const struct sockaddr_storage *ss) {
 }
 
 /* Checks host (arg 1) and port (arg 2, lo..65535) and resolves them. On a
- * resolver failure pushes nil, message, code (a negative EAI_* value) and
- * returns NULL; the caller returns 3. The list is the caller's to free. */
+ * resolver failure pushes nil, message, code (a negative EAI_* value, or
+ * errno for EAI_SYSTEM) and returns NULL; the caller returns 3. The list is the caller's to free. */
 static struct addrinfo *check_resolve(lua_State *L, int lo, int passive) {
     const char *host = luaL_checkstring(L, 1);
     lua_Integer port = luaL_checkinteger(L, 2);
@@ -159,7 +159,7 @@ static struct addrinfo *check_resolve(lua_State *L, int lo, int passive) {
         int err = rc == EAI_SYSTEM ? errno : rc;
         lua_pushnil(L);
         lua_pushfstring(L, "resolve %s: %s", host,
-                        rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+                        rc == EAI_SYSTEM ? strerror(err) : gai_strerror(rc));
         lua_pushinteger(L, err);
         return NULL;
     }
@@ -197,40 +197,47 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
 static int sock_open_socket(lua_State *L) {
     struct sock *s = newsock(L);      /* first: a raise leaks nothing */
     struct addrinfo *res = check_resolve(L, 0, 1);
-    char where[SOCK_ADDR_LEN + 8] = "bind";
+    char where[SOCK_ADDR_LEN + 8];
     char addr[SOCK_ADDR_LEN];
+    int err;
 
     if (res == NULL)
         return 3;
     s->fd = bind_any(res, addr, sizeof addr);
+    err = errno;
     freeaddrinfo(res);
     if (s->fd < 0) {
-        int err = errno;
         snprintf(where, sizeof where, "bind %s", addr);
         return sock_fail(L, where, err);
     }
     return 1;
 }
 
-/* Connects fd to sa within the deadline (< 0: none). 0 or -1 with errno. */
+/* Connects fd to ai's address within the deadline (< 0: none); a blocking
+ * connect interrupted by a signal goes on in the background, so it is
+ * waited for the same way. 0 or -1 with errno. */
 static int connect_wait(int fd, const struct addrinfo *ai, double deadline) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
     int err = 0;
     socklen_t len = sizeof err;
 
-    if (deadline < 0)
-        return connect(fd, ai->ai_addr, ai->ai_addrlen);
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
         return 0;
-    if (errno != EINPROGRESS)
+    if (errno != EINPROGRESS && errno != EINTR)
         return -1;
-    if (sock_wait(fd, POLLOUT, deadline) < 0)
-        return -1;
+    if (deadline >= 0) {
+        if (sock_wait(fd, POLLOUT, deadline) < 0)
+            return -1;
+    } else {
+        while (poll(&p, 1, -1) < 0)
+            if (errno != EINTR)
+                return -1;
+    }
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         return -1;
     errno = err;
     return err ? -1 : 0;
 }
-
 
 /* One socket of ai's family connected within the deadline; -1 with errno.
  * With a deadline the connect is non-blocking; the socket is blocking after. */
