@@ -138,7 +138,8 @@ static int addr_push(lua_State *L, const struct sockaddr_storage *ss) {
 
 /* Checks host (arg 1) and port (arg 2, lo..65535) and resolves them. On a
  * resolver failure pushes nil, message, code (a negative EAI_* value, or
- * errno for EAI_SYSTEM) and returns NULL; the caller returns 3. The list is the caller's to free. */
+ * errno for EAI_SYSTEM) and returns NULL; the caller returns 3. The list
+ * is the caller's to free. */
 static struct addrinfo *check_resolve(lua_State *L, int lo, int passive) {
     const char *host = luaL_checkstring(L, 1);
     lua_Integer port = luaL_checkinteger(L, 2);
