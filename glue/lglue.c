@@ -11,7 +11,7 @@
 int luaopen_echohost_glue(lua_State *L);
 
 #define VALUE_MT    "echohost.value"
-#define TYPE_MT     "echohost.gluetype"
+#define BOX_MT      "echohost.gluetext"
 #define MAX_PARAMS  16
 
 struct lvalue {
@@ -39,8 +39,14 @@ static value word_of(const struct lvalue *lv) {
     return lv->slot >= 0 ? glue_root_get(lv->ti, lv->slot) : lv->v;
 }
 
+/* The value at idx; raises if it is not one, or if it was finalized (a
+ * finalizer of another object can still reach it). */
 static struct lvalue *checkvalue(lua_State *L, int idx) {
-    return luaL_checkudata(L, idx, VALUE_MT);
+    struct lvalue *lv = luaL_checkudata(L, idx, VALUE_MT);
+
+    if (lv->slot < 0 && lv->v == 0)
+        luaL_error(L, "attempt to use a collected glue value");
+    return lv;
 }
 
 /* Makes room for `need` words: collect; if the heap stays crowded, let
@@ -255,23 +261,52 @@ static void push_field(lua_State *L, struct lvalue *lv,
 }
 
 static int value_gc(lua_State *L) {
-    struct lvalue *lv = checkvalue(L, 1);
+    struct lvalue *lv = luaL_checkudata(L, 1, VALUE_MT);
 
-    if (lv->slot >= 0)
+    if (lv->slot >= 0) {
         glue_unroot(lv->ti, lv->slot);
-    lv->slot = -1;
+        lv->slot = -1;
+        lv->v = 0;                      /* marks it collected */
+    }
     return 0;
+}
+
+static int box_gc(lua_State *L) {
+    char **box = luaL_checkudata(L, 1, BOX_MT);
+
+    free(*box);
+    *box = NULL;
+    return 0;
+}
+
+/* Pushes a box that frees its malloc'd text when collected, so that a
+ * raise between malloc and free leaks nothing (liolib's newprefile). */
+static char **newbox(lua_State *L) {
+    char **box = lua_newuserdatauv(L, sizeof *box, 0);
+
+    *box = NULL;
+    luaL_setmetatable(L, BOX_MT);
+    return box;
+}
+
+/* Replaces the box on top with the text of v (printed into it). */
+static void push_printed(lua_State *L, char **box, value v,
+                         const struct glue_ty *ty) {
+    size_t len;
+
+    if ((*box = glue_aprint(v, ty, &len)) == NULL)
+        luaL_error(L, "not enough memory");
+    lua_pushlstring(L, *box, len);
+    free(*box);
+    *box = NULL;
+    lua_remove(L, -2);                  /* the box */
 }
 
 static int value_tostring(lua_State *L) {
     struct lvalue *lv = checkvalue(L, 1);
-    size_t len;
-    char *s = glue_aprint(word_of(lv), lv->ty, &len);
+    char **box = newbox(L);
 
-    if (s == NULL)
-        return luaL_error(L, "not enough memory");
-    lua_pushlstring(L, s, len);
-    free(s);
+    push_printed(L, box, word_of(lv), lv->ty);
     return 1;
 }
 
@@ -366,9 +401,7 @@ static int lglue_match(lua_State *L) {
 static int lglue_show(lua_State *L) {
     struct thread_info *ti = tinfo(L);
     const struct glue_ty *ty = type_of(L, 1);
-    luaL_Buffer b;
-    size_t len;
-    char *s;
+    char **box;
 
     if (ty == NULL || ty->kind == GLUE_FN)
         return luaL_typeerror(L, 1, "glue value, integer or string");
@@ -378,15 +411,10 @@ static int lglue_show(lua_State *L) {
         lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointegerx(L, 1, NULL));
         return 1;
     }
+    box = newbox(L);
     if (reserve(L, ti, words_of(L, 1)) < 0)
         return luaL_error(L, "glue heap exhausted");
-    s = glue_aprint(to_word(L, ti, 1, LUA_NOREF), ty, &len);
-    if (s == NULL)
-        return luaL_error(L, "not enough memory");
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, s, len);
-    free(s);
-    luaL_pushresult(&b);
+    push_printed(L, box, to_word(L, ti, 1, LUA_NOREF), ty);
     return 1;
 }
 
@@ -638,6 +666,10 @@ static const luaL_Reg glue_funcs[] = {
 static void createmeta(lua_State *L) {
     luaL_newmetatable(L, VALUE_MT);
     luaL_setfuncs(L, value_metamethods, 0);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, BOX_MT);       /* text being printed */
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 }
 

@@ -149,6 +149,20 @@ describe("echohost.glue introspection", function()
     assert.is_false(option.Some(print) == option.Some(error))
   end)
 
+  it("raises, not crashes, when a finalizer reaches a collected value", function()
+    local result
+    do
+      local holder = setmetatable({}, { __gc = function(h)
+        result = { pcall(glue.ctor, h.v) }
+      end })
+      holder.v = cons(1, nil_)                  -- finalized before holder
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_false(result[1])
+    assert.matches("attempt to use a collected glue value", result[2])
+  end)
+
   it("tells values from other Lua values", function()
     assert.is_true(glue.is_value(p))
     assert.is_true(glue.is_value(nil_))
