@@ -32,6 +32,8 @@ endif
 # libedit-dev: line editing in the REPL; valgrind: leak checks of the glue.
 DEPS_PKGS  := lua5.4 liblua5.4-dev lua-lpeg lua-busted lua-check lua-socket \
               libedit-dev pkg-config valgrind procps
+# make bench: the peers it measures (socat, python3 asyncio, nodejs, haproxy's
+# Lua service) and gnuplot for the chart; taskset comes with util-linux.
 BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
 FUZZ_PKGS  := clang
 
@@ -145,7 +147,8 @@ asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
 	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
-	    build/asan/tests/ptyrun $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS))
+	    build/asan/tests/ptyrun $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
+	    $(patsubst $(BUILD)/%,build/asan/%,$(TOOLBIN))
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
 
