@@ -97,9 +97,13 @@ function M.rss_kb(pid)
   return s and tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
--- Pids whose parent is pid: /proc/<pid>/task/*/children, else a /proc scan.
+-- Pids whose parent is pid: /proc/<pid>/task/<pid>/children, else a scan
+-- of /proc (no ps: under ASan's LD_PRELOAD it hangs).
 local function children_of(pid)
   local kids = {}
+  if not read_file("/proc/" .. pid .. "/stat") then
+    return kids
+  end
   local s = read_file("/proc/" .. pid .. "/task/" .. pid .. "/children")
   if s then
     for k in s:gmatch("%d+") do
@@ -107,9 +111,11 @@ local function children_of(pid)
     end
     return kids
   end
-  local p = io.popen("ps -o pid= --ppid " .. pid)
-  for k in p:lines() do
-    kids[#kids + 1] = tonumber(k)
+  local p = io.popen("env -u LD_PRELOAD ls /proc")
+  for name in p:lines() do
+    if name:match("^%d+$") and M.ppid(name) == pid then
+      kids[#kids + 1] = tonumber(name)
+    end
   end
   p:close()
   return kids
