@@ -501,6 +501,12 @@ local function main(argv)
       files[#files + 1], i = argv[i], i + 1
     end
   end
+  -- The prelude first, whatever the order of the other files.
+  table.sort(files, function(a, b)
+    local pa, pb = a:match("prelude%.glue$") ~= nil, b:match("prelude%.glue$") ~= nil
+    if pa ~= pb then return pa end
+    return a < b
+  end)
   if not base or #files == 0 then
     io.stderr:write("usage: lua5.4 glue/gen.lua -o OUTBASE FILE.glue...\n")
     return 2
