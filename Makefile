@@ -38,7 +38,7 @@ BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
 FUZZ_PKGS  := clang
 
 # --- sources ----------------------------------------------------------------
-TOOLS    := src/bench.c src/refecho.c
+TOOLS    := src/bench.c src/bench_proc.c src/refecho.c
 HOST_SRC := $(filter-out $(TOOLS),$(wildcard src/*.c))
 GLUE_SRC := $(wildcard glue/*.c)
 GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
@@ -95,9 +95,9 @@ $(BUILD)/lua/echohost/%.so: $(GLUE_GENH)
 $(foreach m,$(LUAMODS),$(eval $(BUILD)/lua/echohost/$(m).so: $(SO_$(m))))
 $(BUILD)/lua/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
 
-$(BUILD)/echohost-bench: src/bench.c
+$(BUILD)/echohost-bench: src/bench.c src/bench_proc.c src/bench_proc.h
 	@printf '  LD %s\n' $@
-	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lm -lpthread $(EXTRA_LDFLAGS)
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c,$^) -lm -lpthread $(EXTRA_LDFLAGS)
 
 $(BUILD)/tests/ptyrun: tests/ptyrun.c
 	@mkdir -p $(dir $@)

@@ -3,8 +3,6 @@
  * one JSON line per run; any mismatch exits 1. */
 
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -23,6 +21,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "bench_proc.h"
 
 #define BENCH_PAT_LEN   1048573         /* prime: streams never align */
 #define BENCH_MAX_SIZE  (1 << 20)
@@ -159,142 +159,13 @@ static double hist_quantile(const struct bench_stats *st, double q) {
     return (double)st->max_ns / 1000;
 }
 
-/* --- the server's processes, from /proc ----------------------------------- */
-
-struct proc_row {
-    pid_t pid, ppid;
-    long long child_ticks;      /* cutime + cstime: reaped children */
-};
-
-/* Reads pid, ppid and cutime+cstime from /proc/PID/stat. */
-static int proc_stat(const char *pid, struct proc_row *r) {
-    char path[64], line[1024], *p;
-    long long f[4];
-    FILE *fp;
-    int ok;
-
-    snprintf(path, sizeof path, "/proc/%s/stat", pid);
-    if (!(fp = fopen(path, "r"))) return -1;
-    ok = fgets(line, sizeof line, fp) != NULL;
-    fclose(fp);
-    if (!ok || !(p = strrchr(line, ')'))) return -1;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
-     * majflt cmajflt utime stime cutime cstime */
-    if (sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u "
-               "%lld %lld %lld %lld", &r->ppid, &f[0], &f[1], &f[2],
-               &f[3]) != 5)
-        return -1;
-    r->pid = (pid_t)atoi(pid);
-    r->child_ticks = f[2] + f[3];
-    return 0;
-}
-
-/* CPU time of a live process in ns: the sum of its threads' run time from
- * /proc/PID/task/TID/schedstat (utime and stime are in 10 ms ticks, too
- * coarse to sum over many short-lived children). */
-static long long proc_run_ns(pid_t pid) {
-    char path[320];
-    long long sum = 0, ns;
-    struct dirent *de;
-    DIR *d;
-
-    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-    if (!(d = opendir(path))) return 0;
-    while ((de = readdir(d))) {
-        FILE *fp;
-        if (!isdigit((unsigned char)de->d_name[0])) continue;
-        snprintf(path, sizeof path, "/proc/%d/task/%s/schedstat", (int)pid,
-                 de->d_name);
-        if (!(fp = fopen(path, "r"))) continue;
-        if (fscanf(fp, "%lld", &ns) == 1) sum += ns;
-        fclose(fp);
-    }
-    closedir(d);
-    return sum;
-}
-
-static long proc_rss_kb(pid_t pid) {
-    char path[64], line[256];
-    long kb = 0;
-    FILE *fp;
-
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (!(fp = fopen(path, "r"))) return 0;
-    while (fgets(line, sizeof line, fp))
-        if (sscanf(line, "VmRSS: %ld", &kb) == 1) break;
-    fclose(fp);
-    return kb;
-}
-
-/* Walks the process tree under the --pid roots. Fills the CPU time in ns
- * (reaped children included) and the summed VmRSS in KiB. -1 if no root is
- * alive. */
-static int proc_tree(long long *cpu_ns, long *rss_kb) {
-    struct proc_row *rows = NULL;
-    size_t n = 0, cap = 0, i;
-    char *in;
-    int changed = 1, found = 0;
-    struct dirent *de;
-    DIR *d = opendir("/proc");
-
-    long long tick_ns = 1000000000LL / sysconf(_SC_CLK_TCK);
-
-    *cpu_ns = 0;
-    if (rss_kb) *rss_kb = 0;
-    if (!d) return -1;
-    while ((de = readdir(d))) {
-        if (!isdigit((unsigned char)de->d_name[0])) continue;
-        if (n == cap) {
-            struct proc_row *nr = realloc(rows, (cap = cap * 2 + 256) *
-                                          sizeof *rows);
-            if (!nr) break;
-            rows = nr;
-        }
-        if (proc_stat(de->d_name, &rows[n]) == 0) n++;
-    }
-    closedir(d);
-    in = calloc(n + 1, 1);
-    for (i = 0; in && i < n; i++)
-        for (int k = 0; k < bo.npids; k++)
-            if (rows[i].pid == bo.pids[k]) in[i] = 1;
-    while (in && changed) {             /* add children of members */
-        changed = 0;
-        for (i = 0; i < n; i++)
-            for (size_t j = 0; !in[i] && j < n; j++)
-                if (in[j] && rows[i].ppid == rows[j].pid) in[i] = changed = 1;
-    }
-    for (i = 0; in && i < n; i++) {
-        if (!in[i]) continue;
-        found = 1;
-        *cpu_ns += proc_run_ns(rows[i].pid) + rows[i].child_ticks * tick_ns;
-        if (rss_kb) *rss_kb += proc_rss_kb(rows[i].pid);
-    }
-    free(in);
-    free(rows);
-    return found ? 0 : -1;
-}
-
-/* Reads user+nice+system and steal ticks of all CPUs from /proc/stat (irq
- * and softirq left out: they include the loopback traffic of the run). */
-static void proc_stat_all(long long *busy, long long *steal) {
-    long long f[8] = {0};
-    FILE *fp = fopen("/proc/stat", "r");
-
-    *busy = *steal = 0;
-    if (!fp) return;
-    if (fscanf(fp, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &f[0],
-               &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7]) == 8) {
-        *busy = f[0] + f[1] + f[2];
-        *steal = f[7];
-    }
-    fclose(fp);
-}
-
 static void sample_cpu(struct cpu_sample *s) {
     struct rusage ru;
 
-    if (bo.npids == 0 || proc_tree(&s->server, NULL) < 0) s->server = -1;
-    proc_stat_all(&s->busy, &s->steal);
+    if (bo.npids == 0 ||
+        bench_proc_tree(bo.pids, bo.npids, &s->server, NULL) < 0)
+        s->server = -1;
+    bench_proc_stat_all(&s->busy, &s->steal);
     getrusage(RUSAGE_SELF, &ru);
     s->self = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
               ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) /
@@ -302,7 +173,7 @@ static void sample_cpu(struct cpu_sample *s) {
     s->taken = 1;
 }
 
-/* --- connections ------------------------------------------------------------ */
+/* --- connections ---------------------------------------------------------- */
 
 static void conn_arm(struct bench_thread *t, struct bench_conn *c, int ev) {
     struct epoll_event e = {.events = (uint32_t)ev, .data.ptr = c};
@@ -500,7 +371,7 @@ static void conn_event(struct bench_thread *t, struct bench_conn *c,
     if (c->state == ST_OPEN && (ev & EPOLLOUT)) conn_pump(t, c);
 }
 
-/* --- the run ------------------------------------------------------------------ */
+/* --- the run -------------------------------------------------------------- */
 
 static int thread_timeout(const struct bench_thread *t, uint64_t now) {
     uint64_t next = g_end;
@@ -576,7 +447,7 @@ static void stats_merge(struct bench_stats *into, const struct bench_stats *s) {
     for (int i = 0; i < HIST_BUCKETS; i++) into->hist[i] += s->hist[i];
 }
 
-/* --- report ------------------------------------------------------------------- */
+/* --- report --------------------------------------------------------------- */
 
 static void json_str(const char *s) {
     putchar('"');
@@ -644,7 +515,7 @@ static void report(const struct bench_stats *st, double secs, long rss0,
     fflush(stdout);
 }
 
-/* --- options ------------------------------------------------------------------ */
+/* --- options -------------------------------------------------------------- */
 
 static void usage(void) {
     fprintf(stderr,
@@ -793,7 +664,7 @@ static int fork_cost(void) {
     return 0;
 }
 
-/* --- main --------------------------------------------------------------------- */
+/* --- main ----------------------------------------------------------------- */
 
 static void on_alarm(int sig) {
     static const char msg[] = "echohost-bench: run exceeded its time bound\n";
@@ -837,11 +708,22 @@ static int bench_run(struct bench_thread *th, struct bench_stats *st) {
     return 0;
 }
 
+/* The servers' summed VmRSS in KiB, -1 if unknown; idle mode only. */
+static long idle_rss(int settle) {
+    long long cpu_ns;
+    long kb;
+    struct timespec ts = {0, BENCH_SETTLE_NS};
+
+    if (bo.mode != MODE_IDLE || bo.npids == 0) return -1;
+    if (settle) nanosleep(&ts, NULL);
+    if (bench_proc_tree(bo.pids, bo.npids, &cpu_ns, &kb) < 0) return -1;
+    return kb;
+}
+
 int main(int argc, char **argv) {
     static struct bench_thread th[2];
     static struct bench_stats st;
-    long long cpu_ns;
-    long rss0 = -1, rss1 = -1;
+    long rss0, rss1;
     double secs;
     int i;
 
@@ -854,16 +736,11 @@ int main(int argc, char **argv) {
             perror("echohost-bench");
             return 3;
         }
-    if (bo.mode == MODE_IDLE && bo.npids && proc_tree(&cpu_ns, &rss0) < 0)
-        rss0 = -1;
+    rss0 = idle_rss(0);
     if (bench_run(th, &st) < 0) return 3;
     secs = (double)(now_ns() - g_warm_end) / 1e9;
     if (bo.mode != MODE_IDLE && secs > bo.duration) secs = bo.duration;
-    if (bo.mode == MODE_IDLE && bo.npids) {
-        struct timespec ts = {0, BENCH_SETTLE_NS};
-        nanosleep(&ts, NULL);
-        if (proc_tree(&cpu_ns, &rss1) < 0) rss1 = -1;
-    }
+    rss1 = idle_rss(1);
     report(&st, secs, rss0, rss1);
     for (i = 0; i < bo.threads; i++) thread_free(&th[i]);
     if (g_first_error[0])
