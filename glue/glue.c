@@ -83,8 +83,14 @@ void free_tinfo(struct thread_info *ti) {
     free(ti);
 }
 
-void glue_set_heap_max(struct thread_info *ti, size_t words) {
-    ti->heap->max = words;
+/* Caps the heap at `words` words (default 1 GiB worth; 0: unchanged);
+ * growing past it fails (glue_reserve returns -1). Returns the old cap. */
+size_t glue_set_heap_max(struct thread_info *ti, size_t words) {
+    size_t old = ti->heap->max;
+
+    if (words > 0)
+        ti->heap->max = words;
+    return old;
 }
 
 /* Size of the current space, in words. */
@@ -259,6 +265,7 @@ value glue_root_get(const struct thread_info *ti, int slot) {
     return ti->heap->roots[slot];
 }
 
+/* Releases a root slot; its value may be collected from now on. */
 void glue_unroot(struct thread_info *ti, int slot) {
     struct glue_heap *h = ti->heap;
 
@@ -286,6 +293,7 @@ value glue_make_string(struct thread_info *ti, const char *s, size_t len) {
     return (value)p;
 }
 
+/* The bytes of a string block, their count in *len (not terminated). */
 const char *glue_string(value v, size_t *len) {
     size_t bytes = Wosize_val(v) * sizeof(value);
     const unsigned char *b = (const unsigned char *)v;
@@ -317,6 +325,7 @@ value glue_make_fn(struct thread_info *ti, int ref) {
     return (value)p;
 }
 
+/* The thread_info kept in L's registry by echohost.glue, or NULL. */
 struct thread_info *glue_tinfo_of(lua_State *L) {
     struct thread_info **box;
 
@@ -483,14 +492,17 @@ void *glue_keep(struct thread_info *ti, void *block) {
     return block;
 }
 
+/* The number of registered types; glue_type_at(ti, i) walks them. */
 int glue_ntypes(struct thread_info *ti) {
     return ti->reg->n;
 }
 
+/* The i-th registered type (generated ones first), or NULL. */
 const struct glue_type *glue_type_at(struct thread_info *ti, int i) {
     return i >= 0 && i < ti->reg->n ? ti->reg->types[i] : NULL;
 }
 
+/* The registered type called name, or NULL. */
 const struct glue_type *glue_find_type(struct thread_info *ti,
                                        const char *name) {
     for (int i = 0; i < ti->reg->n; i++)
@@ -527,6 +539,7 @@ unsigned int glue_tag(const struct glue_type *t, value v) {
     return GLUE_NO_TAG;
 }
 
+/* The constructor of v as a value of t, or NULL if it is none of t's. */
 const struct glue_ctor *glue_ctor_of(const struct glue_type *t, value v) {
     unsigned int tag = glue_tag(t, v);
     return tag == GLUE_NO_TAG ? NULL : &t->ctors[tag];

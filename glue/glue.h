@@ -142,7 +142,7 @@ struct thread_info {
 
 struct thread_info *make_tinfo(void);
 void free_tinfo(struct thread_info *ti);
-void glue_set_heap_max(struct thread_info *ti, size_t words);
+size_t glue_set_heap_max(struct thread_info *ti, size_t words);
 size_t glue_heap_words(const struct thread_info *ti);
 size_t glue_heap_live(const struct thread_info *ti);
 int glue_collect(struct thread_info *ti, size_t need, int may_grow);

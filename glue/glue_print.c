@@ -211,6 +211,7 @@ void glue_print_with(value v, const struct glue_type *t,
     print_value(&s, v, glue_ty_app(t, t->nparams, params), printers);
 }
 
+/* Printers of the base types, for print_T's parameters (stdout). */
 void print_int(value v) {
     printf("%" PRIdPTR, Long_val(v));
 }

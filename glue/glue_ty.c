@@ -73,6 +73,7 @@ const struct glue_ty *glue_ty_app(const struct glue_type *t, int nargs,
     return &n->ty;
 }
 
+/* The term for parameter i of a declaration (i < 16), or NULL. */
 const struct glue_ty *glue_ty_param(int i) {
     return i >= 0 && i < TY_PARAMS ? &ty_params[i] : NULL;
 }
@@ -199,6 +200,8 @@ size_t glue_ty_format(char *buf, size_t len, const struct glue_ty *t) {
     return b.n;
 }
 
+/* Frees every interned term (at exit: for leak checkers). No term made
+ * before may be used after. */
 void glue_ty_free_all(void) {
     for (int i = 0; i < TY_BUCKETS; i++) {
         while (buckets[i]) {

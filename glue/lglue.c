@@ -370,6 +370,16 @@ static int lglue_collectheap(lua_State *L) {
     return 0;
 }
 
+/* glue.heap_max([words]) -> the cap in words before the call */
+static int lglue_heap_max(lua_State *L) {
+    lua_Integer words = luaL_optinteger(L, 1, 0);
+
+    luaL_argcheck(L, words >= 0, 1, "expected a number of words >= 0");
+    lua_pushinteger(L, (lua_Integer)glue_set_heap_max(tinfo(L),
+                                                      (size_t)words));
+    return 1;
+}
+
 static int lglue_is_value(lua_State *L) {
     lua_pushboolean(L, luaL_testudata(L, 1, VALUE_MT) != NULL);
     return 1;
@@ -652,6 +662,7 @@ static const luaL_Reg glue_funcs[] = {
     {"collect", lglue_collectheap},
     {"ctor", lglue_ctor},
     {"declare", NULL},                  /* a closure over the module */
+    {"heap_max", lglue_heap_max},
     {"is_value", lglue_is_value},
     {"match", lglue_match},
     {"read", lglue_read},

@@ -85,6 +85,12 @@ describe("echohost.glue constructors", function()
       "identity.Parent: argument 1 (pid) expected int, got nil")
   end)
 
+  it("raises when the type of a value would nest too deeply", function()
+    local v = option.None
+    for _ = 1, 99 do v = option.Some(v) end
+    assert.has_error(function() option.Some(v) end, "option.Some: type nested too deeply")
+  end)
+
   it("accepts 63-bit integers and floats with an integer value", function()
     local max, min = (1 << 62) - 1, -(1 << 62)
     assert.equal(max, identity.Parent(max).pid)
@@ -203,6 +209,23 @@ describe("glue memory", function()
     assert.is_true(glue.stats().allocated >= 3 * n)
   end)
 
+  it("raises 'glue heap exhausted' at the heap cap, then recovers", function()
+    glue.collect()
+    local old = glue.heap_max(1 << 17)
+    finally(function() glue.heap_max(old) end)
+    assert.equal(1 << 17, glue.heap_max())
+    local l = nil_
+    assert.has_error(function()
+      for i = 1, 100000 do l = cons(i, l) end
+    end, "glue heap exhausted")
+    assert.is_true(glue.stats().heap_words <= 1 << 17)
+    assert.has_error(function() glue.read(("(Some "):rep(1 << 17)) end, "glue heap exhausted")
+    l = nil                                     -- luacheck: ignore 311 (drop the list)
+    assert.equal("(cons 1 nil)", tostring(cons(1, nil_)))
+    assert.has_error(function() glue.heap_max(-1) end,
+      "bad argument #1 to 'heap_max' (expected a number of words >= 0)")
+  end)
+
   it("reclaims values Lua no longer reaches", function()
     local keep = {}
     for i = 1, 1000 do keep[i] = from_table({ i, i }) end
@@ -213,6 +236,18 @@ describe("glue memory", function()
     keep = nil                                  -- luacheck: ignore 311 (drop the values)
     glue.collect()
     assert.is_true(glue.stats().heap_used <= used - 6000)
+  end)
+end)
+
+describe("glue.show", function()
+  it("prints values, integers and strings as glue does", function()
+    assert.equal("(cons 1 nil)", glue.show(cons(1, nil_)))
+    assert.equal("-7", glue.show(-7))
+    assert.equal([["a\x00"]], glue.show("a\0"))
+    assert.has_error(function() glue.show(print) end,
+      "bad argument #1 to 'show' (glue value, integer or string expected, got function)")
+    assert.has_error(function() glue.show({}) end,
+      "bad argument #1 to 'show' (glue value, integer or string expected, got table)")
   end)
 end)
 
