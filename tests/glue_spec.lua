@@ -269,6 +269,17 @@ describe("glue.read", function()
     assert.equal("column 7: expected string, got 1", err)
     assert.has_error(function() glue.read("1", "lst") end,
       "bad argument #2 to 'read' (column 1: unknown type lst)")
+    for text, msg in pairs({
+      ["list int int"] = "column 1: list expects 1 argument, got 2",
+      ["(list int"] = "column 10: expected ')'",
+      ["list )"] = "column 6: unexpected ')'",
+      ["()"] = "column 2: expected a type",
+      [("(option "):rep(120) .. "int" .. (")"):rep(120)] = "type nested too deeply",
+    }) do
+      local ok, perr = pcall(glue.read, "1", text)
+      assert.is_false(ok)
+      assert.matches(msg, perr, 1, true)
+    end
     assert.has_error(function() glue.read("1", {}) end,
       "bad argument #2 to 'read' (type name or glue type table expected, got table)")
     assert.has_error(function() glue.read() end,
@@ -295,6 +306,7 @@ describe("glue.read", function()
     { "", "column 1: expected _, got end of input" },
     { ")", "column 1: expected _, got ')'" },
     { "(Some\n  #)", "line 2, column 3: unexpected character '#'" },
+    { string.rep("a", 200), "column 1: name too long" },
     { "(Parent " .. string.rep("x", 40) .. ")",
       "column 9: expected int, got xxxxxxxxxxxxxxxxxxxx..." },
   }
