@@ -178,6 +178,42 @@ describe("echohost limits", function()
   end)
 end)
 
+describe("echohost out of descriptors", function()
+  after_each(server.stop_all)
+
+  it("closes what it cannot hold, does not spin, recovers", function()
+    local srv = server.start({ "--workers", "1" }, { nofile = 32 })
+    local worker = assert(srv:wait_children(1, 5))[1]
+    local cs = {}
+    finally(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, 40 do
+      cs[i] = srv:connect(3)
+    end
+    local served, refused = 0, 0
+    for _, c in ipairs(cs) do
+      local ok = c:send("x\n")
+      local line, err = c:receive("*l")
+      if ok and line == "x" then
+        served = served + 1
+      else
+        assert.equal("closed", err)
+        refused = refused + 1
+      end
+    end
+    assert.is_true(served >= 16, "served " .. served)
+    assert.is_true(refused >= 1, "nothing refused")
+    assert.matches("refusing connections", srv:log())
+    local t0 = server.cpu_ticks(worker)
+    server.sleep(0.5)
+    assert.is_true(server.cpu_ticks(worker) - t0 <= 5, "the worker spins")
+    for _, c in ipairs(cs) do c:close() end
+    cs = {}
+    assert.truthy(server.wait(function()
+      return server.echo(srv.host, srv.port, "back", { timeout = 1 }) == "back"
+    end, 5))
+  end)
+end)
+
 describe("echohost command line", function()
   local bad = {
     { { "--workers", "0" }, "bad %-%-workers '0'" },

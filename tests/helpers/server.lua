@@ -3,6 +3,7 @@
 --
 --   local server = require "helpers.server"
 --   local srv = server.start({"--workers", "1"})   -- adds --listen 127.0.0.1:0
+--   server.start(args, {nofile = 32, timeout = 10})  -- ulimit -n, start wait
 --   finally(function() srv:stop() end)
 --   srv.pid, srv.host, srv.port, srv.addr ("127.0.0.1:40123"), srv.log_path
 --   srv:log()                  stderr so far (a string)
@@ -25,7 +26,8 @@
 --                              what came back, and "closed" if the server
 --                              closed (opts: half_close, timeout, from, want)
 --   server.echo(host, port, data, opts)  connect, exchange, close
---   server.rss_kb(pid), server.ppid(pid), server.state(pid) from /proc
+--   server.rss_kb(pid), server.ppid(pid), server.state(pid),
+--   server.cpu_ticks(pid)      from /proc
 --   server.wait(pred, secs)    poll pred every 10 ms; its value or nil
 --   server.sleep(secs)
 --   server.BIN                 ECHOHOST_BIN or "build/echohost"
@@ -92,6 +94,20 @@ function M.ppid(pid)
   return ppid
 end
 
+-- CPU time (user + system) of pid in clock ticks.
+function M.cpu_ticks(pid)
+  local s = read_file("/proc/" .. pid .. "/stat")
+  if not s then
+    return nil
+  end
+  local rest = s:match("%) (.*)")
+  local f = {}
+  for x in rest:gmatch("%S+") do
+    f[#f + 1] = x
+  end
+  return tonumber(f[12]) + tonumber(f[13])   -- utime, stime (fields 14, 15)
+end
+
 function M.rss_kb(pid)
   local s = read_file("/proc/" .. pid .. "/status")
   return s and tonumber(s:match("VmRSS:%s*(%d+)"))
@@ -144,8 +160,9 @@ function M.start(args, opts)
     full[#full + 1] = a
   end
   local log_path = os.tmpname()
-  local p = io.popen("echo $$; exec " .. command(full) .. " 2>" .. quote(log_path)
-    .. " </dev/null")
+  local limit = opts.nofile and ("ulimit -n " .. opts.nofile .. "; ") or ""
+  local p = io.popen("echo $$; " .. limit .. "exec " .. command(full) .. " 2>"
+    .. quote(log_path) .. " </dev/null")
   local pid = tonumber(p:read("l"))
   local srv = setmetatable({ pid = pid, proc = p, log_path = log_path }, Server)
   started[#started + 1] = srv
