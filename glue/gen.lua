@@ -158,6 +158,7 @@ function Parser:params(d)
     if self:peek().kind ~= "ident" then self:expect("ident", "a parameter name") end
     while self:peek().kind == "ident" do
       local p = self:next()
+      if BASE[p.text] then fail(p.pos, "cannot redefine base type " .. p.text) end
       for _, q in ipairs(d.params) do
         if q.name == p.text then fail(p.pos, "duplicate parameter " .. p.text) end
       end

@@ -363,6 +363,10 @@ static int dparams(struct dparse *p, struct glue_type *t) {
             char *name = dstrndup(p, p->s + p->start, p->pos - p->start);
             if (name == NULL)
                 return dfail(p, p->start, "out of memory");
+            if (!strcmp(name, "int") || !strcmp(name, "string") ||
+                !strcmp(name, "fn"))
+                return dfail(p, p->start, "cannot redefine base type %s",
+                             name);
             for (int i = 0; i < t->nparams; i++)
                 if (strcmp(ps[i], name) == 0)
                     return dfail(p, p->start, "duplicate parameter %s", name);

@@ -422,6 +422,7 @@ local decl_errors = {
   { "Inductive b6 := B6", "t:1:19: expected '|' or '.', got end of input" },
   { "Inductive int := I.", "t:1:11: cannot redefine base type int" },
   { "Inductive list := L.", "t:1:11: duplicate type list" },
+  { "Inductive g1 (A int) := G1.", "t:1:17: cannot redefine base type int" },
   { "Inductive c1 (A B A) := C1.", "t:1:19: duplicate parameter A" },
   { "Inductive c2 := C2 | C2.", "t:1:22: duplicate constructor C2 (in c2)" },
   { "Inductive c3 := Some.", "t:1:17: duplicate constructor Some (in option)" },
