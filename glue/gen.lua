@@ -238,11 +238,12 @@ local C_KEYWORDS = {}
 for w in ([[auto break case char const continue default do double else enum
   extern float for goto if inline int long register restrict return short
   signed sizeof static struct switch typedef union unsigned void volatile
-  while _Bool _Complex _Imaginary value]]):gmatch("%S+") do
+  while _Bool _Complex _Imaginary value ti argv]]):gmatch("%S+") do
   C_KEYWORDS[w] = true
 end
 
--- A C member/parameter name for a .glue field name.
+-- A C member/parameter name for a .glue field name (C keywords and the
+-- names of the other parameters get a trailing underscore).
 local function cname(s)
   return C_KEYWORDS[s] and s .. "_" or s
 end
