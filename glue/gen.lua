@@ -317,9 +317,15 @@ local function emit_header(h, d)
     if #c.fields == 0 then
       h:put("value make_%s_%s(void);\n", T, c.name)
     else
-      h:put("struct %s_%s_args {", T, c.name)
-      for _, f in ipairs(c.fields) do h:put(" value %s;", cname(f.name)) end
-      h:put(" };\n")
+      local members = {}
+      for _, f in ipairs(c.fields) do members[#members + 1] = "value " .. cname(f.name) .. ";" end
+      local one = string.format("struct %s_%s_args { %s };", T, c.name,
+        table.concat(members, " "))
+      if #one <= 80 then
+        h:put("%s\n", one)
+      else
+        h:put("struct %s_%s_args {\n    %s\n};\n", T, c.name, table.concat(members, "\n    "))
+      end
       h:put("value make_%s_%s(%s, value *argv);\n", T, c.name, args_decl(c))
       h:put("value alloc_make_%s_%s(struct thread_info *ti, %s);\n", T, c.name,
         args_decl(c))
@@ -462,6 +468,60 @@ local function emit_printer(s, d)
   s:put("    glue_print_with(v, &glue_type_%s, printers);\n}\n\n", T)
 end
 
+-- Wraps a long one-line /* comment */ at 80 columns.
+local function wrap_comment(line)
+  local indent, body = line:match("^(%s*)/%*%s*(.-)%s*%*/$")
+  local out, cur = {}, indent .. "/*"
+  for word in body:gmatch("%S+") do
+    if #cur + 1 + #word > 77 and cur:match("%S+%s+%S") then
+      out[#out + 1] = cur
+      cur = indent .. " *"
+    end
+    cur = cur .. " " .. word
+  end
+  out[#out + 1] = cur .. " */"
+  return table.concat(out, "\n")
+end
+
+-- Wraps a long line of code after ", ", continuing under the first
+-- bracket (or 4 columns in when that is too deep).
+local function wrap_code(line)
+  local lead = line:match("^%s*")
+  local open = line:find("[({]")
+  local indent = (open and open <= 40) and (" "):rep(open) or lead .. "    "
+  local out, cur = {}, nil
+  local pieces = {}
+  for piece in (line .. ", "):gmatch("(.-), ") do pieces[#pieces + 1] = piece end
+  for i, piece in ipairs(pieces) do
+    local sep = i < #pieces and "," or ""
+    if not cur then
+      cur = piece .. sep
+    elseif #cur + 1 + #piece + #sep > 80 then
+      out[#out + 1] = cur
+      cur = indent .. piece .. sep
+    else
+      cur = cur .. " " .. piece .. sep
+    end
+  end
+  out[#out + 1] = cur
+  return table.concat(out, "\n")
+end
+
+-- Keeps the generated C within 80 columns, as the rest of the tree.
+local function wrap(text)
+  local lines = {}
+  for line in (text .. "\n"):gmatch("(.-)\n") do
+    if #line <= 80 then
+      lines[#lines + 1] = line
+    elseif line:match("^%s*/%*.*%*/$") then
+      lines[#lines + 1] = wrap_comment(line)
+    else
+      lines[#lines + 1] = wrap_code(line)
+    end
+  end
+  return table.concat(lines, "\n", 1, #lines - 1)
+end
+
 -- Returns the header and source texts for the declarations in env.
 function M.emit(env, files, base)
   local h, s = setmetatable({}, Out), setmetatable({}, Out)
@@ -484,7 +544,7 @@ function M.emit(env, files, base)
   s:put("const struct glue_type *const glue_builtin_types[] = {\n")
   for _, d in ipairs(env.decls) do s:put("    &glue_type_%s,\n", d.name) end
   s:put("    NULL\n};\n")
-  return table.concat(h), table.concat(s)
+  return wrap(table.concat(h)), wrap(table.concat(s))
 end
 
 local function write(name, text)
