@@ -528,6 +528,36 @@ describe("glue/gen.lua", function()
     assert.is_nil(c:find("%$"))
   end)
 
+  it("keeps generated C in 80 columns and warning-free for awkward names", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    finally(function() os.execute("rm -rf " .. dir) end)
+    local f = assert(io.open(dir .. "/kw.glue", "w"))
+    f:write([[
+(* Field names that are C keywords or the generated parameters' names, and
+   a declaration long enough to need wrapping in the generated C. *)
+Inductive kw (A) := K (ti : int) (argv : A) (int : string) (if : fn)
+  (a_rather_long_field_name : list A) (another_long_field_name : option A)
+  | Nothing.]])
+    f:close()
+    local msg, status = run(("lua5.4 glue/gen.lua -o %s/glue_types glue/prelude.glue %s/kw.glue")
+      :format(dir, dir))
+    assert.equal(0, status, msg)
+    for _, ext in ipairs({ ".h", ".c" }) do
+      for line in io.lines(dir .. "/glue_types" .. ext) do
+        assert(#line <= 80, "over 80 columns: " .. line)
+      end
+    end
+    assert.matches("value alloc_make_kw_K(struct thread_info *ti, value ti_, value argv_,",
+      assert(io.open(dir .. "/glue_types.h")):read("a"), 1, true)
+    local lua_cflags = io.popen("pkg-config --cflags lua5.4"):read("l") or ""
+    msg, status = run(("cc -std=c11 -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror "
+      .. "-Iglue -I%s %s -c -o %s/kw.o %s/glue_types.c"):format(dir, lua_cflags, dir, dir))
+    assert.equal("", msg)
+    assert.equal(0, status)
+  end)
+
   it("reports file:line:col and exits non-zero on a bad declaration", function()
     local src = os.tmpname()
     finally(function() os.remove(src) end)
