@@ -111,6 +111,14 @@ static int control_listen(const char *path, char *err, size_t errlen) {
 
 static void control_accept(ev_loop *loop, int fd, void *ud, int mask);
 
+/* CONTROL_EVAL_MS, or ECHOHOST_CONTROL_EVAL_MS (milliseconds, > 0). */
+static long control_eval_ms(void) {
+    const char *env = getenv("ECHOHOST_CONTROL_EVAL_MS");
+    long ms = env ? strtol(env, NULL, 10) : 0;
+
+    return ms > 0 ? ms : CONTROL_EVAL_MS;
+}
+
 struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
                              char *err, size_t errlen) {
     struct control *ctl = calloc(1, sizeof *ctl);
@@ -122,6 +130,7 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
     ctl->loop = loop;
     ctl->cfg = cfg;
     ctl->fd = -1;
+    ctl->eval_ms = control_eval_ms();
     if (strlen(cfg->control) >= sizeof ctl->path) {
         snprintf(err, errlen, "control socket %s: path too long",
                  cfg->control);
@@ -353,7 +362,7 @@ static struct control_sess *control_sess_new(struct control *ctl, int fd) {
         free(s);
         return NULL;
     }
-    repl_set_limits(s->r, CONTROL_EVAL_MS, control_interrupted);
+    repl_set_limits(s->r, ctl->eval_ms, control_interrupted);
     control_openlib(s->L, s);
     s->next = ctl->sessions;
     if (s->next)

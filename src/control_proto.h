@@ -52,6 +52,7 @@ struct control {
     struct control_worker *workers;
     int nworkers;
     unsigned seq;               /* request numbers: late replies are dropped */
+    long eval_ms;               /* longest evaluation of a session */
     struct control_sess *sessions;
 };
 

@@ -269,6 +269,9 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
+    if (c->control && c->model == EH_MODEL_FORK)
+        return usage_error("--control needs --model event (the fork model "
+                           "has no workers to control)");
     c->low_water = c->high_water / 4;
     return 0;
 }

@@ -141,6 +141,29 @@ describe("--control", function()
     assert.equal("1\n", (ctl(path, "1\n")))      -- the first server still answers
   end)
 
+  it("is refused with --model fork: one line, exit 2", function()
+    local code, err = server.run({ "--model", "fork", "--control", dir .. "/ctl.sock" })
+    assert.equal(2, code)
+    assert.truthy(err:find("--control needs --model event", 1, true), err)
+  end)
+
+  it("stops an evaluation that runs too long; the server goes on", function()
+    local path, log = dir .. "/ctl.sock", dir .. "/log"
+    local p = io.popen(string.format("echo $$; exec env ECHOHOST_CONTROL_EVAL_MS=300 %s "
+      .. "--listen 127.0.0.1:0 --workers 1 --control %s 2> %s", q(BIN), q(path), q(log)))
+    local pid = tonumber(p:read("l"))
+    finally(function()
+      os.execute("kill " .. pid)
+      p:close()
+    end)
+    assert.truthy(server.wait(function() return os.execute("test -S " .. q(path)) end, 10))
+    local t0 = socket.gettime()
+    local out, err = ctl(path, "while true do end\n=1 + 1\n")
+    assert.equal("2\n", out)
+    assert.truthy(err:find("^evaluation stopped: longer than 300 ms\n"), err)
+    assert.is_true(socket.gettime() - t0 < 5)
+  end)
+
   it("takes over a stale socket left by a server that died", function()
     local path = dir .. "/ctl.sock"
     local old = assert(unix.stream())
@@ -295,6 +318,31 @@ describe("echohost --repl --connect", function()
       return a:eval("=stats().operators").o == "1\n"
     end, 5))
     assert.truthy(srv:wait_log("operator gone", 5))
+  end)
+
+  it("passes Ctrl-C from the terminal to the server, Ctrl-D exits 0", function()
+    local build = os.getenv("ECHOHOST_BUILD") or "build"
+    local ptyrun = io.open(build .. "/tests/ptyrun") and build .. "/tests/ptyrun"
+      or "build/tests/ptyrun"
+    local script, out = dir .. "/script", dir .. "/pty.out"
+    spit(script, table.concat({
+      "expect > ", "sleep 100",
+      "send while true do end\\r",
+      "sleep 200",
+      "send \\x03",
+      "expect interrupted!",
+      "expect > ", "sleep 100",
+      "send 40 + 2\\r",
+      "expect 42",
+      "expect > ", "sleep 100",
+      "send \\x04",
+    }, "\n") .. "\n")
+    local ok = os.execute(string.format("env TERM=xterm %s 10 %s -- %s --repl --connect %s "
+      .. "--history %s > %s 2>&1", q(ptyrun), q(script), q(BIN), q(path), q(dir .. "/hist"),
+      q(out)))
+    local o = slurp(out)
+    assert.is_true(ok, o)
+    assert.truthy(o:find("[exit 0]", 1, true), o)
   end)
 
   it("--connect to a path with no server: one clear line, exit 1", function()
