@@ -515,10 +515,11 @@ static void worker_reload(struct worker *w) {
         log_debug("SIGHUP: no handler to reload");
         return;
     }
-    if (handler_reload(w->h, w->cfg->handler, err, sizeof err) == 0) {
+    /* NULL: the current file, which handler() on the control socket may
+     * have changed since the start */
+    if (handler_reload(w->h, NULL, err, sizeof err) == 0) {
         w->stats->reloads++;
-        log_info("handler %s reloaded (version %d)", w->cfg->handler,
-                 handler_version(w->h));
+        log_info("handler reloaded (version %d)", handler_version(w->h));
     } else {
         log_error("handler reload failed, keeping the old one: %s", err);
     }

@@ -246,6 +246,12 @@ describe("echohost --repl --connect", function()
     assert.equal("2\t2\n", out)
     out = ctl(path, "reload()\n=stats().workers[1].handler_version\n")
     assert.equal("true\n3\n", out)
+    -- SIGHUP reloads the current file: the one handler() set.
+    assert.is_true(srv:signal("HUP"))
+    assert.truthy(server.wait(function()
+      return ctl(path, "=stats().workers[2].handler_version\n") == "4\n"
+    end, 5))
+    assert.equal("HELLO", echo(srv, "hello"))
   end)
 
   it("a handler that does not load is reported with file and line; the old one stays", function()
