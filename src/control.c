@@ -154,7 +154,7 @@ err:
     return NULL;
 }
 
-/* --- sessions -------------------------------------------------------------- */
+/* --- sessions ------------------------------------------------------------- */
 
 static void control_sess_free(struct control_sess *s, int unloop) {
     struct control *ctl = s->ctl;
@@ -436,7 +436,7 @@ void control_after_fork(struct control *ctl) {
     free(ctl);
 }
 
-/* --- workers ----------------------------------------------------------------- */
+/* --- workers -------------------------------------------------------------- */
 
 int control_channel(int fds[2]) {
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds);
@@ -463,7 +463,7 @@ void control_set_worker(struct control *ctl, int slot, pid_t pid, int fd) {
     ctl->workers[slot].fd = fd;
 }
 
-/* --- client ------------------------------------------------------------------ */
+/* --- client --------------------------------------------------------------- */
 
 struct control_client {
     int fd;

@@ -21,7 +21,7 @@
 #define CONTROL_REPLY_MS 2000           /* how long the master waits */
 #define CONTROL_CONNS_MAX 500           /* connections listed per worker */
 
-/* --- master: asking the workers -------------------------------------------- */
+/* --- master: asking the workers ------------------------------------------- */
 
 /* Loads one reply's table constructor in an empty environment: a table on
  * the stack, or an error table. */
@@ -123,7 +123,8 @@ static void cmd_compact(lua_State *L, int n) {
 static void cmd_ask(lua_State *L, struct control *ctl, const char *req) {
     int n = ctl->nworkers, left;
     unsigned seq = ++ctl->seq;
-    size_t sz = CONTROL_MSG_MAX + (n + 1) * (sizeof(struct pollfd) + sizeof(int));
+    size_t sz = CONTROL_MSG_MAX +
+                (n + 1) * (sizeof(struct pollfd) + sizeof(int));
     char *buf = lua_newuserdatauv(L, sz, 0);
     struct pollfd *pfd = (struct pollfd *)(buf + CONTROL_MSG_MAX);
     int *slot = (int *)(pfd + n + 1);
@@ -153,7 +154,7 @@ static void cmd_ask(lua_State *L, struct control *ctl, const char *req) {
     lua_remove(L, -2);                          /* the buffers */
 }
 
-/* --- master: the session's functions ---------------------------------------- */
+/* --- master: the session's functions -------------------------------------- */
 
 static struct control_sess *cmd_sess(lua_State *L) {
     return lua_touserdata(L, lua_upvalueindex(1));
@@ -254,7 +255,8 @@ static int cmd_swap_result(lua_State *L) {
     }
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
-        if (lua_getfield(L, -1, "ok") != LUA_TBOOLEAN || !lua_toboolean(L, -1)) {
+        if (lua_getfield(L, -1, "ok") != LUA_TBOOLEAN ||
+            !lua_toboolean(L, -1)) {
             lua_getfield(L, -2, "error");
             lua_pushnil(L);
             lua_pushstring(L, luaL_optstring(L, -2, "failed"));
@@ -301,7 +303,7 @@ void control_openlib(lua_State *L, struct control_sess *s) {
     lua_pop(L, 1);
 }
 
-/* --- worker: answering ----------------------------------------------------------- */
+/* --- worker: answering ---------------------------------------------------- */
 
 struct cmd_out {
     char buf[CONTROL_MSG_MAX];

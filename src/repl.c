@@ -375,7 +375,7 @@ int repl_feed(struct repl *r, const char *line, size_t len) {
     return REPL_READY;
 }
 
-/* --- line input ------------------------------------------------------------ */
+/* --- line input ----------------------------------------------------------- */
 
 static char *repl_history_path(const char *history) {
     const char *home = getenv("HOME");
@@ -461,7 +461,7 @@ void repl_input_close(struct repl_input *in) {
     free(in);
 }
 
-/* --- the local prompt ------------------------------------------------------ */
+/* --- the local prompt ----------------------------------------------------- */
 
 static void repl_stdio_write(void *ud, int stream, const char *s, size_t len) {
     (void)ud;
