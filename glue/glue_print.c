@@ -439,13 +439,51 @@ static int push_frame(struct reader *r, const struct glue_ty *ex,
     return 0;
 }
 
+/* A constructor without arguments, named by the current identifier. */
+static int read_nullary(struct reader *r, const struct glue_ty *ex,
+                        value *v, const struct glue_ty **ty) {
+    const struct glue_ty *any[16];
+    const struct glue_type *t;
+    const struct glue_ctor *c;
+
+    if (find_ctor(r, ex, &t, &c) < 0)
+        return -1;
+    if (c->arity > 0)
+        return rfail(r, r->start, "%s takes %u argument%s", c->name,
+                     c->arity, c->arity == 1 ? "" : "s");
+    *v = Val_long(c->ordinal);
+    if (ex->kind == GLUE_APP) {
+        *ty = ex;
+        return 1;
+    }
+    for (int i = 0; i < t->nparams && i < 16; i++)
+        any[i] = &glue_ty_any;
+    *ty = glue_ty_app(t, t->nparams, any);
+    return 1;
+}
+
+/* After '(': a constructor with arguments, pushed as a frame. */
+static int read_open(struct reader *r, const struct glue_ty *ex) {
+    const struct glue_type *t;
+    const struct glue_ctor *c;
+    char got[32];
+
+    if (lex(r) < 0)
+        return -1;
+    if (r->tok != T_IDENT)
+        return rfail(r, r->start, "expected a constructor, got %s",
+                     tok_text(r, got, sizeof got));
+    if (find_ctor(r, ex, &t, &c) < 0)
+        return -1;
+    if (c->arity == 0)
+        return rfail(r, r->start, "%s takes no arguments", c->name);
+    return push_frame(r, ex, t, c);
+}
+
 /* Reads one item at the expected type: an atom into *v and *ty (returns 1),
  * or the start of a boxed constructor, pushed as a frame (returns 0). */
 static int read_item(struct reader *r, const struct glue_ty *ex, value *v,
                      const struct glue_ty **ty) {
-    const struct glue_type *t;
-    const struct glue_ctor *c;
-
     if (lex(r) < 0)
         return -1;
     switch (r->tok) {
@@ -464,34 +502,9 @@ static int read_item(struct reader *r, const struct glue_ty *ex, value *v,
     case T_FUN:
         return rfail(r, r->start, "cannot read a function");
     case T_IDENT:
-        if (find_ctor(r, ex, &t, &c) < 0)
-            return -1;
-        if (c->arity > 0)
-            return rfail(r, r->start, "%s takes %u argument%s", c->name,
-                         c->arity, c->arity == 1 ? "" : "s");
-        *v = Val_long(c->ordinal);
-        if (ex->kind == GLUE_APP) {
-            *ty = ex;
-        } else {
-            const struct glue_ty *any[16];
-            for (int i = 0; i < t->nparams && i < 16; i++)
-                any[i] = &glue_ty_any;
-            *ty = glue_ty_app(t, t->nparams, any);
-        }
-        return 1;
+        return read_nullary(r, ex, v, ty);
     case T_OPEN:
-        if (lex(r) < 0)
-            return -1;
-        if (r->tok != T_IDENT) {
-            char got[32];
-            return rfail(r, r->start, "expected a constructor, got %s",
-                         tok_text(r, got, sizeof got));
-        }
-        if (find_ctor(r, ex, &t, &c) < 0)
-            return -1;
-        if (c->arity == 0)
-            return rfail(r, r->start, "%s takes no arguments", c->name);
-        return push_frame(r, ex, t, c);
+        return read_open(r, ex);
     default:
         return expected_fail(r, ex);
     }

@@ -60,8 +60,10 @@ static int reserve(lua_State *L, struct thread_info *ti, size_t need) {
     return glue_collect(ti, need, 1) < 0 ? -1 : 0;
 }
 
-/* Pushes v as a userdata of type ty (rooted first: creating the userdata
- * may run finalizers that allocate). */
+/* Pushes v as a userdata of type ty. v is rooted first: creating the
+ * userdata may run finalizers that allocate, and so move v. (If that
+ * creation raises a memory error, the slot stays taken until the state
+ * closes: a value retained, nothing corrupted.) */
 static void push_udata(lua_State *L, struct thread_info *ti, value v,
                        const struct glue_ty *ty) {
     int slot = Is_block(v) ? glue_root(ti, v) : -1;
