@@ -274,6 +274,21 @@ describe("echohost command line", function()
   end)
 end)
 
+describe("echohost handler start-up", function()
+  it("exits 1 when the workers cannot load the handler", function()
+    local path = os.tmpname()
+    finally(function() os.remove(path) end)
+    local f = assert(io.open(path, "w"))
+    f:write("return function(conn, data\n")
+    f:close()
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--workers", "2",
+      "--handler", path }, 10)
+    assert.equal(1, code)
+    assert.matches(path:gsub("%p", "%%%0") .. ":%d+:", err)
+    assert.matches("worker %d could not start", err)
+  end)
+end)
+
 describe("echohost signals and workers", function()
   after_each(server.stop_all)
 
