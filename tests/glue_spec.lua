@@ -507,6 +507,64 @@ describe("glue.declare", function()
   end
 end)
 
+describe("glue.declare and gen.lua", function()
+  -- Random token soups (seeded): both parsers must give the same verdict
+  -- and the same message. gen's env mirrors what glue.declare registered.
+  local seed = tonumber(os.getenv("GLUE_SEED")) or os.time()
+  local vocab = { "Inductive", "Inductive", "Inductive", ":=", ":=", "(", ")", "(", ")",
+    ":", ":", "|", "|", ".", ".", "int", "string", "fn", "list", "option", "prod",
+    "A", "B", "x", "y", "(*", "*)", "\n", " ", "#", "C", "D" }
+
+  local function copy_env(env)
+    local c = { types = {}, owner = {}, decls = {} }
+    for k, v in pairs(env.types) do c.types[k] = v end
+    for k, v in pairs(env.owner) do c.owner[k] = v end
+    for i, v in ipairs(env.decls) do c.decls[i] = v end
+    return c
+  end
+
+  it("agree on 3000 random texts (seed " .. seed .. ")", function()
+    math.randomseed(seed)
+    local env = assert(gen.load({ "glue/prelude.glue" }))
+    for k in pairs(glue.types) do             -- types other specs declared
+      if not env.types[k] then env.types[k] = { params = {} } end
+    end
+    local agreed_ok = 0
+    for n = 1, 3000 do
+      local toks = {}
+      if n % 2 == 0 then                      -- soup
+        for i = 1, math.random(1, 14) do toks[i] = vocab[math.random(#vocab)] end
+      else                                    -- a declaration, then mutated
+        toks = { "Inductive", "T", "(", "A", ")", ":=", "C", "(", "x", ":", "list", "A", ")",
+          "|", "D", "(", "y", ":", "prod", "int", "(", "option", "A", ")", ")", "." }
+        for _ = 1, math.random(0, 3) do
+          local i = math.random(#toks)
+          local r = math.random(3)
+          if r == 1 then table.remove(toks, i)
+          elseif r == 2 then table.insert(toks, i, vocab[math.random(#vocab)])
+          else toks[i] = vocab[math.random(#vocab)] end
+        end
+      end
+      for i, t in ipairs(toks) do                   -- fresh names, mostly
+        if (t == "C" or t == "D" or t == "x" or t == "T") and math.random(10) > 1 then
+          toks[i] = t .. "r" .. n .. "_" .. i
+        end
+      end
+      local text = table.concat(toks, " ")
+      local ok, err = glue.declare(text, "t")
+      local try = copy_env(env)
+      local genv, gerr = gen.check(try, text, "t")
+      assert(err == gerr, ("%q: declare says %s, gen says %s"):format(text,
+        tostring(err), tostring(gerr)))
+      assert.equal(ok == true, genv ~= nil)
+      if ok then
+        env, agreed_ok = try, agreed_ok + 1
+      end
+    end
+    assert.is_true(agreed_ok >= 100, agreed_ok .. " declarations accepted")
+  end)
+end)
+
 describe("glue/gen.lua", function()
   it("generates CertiCoq-shaped C with a comment naming each declaration", function()
     local out = os.tmpname()
