@@ -29,6 +29,8 @@ local ECHOHOST = BUILD .. "/echohost"
 local WARMUP = opts.quick and 0.2 or 0.4
 local DURATION = opts.quick and 0.8 or 2
 local IDLE_CONNS = 10000
+local NOISY, RETRIES = 0.3, 2
+local retry_budget = opts.quick and 15 or 90   -- seconds of repeated runs, in all
 
 -- --- small helpers ----------------------------------------------------------
 
@@ -308,19 +310,41 @@ local function record(sname, cname, round, r)
   r.round = round
 end
 
-local function measure(s, cfg, round)
+-- Share of a CPU that other processes took during run r.
+local function noise_of(r)
+  return r.other_cpu_s and r.duration_s > 0 and r.other_cpu_s / r.duration_s or 0
+end
+
+local function measure_once(s, cfg)
   local pid, port = start_server(s, cfg)
   if not pid then
     log("  %-8s %-9s not run: %s", s.name, cfg.name, port)
     results.skipped[s.name] = results.skipped[s.name] or ("did not start: " .. port)
-    return
+    return nil
   end
   local r, err = run_client(cfg, pid, port, s.name .. "/" .. cfg.name)
   stop(pid)
-  if not r then
-    log("  %-8s %-9s failed: %s", s.name, cfg.name, err)
-    return
+  if not r then log("  %-8s %-9s failed: %s", s.name, cfg.name, err) end
+  return r
+end
+
+-- One run of server s; a run during which other processes took more than
+-- NOISY of a CPU is repeated (at most RETRIES times, within the time budget)
+-- and the quietest attempt kept.
+local function measure(s, cfg, round)
+  local r = measure_once(s, cfg)
+  local tries = 0
+  while r and cfg.mode ~= "idle" and noise_of(r) > NOISY and tries < RETRIES
+      and retry_budget > 0 do
+    tries = tries + 1
+    log("  %-8s %-9s noisy (others took %.0f %% of a CPU): again", s.name, cfg.name,
+      100 * noise_of(r))
+    local t = socket.gettime()
+    local again = measure_once(s, cfg)
+    retry_budget = retry_budget - (socket.gettime() - t)
+    if again and noise_of(again) < noise_of(r) then r = again end
   end
+  if not r then return end
   if (r.mismatches or 0) > 0 then results.mismatches = results.mismatches + r.mismatches end
   if cfg.mode == "idle" then
     log("  %-8s %-9s %6.0f B/conn  (%d conns, %d errors)", s.name, cfg.name,
@@ -594,9 +618,11 @@ local function tables(servers, m)
   end
   out[#out + 1] = ""
   out[#out + 1] = "Throughput is echoed messages (stream: MB, connrate: connections) per second; "
-    .. "latency from a log-linear histogram; server CPU is utime+stime of the server and its "
-    .. "children from /proc over the measured window. HAProxy 2.6's `receive(n)` needs a "
-    .. "length, so its service reads the configured message size."
+    .. "latency from a log-linear histogram; server CPU is the run time of the server's threads, "
+    .. "its workers and children (/proc schedstat, plus reaped children) over the measured "
+    .. "window. A run during which other processes took over 30 % of a CPU is repeated (twice "
+    .. "at most) and the quietest kept. HAProxy 2.6's `receive(n)` needs a length, so its "
+    .. "service reads the configured message size."
   out[#out + 1] = ""
   return table.concat(out, "\n"), summary
 end
