@@ -629,6 +629,12 @@ end
 
 -- --- chart ------------------------------------------------------------------
 
+local COLORS = {
+  refecho = "#808080", c_echo = "#1f5fa8", lua_fn = "#3f8fd8", lua_co = "#7fbfef",
+  fork = "#2a9d8f", socat = "#e9c46a", python = "#f4a261", node = "#8ab17d",
+  haproxy = "#e76f51",
+}
+
 local function chart(servers, m)
   local dat, cols = {}, {}
   for _, s in ipairs(servers) do cols[#cols + 1] = '"' .. s.title .. '"' end
@@ -641,6 +647,14 @@ local function chart(servers, m)
     dat[#dat + 1] = table.concat(row, " ")
   end
   write_file(OUT .. "/chart.dat", table.concat(dat, "\n") .. "\n")
+  local series, ymax = {}, 1
+  for i, s in ipairs(servers) do
+    series[i] = string.format("'%s/chart.dat' using %d%s title columnheader(%d) lc rgb '%s'",
+      OUT, i + 1, i == 1 and ":xtic(1)" or "", i + 1, COLORS[s.name] or "#888888")
+    for _, c in ipairs(CONFIGS) do
+      ymax = math.max(ymax, ratio(s.name, c.name, metric_of(c)) or 0)
+    end
+  end
   local gp = {
     "set terminal pngcairo size 1100,560 font 'Sans,10'",
     "set output '" .. OUT .. "/chart.png'",
@@ -652,11 +666,10 @@ local function chart(servers, m)
     "set boxwidth 0.9",
     "set key outside right top vertical",
     "set ylabel 'ratio to refecho'",
-    "set yrange [0:*]",
     "set grid ytics",
     "set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 1.5",
-    string.format("plot for [i=2:%d] '%s/chart.dat' using i:xtic(1) title columnheader(i)",
-      #servers + 1, OUT),
+    string.format("set yrange [0:%.2f]", ymax * 1.1),
+    "plot " .. table.concat(series, ", \\\n  "),
   }
   write_file(OUT .. "/chart.gp", table.concat(gp, "\n") .. "\n")
   if not have("gnuplot") then return false end
