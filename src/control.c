@@ -296,6 +296,11 @@ static void control_line(struct control_sess *s, char *line, size_t len) {
     for (size_t i = 0; i < len; i++)          /* a Ctrl-C between calls */
         if (line[i] != CONTROL_INTR)
             line[j++] = line[i];
+    if (j == 0 && len > 0) {                    /* "\3\n": Ctrl-C at the prompt */
+        repl_reset(s->r);
+        control_frame(s, CONTROL_FRAME_READY, "", 0);
+        return;
+    }
     len = j;
     if (len > 0 && line[0] == CONTROL_META) {  /* "\1<client's cwd>" */
         if (len - 1 < sizeof s->cwd) {
@@ -594,7 +599,10 @@ static int control_session(struct control_client *c, struct repl_input *in) {
             if (line[i] != CONTROL_INTR && line[i] != CONTROL_META)
                 line[j++] = line[i];
         line[j++] = '\n';
-        more = control_send(c->fd, line, j);
+        if (repl_input_cancelled(in))           /* drop the chunk there too */
+            more = control_send(c->fd, "\003\n", 2);
+        else
+            more = control_send(c->fd, line, j);
         free(line);
         if (more < 0 || (more = control_wait_ready(c, tty)) < 0)
             return -1;

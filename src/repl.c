@@ -42,6 +42,7 @@ struct repl {
 
 struct repl_input {
     int tty;
+    int cancelled;              /* the last read was ended by Ctrl-C */
     char *history;              /* file, or NULL when not a terminal */
 };
 
@@ -157,6 +158,10 @@ void repl_free(struct repl *r) {
         return;
     free(r->buf);
     free(r);
+}
+
+void repl_reset(struct repl *r) {
+    r->len = r->returns = 0;
 }
 
 void repl_set_limits(struct repl *r, long ms, repl_check_fn *check) {
@@ -435,13 +440,34 @@ static char *repl_getline(void) {
     return line;
 }
 
+static volatile sig_atomic_t repl_prompt_intr;
+
+static void repl_prompt_sigint(int sig) {
+    (void)sig;
+    repl_prompt_intr = 1;
+}
+
+/* Ctrl-C at the prompt makes readline() return NULL (EINTR): the line,
+ * and a chunk in progress, are dropped instead of the process. */
 char *repl_input_read(struct repl_input *in, int more) {
+    struct sigaction sa, old;
     char *line;
 
+    in->cancelled = 0;
     if (!in->tty)
         return repl_getline();
     fflush(stdout);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = repl_prompt_sigint;         /* no SA_RESTART */
+    sigaction(SIGINT, &sa, &old);
+    repl_prompt_intr = 0;
     line = readline(more ? REPL_PROMPT2 : REPL_PROMPT);
+    sigaction(SIGINT, &old, NULL);
+    if (line == NULL && repl_prompt_intr) {
+        putchar('\n');
+        in->cancelled = 1;
+        return strdup("");
+    }
     if (line && *line) {
         add_history(line);
         if (in->history)
@@ -452,6 +478,10 @@ char *repl_input_read(struct repl_input *in, int more) {
 
 int repl_input_tty(const struct repl_input *in) {
     return in->tty;
+}
+
+int repl_input_cancelled(const struct repl_input *in) {
+    return in->cancelled;
 }
 
 void repl_input_close(struct repl_input *in) {
@@ -491,7 +521,12 @@ static int repl_local(struct repl_input *in) {
     if (repl_input_tty(in))
         printf("echohost REPL, %s; Ctrl-D exits\n", LUA_RELEASE);
     while ((line = repl_input_read(in, more)) != NULL) {
-        more = repl_feed(r, line, strlen(line)) == REPL_MORE;
+        if (repl_input_cancelled(in)) {
+            repl_reset(r);
+            more = 0;
+        } else {
+            more = repl_feed(r, line, strlen(line)) == REPL_MORE;
+        }
         free(line);
         fflush(stdout);
     }

@@ -33,6 +33,8 @@ void repl_free(struct repl *r);
  * error written; an incomplete one is kept for the next line. Returns
  * REPL_READY (next line starts a chunk) or REPL_MORE (it continues one). */
 int repl_feed(struct repl *r, const char *line, size_t len);
+/* Drops a chunk in progress (Ctrl-C at the prompt). */
+void repl_reset(struct repl *r);
 
 /* Asked now and then while a session's code runs; nonzero interrupts it. */
 typedef int repl_check_fn(void *ud);
@@ -45,10 +47,13 @@ void repl_set_limits(struct repl *r, long ms, repl_check_fn *check);
 /* Line input: a terminal gets libedit with history (file created 0600),
  * anything else plain lines without prompts. NULL when out of memory. */
 struct repl_input *repl_input_open(const char *history);
-/* A line without its newline (malloc'd, caller frees), NULL at end of input.
- * more selects the continuation prompt. */
+/* A line without its newline (malloc'd, caller frees), NULL at end of input
+ * (or out of memory). more selects the continuation prompt. */
 char *repl_input_read(struct repl_input *in, int more);
 int repl_input_tty(const struct repl_input *in);
+/* 1 when the last repl_input_read was ended by Ctrl-C: it returned "" and
+ * a chunk in progress should be dropped. */
+int repl_input_cancelled(const struct repl_input *in);
 void repl_input_close(struct repl_input *in);
 
 #endif

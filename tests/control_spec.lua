@@ -341,6 +341,13 @@ describe("echohost --repl --connect", function()
       "send 40 + 2\\r",
       "expect 42",
       "expect > ", "sleep 100",
+      "send {1,\\r",
+      "expect >> ", "sleep 100",
+      "send \\x03",
+      "expect > ", "sleep 100",
+      "send 5 + 5\\r",
+      "expect 10",
+      "expect > ", "sleep 100",
       "send \\x04",
     }, "\n") .. "\n")
     local ok = os.execute(string.format("env TERM=xterm %s 10 %s -- %s --repl --connect %s "

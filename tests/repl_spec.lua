@@ -218,7 +218,7 @@ describe("echohost --repl (terminal)", function()
     os.remove(history)
   end)
 
-  it("edits the line, interrupts a running call with Ctrl-C, exits 0 on Ctrl-D", function()
+  it("edits the line, Ctrl-C interrupts a call or drops the input, Ctrl-D exits 0", function()
     local ok, out = pty(table.concat({
       PROMPT,
       "send 2 * 21\\x01-\\r",         -- Ctrl-A: to the start of the line, insert "-"
@@ -231,6 +231,14 @@ describe("echohost --repl (terminal)", function()
       PROMPT,
       "send 1 + 1\\r",
       "expect 2\\r\\n",
+      PROMPT,
+      "send function f(\\r",                -- a chunk in progress ...
+      "expect >> ",
+      "sleep 100",
+      "send \\x03",                         -- ... dropped by Ctrl-C at the prompt
+      PROMPT,
+      "send 3 + 4\\r",
+      "expect 7\\r\\n",
       PROMPT,
       "send \\x04",
     }, "\n") .. "\n", history)
