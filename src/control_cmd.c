@@ -431,12 +431,13 @@ static void cmd_w_answer(struct worker *w, const char *req, struct cmd_out *o) {
     }
 }
 
-struct cmd_worker {
+/* A worker has one channel: its state is static (no allocation to leak
+ * when the worker exits). */
+static struct cmd_worker {
     struct worker *w;
-    int fd;
     struct cmd_out out;
     char req[CONTROL_MSG_MAX];
-};
+} cmd_w;
 
 static void cmd_w_proc(ev_loop *loop, int fd, void *ud, int mask) {
     struct cmd_worker *cw = ud;
@@ -450,7 +451,6 @@ static void cmd_w_proc(ev_loop *loop, int fd, void *ud, int mask) {
     if (n <= 0) {                       /* the master is gone */
         ev_del(loop, fd, EV_READABLE);
         close(fd);
-        free(cw);
         return;
     }
     cw->req[n] = '\0';
@@ -466,15 +466,7 @@ static void cmd_w_proc(ev_loop *loop, int fd, void *ud, int mask) {
 }
 
 int control_worker_attach(struct worker *w, ev_loop *loop, int fd) {
-    struct cmd_worker *cw = malloc(sizeof *cw);
-
-    if (cw == NULL)
-        return -1;
-    cw->w = w;
-    cw->fd = fd;
-    if (ev_add(loop, fd, EV_READABLE, cmd_w_proc, cw) == EV_ERR) {
-        free(cw);
-        return -1;
-    }
-    return 0;
+    cmd_w.w = w;
+    return ev_add(loop, fd, EV_READABLE, cmd_w_proc, &cmd_w) == EV_ERR ? -1
+                                                                      : 0;
 }
