@@ -194,7 +194,7 @@ static int control_grow(char **buf, size_t *cap, size_t need) {
 }
 
 /* Queues one frame for the client: "<type> <len>\n" then the payload. */
-static void control_frame(struct control_sess *s, int type, const char *data,
+void control_frame(struct control_sess *s, int type, const char *data,
                           size_t len) {
     char head[32];
     int n = snprintf(head, sizeof head, "%c %zu\n", type, len);
@@ -296,7 +296,7 @@ static void control_line(struct control_sess *s, char *line, size_t len) {
     for (size_t i = 0; i < len; i++)          /* a Ctrl-C between calls */
         if (line[i] != CONTROL_INTR)
             line[j++] = line[i];
-    if (j == 0 && len > 0) {                    /* "\3\n": Ctrl-C at the prompt */
+    if (j == 0 && len > 0) {          /* "\3\n": Ctrl-C at the prompt */
         repl_reset(s->r);
         control_frame(s, CONTROL_FRAME_READY, "", 0);
         return;

@@ -296,10 +296,49 @@ static const luaL_Reg cmd_funcs[] = {
     {NULL, NULL}
 };
 
+/* os.exit and proc.exit in a session would end the master. */
+static int cmd_noexit(lua_State *L) {
+    return luaL_error(L, "%s would end the server: not from a control session "
+                      "(send SIGTERM to stop it)",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* io.write in a session: to the operator, not to the server's stdout. */
+static int cmd_write(lua_State *L) {
+    struct control_sess *s = cmd_sess(L);
+    int n = lua_gettop(L);
+
+    for (int i = 1; i <= n; i++) {
+        size_t len;
+        const char *p = luaL_checklstring(L, i, &len);
+        control_frame(s, CONTROL_FRAME_OUT, p, len);
+    }
+    return 0;
+}
+
+/* Sets table[key] (a global table, when it is there) to f. */
+static void cmd_replace(lua_State *L, const char *table, const char *key,
+                        lua_CFunction f, const char *up) {
+    if (lua_getglobal(L, table) == LUA_TTABLE) {
+        lua_pushstring(L, up);
+        lua_pushcclosure(L, f, 1);
+        lua_setfield(L, -2, key);
+    }
+    lua_pop(L, 1);
+}
+
 void control_openlib(lua_State *L, struct control_sess *s) {
     lua_pushglobaltable(L);
     lua_pushlightuserdata(L, s);
     luaL_setfuncs(L, cmd_funcs, 1);             /* _G.stats = ..., upvalue s */
+    lua_pop(L, 1);
+    cmd_replace(L, "os", "exit", cmd_noexit, "os.exit");
+    cmd_replace(L, "proc", "exit", cmd_noexit, "proc.exit");
+    if (lua_getglobal(L, "io") == LUA_TTABLE) {
+        lua_pushlightuserdata(L, s);
+        lua_pushcclosure(L, cmd_write, 1);
+        lua_setfield(L, -2, "write");           /* io.write = cmd_write */
+    }
     lua_pop(L, 1);
 }
 

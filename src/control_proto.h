@@ -56,6 +56,10 @@ struct control {
     struct control_sess *sessions;
 };
 
+/* control.c: queues one frame for the operator (sent by the loop). */
+void control_frame(struct control_sess *s, int type, const char *data,
+                   size_t len);
+
 /* control_cmd.c: stats, conns, handler, reload as globals of a session. */
 void control_openlib(lua_State *L, struct control_sess *s);
 

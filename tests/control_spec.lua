@@ -358,6 +358,32 @@ describe("echohost --repl --connect", function()
     assert.truthy(o:find("[exit 0]", 1, true), o)
   end)
 
+  it("refuses os.exit and proc.exit (they would end the server); io.write reaches the operator",
+    function()
+      local out, err = ctl(path, 'os.exit(3)\nproc.exit(1)\nio.write("a", 1, "\\n")\n=1\n')
+      assert.equal("a1\n1\n", out)
+      assert.truthy(err:find("^control:1: os.exit would end the server: not from a control "
+        .. "session %(send SIGTERM to stop it%)\n"), err)
+      assert.truthy(err:find("\ncontrol:1: proc.exit would end the server", 1, true), err)
+      assert.equal("still here", echo(srv, "still here"))
+    end)
+
+  it("the client says so when the server closes the connection: exit 1", function()
+    local fake = dir .. "/fake.sock"
+    local l = assert(unix.stream())
+    assert(l:bind(fake))
+    assert(l:listen())
+    finally(function() l:close() end)
+    local p = io.popen(string.format("echo 1 | timeout 10 %s --repl --connect %s 2>&1; echo rc=$?",
+      q(BIN), q(fake)))
+    l:settimeout(5)
+    local c = assert(l:accept())
+    c:close()
+    local out = p:read("a")
+    p:close()
+    assert.equal("echohost: control connection to " .. fake .. " closed\nrc=1\n", out)
+  end)
+
   it("--connect to a path with no server: one clear line, exit 1", function()
     local out, err, code = ctl(dir .. "/nothing.sock", "1\n")
     assert.equal("", out)
