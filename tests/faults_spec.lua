@@ -45,21 +45,19 @@ for name, source in pairs(forms) do
         util.write_file(file, source)
       end)
       teardown(function() util.rmdir(dir) end)
+      after_each(util.cleanup)
 
       for _, f in ipairs(faults) do
         it("contains '" .. f.log .. "'", function()
           local srv = util.start({ "--model", model, "--workers", "1", "--lua-mem", "8m",
-                                   "--lua-budget", "2000000", "--handler", file }, dir)
-          finally(srv.stop)         -- runs last: finally is last in, first out
+                                   "--lua-budget", "2000000", "--handler", file })
           local good = {}
           for i = 1, 3 do
             good[i] = util.connect(srv.port)
             assert.equal("hi " .. i, roundtrip(good[i], "hi " .. i))
           end
-          finally(function() for _, c in ipairs(good) do c:close() end end)
           for _ = 1, 2 do       -- twice: the first fault left nothing behind
             local bad = util.connect(srv.port)
-            finally(function() bad:close() end)
             assert.equal("ok\n", roundtrip(bad, "ok\n"))
             assert(bad:send(f.cmd))
             local rest, err = util.read_all(bad)
@@ -76,7 +74,6 @@ for name, source in pairs(forms) do
             assert.matches("stack traceback", srv.log_text())
           end
           local fresh = util.connect(srv.port)
-          finally(function() fresh:close() end)
           assert.equal("new", roundtrip(fresh, "new"))
         end)
       end

@@ -128,7 +128,6 @@ end
 -- Interpreters 2 and 3: a server on loopback.
 local function run_socket(port, steps)
   local c = util.connect(port)
-  finally(function() c:close() end)
   for _, st in ipairs(steps) do
     if st.eof then
       c:shutdown("send")
@@ -164,11 +163,11 @@ end)
 
 for _, model in ipairs({ "event", "fork" }) do
   describe("handler scripts under --model " .. model, function()
+    after_each(util.cleanup)
     for i, case in ipairs(cases) do
       it(case.name, function()
         local srv = util.start({ "--model", model, "--workers", "1",
-                                 "--handler", files[i] }, dir)
-        finally(srv.stop)
+                                 "--handler", files[i] })
         run_socket(srv.port, case.steps)
         -- a second connection works the same (and after a fault)
         run_socket(srv.port, case.steps)
@@ -240,6 +239,7 @@ return {
 
 for _, model in ipairs({ "event", "fork" }) do
   describe("direct-style send under --model " .. model, function()
+    after_each(util.cleanup)
     local fdir
     setup(function() fdir = util.tmpdir() end)
     teardown(function() util.rmdir(fdir) end)
@@ -248,10 +248,8 @@ for _, model in ipairs({ "event", "fork" }) do
       local file = fdir .. "/flood.lua"
       util.write_file(file, flood:format("nil", 64))         -- 4 MiB
       local srv = util.start({ "--model", model, "--workers", "1",
-                               "--high-water", "64k", "--handler", file }, fdir)
-      finally(srv.stop)
+                               "--high-water", "64k", "--handler", file })
       local c = util.connect(srv.port)
-      finally(function() c:close() end)
       require("socket").sleep(0.2)    -- let the server hit the high-water mark
       local got = assert(util.read_all(c))
       assert.equal(64 * 65536, #got)
@@ -262,10 +260,8 @@ for _, model in ipairs({ "event", "fork" }) do
       local file = fdir .. "/flood_t.lua"
       util.write_file(file, flood:format("0.2", 1000000))
       local srv = util.start({ "--model", model, "--workers", "1",
-                               "--high-water", "64k", "--handler", file }, fdir)
-      finally(srv.stop)
+                               "--high-water", "64k", "--handler", file })
       local c = util.connect(srv.port)
-      finally(function() c:close() end)
       local total = util.wait_for(function()
         return srv.log_text():match("flood stopped: timeout after (%d+)")
       end, 10)

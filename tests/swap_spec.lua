@@ -49,7 +49,7 @@ end
 -- One client: sends a request line in two halves (two loop turns apart, so
 -- the server reads it in two pieces), then reads the whole reply line.
 local function new_client(port, i)
-  local c = assert(socket.connect("127.0.0.1", port))
+  local c = util.track(assert(socket.connect("127.0.0.1", port)))
   c:settimeout(0)
   return { sock = c, id = i, seq = 0, phase = "idle", got = "", seen = {},
            done = 0 }
@@ -101,9 +101,6 @@ local function swap_under_load(srv, file, workers, swap)
   for i = 1, CLIENTS do
     clients[i] = new_client(srv.port, i)
   end
-  finally(function()
-    for _, cl in ipairs(clients) do cl.sock:close() end
-  end)
   local swaps, next_check = 0, 0
   local deadline = socket.gettime() + 30
   while socket.gettime() < deadline do
@@ -163,13 +160,15 @@ end
 describe("handler swap", function()
   local dir
   before_each(function() dir = util.tmpdir() end)
-  after_each(function() util.rmdir(dir) end)
+  after_each(function()
+    util.cleanup()
+    util.rmdir(dir)
+  end)
 
   it("by SIGHUP to the master, under load, drops and garbles nothing", function()
     local file = dir .. "/swap.lua"
     util.write_file(file, line_version("A"))
-    local srv = util.start({ "--workers", "2", "--handler", file }, dir)
-    finally(srv.stop)
+    local srv = util.start({ "--workers", "2", "--handler", file })
     swap_under_load(srv, file, 2, function(s)
       os.execute("kill -HUP " .. s.pid)
     end)
@@ -178,18 +177,15 @@ describe("handler swap", function()
   it("by --watch (rename over the file), under load, drops and garbles nothing", function()
     local file = dir .. "/swap.lua"
     util.write_file(file, line_version("A"))
-    local srv = util.start({ "--workers", "2", "--watch", "--handler", file }, dir)
-    finally(srv.stop)
+    local srv = util.start({ "--workers", "2", "--watch", "--handler", file })
     swap_under_load(srv, file, 2, function() end)
   end)
 
   it("keeps the old handler when the new file is broken, and says where", function()
     local file = dir .. "/swap.lua"
     util.write_file(file, line_version("A"))
-    local srv = util.start({ "--workers", "1", "--handler", file }, dir)
-    finally(srv.stop)
+    local srv = util.start({ "--workers", "1", "--handler", file })
     local c = util.connect(srv.port)
-    finally(function() c:close() end)
     local broken = {
       { "return function(conn, data)\n  return data ..\nend\n",
         "swap%.lua:3: unexpected symbol near 'end'" },
@@ -215,16 +211,13 @@ describe("handler swap", function()
   it("lets a running coroutine finish on the code it started with", function()
     local file = dir .. "/direct.lua"
     util.write_file(file, direct_version("1:"))
-    local srv = util.start({ "--workers", "1", "--watch", "--handler", file }, dir)
-    finally(srv.stop)
+    local srv = util.start({ "--workers", "1", "--watch", "--handler", file })
     local old = util.connect(srv.port)
-    finally(function() old:close() end)
     assert(old:send("x"))
     assert.equal("1:x", old:receive(3))
     util.write_file(file, direct_version("2:"))
     assert.truthy(util.wait_for(function() return version_loaded(srv, 2) == 1 end, 5))
     local new = util.connect(srv.port)
-    finally(function() new:close() end)
     assert(new:send("y"))
     assert.equal("2:y", new:receive(3))
     assert(old:send("z"))

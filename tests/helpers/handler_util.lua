@@ -1,15 +1,12 @@
 -- Helpers of the handler specs: start and stop an echohost server running a
 -- handler, talk to it in steps, read its log, write handler files.
-local socket = require "socket"
+local server = require "helpers.server"
 
 local M = {}
 
-M.BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
-
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok
-end
+-- Servers and sockets a test opened: cleanup() (in after_each) closes and
+-- stops them all. busted keeps only one finally() per test.
+local open_servers, open_socks = {}, {}
 
 local function read_file(path)
   local f = io.open(path, "rb")
@@ -40,72 +37,32 @@ function M.tmpdir()
 end
 
 function M.rmdir(dir)
-  if os.getenv("KEEP_TMP") then return end
+  if os.getenv("KEEP_TMP") then
+    return
+  end
   if dir and dir:match("^/tmp/echohost%-handler%.") then
-    sh("rm -rf '" .. dir .. "'")
+    os.execute("rm -rf '" .. dir .. "'")
   end
 end
 
--- A port free right now (bound, then released).
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+-- Polls pred() every 10 ms until it is true or secs pass: its value or nil.
+M.wait_for = server.wait
 
-local function alive(pid)
-  return sh("kill -0 " .. pid .. " 2>/dev/null")
-end
-
--- Polls pred() every 10 ms until it is true or secs pass. Returns its value.
-function M.wait_for(pred, secs)
-  local deadline = socket.gettime() + (secs or 5)
-  repeat
-    local v = pred()
-    if v then
-      return v
-    end
-    socket.sleep(0.01)
-  until socket.gettime() > deadline
-  return pred()
-end
-
--- Starts echohost with args (a list of strings) on a free port. Returns a
--- server: { pid, port, log = path, stop = function }.
-function M.start(args, dir)
-  local port = free_port()
-  local log = dir .. "/server.log"
-  local cmd = { "exec", M.BIN, "--listen", "127.0.0.1:" .. port }
-  for _, a in ipairs(args) do
-    cmd[#cmd + 1] = "'" .. a .. "'"
-  end
-  local p = io.popen(table.concat(cmd, " ") .. " >" .. log .. " 2>&1 & echo $!")
-  local pid = assert(tonumber(p:read("l")))
-  p:close()
-  local srv = { pid = pid, port = port, log = log }
-  function srv.stop()
-    if alive(pid) then
-      sh("kill -TERM " .. pid)
-      if not M.wait_for(function() return not alive(pid) end, 5) then
-        sh("kill -KILL " .. pid)
-      end
-    end
-  end
+-- Starts echohost with args (a list of strings) through the shared
+-- helpers.server (port 0, learnt from the log). Returns a server:
+-- { pid, port, log_text = function, stop = function }. stop fails the
+-- test if the log holds a sanitizer report.
+function M.start(args)
+  local s = server.start(args)
+  local srv = { pid = s.pid, port = s.port, server = s }
+  open_servers[#open_servers + 1] = srv
   function srv.log_text()
-    return read_file(log)
+    return s:log()
   end
-  local up = M.wait_for(function()
-    local c = socket.connect("127.0.0.1", port)
-    if c then
-      c:close()
-      return true
-    end
-    return not alive(pid)
-  end, 5)
-  if not up or not alive(pid) then
-    srv.stop()
-    error("echohost did not start: " .. read_file(log))
+  function srv.stop()
+    local report = s:sanitizer_report()
+    s:stop()
+    assert(report == nil, report)
   end
   -- event model with a handler: ready once every worker has loaded it
   local opt = {}
@@ -115,11 +72,32 @@ function M.start(args, dir)
   if opt["--handler"] and opt["--model"] ~= "fork" then
     local workers = tonumber(opt["--workers"] or "1")
     if not M.wait_for(function() return M.count(srv, "version 1 loaded") >= workers end, 5) then
+      local log = srv.log_text()
       srv.stop()
-      error("echohost workers did not load the handler: " .. read_file(log))
+      error("echohost workers did not load the handler: " .. log)
     end
   end
   return srv
+end
+
+-- Closes c (a LuaSocket object) in cleanup(); returns it.
+function M.track(c)
+  open_socks[#open_socks + 1] = c
+  return c
+end
+
+-- Closes every tracked socket, then stops every server (a sanitizer report
+-- in a server's log fails the test).
+function M.cleanup()
+  for _, c in ipairs(open_socks) do
+    c:close()
+  end
+  open_socks = {}
+  local servers = open_servers
+  open_servers = {}
+  for _, srv in ipairs(servers) do
+    srv.stop()
+  end
 end
 
 -- How many times pattern occurs in the server's log.
@@ -132,9 +110,9 @@ function M.count(srv, pattern)
 end
 
 function M.connect(port)
-  local c = assert(socket.connect("127.0.0.1", port))
+  local c = assert(require("socket").connect("127.0.0.1", port))
   c:settimeout(5)
-  return c
+  return M.track(c)
 end
 
 -- Reads exactly n bytes (bounded by the socket's timeout).
