@@ -59,8 +59,9 @@ ev_loop *conn_loop(const conn *c);
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
                                char *err, size_t errlen);
 void handler_destroy(struct handler *h);
-/* Loads path in a fresh environment and makes it current; on failure the old
- * handler stays and err says why (with file and line). 0 or -1. */
+/* Loads path (NULL: the current file) in a fresh environment and makes it
+ * current; on failure the old handler stays and err says why (with file and
+ * line). 0 or -1. */
 int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen);
 int handler_version(const struct handler *h);

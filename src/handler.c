@@ -450,6 +450,20 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
 
 /* --- loading and swapping ------------------------------------------------- */
 
+static int watch_start(struct handler *h, char *err, size_t errlen);
+static void watch_stop(struct handler *h);
+
+/* The handler now lives at path: follow it with --watch. */
+static void watch_move(struct handler *h) {
+    char err[HANDLER_ERR_LEN];
+
+    if (h->watch_fd < 0)
+        return;
+    watch_stop(h);
+    if (watch_start(h, err, sizeof err) < 0)
+        log_warn("handler: %s", err);
+}
+
 int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen) {
     struct hl_refs r;
@@ -467,6 +481,7 @@ int handler_reload(struct handler *h, const char *path, char *err,
         }
         free(h->path);
         h->path = p;
+        watch_move(h);
     }
     hl_unref(h->L, &h->cur);
     h->cur = r;
@@ -518,11 +533,23 @@ static int watch_start(struct handler *h, char *err, size_t errlen) {
         goto out;
     rc = 0;
 out:
-    if (rc < 0)
+    if (rc < 0) {
         snprintf(err, errlen, "--watch %s: %s", h->path, strerror(errno));
+        watch_stop(h);
+    }
     free(d);
     free(b);
     return rc;
+}
+
+static void watch_stop(struct handler *h) {
+    if (h->watch_fd >= 0) {
+        ev_del(h->loop, h->watch_fd, EV_READABLE);
+        close(h->watch_fd);
+        h->watch_fd = -1;
+    }
+    free(h->watch_name);
+    h->watch_name = NULL;
 }
 
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
@@ -558,13 +585,9 @@ err:
 void handler_destroy(struct handler *h) {
     if (h == NULL)
         return;
-    if (h->watch_fd >= 0) {
-        ev_del(h->loop, h->watch_fd, EV_READABLE);
-        close(h->watch_fd);
-    }
+    watch_stop(h);
     if (h->L)
         lhost_close(h->L);
-    free(h->watch_name);
     free(h->path);
     free(h);
 }
