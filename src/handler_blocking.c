@@ -64,6 +64,9 @@ int hl_block_recv(lua_State *L, struct lconn *u) {
         max = BLOCK_READ_MAX;
     if (u->eof)
         return hl_fail(L, "closed", 0);
+    if (!u->direct)             /* as in the event model */
+        return luaL_error(L, "conn:recv would wait: only a handle(conn) "
+                          "coroutine can wait for data");
     n = block_read(u, max, u->timeout);
     hl_budget(L, block_budget);     /* like a resume in the event model */
     if (n == -2)
@@ -194,6 +197,7 @@ static int serve_callbacks(lua_State *L, const char *path,
 static int serve_direct(lua_State *L, const char *path,
                         const struct hl_refs *r, int conn_ref,
                         struct lconn *u) {
+    u->direct = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->handle);
     lua_rawgeti(L, LUA_REGISTRYINDEX, conn_ref);
     hl_budget(L, block_budget);

@@ -27,6 +27,7 @@ struct lconn {
     int fd;                     /* fork model: the blocking socket */
     int eof;                    /* fork model: the client shut down */
     int closed;                 /* conn:close() was called */
+    int direct;                 /* fork model: run by handle(conn) */
     lua_Integer id;
     double timeout;             /* seconds; < 0: none */
     char peer[64];

@@ -47,6 +47,13 @@ return function(_, data)
 end
 ]]
 
+local recv_outside = [[
+return function(conn)
+  local _, err = pcall(function() return conn:recv() end)
+  return err:match("conn:recv.*") .. "\n"
+end
+]]
+
 local cases = {
   { name = "echo.lua (per-message function)", script = "scripts/echo.lua",
     steps = {
@@ -99,6 +106,12 @@ local cases = {
       { send = "abcdef", expect = "[abc][def]" },
       { eof = true, expect = "nil closed 0\n", closed = true },
     } },
+  { name = "recv outside a handle coroutine raises", source = recv_outside,
+    steps = {
+      { send = "x", expect = "conn:recv would wait: only a handle(conn) coroutine can "
+          .. "wait for data\n" },
+      { eof = true, expect = "", closed = true },
+    } },
   { name = "an error closes the connection", source = fault_fn,
     steps = {
       { send = "fine", expect = "fine" },
@@ -150,6 +163,7 @@ for i, case in ipairs(cases) do
   if case.source then
     files[i] = dir .. "/case" .. i .. ".lua"
     util.write_file(files[i], case.source)
+    files[case.source] = files[i]
   else
     files[i] = case.script
   end
@@ -185,7 +199,7 @@ describe("harness", function()
   end)
 
   it("reports a handler error with its traceback and closes", function()
-    local r = harness.run(dir .. "/case9.lua", { "x", "boom", "y" })
+    local r = harness.run(files[fault_fn], { "x", "boom", "y" })
     assert.equal("x", r.sent)
     assert.is_true(r.closed)
     assert.matches("boom at 4", r.error)
