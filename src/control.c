@@ -424,6 +424,7 @@ void control_close(struct control *ctl) {
         if (ctl->workers[i].fd >= 0)
             close(ctl->workers[i].fd);
     free(ctl->workers);
+    free(ctl->handler);
     free(ctl);
 }
 
@@ -438,6 +439,7 @@ void control_after_fork(struct control *ctl) {
         if (ctl->workers[i].fd >= 0)
             close(ctl->workers[i].fd);
     free(ctl->workers);
+    free(ctl->handler);
     free(ctl);
 }
 
@@ -466,6 +468,15 @@ void control_set_worker(struct control *ctl, int slot, pid_t pid, int fd) {
         close(ctl->workers[slot].fd);
     ctl->workers[slot].pid = pid;
     ctl->workers[slot].fd = fd;
+    if (fd >= 0 && ctl->handler) {
+        /* a restarted worker starts on --handler: give it the one handler()
+         * set since (request 0: its reply is dropped as a late one) */
+        char msg[PATH_MAX + 16];
+        int n = snprintf(msg, sizeof msg, "0 handler %s", ctl->handler);
+        if (n > 0 && (size_t)n < sizeof msg &&
+            send(fd, msg, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            log_warn("control: worker %d: %s", (int)pid, strerror(errno));
+    }
 }
 
 /* --- client --------------------------------------------------------------- */

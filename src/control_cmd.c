@@ -273,13 +273,20 @@ static int cmd_swap_result(lua_State *L) {
 static int cmd_handler(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
     const char *path = luaL_checkstring(L, 1);
+    char *p;
 
     if (path[0] == '\0')
         return luaL_argerror(L, 1, "expected a handler file");
     if (path[0] != '/' && s->cwd[0])
         path = lua_pushfstring(L, "%s/%s", s->cwd, path);
     cmd_ask(L, s->ctl, lua_pushfstring(L, "handler %s", path));
-    return cmd_swap_result(L);
+    if (cmd_swap_result(L) == 2)
+        return 2;
+    if ((p = strdup(path)) != NULL) {       /* for workers started later */
+        free(s->ctl->handler);
+        s->ctl->handler = p;
+    }
+    return 1;
 }
 
 /* reload(): every worker loads its current handler file again. */

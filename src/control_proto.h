@@ -53,6 +53,7 @@ struct control {
     int nworkers;
     unsigned seq;               /* request numbers: late replies are dropped */
     long eval_ms;               /* longest evaluation of a session */
+    char *handler;              /* the last handler() that every worker took */
     struct control_sess *sessions;
 };
 

@@ -254,6 +254,23 @@ describe("echohost --repl --connect", function()
     assert.equal("HELLO", echo(srv, "hello"))
   end)
 
+  it("a worker restarted after handler() gets the new handler too", function()
+    assert.equal("true\n", (ctl(path, 'handler("scripts/upper.lua")\n')))
+    local old = ctl(path, "=stats().workers[1].pid, stats().workers[2].pid\n")
+    local p1, p2 = old:match("^(%d+)\t(%d+)\n$")
+    assert.truthy(p1, old)
+    os.execute("kill -KILL " .. p1 .. " " .. p2)
+    assert.truthy(server.wait(function()
+      local now = ctl(path, "s = stats()\n=s.workers[1].pid, s.workers[2].pid, "
+        .. "s.workers[1].handler_version, s.workers[2].handler_version\n")
+      local n1, n2, v1, v2 = now:match("^(%d+)\t(%d+)\t(%d+)\t(%d+)\n$")
+      return n1 and n1 ~= p1 and n2 ~= p2 and v1 == "2" and v2 == "2"
+    end, 10))
+    for _ = 1, 4 do
+      assert.equal("HELLO", echo(srv, "hello"))
+    end
+  end)
+
   it("a handler that does not load is reported with file and line; the old one stays", function()
     local bad = dir .. "/bad.lua"
     spit(bad, "return function(_, data)\n  return data +\nend\n")
