@@ -157,7 +157,7 @@ static int gone(const struct lconn *u) {
     return u->closed || (u->hc == NULL && u->fd < 0);
 }
 
-static int conn_recv(lua_State *L) {
+static int lconn_recv(lua_State *L) {
     struct lconn *u = checkconn(L);
     lua_Integer max = luaL_optinteger(L, 2, 0);
 
@@ -168,7 +168,7 @@ static int conn_recv(lua_State *L) {
     return u->hc ? hl_event_recv(L, u) : hl_block_recv(L, u);
 }
 
-static int conn_send(lua_State *L) {
+static int lconn_send(lua_State *L) {
     struct lconn *u = checkconn(L);
 
     luaL_checktype(L, 2, LUA_TSTRING);
@@ -178,7 +178,7 @@ static int conn_send(lua_State *L) {
     return u->hc ? hl_event_send(L, u) : hl_block_send(L, u);
 }
 
-static int conn_close(lua_State *L) {
+static int lconn_close(lua_State *L) {
     struct lconn *u = checkconn(L);
 
     if (gone(u)) {
@@ -190,7 +190,7 @@ static int conn_close(lua_State *L) {
     return u->hc ? hl_event_close(L, u) : hl_block_close(L, u);
 }
 
-static int conn_settimeout(lua_State *L) {
+static int lconn_settimeout(lua_State *L) {
     struct lconn *u = checkconn(L);
 
     if (lua_isnoneornil(L, 2)) {
@@ -206,7 +206,7 @@ static int conn_settimeout(lua_State *L) {
 }
 
 /* __index: methods first (upvalue 1), then id, peer and state. */
-static int conn_index(lua_State *L) {
+static int lconn_index(lua_State *L) {
     struct lconn *u = lua_touserdata(L, 1);
     const char *k;
 
@@ -231,12 +231,12 @@ static int conn_index(lua_State *L) {
     return 1;
 }
 
-static int conn_newindex(lua_State *L) {
+static int lconn_newindex(lua_State *L) {
     return luaL_error(L, "echohost.conn fields are read-only "
                       "(keep your data in conn.state)");
 }
 
-static int conn_tostring(lua_State *L) {
+static int lconn_tostring(lua_State *L) {
     struct lconn *u = checkconn(L);
     if (gone(u))
         lua_pushfstring(L, "echohost.conn %I (closed)", u->id);
@@ -245,26 +245,27 @@ static int conn_tostring(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg conn_methods[] = {
-    {"close", conn_close},
-    {"recv", conn_recv},
-    {"send", conn_send},
-    {"settimeout", conn_settimeout},
+static const luaL_Reg lconn_methods[] = {
+    {"close", lconn_close},
+    {"recv", lconn_recv},
+    {"send", lconn_send},
+    {"settimeout", lconn_settimeout},
     {NULL, NULL}
 };
 
-static const luaL_Reg conn_meta[] = {
-    {"__newindex", conn_newindex},
-    {"__tostring", conn_tostring},
+static const luaL_Reg lconn_meta[] = {
+    {"__close", lconn_close},
+    {"__newindex", lconn_newindex},
+    {"__tostring", lconn_tostring},
     {NULL, NULL}
 };
 
 void hl_createmeta(lua_State *L) {
     luaL_newmetatable(L, HL_CONN);
-    luaL_setfuncs(L, conn_meta, 0);
-    luaL_newlib(L, conn_methods);
-    lua_pushcclosure(L, conn_index, 1);
-    lua_setfield(L, -2, "__index");             /* mt.__index = conn_index */
+    luaL_setfuncs(L, lconn_meta, 0);
+    luaL_newlib(L, lconn_methods);
+    lua_pushcclosure(L, lconn_index, 1);
+    lua_setfield(L, -2, "__index");             /* mt.__index = lconn_index */
     lua_pop(L, 1);
 }
 
