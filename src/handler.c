@@ -94,8 +94,10 @@ static int send_reply(struct hconn *hc, lua_State *L) {
         if (len)
             conn_send(hc->c, s, len);
     } else if (!lua_isnil(L, -1)) {
+        size_t cap = cap_lift(hc->h);
         lua_pushfstring(L, "handler returned a %s (expected a string or nil)",
                         luaL_typename(L, -1));
+        cap_restore(hc->h, cap);
         lua_remove(L, -2);
         fault(hc, L, LUA_ERRRUN);
         return -1;
@@ -176,7 +178,9 @@ static void co_resume(struct hconn *hc, int nargs) {
         lua_pop(co, nres);
         if (hc->wait != HW_NONE || hc->gone)
             return;
+        size_t cap = cap_lift(hc->h);
         lua_pushliteral(co, "handle yielded outside conn:recv/conn:send");
+        cap_restore(hc->h, cap);
         status = LUA_ERRRUN;
     } else if (status == LUA_OK) {
         co_end(hc);
@@ -184,6 +188,15 @@ static void co_resume(struct hconn *hc, int nargs) {
         return;
     }
     co_fault(hc, status);
+}
+
+/* Resumes the parked coroutine with nil, msg, code. */
+static void co_fail(struct hconn *hc, const char *msg, int code) {
+    size_t cap = cap_lift(hc->h);
+    int n = hl_fail(hc->co, msg, code);
+
+    cap_restore(hc->h, cap);
+    co_resume(hc, n);
 }
 
 static void co_start(struct hconn *hc) {
@@ -209,7 +222,7 @@ static long co_timeout(ev_loop *loop, long long id, void *ud) {
             luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
             hc->send_ref = LUA_NOREF;
         }
-        co_resume(hc, hl_fail(hc->co, "timeout", ETIMEDOUT));
+        co_fail(hc, "timeout", ETIMEDOUT);
     }
     return EV_NOMORE;
 }
@@ -393,7 +406,7 @@ void handler_on_eof(struct handler *h, conn *c) {
     if (hc->co == NULL)
         conn_close(c);          /* callbacks: nothing more will come */
     else if (hc->wait == HW_RECV)
-        co_resume(hc, hl_fail(hc->co, "closed", 0));
+        co_fail(hc, "closed", 0);
 }
 
 void handler_on_drain(struct handler *h, conn *c) {
@@ -433,7 +446,7 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
             luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
             hc->send_ref = LUA_NOREF;
         }
-        co_resume(hc, hl_fail(hc->co, "closed", 0));
+        co_fail(hc, "closed", 0);
     } else if (!hc->direct && h->cur.kind == HL_CALLBACKS &&
                h->cur.close != LUA_REFNIL) {
         call_cb(hc, h->cur.close, NULL, 0, reason);
