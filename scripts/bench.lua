@@ -293,7 +293,7 @@ end
 -- runs[server][config]: every run, in order; seq[config][round]: the order
 -- in which servers ran, so each run is compared with the refecho runs next
 -- to it (interference on a shared machine drifts over minutes).
-local results = { runs = {}, seq = {}, skipped = {}, mismatches = 0 }
+local results = { runs = {}, seq = {}, skipped = {}, failed = {}, mismatches = 0 }
 
 local function selected(s)
   if not opts.only then return true end
@@ -315,11 +315,20 @@ local function noise_of(r)
   return r.other_cpu_s and r.duration_s > 0 and r.other_cpu_s / r.duration_s or 0
 end
 
+-- Starts s (a second attempt a second later: the binary may be being
+-- relinked by a parallel make), runs the client once.
 local function measure_once(s, cfg)
   local pid, port = start_server(s, cfg)
   if not pid then
+    socket.sleep(1)
+    pid, port = start_server(s, cfg)
+  end
+  if not pid then
     log("  %-8s %-9s not run: %s", s.name, cfg.name, port)
-    results.skipped[s.name] = results.skipped[s.name] or ("did not start: " .. port)
+    local why = port:gsub("%s+", " "):sub(1, 120)
+    local fails = results.failed[s.name] or { n = 0, why = why }
+    fails.n = fails.n + 1
+    results.failed[s.name] = fails
     return nil
   end
   local r, err = run_client(cfg, pid, port, s.name .. "/" .. cfg.name)
@@ -611,6 +620,10 @@ local function tables(servers, m)
   local summary = targets_table(out)
   local skipped = {}
   for name, why in pairs(results.skipped) do skipped[#skipped + 1] = name .. " (" .. why .. ")" end
+  for name, f in pairs(results.failed) do
+    skipped[#skipped + 1] = string.format("%s: %d run%s did not start (%s)", name, f.n,
+      f.n > 1 and "s" or "", f.why)
+  end
   table.sort(skipped)
   if #skipped > 0 then
     out[#out + 1] = ""
@@ -690,7 +703,8 @@ local md, summary = tables(servers, m)
 write_file(OUT .. "/results.md", md)
 write_file(OUT .. "/results.json", json_encode({
   machine = m, runs = opts.runs, quick = opts.quick, warmup_s = WARMUP, duration_s = DURATION,
-  results = results.runs, skipped = results.skipped, targets = summary,
+  results = results.runs, skipped = results.skipped, failed = results.failed,
+  targets = summary,
   interference = interference(), fork_probe = results.fork,
 }) .. "\n")
 local drew = chart(servers, m)
