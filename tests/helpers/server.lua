@@ -12,7 +12,7 @@
 --   srv:wait_children(n, secs) the children once there are n, or nil
 --   srv:signal("TERM")         kill -TERM pid; true if delivered
 --   srv:wait_exit(secs)        exit code once it exited, or nil (timeout)
---   srv:stop()                 TERM, wait 5 s, then KILL; returns the code
+--   srv:stop()                 TERM, wait 8 s, then KILL; returns the code
 --   srv:connect(timeout)       a connected LuaSocket tcp object
 --   srv:sanitizer_report()     an ASan/UBSan report in the log, or nil
 --   server.stop_all()          stops every server started and still up
@@ -221,15 +221,22 @@ function Server:wait_exit(secs)
   return self.code
 end
 
+-- TERM, up to 8 s for the drain (5 s by default), then KILL; the process
+-- is always reaped (no zombie left for a later waitpid(-1) to find).
 function Server:stop()
   if self.code then
     return self.code
   end
   self:signal("TERM")
-  local code = self:wait_exit(5)
+  local code = self:wait_exit(8)
   if not code then
     self:signal("KILL")
     code = self:wait_exit(5)
+  end
+  if not code then
+    local _, how, n = self.proc:close()
+    code = how == "exit" and n or 128 + (n or 0)
+    self.code = code
   end
   os.remove(self.log_path)
   return code
