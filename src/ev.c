@@ -57,7 +57,7 @@ long long ev_time_ms(const ev_loop *loop) {
     return loop->now;
 }
 
-/* --- epoll backend [ae_epoll.c] ------------------------------------------- */
+/* --- epoll backend [ae_epoll.c] ---------------------------------------- */
 
 static int api_create(ev_loop *loop) {
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -114,7 +114,7 @@ static int api_mask(uint32_t events) {
     return mask;
 }
 
-/* --- loop ------------------------------------------------------------------ */
+/* --- loop -------------------------------------------------------------- */
 
 ev_loop *ev_create(int setsize) {
     ev_loop *loop = calloc(1, sizeof *loop);
@@ -212,7 +212,7 @@ int ev_mask(ev_loop *loop, int fd) {
     return loop->files[fd].mask;
 }
 
-/* --- timers: a binary heap of slots ordered by deadline ------------------- */
+/* --- timers: a binary heap of slots ordered by deadline ---------------- */
 
 static int timer_before(ev_loop *loop, int a, int b) {
     return loop->timers[loop->heap[a]].when < loop->timers[loop->heap[b]].when;

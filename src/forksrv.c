@@ -31,7 +31,7 @@ struct forksrv {
     long long last_reject_log;
 };
 
-/* --- the child ---------------------------------------------------------------- */
+/* --- the child --------------------------------------------------------- */
 
 static int write_all(int fd, const char *p, size_t len) {
     while (len > 0) {
@@ -92,7 +92,7 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     exit(echo_blocking(cfg, fd));
 }
 
-/* --- the parent ---------------------------------------------------------------- */
+/* --- the parent -------------------------------------------------------- */
 
 static int kid_add(struct forksrv *fs, pid_t pid) {
     if (fs->nkids == fs->capkids) {

@@ -51,7 +51,7 @@ struct master {
     pid_t pid;
 };
 
-/* --- listening ------------------------------------------------------------- */
+/* --- listening --------------------------------------------------------- */
 
 /* Reuseport mode (the default; ECHOHOST_ACCEPT=exclusive selects the other):
  * one listening socket per worker slot, all SO_REUSEPORT on the same port
@@ -91,7 +91,7 @@ static void master_close_listeners(struct master *m) {
     }
 }
 
-/* --- workers --------------------------------------------------------------- */
+/* --- workers ----------------------------------------------------------- */
 
 /* In the new worker: die with the master, drop what only the master uses. */
 static void child_setup(struct master *m, int slot) {
@@ -108,47 +108,49 @@ static void child_setup(struct master *m, int slot) {
 
 static long restart_proc(ev_loop *loop, long long id, void *ud);
 
+/* In the new worker: never returns. */
+static void worker_child(struct master *m, int i, int ch[2]) {
+    struct worker_start ws;
+
+    if (ch[0] >= 0)
+        close(ch[0]);
+    child_setup(m, i);
+    ws.slot = i;
+    ws.gen = m->starts;
+    ws.lfd = m->slots[i].lfd;
+    ws.exclusive = m->exclusive;
+    ws.ctl_fd = ch[1];
+    ws.stats = &m->stats[i];
+    /* a forked child has no caller to return to: it ends here */
+    exit(worker_main(m->cfg, &ws));
+}
+
 static void worker_spawn(struct master *m, int i) {
     struct slot *s = &m->slots[i];
-    struct worker_start ws;
     int ch[2] = {-1, -1};
     pid_t pid;
 
     if (m->ctl && control_channel(ch) < 0)
         log_warn("worker %d: control channel: %s", i, strerror(errno));
-    ws.slot = i;
-    ws.gen = m->starts;
-    ws.lfd = s->lfd;
-    ws.exclusive = m->exclusive;
-    ws.ctl_fd = ch[1];
-    ws.stats = &m->stats[i];
     pid = fork();
+    if (pid == 0)
+        worker_child(m, i, ch);
+    if (ch[1] >= 0)
+        close(ch[1]);
     if (pid < 0) {
         log_error("fork worker %d: %s (retrying)", i, strerror(errno));
-        if (ch[0] >= 0) {
-            close(ch[0]);
-            close(ch[1]);
-        }
-        s->timer = ev_timer_add(m->loop, BACKOFF_MAX_MS, restart_proc, s);
-        return;
-    }
-    if (pid == 0) {
         if (ch[0] >= 0)
             close(ch[0]);
-        child_setup(m, i);
-        /* a forked child has no caller to return to: it ends here */
-        exit(worker_main(m->cfg, &ws));
+        s->timer = ev_timer_add(m->loop, BACKOFF_MAX_MS, restart_proc, s);
+        return;
     }
     m->starts++;
     s->pid = pid;
     s->starts++;
     s->started = ev_now_ms();
     m->stats[i].pid = pid;
-    if (m->ctl) {
-        if (ch[1] >= 0)
-            close(ch[1]);
+    if (m->ctl)
         control_set_worker(m->ctl, i, pid, ch[0]);
-    }
 }
 
 static long restart_proc(ev_loop *loop, long long id, void *ud) {
@@ -253,7 +255,7 @@ static void master_reap(struct master *m) {
         ev_stop(m->loop);
 }
 
-/* --- signals ---------------------------------------------------------------- */
+/* --- signals ----------------------------------------------------------- */
 
 static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
     struct master *m = ud;
@@ -330,7 +332,7 @@ int server_signalfd(void) {
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 }
 
-/* --- master ------------------------------------------------------------------ */
+/* --- master ------------------------------------------------------------ */
 
 static int master_init(struct master *m, char *addr, size_t len) {
     const char *mode = getenv("ECHOHOST_ACCEPT");

@@ -42,7 +42,7 @@ struct conn_out {
 
 static void conn_kill(conn *c, int reason);
 
-/* --- reading and writing --------------------------------------------------- */
+/* --- reading and writing ----------------------------------------------- */
 
 size_t conn_pending(const conn *c) {
     return c->out ? c->out->len : 0;
@@ -270,7 +270,7 @@ static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
     }
 }
 
-/* --- connection lifetime --------------------------------------------------- */
+/* --- connection lifetime ----------------------------------------------- */
 
 static void conn_unlink(conn **head, conn *c) {
     if (c->prev)
@@ -353,7 +353,7 @@ static void conn_create(struct worker *w, int fd, const char *peer) {
         handler_on_open(w->h, c);
 }
 
-/* --- accepting --------------------------------------------------------------- */
+/* --- accepting --------------------------------------------------------- */
 
 static void accept_proc(ev_loop *loop, int fd, void *ud, int mask);
 
@@ -444,7 +444,7 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     }
 }
 
-/* --- timers and signals ------------------------------------------------------ */
+/* --- timers and signals ------------------------------------------------ */
 
 /* Closes connections silent for --idle-timeout: one sweep every so often
  * instead of a timer per connection (no timer syscall per message). */
@@ -556,7 +556,7 @@ static int worker_signals(struct worker *w) {
     return ev_add(w->loop, w->sigfd, EV_READABLE, signal_proc, w);
 }
 
-/* --- worker ------------------------------------------------------------------ */
+/* --- worker ------------------------------------------------------------ */
 
 static int worker_init(struct worker *w, const struct worker_start *ws) {
     char err[512];
