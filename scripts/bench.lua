@@ -6,7 +6,7 @@
 --   lua5.4 scripts/bench.lua --build build [--quick] [--runs N] [--only a,b]
 local socket = require "socket"
 
-local opts = { build = "build", runs = 3, quick = false }
+local opts = { build = "build", runs = 4, quick = false }
 do
   local i = 1
   while arg[i] do
@@ -26,11 +26,11 @@ local OUT = BUILD .. "/bench"
 local SCRIPTS = ROOT .. "/scripts/bench"
 local BENCH = BUILD .. "/echohost-bench"
 local ECHOHOST = BUILD .. "/echohost"
-local WARMUP = opts.quick and 0.2 or 0.4
-local DURATION = opts.quick and 0.8 or 2
+local WARMUP = opts.quick and 0.2 or 0.3
+local DURATION = opts.quick and 0.8 or 1.5
 local IDLE_CONNS = 10000
 local NOISY, RETRIES = 0.3, 2
-local retry_budget = opts.quick and 15 or 90   -- seconds of repeated runs, in all
+local retry_budget = opts.quick and 15 or 60   -- seconds of repeated runs, in all
 
 -- --- small helpers ----------------------------------------------------------
 
