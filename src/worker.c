@@ -518,8 +518,7 @@ static void worker_reload(struct worker *w) {
     /* NULL: the current file, which handler() on the control socket may
      * have changed since the start */
     if (handler_reload(w->h, NULL, err, sizeof err) == 0) {
-        w->stats->reloads++;
-        log_info("handler reloaded (version %d)", handler_version(w->h));
+        w->stats->reloads++;            /* handler_reload logged it */
     } else {
         log_error("handler reload failed, keeping the old one: %s", err);
     }
