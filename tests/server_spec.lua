@@ -228,6 +228,8 @@ describe("echohost command line", function()
     { { "--listen", "127.0.0.1:65536" }, "bad %-%-listen '127%.0%.0%.1:65536'" },
     { { "--listen", "[::1:80" }, "bad %-%-listen '%[::1:80'" },
     { { "--log-level", "loud" }, "bad %-%-log%-level 'loud'" },
+    { { "--lua-mem", "lots" }, "bad %-%-lua%-mem 'lots'" },
+    { { "--lua-budget", "-5" }, "bad %-%-lua%-budget '%-5'" },
     { { "--bogus" }, "unknown option '%-%-bogus'" },
     { { "--workers" }, "option '%-%-workers' needs an argument" },
     { { "stray" }, "unexpected argument 'stray'" },
