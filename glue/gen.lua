@@ -7,6 +7,8 @@ local P, R, S, V, C = lpeg.P, lpeg.R, lpeg.S, lpeg.V, lpeg.C
 
 local M = {}
 
+M.MAX_NAME = 127                -- the reader's limit, and glue_decl.c's
+
 -- Lexer ---------------------------------------------------------------------
 
 local space = S" \t\r\n\f\v"^1
@@ -29,6 +31,7 @@ local function lex(text, pos)
     return { kind = "eof", text = "end of input", pos = pos }, pos
   end
   local id = ident:match(text, pos)
+  if id and #id > M.MAX_NAME then fail(pos, "name too long") end
   if id then return { kind = "ident", text = id, pos = pos }, pos + #id end
   local p = punct:match(text, pos)
   if p then return { kind = p, text = "'" .. p .. "'", pos = pos }, pos + #p end

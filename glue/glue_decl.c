@@ -8,6 +8,7 @@
 #include "glue.h"
 
 #define DECL_MAX_PARAMS 16
+#define DECL_MAX_NAME   127     /* what the reader and glue_ty_parse take */
 
 enum dtok { D_EOF, D_IDENT, D_DEF, D_OPEN, D_CLOSE, D_COLON, D_BAR, D_DOT };
 
@@ -120,6 +121,8 @@ static int dlex(struct dparse *p) {
     if (is_ident((unsigned char)p->s[p->pos], 1)) {
         while (p->pos < p->len && is_ident((unsigned char)p->s[p->pos], 0))
             p->pos++;
+        if (p->pos - p->start > DECL_MAX_NAME)
+            return dfail(p, p->start, "name too long");
         return p->tok = D_IDENT, 0;
     }
     if (p->pos + 1 < p->len && p->s[p->pos] == ':' && p->s[p->pos + 1] == '=')

@@ -423,6 +423,7 @@ local decl_errors = {
   { "Inductive int := I.", "t:1:11: cannot redefine base type int" },
   { "Inductive list := L.", "t:1:11: duplicate type list" },
   { "Inductive g1 (A int) := G1.", "t:1:17: cannot redefine base type int" },
+  { "Inductive g2 := G2 | " .. ("g"):rep(128) .. ".", "t:1:22: name too long" },
   { "Inductive c1 (A B A) := C1.", "t:1:19: duplicate parameter A" },
   { "Inductive c2 := C2 | C2.", "t:1:22: duplicate constructor C2 (in c2)" },
   { "Inductive c3 := Some.", "t:1:17: duplicate constructor Some (in option)" },
