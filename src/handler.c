@@ -125,7 +125,8 @@ static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
     }
     cap_restore(h, cap);
     hl_budget(L, h->cfg->lua_budget);
-    int status = eh_pcall(L, nargs, 1);
+    /* eh_pcall, with its message handler kept at index 1 (handler_create) */
+    int status = lua_pcall(L, nargs, 1, 1);
     if (status != LUA_OK) {
         fault(hc, L, status);
         return;
@@ -585,6 +586,8 @@ struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
         goto err;
     }
     hl_createmeta(h->L);
+    lua_settop(h->L, 0);
+    lua_pushcfunction(h->L, lhost_msghandler);     /* index 1, for call_cb */
     if (handler_reload(h, NULL, err, errlen) < 0)
         goto err;
     if (cfg->watch && watch_start(h, err, errlen) < 0)
