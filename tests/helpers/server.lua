@@ -3,7 +3,8 @@
 --
 --   local server = require "helpers.server"
 --   local srv = server.start({"--workers", "1"})   -- adds --listen 127.0.0.1:0
---   server.start(args, {nofile = 32, timeout = 10})  -- ulimit -n, start wait
+--   server.start(args, {nofile = 32, timeout = 10, env = {K = "v"}})
+--                              -- ulimit -n, start wait, environment
 --   finally(function() srv:stop() end)
 --   srv.pid, srv.host, srv.port, srv.addr ("127.0.0.1:40123"), srv.log_path
 --   srv:log()                  stderr so far (a string)
@@ -161,8 +162,15 @@ function M.start(args, opts)
   end
   local log_path = os.tmpname()
   local limit = opts.nofile and ("ulimit -n " .. opts.nofile .. "; ") or ""
-  local p = io.popen("echo $$; " .. limit .. "exec " .. command(full) .. " 2>"
-    .. quote(log_path) .. " </dev/null")
+  local env = ""
+  for k, v in pairs(opts.env or {}) do
+    env = env .. k .. "=" .. quote(v) .. " "
+  end
+  if env ~= "" then
+    env = "env " .. env         -- env execs echohost: the pid stays
+  end
+  local p = io.popen("echo $$; " .. limit .. "exec " .. env .. command(full)
+    .. " 2>" .. quote(log_path) .. " </dev/null")
   local pid = tonumber(p:read("l"))
   local srv = setmetatable({ pid = pid, proc = p, log_path = log_path }, Server)
   started[#started + 1] = srv
