@@ -1,4 +1,4 @@
-/* Sockets without Lua: TCP listen/accept/connect, options and address text,
+/* Sockets without Lua: TCP listen and accept, options and address text,
  * errors written into a caller buffer [Redis anet.c]. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,14 +40,6 @@ int net_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
         n = snprintf(buf, len, "?");
     }
     return n < 0 || (size_t)n >= len ? NET_ERR : NET_OK;
-}
-
-/* "127.0.0.1:8888" / "[::1]:8888" for messages, before anything resolved. */
-static void host_port(char *buf, size_t len, const char *host, int port) {
-    if (strchr(host, ':'))
-        snprintf(buf, len, "[%s]:%d", host, port);
-    else
-        snprintf(buf, len, "%s:%d", host, port);
 }
 
 static struct addrinfo *net_resolve(char *err, const char *host, int port,
@@ -102,7 +94,7 @@ static int server_one(char *err, const struct addrinfo *ai, int backlog,
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
         goto err;
     what = "listen";
-    if (!(flags & NET_NOLISTEN) && listen(fd, backlog) < 0)
+    if (listen(fd, backlog) < 0)
         goto err;
     return fd;
 err:
@@ -123,39 +115,6 @@ int net_tcp_server(char *err, const char *host, int port, int backlog,
     for (ai = res; ai != NULL && fd < 0; ai = ai->ai_next)
         fd = server_one(ai == res ? err : NULL, ai, backlog, flags);
     freeaddrinfo(res);
-    return fd;
-}
-
-int net_tcp_connect(char *err, const char *host, int port, int flags) {
-    struct addrinfo *res, *ai;
-    char where[NET_ADDR_LEN + 8];
-    int fd = NET_ERR, saved = 0;
-
-    if ((res = net_resolve(err, host, port, 0)) == NULL)
-        return NET_ERR;
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-        if (fd < 0) {
-            saved = errno;
-            continue;
-        }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        saved = errno;
-        close(fd);
-        fd = NET_ERR;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        host_port(where, sizeof where, host, port);
-        net_set_error(err, "connect %s: %s", where, strerror(saved));
-        return NET_ERR;
-    }
-    if ((flags & NET_NONBLOCK) && net_nonblock(err, fd, 1) < 0) {
-        close(fd);
-        return NET_ERR;
-    }
     return fd;
 }
 
@@ -185,22 +144,11 @@ int net_nonblock(char *err, int fd, int on) {
     return NET_OK;
 }
 
-int net_nodelay(char *err, int fd, int on) {
-    if (set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, on) < 0) {
-        net_set_error(err, "setsockopt TCP_NODELAY: %s", strerror(errno));
-        return NET_ERR;
-    }
-    return NET_OK;
-}
-
-static int name_of(char *err, int fd, int peer, struct sockaddr_storage *ss) {
+static int sock_addr(char *err, int fd, struct sockaddr_storage *ss) {
     socklen_t len = sizeof *ss;
-    int rv = peer ? getpeername(fd, (struct sockaddr *)ss, &len)
-                  : getsockname(fd, (struct sockaddr *)ss, &len);
 
-    if (rv < 0) {
-        net_set_error(err, "%s: %s", peer ? "getpeername" : "getsockname",
-                      strerror(errno));
+    if (getsockname(fd, (struct sockaddr *)ss, &len) < 0) {
+        net_set_error(err, "getsockname: %s", strerror(errno));
         return NET_ERR;
     }
     return NET_OK;
@@ -209,15 +157,7 @@ static int name_of(char *err, int fd, int peer, struct sockaddr_storage *ss) {
 int net_sock_name(char *err, int fd, char *buf, size_t len) {
     struct sockaddr_storage ss;
 
-    if (name_of(err, fd, 0, &ss) < 0)
-        return NET_ERR;
-    return net_format_addr((struct sockaddr *)&ss, buf, len);
-}
-
-int net_peer_name(char *err, int fd, char *buf, size_t len) {
-    struct sockaddr_storage ss;
-
-    if (name_of(err, fd, 1, &ss) < 0)
+    if (sock_addr(err, fd, &ss) < 0)
         return NET_ERR;
     return net_format_addr((struct sockaddr *)&ss, buf, len);
 }
@@ -225,7 +165,7 @@ int net_peer_name(char *err, int fd, char *buf, size_t len) {
 int net_sock_port(char *err, int fd) {
     struct sockaddr_storage ss;
 
-    if (name_of(err, fd, 0, &ss) < 0)
+    if (sock_addr(err, fd, &ss) < 0)
         return NET_ERR;
     if (ss.ss_family == AF_INET6)
         return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
