@@ -149,8 +149,19 @@ const char *hl_reply(lua_State *L, int idx, size_t *len) {
 
 /* --- the conn object ------------------------------------------------------ */
 
+/* luaL_checkudata, comparing the metatable with upvalue 1 instead of
+ * looking it up by name on every call (two calls per message). */
 static struct lconn *checkconn(lua_State *L) {
-    return luaL_checkudata(L, 1, HL_CONN);
+    struct lconn *u = lua_touserdata(L, 1);
+    int ok = u != NULL && lua_getmetatable(L, 1);
+
+    if (ok) {
+        ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+    }
+    if (!ok)
+        luaL_typeerror(L, 1, HL_CONN);
+    return u;
 }
 
 static int gone(const struct lconn *u) {
@@ -260,10 +271,14 @@ static const luaL_Reg lconn_meta[] = {
     {NULL, NULL}
 };
 
+/* Every function gets the metatable as upvalue 1 (see checkconn). */
 void hl_createmeta(lua_State *L) {
     luaL_newmetatable(L, HL_CONN);
-    luaL_setfuncs(L, lconn_meta, 0);
-    luaL_newlib(L, lconn_methods);
+    lua_pushvalue(L, -1);
+    luaL_setfuncs(L, lconn_meta, 1);
+    luaL_newlibtable(L, lconn_methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, lconn_methods, 1);         /* methods, upvalue mt */
     lua_pushcclosure(L, lconn_index, 1);
     lua_setfield(L, -2, "__index");             /* mt.__index = lconn_index */
     lua_pop(L, 1);
