@@ -204,9 +204,11 @@ static void kill_workers(struct master *m) {
 /* Schedules the restart of slot i, sooner if it lived long. */
 static void worker_died(struct master *m, int i, int status) {
     struct slot *s = &m->slots[i];
+    pid_t pid = s->pid;
     char what[128];
     long delay;
 
+    s->pid = 0;                         /* reaped: never signal it again */
     describe_status(status, what, sizeof what);
     if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG &&
         s->starts == 1) {
@@ -222,9 +224,8 @@ static void worker_died(struct master *m, int i, int status) {
     if (delay > BACKOFF_MAX_MS)
         delay = BACKOFF_MAX_MS;
     s->fails++;
-    log_warn("worker %d (pid %d) %s; restarting in %ld ms", i, (int)s->pid,
+    log_warn("worker %d (pid %d) %s; restarting in %ld ms", i, (int)pid,
              what, delay);
-    s->pid = 0;
     s->timer = ev_timer_add(m->loop, delay, restart_proc, s);
 }
 
