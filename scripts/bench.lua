@@ -531,8 +531,7 @@ local function targets_table(out)
   return summary
 end
 
-local function tables(servers, m)
-  local out = {}
+local function header_lines(out, m)
   out[#out + 1] = "# echohost benchmark"
   out[#out + 1] = ""
   out[#out + 1] = string.format("%s · %d × %s · %s · %s · %d run%s (medians), %g s measured "
@@ -543,15 +542,16 @@ local function tables(servers, m)
     out[#out + 1] = ""
     out[#out + 1] = string.format("Interference: other processes used a median %.0f %% "
       .. "(max %.0f %%) of one CPU during the measured windows; hypervisor steal %.1f %%. "
-      .. "Each ratio compares a "
-      .. "run with the refecho runs just before and after it.", 100 * noise.other_median,
-      100 * noise.other_max, 100 * noise.steal_median)
+      .. "Each ratio compares a run with the refecho runs just before and after it.",
+      100 * noise.other_median, 100 * noise.other_max, 100 * noise.steal_median)
   end
+end
+
+local function ratio_lines(out, servers)
   out[#out + 1] = ""
   out[#out + 1] = "## Ratio to refecho (same run; higher is better, CPU/msg: lower is better)"
   out[#out + 1] = ""
-  local head = { "| server |" }
-  local rule = { "|---|" }
+  local head, rule = { "| server |" }, { "|---|" }
   for _, c in ipairs(CONFIGS) do
     head[#head + 1] = " " .. c.title .. " |"
     rule[#rule + 1] = "---:|"
@@ -570,6 +570,9 @@ local function tables(servers, m)
     end
     out[#out + 1] = table.concat(row)
   end
+end
+
+local function absolute_lines(out, servers)
   out[#out + 1] = ""
   out[#out + 1] = "## Absolute figures (medians)"
   out[#out + 1] = ""
@@ -578,20 +581,22 @@ local function tables(servers, m)
     .. "| server CPU µs/msg (rr1 / rr50 / stream / connrate) | errors |"
   out[#out + 1] = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for _, s in ipairs(servers) do
-    local errs = 0
+    local errs, cpu = 0, {}
     for _, byc in pairs(results.runs[s.name] or {}) do
       for _, r in pairs(byc) do errs = errs + (r.errors or 0) end
     end
-    local cpu = {}
     for _, c in ipairs(CONFIGS) do
       cpu[#cpu + 1] = fmt(med(s.name, c.name, "server_cpu_us_per_msg"), "%.1f")
     end
+    local function m(c, f) return fmt(med(s.name, c, f), "%.0f") end
     out[#out + 1] = string.format("| %s | %s | %s / %s | %s | %s | %s | %s | %s | %d |", s.title,
-      fmt(med(s.name, "rr1", "msgs_per_s"), "%.0f"), fmt(med(s.name, "rr1", "p50_us"), "%.0f"),
-      fmt(med(s.name, "rr1", "p99_us"), "%.0f"), fmt(med(s.name, "rr50", "msgs_per_s"), "%.0f"),
-      fmt(med(s.name, "rr50", "p99_us"), "%.0f"), fmt(med(s.name, "stream", "mb_per_s"), "%.0f"),
-      fmt(med(s.name, "connrate", "msgs_per_s"), "%.0f"), table.concat(cpu, " / "), errs)
+      m("rr1", "msgs_per_s"), m("rr1", "p50_us"), m("rr1", "p99_us"), m("rr50", "msgs_per_s"),
+      m("rr50", "p99_us"), m("stream", "mb_per_s"), m("connrate", "msgs_per_s"),
+      table.concat(cpu, " / "), errs)
   end
+end
+
+local function memory_lines(out, servers)
   out[#out + 1] = ""
   out[#out + 1] = string.format("## Memory: %d idle connections (one 64 B echo each)", IDLE_CONNS)
   out[#out + 1] = ""
@@ -605,19 +610,18 @@ local function tables(servers, m)
         fmt(med(s.name, "idle", "rss_per_conn_b"), "%.0f"))
     end
   end
-  out[#out + 1] = ""
   local fk = results.fork and results.fork.us_per_fork
   local ref_cr = med("refecho", "connrate", "msgs_per_s")
   if fk and ref_cr then
+    out[#out + 1] = ""
     out[#out + 1] = string.format("The machine's floor for a process per connection: fork, _exit "
       .. "and waitpid of a small process take %.0f µs here (echohost-bench -m fork), at most "
       .. "%.0f forks/s = %.3f× refecho's connrate, before any socket work.", fk, 1e6 / fk,
       1e6 / fk / ref_cr)
-    out[#out + 1] = ""
   end
-  out[#out + 1] = "## Targets"
-  out[#out + 1] = ""
-  local summary = targets_table(out)
+end
+
+local function note_lines(out)
   local skipped = {}
   for name, why in pairs(results.skipped) do skipped[#skipped + 1] = name .. " (" .. why .. ")" end
   for name, f in pairs(results.failed) do
@@ -637,6 +641,20 @@ local function tables(servers, m)
     .. "at most) and the quietest kept. HAProxy 2.6's `receive(n)` needs a length, so its "
     .. "service reads the configured message size."
   out[#out + 1] = ""
+end
+
+-- The whole report as markdown, and the targets as a list.
+local function tables(servers, m)
+  local out = {}
+  header_lines(out, m)
+  ratio_lines(out, servers)
+  absolute_lines(out, servers)
+  memory_lines(out, servers)
+  out[#out + 1] = ""
+  out[#out + 1] = "## Targets"
+  out[#out + 1] = ""
+  local summary = targets_table(out)
+  note_lines(out)
   return table.concat(out, "\n"), summary
 end
 
