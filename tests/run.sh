@@ -17,10 +17,26 @@ if [ -n "$ECHOHOST_ASAN" ]; then
     export UBSAN_OPTIONS="print_stacktrace=1"
 fi
 
+# Runs "$@" as the leader of a new session, bounded by SUITE_TIMEOUT
+# seconds; then whatever it left behind in that process group (a server a
+# failed spec did not stop) is killed by the group's id.
+SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
+grouped() {
+    rm -f "$log/pgid"
+    setsid -w sh -c 'echo $$ >"$0"; exec timeout -k 5 "$SUITE_TIMEOUT" "$@"' \
+        "$log/pgid" "$@"
+    rc=$?
+    pg=$(cat "$log/pgid" 2>/dev/null)
+    [ -n "$pg" ] && kill -KILL "-$pg" 2>/dev/null
+    [ $rc -eq 124 ] && echo "timed out after $SUITE_TIMEOUT s"
+    return $rc
+}
+export SUITE_TIMEOUT
+
 # busted suites: $1 = name, rest = command
 busted_suite() {
     name=$1; shift
-    "$@" >"$log/$name" 2>&1
+    grouped "$@" >"$log/$name" 2>&1
     line=$(grep -E '^[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' \
         "$log/$name" | tail -n 1)
     if [ -z "$line" ]; then
@@ -40,7 +56,7 @@ busted_suite() {
 # C test binaries print their own "N passed, N failed" line.
 c_suite() {
     name=$1; shift
-    "$@" >"$log/$name" 2>&1
+    grouped "$@" >"$log/$name" 2>&1
     rc=$?
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log/$name" | tail -n 1)
     if [ -z "$line" ]; then
