@@ -252,8 +252,10 @@ local CONFIGS = {
   { name = "rr50", title = "rr 50×1 KiB", mode = "rr", conns = 50, size = 1024 },
   { name = "stream", title = "stream 50×16 KiB", mode = "stream", conns = 50, size = 16384,
     metric = "mb_per_s", unit = "MB/s" },
+  -- closed with RST: TIME_WAIT sockets left by one run would slow the
+  -- connect()s of the runs after it (the kernel's port search)
   { name = "connrate", title = "connrate 16×64 B", mode = "connrate", conns = 16, size = 64,
-    unit = "conn/s" },
+    unit = "conn/s", rst = true },
 }
 local IDLE_CFG = { name = "idle", mode = "idle", conns = IDLE_CONNS, size = 64 }
 local MEMORY_SERVERS = { refecho = true, c_echo = true, lua_fn = true, lua_co = true }
@@ -276,8 +278,8 @@ end
 local function run_client(cfg, pid, port, label)
   local d = cfg.mode == "idle" and 60 or DURATION
   local cmd = string.format("timeout -k 2 %d %s -m %s -c %d -s %d -d %g -W %g -p %d -l %s "
-    .. "127.0.0.1:%d 2>>%s", math.ceil(d + WARMUP + 25), pinned(CLIENT_CPU, BENCH), cfg.mode,
-    cfg.conns, cfg.size, d, WARMUP, pid, sh_quote(label), port,
+    .. "%s127.0.0.1:%d 2>>%s", math.ceil(d + WARMUP + 25), pinned(CLIENT_CPU, BENCH), cfg.mode,
+    cfg.conns, cfg.size, d, WARMUP, pid, sh_quote(label), cfg.rst and "--rst " or "", port,
     sh_quote(OUT .. "/client.log"))
   local f = io.popen(cmd)
   local line = f:read("a")
@@ -638,7 +640,8 @@ local function note_lines(out)
     .. "latency from a log-linear histogram; server CPU is the run time of the server's threads, "
     .. "its workers and children (/proc schedstat, plus reaped children) over the measured "
     .. "window. A run during which other processes took over 30 % of a CPU is repeated (twice "
-    .. "at most) and the quietest kept. HAProxy 2.6's `receive(n)` needs a length, so its "
+    .. "at most) and the quietest kept. connrate closes with RST (no TIME_WAIT left to slow the "
+    .. "next runs). HAProxy 2.6's `receive(n)` needs a length, so its "
     .. "service reads the configured message size."
   out[#out + 1] = ""
 end

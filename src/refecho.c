@@ -58,8 +58,9 @@ static int ref_listen(const char *spec, struct sockaddr_in *bound) {
     return fd;
 }
 
-static void ref_close(int ep, int fd) {
-    epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+/* close() alone takes the fd out of the epoll set (it is never dup'ed): no
+ * EPOLL_CTL_DEL, one system call less per connection. */
+static void ref_close(int fd) {
     if (fd < ref_maxfd) {
         free(ref_out[fd]);
         ref_out[fd] = NULL;
@@ -89,7 +90,7 @@ static void ref_park(int ep, int fd, const char *p, size_t n) {
     struct ref_pending *o = malloc(sizeof *o + n);
     struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
     if (!o) {
-        ref_close(ep, fd);
+        ref_close(fd);
         return;
     }
     o->off = 0;
@@ -103,14 +104,14 @@ static void ref_read(int ep, int fd) {
     ssize_t n = read(fd, ref_buf, sizeof ref_buf), w;
 
     if (n <= 0) {
-        if (n == 0 || (errno != EAGAIN && errno != EINTR)) ref_close(ep, fd);
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) ref_close(fd);
         return;
     }
     w = write(fd, ref_buf, (size_t)n);
     if (w == n) return;
     if (w < 0) {
         if (errno != EAGAIN) {
-            ref_close(ep, fd);
+            ref_close(fd);
             return;
         }
         w = 0;
@@ -124,7 +125,7 @@ static void ref_write(int ep, int fd) {
     ssize_t w = write(fd, o->data + o->off, o->len - o->off);
 
     if (w < 0) {
-        if (errno != EAGAIN) ref_close(ep, fd);
+        if (errno != EAGAIN) ref_close(fd);
         return;
     }
     o->off += (size_t)w;
