@@ -75,7 +75,8 @@ all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
-	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -o $@ $^ $(LDLIBS_ALL) $(EXTRA_LDFLAGS)
+	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -Wl,-z,now -o $@ $^ $(LDLIBS_ALL) \
+	    $(EXTRA_LDFLAGS)
 
 $(BUILD)/%.o: %.c $(GLUE_GENH)
 	@mkdir -p $(dir $@)

@@ -147,6 +147,10 @@ void ev_destroy(ev_loop *loop) {
     free(loop);
 }
 
+int ev_fd(const ev_loop *loop) {
+    return loop->epfd;
+}
+
 int ev_setsize(ev_loop *loop) {
     return loop->setsize;
 }
@@ -204,6 +208,11 @@ void ev_del(ev_loop *loop, int fd, int mask) {
         left = EV_NONE;
     api_del(loop, fd, fe->mask, left);
     fe->mask = left;
+}
+
+void ev_forget(ev_loop *loop, int fd) {
+    if (fd >= 0 && fd < loop->setsize)
+        loop->files[fd].mask = EV_NONE;
 }
 
 int ev_mask(ev_loop *loop, int fd) {

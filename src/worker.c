@@ -298,7 +298,7 @@ static void conn_kill(conn *c, int reason) {
     if (c->flags & CONN_DEAD)
         return;
     c->flags |= CONN_DEAD | (unsigned)reason << CONN_REASON_SHIFT;
-    ev_del(w->loop, c->fd, EV_READABLE | EV_WRITABLE);
+    ev_forget(w->loop, c->fd);          /* closed by worker_after */
     c->flags &= ~(CONN_READING | CONN_WRITING);
     conn_unlink(&w->conns, c);
     conn_link(&w->dead, c);
