@@ -3,32 +3,13 @@
 -- against refecho in each mode, bounds every run, and refuses targets that are
 -- not loopback.
 local socket = require "socket"
+local util = require "helpers.util"
+local read_file = require("helpers.handler_util").read_file   -- "" if none
 
-local function tool(name)
-  local build = os.getenv("ECHOHOST_BUILD") or "build"
-  local f = io.open(build .. "/" .. name, "r")
-  if f then
-    f:close()
-    return build .. "/" .. name
-  end
-  return "build/" .. name
-end
-
-local BENCH, REFECHO = tool("echohost-bench"), tool("refecho")
-
-local function read_file(path)
-  local f = io.open(path, "r")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local BENCH, REFECHO = util.tool("echohost-bench"), util.tool("refecho")
 
 local function tmpname()
-  local p = io.popen("mktemp /tmp/echohost-bench.XXXXXX")
-  local path = p:read("l")
-  p:close()
-  return path
+  return util.tmpname("/tmp/echohost-bench.XXXXXX")
 end
 
 local function alive(pid)
@@ -145,9 +126,7 @@ describe("echohost-bench", function()
 
   it("detects a corrupted echo and exits 1", function()
     local script = tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write(CORRUPT)
-    f:close()
+    util.spit(script, CORRUPT)
     local bad = start("lua5.4 " .. script)
     finally(function()
       bad.stop()

@@ -2,49 +2,16 @@
 -- (echohost --repl --connect PATH), stats/conns/handler/reload, several
 -- operators, broken operators, and paths that are refused.
 local server = require "helpers.server"
+local util = require "helpers.util"
 local unix = require "socket.unix"
 local socket = require "socket"
 
-local BIN = server.BIN
-do                                                  -- tests cd elsewhere
-  local p = io.popen("realpath " .. "'" .. BIN .. "'")
-  BIN = p:read("l") or BIN
-  p:close()
-end
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local BIN = util.realpath(server.BIN)               -- tests cd elsewhere
+local q, slurp, spit, tmpdir = server.quote, util.slurp, util.spit, util.tmpdir
 
 -- Runs `echohost --repl --connect path` with input piped: stdout, stderr, code.
 local function ctl(path, input)
-  local inp, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-  spit(inp, input)
-  local _, _, code = os.execute(string.format("timeout 10 %s --repl --connect %s < %s > %s 2> %s",
-    q(BIN), q(path), q(inp), q(out), q(err)))
-  local o, e = slurp(out), slurp(err)
-  os.remove(inp); os.remove(out); os.remove(err)
-  return o, e, code
+  return util.pipe(q(BIN) .. " --repl --connect " .. q(path), input)
 end
 
 -- A raw operator: frames "<type> <len>\n<payload>" until a prompt frame.
@@ -344,9 +311,7 @@ describe("echohost --repl --connect", function()
   end)
 
   it("passes Ctrl-C from the terminal to the server, Ctrl-D exits 0", function()
-    local build = os.getenv("ECHOHOST_BUILD") or "build"
-    local ptyrun = io.open(build .. "/tests/ptyrun") and build .. "/tests/ptyrun"
-      or "build/tests/ptyrun"
+    local ptyrun = util.tool("tests/ptyrun")
     local script, out = dir .. "/script", dir .. "/pty.out"
     spit(script, table.concat({
       "expect > ", "sleep 100",

@@ -2,8 +2,9 @@
 -- declarations (run time and generator, same messages), memory.
 local glue = require "echohost.glue"
 local gen = dofile("glue/gen.lua")
+local util = require "helpers.util"
 
-local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
+local BIN = require("helpers.server").BIN
 local ASAN = os.getenv("ECHOHOST_ASAN")
 
 local list, option, identity = glue.list, glue.option, glue.identity
@@ -15,12 +16,7 @@ local function from_table(t)
   return l
 end
 
-local function run(cmdline)
-  local p = assert(io.popen(cmdline .. " 2>&1"))
-  local out = p:read("a")
-  local _, _, status = p:close()
-  return out, status
-end
+local run = util.run
 
 describe("echohost.glue constructors", function()
   it("builds and prints the prelude's values as CertiCoq does", function()
@@ -588,18 +584,14 @@ describe("glue/gen.lua", function()
   end)
 
   it("keeps generated C in 80 columns and warning-free for awkward names", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
+    local dir = assert(util.tmpdir())
     finally(function() os.execute("rm -rf " .. dir) end)
-    local f = assert(io.open(dir .. "/kw.glue", "w"))
-    f:write([[
+    util.spit(dir .. "/kw.glue", [[
 (* Field names that are C keywords or the generated parameters' names, and
    a declaration long enough to need wrapping in the generated C. *)
 Inductive kw (A) := K (ti : int) (argv : A) (int : string) (if : fn)
   (a_rather_long_field_name : list A) (another_long_field_name : option A)
   | Nothing.]])
-    f:close()
     local msg, status = run(("lua5.4 glue/gen.lua -o %s/glue_types glue/prelude.glue %s/kw.glue")
       :format(dir, dir))
     assert.equal(0, status, msg)
@@ -618,11 +610,8 @@ Inductive kw (A) := K (ti : int) (argv : A) (int : string) (if : fn)
   end)
 
   it("reports file:line:col and exits non-zero on a bad declaration", function()
-    local src = os.tmpname()
+    local src = util.write_tmp("Inductive ok := Ok1.\n\nInductive t := A (x : lst int).\n")
     finally(function() os.remove(src) end)
-    local f = assert(io.open(src, "w"))
-    f:write("Inductive ok := Ok1.\n\nInductive t := A (x : lst int).\n")
-    f:close()
     local msg, status = run("lua5.4 glue/gen.lua -o /tmp/glue_spec_never " .. src)
     assert.equal(src .. ":3:23: unknown type lst\n", msg)
     assert.equal(1, status)
@@ -637,12 +626,9 @@ end)
 
 describe("echohost.glue in the echohost binary", function()
   it("is preloaded", function()
-    local path = os.tmpname()
-    finally(function() os.remove(path) end)
-    local f = assert(io.open(path, "w"))
-    f:write([[local g = require "echohost.glue"
+    local path = util.write_tmp([[local g = require "echohost.glue"
       print(g.identity.Parent(7), g.identity.Child, g.read("(cons 1 nil)"))]])
-    f:close()
+    finally(function() os.remove(path) end)
     local out, status = run(BIN .. " --script " .. path)
     assert.equal("(Parent 7)\tChild\t(cons 1 nil)\n", out)
     assert.equal(0, status)

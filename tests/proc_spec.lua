@@ -4,7 +4,8 @@ local glue = require "echohost.glue"
 local socket = require "echohost.socket"
 
 local ECHILD, ESRCH = 10, 3
-local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
+local util = require "helpers.util"
+local BIN = require("helpers.server").BIN
 
 -- Runs fn in a child that exits with fn's result (default 0; 99 if fn
 -- raised); returns the child's pid.
@@ -35,10 +36,7 @@ end
 -- Runs a Lua chunk with `echohost --script`; returns its stdout and how it
 -- exited (as io.popen's close does).
 local function run_script(code)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(code)
-  f:close()
+  local path = util.write_tmp(code)
   local p = assert(io.popen(BIN .. " --script " .. path .. " 2>&1"))
   local out = p:read("a")
   local _, how, status = p:close()

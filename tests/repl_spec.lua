@@ -1,40 +1,14 @@
 -- echohost --repl: piped sessions with exact output, and a pseudo-terminal
 -- session (line editing, Ctrl-C, history across two runs) through ptyrun.
-local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
-local BUILD = os.getenv("ECHOHOST_BUILD") or "build"
+local server = require "helpers.server"
+local util = require "helpers.util"
 
-local function tmpname()
-  local name = os.tmpname()
-  return name
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function q(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local BIN = server.BIN
+local q, slurp, spit, tmpname = server.quote, util.slurp, util.spit, os.tmpname
 
 -- Runs echohost with input on stdin (not a terminal): stdout, stderr, status.
 local function repl(input, args)
-  local inp, out, err = tmpname(), tmpname(), tmpname()
-  spit(inp, input)
-  local cmd = string.format("timeout 10 %s --repl %s < %s > %s 2> %s", q(BIN), args or "",
-    q(inp), q(out), q(err))
-  local _, _, code = os.execute(cmd)
-  local o, e = slurp(out), slurp(err)
-  os.remove(inp); os.remove(out); os.remove(err)
-  return o, e, code
+  return util.pipe(q(BIN) .. " --repl " .. (args or ""), input)
 end
 
 describe("echohost --repl (piped)", function()
@@ -187,10 +161,7 @@ describe("echohost --repl (piped)", function()
 end)
 
 describe("echohost --repl (terminal)", function()
-  local PTYRUN = BUILD .. "/tests/ptyrun"
-  if not io.open(PTYRUN) then
-    PTYRUN = "build/tests/ptyrun"
-  end
+  local PTYRUN = util.tool("tests/ptyrun")
 
   -- libedit can print the prompt before it puts the terminal in raw mode:
   -- a key sent in that window is taken by the line discipline (a ^D as a

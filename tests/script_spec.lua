@@ -1,23 +1,9 @@
 -- echohost --script FILE.lua [ARGS...]: arg as lua sets it, the echohost
 -- modules preloaded, errors with a traceback and exit status 1.
-local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
+local util = require "helpers.util"
 
-local function write_tmp(code)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(code)
-  f:close()
-  return path
-end
-
--- Runs a shell command line; returns its output (stdout and stderr) and exit
--- status.
-local function run(cmdline)
-  local p = assert(io.popen(cmdline .. " 2>&1"))
-  local out = p:read("a")
-  local _, _, status = p:close()
-  return out, status
-end
+local BIN = require("helpers.server").BIN
+local write_tmp, run = util.write_tmp, util.run
 
 -- Runs code as a script file with the given argument string.
 local function script(code, args)

@@ -2,6 +2,7 @@
 -- loopback sockets, limits, signals, workers. Servers start on port 0.
 local socket = require "socket"
 local server = require "helpers.server"
+local util = require "helpers.util"
 
 local function assert_clean(srv)
   local report = srv:sanitizer_report()
@@ -280,11 +281,8 @@ end)
 
 describe("echohost handler start-up", function()
   it("exits 1 when the workers cannot load the handler", function()
-    local path = os.tmpname()
+    local path = util.write_tmp("return function(conn, data\n")
     finally(function() os.remove(path) end)
-    local f = assert(io.open(path, "w"))
-    f:write("return function(conn, data\n")
-    f:close()
     local code, err = server.run({ "--listen", "127.0.0.1:0", "--workers", "2",
       "--handler", path }, 10)
     assert.equal(1, code)

@@ -6,7 +6,7 @@ local glue = require "echohost.glue"
 local tcp_srv = require "echohost.tcp_srv"
 
 local echo_once = dofile("scripts/echo_once.lua")
-local BIN = os.getenv("ECHOHOST_BIN") or "build/echohost"
+local BIN = require("helpers.server").BIN
 local ECHILD, EADDRINUSE = 10, 98
 
 local function listener()

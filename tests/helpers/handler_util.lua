@@ -1,6 +1,7 @@
 -- Helpers of the handler specs: start and stop an echohost server running a
 -- handler, talk to it in steps, read its log, write handler files.
 local server = require "helpers.server"
+local util = require "helpers.util"
 
 local M = {}
 
@@ -30,10 +31,7 @@ function M.write_file(path, text)
 end
 
 function M.tmpdir()
-  local p = io.popen("mktemp -d /tmp/echohost-handler.XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  return dir
+  return util.tmpdir("/tmp/echohost-handler.XXXXXX")
 end
 
 function M.rmdir(dir)

@@ -32,6 +32,7 @@
 --   server.wait(pred, secs)    poll pred every 10 ms; its value or nil
 --   server.sleep(secs)
 --   server.BIN                 ECHOHOST_BIN or "build/echohost"
+--   server.quote(s)            s quoted for sh (single quotes)
 local socket = require "socket"
 
 local M = {}
@@ -67,6 +68,7 @@ end
 local function quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
+M.quote = quote
 
 local function command(args)
   local parts = { quote(M.BIN) }
