@@ -78,6 +78,7 @@ function Parser:named(d, head, depth)
     elseif self.env.types[e.name] then want = #self.env.types[e.name].params
     else fail(e.pos, "unknown type " .. e.name) end
   end
+  self:peek()   -- the next token is read before the arity check, as in dnamed
   while head and (self:peek().kind == "ident" or self:peek().kind == "(") do
     if #e.args == M.MAX_PARAMS then fail(self:peek().pos, "too many arguments") end
     e.args[#e.args + 1] = self:atom(d, false, depth + 1)
