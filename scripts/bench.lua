@@ -195,13 +195,9 @@ end
 
 -- --- servers ----------------------------------------------------------------
 
--- The per-message handler: scripts/echo.lua when it is one (a file returning
--- a function), else scripts/bench/echo_fn.lua.
-local lua_handler = SCRIPTS .. "/echo_fn.lua"
-do
-  local ok, h = pcall(dofile, ROOT .. "/scripts/echo.lua")
-  if ok and type(h) == "function" then lua_handler = ROOT .. "/scripts/echo.lua" end
-end
+-- The handlers measured are the shipped ones: scripts/echo.lua (per message)
+-- and scripts/echo_co.lua (direct style, a coroutine per connection).
+local lua_handler = ROOT .. "/scripts/echo.lua"
 
 local function echohost(args)
   return function()
@@ -221,7 +217,7 @@ local SERVERS = {
   { name = "lua_fn", title = "echohost Lua per-message",
     cmd = echohost("--handler " .. lua_handler), echohost = true },
   { name = "lua_co", title = "echohost Lua coroutine",
-    cmd = echohost("--handler " .. SCRIPTS .. "/echo_co.lua"), echohost = true },
+    cmd = echohost("--handler " .. ROOT .. "/scripts/echo_co.lua"), echohost = true },
   { name = "fork", title = "echohost --model fork",
     cmd = echohost("--model fork"), echohost = true },
   { name = "socat", title = "socat fork", fixed_port = true, tool = "socat",

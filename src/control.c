@@ -410,15 +410,19 @@ static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
     }
 }
 
-void control_close(struct control *ctl) {
+/* Frees everything; in the master (owner) it also leaves the loop and
+ * removes the socket file, which a forked worker must not do. */
+static void control_free(struct control *ctl, int owner) {
     if (ctl == NULL)
         return;
     while (ctl->sessions)
-        control_sess_free(ctl->sessions, 1);
+        control_sess_free(ctl->sessions, owner);
     if (ctl->fd >= 0) {
-        ev_del(ctl->loop, ctl->fd, EV_READABLE);
+        if (owner) {
+            ev_del(ctl->loop, ctl->fd, EV_READABLE);
+            unlink(ctl->path);
+        }
         close(ctl->fd);
-        unlink(ctl->path);
     }
     for (int i = 0; i < ctl->nworkers; i++)
         if (ctl->workers[i].fd >= 0)
@@ -428,19 +432,12 @@ void control_close(struct control *ctl) {
     free(ctl);
 }
 
+void control_close(struct control *ctl) {
+    control_free(ctl, 1);
+}
+
 void control_after_fork(struct control *ctl) {
-    if (ctl == NULL)
-        return;
-    while (ctl->sessions)
-        control_sess_free(ctl->sessions, 0);
-    if (ctl->fd >= 0)
-        close(ctl->fd);
-    for (int i = 0; i < ctl->nworkers; i++)
-        if (ctl->workers[i].fd >= 0)
-            close(ctl->workers[i].fd);
-    free(ctl->workers);
-    free(ctl->handler);
-    free(ctl);
+    control_free(ctl, 0);
 }
 
 /* --- workers -------------------------------------------------------------- */

@@ -61,11 +61,9 @@ static long long repl_now_ms(void) {
 /* --- session setup ---------------------------------------------------- */
 
 /* print() of a session: like the base print, but through its writer. */
-static int repl_print(lua_State *L) {
-    struct repl *r = lua_touserdata(L, lua_upvalueindex(1));
+/* Pushes tostring of every value on the stack, joined by tabs, then end. */
+static void repl_push_joined(lua_State *L, const char *end) {
     int n = lua_gettop(L);
-    const char *s;
-    size_t len;
     luaL_Buffer b;
 
     luaL_buffinit(L, &b);
@@ -75,8 +73,16 @@ static int repl_print(lua_State *L) {
         luaL_tolstring(L, i, NULL);
         luaL_addvalue(&b);
     }
-    luaL_addchar(&b, '\n');
+    luaL_addstring(&b, end);
     luaL_pushresult(&b);
+}
+
+static int repl_print(lua_State *L) {
+    struct repl *r = lua_touserdata(L, lua_upvalueindex(1));
+    const char *s;
+    size_t len;
+
+    repl_push_joined(L, "\n");
     s = lua_tolstring(L, -1, &len);
     r->write(r->ud, REPL_OUT, s, len);
     return 0;
@@ -245,17 +251,7 @@ static int repl_docall(struct repl *r) {
 }
 
 static int repl_fallback_results(lua_State *L) {
-    int n = lua_gettop(L);
-    luaL_Buffer b;
-
-    luaL_buffinit(L, &b);
-    for (int i = 1; i <= n; i++) {
-        if (i > 1)
-            luaL_addchar(&b, '\t');
-        luaL_tolstring(L, i, NULL);
-        luaL_addvalue(&b);
-    }
-    luaL_pushresult(&b);
+    repl_push_joined(L, "");
     return 1;
 }
 
