@@ -49,7 +49,13 @@ GLUE_GEN := $(BUILD)/glue/glue_types.c
 GLUE_GENH:= $(BUILD)/glue/glue_types.h
 endif
 
-OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN))
+# Lua modules built into the binary (src/embed.lua): the handler loader,
+# which every runtime in the binary needs whatever LUA_PATH says.
+EMBED_LUA := lua/echohost/loader.lua
+EMBED_C   := $(BUILD)/src/embed.c
+
+OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN)) \
+      $(BUILD)/src/embed.o
 
 # Lua C modules also built as shared objects for a stock lua5.4:
 # build/lua/echohost/<name>.so, found through package.cpath "build/lua/?.so"
@@ -78,19 +84,28 @@ $(BIN): $(OBJ)
 	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -Wl,-z,now -o $@ $^ $(LDLIBS_ALL) \
 	    $(EXTRA_LDFLAGS)
 
-$(BUILD)/%.o: %.c $(GLUE_GENH)
+$(EMBED_C): src/embed.lua $(EMBED_LUA) | deps-check
+	@mkdir -p $(dir $@)
+	@printf '  GEN %s\n' $@
+	$(Q)$(LUA) src/embed.lua $(EMBED_LUA) >$@.tmp && mv $@.tmp $@
+
+$(BUILD)/src/embed.o: $(EMBED_C)
+	@printf '  CC %s\n' $<
+	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
+
+$(BUILD)/%.o: %.c $(GLUE_GENH) | deps-check
 	@mkdir -p $(dir $@)
 	@printf '  CC %s\n' $<
 	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
 
 ifneq ($(GLUE_GEN),)
-$(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS)
+$(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS) | deps-check
 	@mkdir -p $(BUILD)/glue
 	@printf '  GEN %s\n' $(GLUE_GEN)
 	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_types $(GLUE_DEFS)
 endif
 
-$(BUILD)/lua/echohost/%.so: $(GLUE_GENH)
+$(BUILD)/lua/echohost/%.so: $(GLUE_GENH) | deps-check
 	@mkdir -p $(dir $@)
 	@printf '  SO %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $(SO_$*) \

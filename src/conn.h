@@ -1,8 +1,8 @@
 /* A client connection of an event-model worker, and the contract between
- * the worker (socket I/O, buffers, backpressure, timers) and the handler
- * runtime (Lua). worker.c implements the conn_* calls; handler.c implements
- * the handler_* calls. With no --handler the worker echoes in C and never
- * calls handler_*. */
+ * the worker (socket I/O, buffers, backpressure, timers) and the event
+ * runtime (Lua). worker.c implements the conn_* calls; rt_event.c
+ * implements the handler_* calls. With no --handler the worker echoes in C
+ * and never calls handler_*. */
 #ifndef ECHOHOST_CONN_H
 #define ECHOHOST_CONN_H
 
@@ -14,6 +14,7 @@
 
 struct worker;
 struct handler;
+struct hstate;
 struct conn_out;                /* output queue, private to worker.c */
 
 typedef struct conn {
@@ -52,12 +53,12 @@ void conn_close(conn *c);
 int conn_closing(const conn *c);
 ev_loop *conn_loop(const conn *c);
 
-/* --- handler.c, for the worker -------------------------------------------- */
+/* --- rt_event.c, for the worker ------------------------------------------- */
 
-/* Loads cfg->handler into a new Lua state for this worker. NULL on failure,
- * with the reason (file:line: message) in err. */
+/* The runtime of this worker, on the handler the master loaded before the
+ * fork (this process's copy of it, owned from now on). NULL: no memory. */
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
-                               char *err, size_t errlen);
+                               const struct hstate *loaded);
 void handler_destroy(struct handler *h);
 /* Loads path (NULL: the current file) in a fresh environment and makes it
  * current; on failure the old handler stays and err says why (with file and
@@ -65,6 +66,7 @@ void handler_destroy(struct handler *h);
 int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen);
 int handler_version(const struct handler *h);
+const char *handler_path(const struct handler *h);
 
 void handler_on_open(struct handler *h, conn *c);
 /* buf is the worker's scratch buffer: copy what must outlive the call. */
@@ -77,10 +79,5 @@ void handler_on_drain(struct handler *h, conn *c);
 /* The connection is going away (reason: "eof", "error", "timeout", "reset",
  * "shutdown", "closed"); release c->hdata. c is freed after this returns. */
 void handler_on_close(struct handler *h, conn *c, const char *reason);
-
-/* Fork model: runs the handler on one blocking socket in a child process.
- * Returns the child's exit status. */
-int handler_serve_blocking(const struct eh_config *cfg, int fd,
-                           const char *peer);
 
 #endif

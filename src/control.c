@@ -428,7 +428,6 @@ static void control_free(struct control *ctl, int owner) {
         if (ctl->workers[i].fd >= 0)
             close(ctl->workers[i].fd);
     free(ctl->workers);
-    free(ctl->handler);
     free(ctl);
 }
 
@@ -465,15 +464,12 @@ void control_set_worker(struct control *ctl, int slot, pid_t pid, int fd) {
         close(ctl->workers[slot].fd);
     ctl->workers[slot].pid = pid;
     ctl->workers[slot].fd = fd;
-    if (fd >= 0 && ctl->handler) {
-        /* a restarted worker starts on --handler: give it the one handler()
-         * set since (request 0: its reply is dropped as a late one) */
-        char msg[PATH_MAX + 16];
-        int n = snprintf(msg, sizeof msg, "0 handler %s", ctl->handler);
-        if (n > 0 && (size_t)n < sizeof msg &&
-            send(fd, msg, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
-            log_warn("control: worker %d: %s", (int)pid, strerror(errno));
-    }
+}
+
+void control_set_swap(struct control *ctl, control_swap_proc *swap,
+                      void *ud) {
+    ctl->swap = swap;
+    ctl->swap_ud = ud;
 }
 
 /* --- client --------------------------------------------------------------- */

@@ -25,6 +25,14 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
 /* Ends every session, closes the socket and unlinks its path. */
 void control_close(struct control *ctl);
 
+/* handler(path) and reload() call swap(ud, path, err, errlen) (path NULL:
+ * the current file) before asking the workers, and stop there when it
+ * returns -1: the master refuses a file that does not load. */
+typedef int control_swap_proc(void *ud, const char *path, char *err,
+                              size_t errlen);
+void control_set_swap(struct control *ctl, control_swap_proc *swap,
+                      void *ud);
+
 /* In a newly forked worker: closes the fds it inherited from the control
  * side of the master (socket, sessions, other channels) and frees the
  * copies of the sessions; the path is left alone. */

@@ -270,28 +270,43 @@ static int cmd_swap_result(lua_State *L) {
 
 /* handler(path): every worker loads path (relative to the operator's
  * directory) as its handler. */
+/* The master loads path first (NULL: the current file); it keeps the
+ * version workers started later get. 0, or pushes nil, err and returns 2. */
+static int cmd_master_swap(lua_State *L, struct control *ctl,
+                           const char *path) {
+    char err[512];
+
+    if (ctl->swap == NULL || ctl->swap(ctl->swap_ud, path, err,
+                                       sizeof err) == 0)
+        return 0;
+    log_error("handler: control %s failed: %s", path ? "handler()" :
+              "reload()", err);
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
 static int cmd_handler(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
     const char *path = luaL_checkstring(L, 1);
-    char *p;
 
     if (path[0] == '\0')
         return luaL_argerror(L, 1, "expected a handler file");
     if (path[0] != '/' && s->cwd[0])
         path = lua_pushfstring(L, "%s/%s", s->cwd, path);
-    cmd_ask(L, s->ctl, lua_pushfstring(L, "handler %s", path));
-    if (cmd_swap_result(L) == 2)
+    if (cmd_master_swap(L, s->ctl, path) == 2)
         return 2;
-    if ((p = strdup(path)) != NULL) {       /* for workers started later */
-        free(s->ctl->handler);
-        s->ctl->handler = p;
-    }
-    return 1;
+    cmd_ask(L, s->ctl, lua_pushfstring(L, "handler %s", path));
+    return cmd_swap_result(L);
 }
 
 /* reload(): every worker loads its current handler file again. */
 static int cmd_reload(lua_State *L) {
-    cmd_ask(L, cmd_sess(L)->ctl, "reload");
+    struct control *ctl = cmd_sess(L)->ctl;
+
+    if (cmd_master_swap(L, ctl, NULL) == 2)
+        return 2;
+    cmd_ask(L, ctl, "reload");
     return cmd_swap_result(L);
 }
 

@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "config.h"
+#include "control.h"
 #include "ev.h"
 
 /* Server -> client frames: "<type> <len>\n<len bytes>". Client -> server:
@@ -53,7 +54,8 @@ struct control {
     int nworkers;
     unsigned seq;               /* request numbers: late replies are dropped */
     long eval_ms;               /* longest evaluation of a session */
-    char *handler;              /* the last handler() that every worker took */
+    control_swap_proc *swap;    /* the master loads first (handler, reload) */
+    void *swap_ud;
     struct control_sess *sessions;
 };
 

@@ -12,17 +12,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "conn.h"
 #include "forksrv.h"
+#include "hload.h"
 #include "log.h"
 #include "net.h"
+#include "rt_fork.h"
+#include "watch.h"
 
 #define ACCEPT_MAX 16
 #define CHILD_BUF (64 * 1024)
-#define KILL_GRACE_MS 1000
+#define KILL_GRACE_MS 1000        /* SIGTERM to a child, then SIGKILL */
 
 struct forksrv {
     const struct eh_config *cfg;
+    struct hstate *hs;          /* the loaded handler, or NULL: C echo */
+    struct watch *watch;        /* --watch */
     ev_loop *loop;
     int lfd;                    /* -1 once draining */
     int sigfd;
@@ -88,11 +92,12 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     close(fs->sigfd);
     close(ev_fd(fs->loop));
     signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_DFL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     net_nonblock(NULL, fd, 0);
-    if (cfg->handler) {
-        status = handler_serve_blocking(cfg, fd, peer);
+    if (fs->hs) {
+        status = rtfork_serve(fs->hs, fd, peer);
         fflush(NULL);           /* what the handler wrote with io.write */
     } else {
         status = echo_blocking(cfg, fd);
@@ -195,7 +200,22 @@ static void reap(struct forksrv *fs) {
         ev_stop(fs->loop);
 }
 
+/* SIGTERM to every child (its handler gets on_close "shutdown"), then
+ * SIGKILL to those still there after KILL_GRACE_MS. */
 static void kill_kids(struct forksrv *fs) {
+    long long until = ev_now_ms() + KILL_GRACE_MS;
+    pid_t pid;
+
+    for (int i = 0; i < fs->nkids; i++)
+        kill(fs->kids[i], SIGTERM);
+    while (fs->nkids > 0 && ev_now_ms() < until) {
+        if ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+            kid_remove(fs, pid);
+        else if (pid < 0)
+            break;
+        else
+            usleep(2000);
+    }
     for (int i = 0; i < fs->nkids; i++)
         kill(fs->kids[i], SIGKILL);
     for (int i = 0; i < fs->nkids; i++)
@@ -237,6 +257,27 @@ static void stop(struct forksrv *fs, int sig) {
                  deadline_proc, fs);
 }
 
+/* Loads the handler file again; children forked from now on serve with the
+ * new version, those running keep theirs. A failure keeps the old one. */
+static void fork_reload(struct forksrv *fs, const char *trigger) {
+    char err[HLOAD_ERR_LEN];
+
+    if (fs->hs == NULL) {
+        log_debug("%s: no handler to reload", trigger);
+        return;
+    }
+    if (hstate_load(fs->hs, NULL, err, sizeof err) < 0)
+        log_error("handler %s: %s reload failed, version %d stays: %s",
+                  fs->hs->path, trigger, fs->hs->version, err);
+    else
+        log_info("handler %s version %d loaded", fs->hs->path,
+                 fs->hs->version);
+}
+
+static void watch_changed(void *ud) {
+    fork_reload(ud, "--watch");
+}
+
 static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
     struct forksrv *fs = ud;
     struct signalfd_siginfo si;
@@ -247,18 +288,20 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
         if (si.ssi_signo == SIGCHLD)
             reap(fs);
         else if (si.ssi_signo == SIGHUP)
-            log_info("SIGHUP: each new connection loads its handler afresh");
+            fork_reload(fs, "SIGHUP");
         else
             stop(fs, (int)si.ssi_signo);
     }
 }
 
-int forksrv_main(const struct eh_config *cfg, int lfd) {
+int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs) {
     struct forksrv fs;
+    char err[HLOAD_ERR_LEN];
     int rc = 0;
 
     memset(&fs, 0, sizeof fs);
     fs.cfg = cfg;
+    fs.hs = hs;
     fs.lfd = lfd;
     fs.loop = ev_create(64);
     fs.sigfd = server_signalfd();
@@ -267,10 +310,16 @@ int forksrv_main(const struct eh_config *cfg, int lfd) {
         ev_add(fs.loop, lfd, EV_READABLE, accept_proc, &fs) < 0) {
         log_error("fork server: %s", strerror(errno));
         rc = 1;
+    } else if (hs && cfg->watch &&
+               (fs.watch = watch_start(fs.loop, hs->path, watch_changed, &fs,
+                                       err, sizeof err)) == NULL) {
+        log_error("%s", err);
+        rc = 1;
     } else {
         ev_run(fs.loop);
     }
     kill_kids(&fs);
+    watch_stop(fs.watch);
     if (fs.lfd >= 0)
         close(fs.lfd);
     if (fs.sigfd >= 0)

@@ -94,6 +94,13 @@ void lhost_preload(lua_State *L) {
         lua_pushcfunction(L, r->func);
         lua_setfield(L, -2, r->name);           /* preload[name] = opener */
     }
+    for (const struct lhost_embed *e = lhost_embedded; e->name; e++) {
+        /* compiled once by src/embed.lua: only memory can fail here */
+        if (luaL_loadbufferx(L, e->src, e->len, e->chunkname, "t") != LUA_OK)
+            lua_pop(L, 1);
+        else
+            lua_setfield(L, -2, e->name);   /* preload[name] = the chunk */
+    }
     lua_pop(L, 1);
 }
 

@@ -14,7 +14,18 @@ lua_State *lhost_newstate(size_t mem_limit);
 /* Closes a state made by lhost_newstate and frees its allocator. */
 void lhost_close(lua_State *L);
 
-/* Registers the echohost C modules in package.preload [linit.c]. */
+/* Lua modules of lua/ built into the binary (src/embed.lua writes the
+ * table, ended by a NULL name). */
+struct lhost_embed {
+    const char *name;           /* "echohost.loader" */
+    const char *chunkname;      /* "@lua/echohost/loader.lua" */
+    const char *src;
+    size_t len;
+};
+extern const struct lhost_embed lhost_embedded[];
+
+/* Registers the echohost C modules, and the Lua ones built in, in
+ * package.preload [linit.c]. */
 void lhost_preload(lua_State *L);
 
 /* Bytes in use / the cap of a state made by lhost_newstate. */

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hload.h"
 #include "log.h"
 #include "repl.h"
 #include "script.h"
@@ -38,7 +39,8 @@ static void usage(FILE *f) {
 "  --handler FILE.lua    run a Lua handler on every connection\n"
 "  --watch               reload the handler when its file changes\n"
 "  --control PATH        control socket for 'echohost --repl --connect PATH'\n"
-"  --lua-mem BYTES       memory cap per Lua state (default 64m, 0=off)\n"
+"  --lua-mem BYTES       memory cap per Lua state (default 64m, at least\n"
+"                        256k; 0=off)\n"
 "  --lua-budget N        VM instructions per handler call (default 100000000)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
 "repl options:\n"
@@ -242,6 +244,10 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
         case OPT_LUA_MEM:
             if (parse_bytes(a, &c->lua_mem_limit) < 0)
                 return usage_error("bad --lua-mem '%s' (want bytes)", a);
+            if (c->lua_mem_limit && c->lua_mem_limit < HLOAD_MEM_MIN)
+                return usage_error("bad --lua-mem '%s' (a handler's Lua "
+                                   "state needs at least %dk; 0: no cap)",
+                                   a, HLOAD_MEM_MIN / 1024);
             break;
         case OPT_LUA_BUDGET:
             if (parse_long(a, 0, LONG_MAX, &n) < 0)

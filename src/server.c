@@ -13,9 +13,11 @@
 
 #include "control.h"
 #include "forksrv.h"
+#include "hload.h"
 #include "log.h"
 #include "net.h"
 #include "server.h"
+#include "watch.h"
 #include "worker.h"
 
 #define BACKLOG 4096
@@ -45,6 +47,8 @@ struct master {
     struct slot *slots;
     struct worker_stats *stats; /* shared mapping, one per slot */
     struct control *ctl;        /* --control socket, or NULL */
+    struct hstate *handler;     /* the current version, or NULL: C echo */
+    struct watch *watch;        /* --watch */
     unsigned starts;            /* worker starts so far */
     int draining;
     int status;
@@ -121,6 +125,7 @@ static void worker_child(struct master *m, int i, int ch[2]) {
     ws.exclusive = m->exclusive;
     ws.ctl_fd = ch[1];
     ws.stats = &m->stats[i];
+    ws.handler = m->handler;    /* the worker's copy of the loaded version */
     /* a forked child has no caller to return to: it ends here */
     exit(worker_main(m->cfg, &ws));
 }
@@ -210,14 +215,6 @@ static void worker_died(struct master *m, int i, int status) {
 
     s->pid = 0;                         /* reaped: never signal it again */
     describe_status(status, what, sizeof what);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_CONFIG &&
-        s->starts == 1) {
-        log_error("worker %d could not start: stopping", i);
-        m->status = 1;
-        kill_workers(m);
-        ev_stop(m->loop);
-        return;
-    }
     if (ev_now_ms() - s->started >= LIVED_LONG_MS)
         s->fails = 0;
     delay = s->fails == 0 ? 0 : BACKOFF_MIN_MS << (s->fails - 1);
@@ -254,6 +251,66 @@ static void master_reap(struct master *m) {
     }
     if (m->draining && live_workers(m) == 0)
         ev_stop(m->loop);
+}
+
+/* --- the handler ------------------------------------------------------- */
+
+static void master_watched(void *ud);
+
+/* Loads path (NULL: the current file) into the master's copy first: a
+ * worker started later forks from it, and a file that does not load is
+ * refused here, once, before any worker tries it. 0 or -1 and err. */
+static int master_load(struct master *m, const char *path, char *err,
+                       size_t errlen) {
+    const char *old = m->handler->path;
+
+    if (hstate_load(m->handler, path, err, errlen) < 0)
+        return -1;
+    log_debug("handler %s version %d loaded in the master", m->handler->path,
+              m->handler->version);
+    if (m->watch && path && strcmp(path, old) != 0) {
+        watch_stop(m->watch);
+        m->watch = watch_start(m->loop, m->handler->path, master_watched, m,
+                               err, errlen);
+        if (m->watch == NULL)
+            log_warn("%s", err);
+    }
+    return 0;
+}
+
+/* SIGHUP or --watch: reload in the master, then in every worker. */
+static void master_reload(struct master *m, const char *trigger) {
+    char err[HLOAD_ERR_LEN];
+
+    if (m->handler == NULL) {
+        log_info("%s: no handler to reload", trigger);
+        return;
+    }
+    if (master_load(m, NULL, err, sizeof err) < 0) {
+        log_error("handler %s: %s reload failed, version %d stays: %s",
+                  m->handler->path, trigger, m->handler->version, err);
+        return;
+    }
+    log_info("%s: reloading the handler in %d workers", trigger,
+             live_workers(m));
+    signal_workers(m, SIGHUP);
+}
+
+static void master_watched(void *ud) {
+    master_reload(ud, "--watch");
+}
+
+/* The control socket's handler(path) and reload(), before the workers. */
+static int control_swap(void *ud, const char *path, char *err,
+                        size_t errlen) {
+    struct master *m = ud;
+
+    if (m->handler == NULL) {
+        snprintf(err, errlen, "this server echoes in C (started without "
+                 "--handler): nothing to swap");
+        return -1;
+    }
+    return master_load(m, path, err, errlen);
 }
 
 /* --- signals ----------------------------------------------------------- */
@@ -308,9 +365,7 @@ static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
             master_reap(m);
             break;
         case SIGHUP:
-            log_info("SIGHUP: reloading the handler in %d workers",
-                     live_workers(m));
-            signal_workers(m, SIGHUP);
+            master_reload(m, "SIGHUP");
             break;
         default:
             master_stop(m, (int)si.ssi_signo);
@@ -370,11 +425,22 @@ static int master_init(struct master *m, char *addr, size_t len) {
             log_error("%s", err);
             return -1;
         }
+        control_set_swap(m->ctl, control_swap, m);
+    }
+    if (m->handler && m->cfg->watch) {
+        char err[HLOAD_ERR_LEN];
+        m->watch = watch_start(m->loop, m->handler->path, master_watched, m,
+                               err, sizeof err);
+        if (m->watch == NULL) {
+            log_error("%s", err);
+            return -1;
+        }
     }
     return 0;
 }
 
 static void master_fini(struct master *m) {
+    watch_stop(m->watch);
     if (m->ctl)
         control_close(m->ctl);
     if (m->slots)
@@ -387,12 +453,13 @@ static void master_fini(struct master *m) {
     free(m->slots);
 }
 
-static int master_main(const struct eh_config *cfg) {
+static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     struct master m;
     char addr[NET_ADDR_LEN];
 
     memset(&m, 0, sizeof m);
     m.cfg = cfg;
+    m.handler = hs;
     m.sigfd = -1;
     if (master_init(&m, addr, sizeof addr) < 0) {
         master_fini(&m);
@@ -423,7 +490,7 @@ static int handler_readable(const struct eh_config *cfg) {
     return 1;
 }
 
-static int fork_main(const struct eh_config *cfg) {
+static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     char err[NET_ERR_LEN], addr[NET_ADDR_LEN];
     int lfd = net_tcp_server(err, cfg->host, cfg->port, BACKLOG,
                              NET_NONBLOCK);
@@ -436,14 +503,29 @@ static int fork_main(const struct eh_config *cfg) {
     }
     log_info("listening on %s (fork model, %s)", addr,
              cfg->handler ? cfg->handler : "C echo");
-    return forksrv_main(cfg, lfd);
+    return forksrv_main(cfg, lfd, hs);
 }
 
+/* Loads the handler once, before anything listens: a file that does not
+ * load is one line and exit 1, in both models. */
 int server_main(const struct eh_config *cfg) {
+    struct hstate hs, *h = NULL;
+    char err[HLOAD_ERR_LEN];
+    int rc;
+
     signal(SIGPIPE, SIG_IGN);
     if (!handler_readable(cfg))
         return 1;
-    if (cfg->model == EH_MODEL_FORK)
-        return fork_main(cfg);
-    return master_main(cfg);
+    if (cfg->handler) {
+        if (hstate_open(&hs, cfg, err, sizeof err) < 0) {
+            log_error("cannot load the handler: %s", err);
+            return 1;
+        }
+        log_info("handler %s version 1 loaded", hs.path);
+        h = &hs;
+    }
+    rc = cfg->model == EH_MODEL_FORK ? fork_main(cfg, h) : master_main(cfg, h);
+    if (h)
+        hstate_close(h);
+    return rc;
 }

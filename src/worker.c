@@ -517,11 +517,11 @@ static void worker_reload(struct worker *w) {
     }
     /* NULL: the current file, which handler() on the control socket may
      * have changed since the start */
-    if (handler_reload(w->h, NULL, err, sizeof err) == 0) {
+    if (handler_reload(w->h, NULL, err, sizeof err) == 0)
         w->stats->reloads++;            /* handler_reload logged it */
-    } else {
-        log_error("handler reload failed, keeping the old one: %s", err);
-    }
+    else
+        log_error("handler %s: SIGHUP reload failed, version %d stays: %s",
+                  handler_path(w->h), handler_version(w->h), err);
 }
 
 static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
@@ -558,8 +558,6 @@ static int worker_signals(struct worker *w) {
 /* --- worker ------------------------------------------------------------ */
 
 static int worker_init(struct worker *w, const struct worker_start *ws) {
-    char err[512];
-
     w->loop = ev_create(1024);
     w->scratch_len = SCRATCH_LEN;
     w->scratch = malloc(w->scratch_len);
@@ -567,12 +565,10 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
         log_error("worker %d: %s", w->slot, strerror(errno));
         return 1;
     }
-    if (w->cfg->handler) {
-        w->h = handler_create(w->loop, w->cfg, err, sizeof err);
-        if (w->h == NULL) {
-            log_error("handler: %s", err);
-            return WORKER_EXIT_CONFIG;
-        }
+    if (ws->handler && (w->h = handler_create(w->loop, w->cfg,
+                                              ws->handler)) == NULL) {
+        log_error("worker %d: %s", w->slot, strerror(errno));
+        return 1;
     }
     w->lfd = ws->lfd;
     w->exclusive = ws->exclusive;

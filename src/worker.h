@@ -10,10 +10,6 @@
 #include "conn.h"
 #include "ev.h"
 
-/* Exit status of a worker that cannot start (its handler does not load):
- * the master gives up instead of restarting it. */
-#define WORKER_EXIT_CONFIG 78
-
 /* Counters of one worker, written only by that worker. The master maps an
  * array of these shared (MAP_SHARED) before forking, so it can read every
  * worker's figures at any time: aligned 64-bit words, read without locks. */
@@ -38,6 +34,7 @@ struct worker_start {
     int lfd;                    /* listening socket, non-blocking */
     int exclusive;              /* lfd is shared by all workers */
     int ctl_fd;                 /* control channel (worker's end), or -1 */
+    const struct hstate *handler;   /* loaded by the master, or NULL */
     struct worker_stats *stats; /* this slot in the master's mapping */
 };
 
@@ -63,8 +60,7 @@ struct worker {
 };
 
 /* Runs a worker in the current (forked) process until it has drained.
- * Returns the exit status: 0 after a drain, 1 on a runtime error,
- * WORKER_EXIT_CONFIG if it cannot start. */
+ * Returns the exit status: 0 after a drain, 1 on a runtime error. */
 int worker_main(const struct eh_config *cfg, const struct worker_start *ws);
 
 #endif

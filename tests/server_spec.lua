@@ -232,6 +232,8 @@ describe("echohost command line", function()
     { { "--listen", "[::1:80" }, "bad %-%-listen '%[::1:80'" },
     { { "--log-level", "loud" }, "bad %-%-log%-level 'loud'" },
     { { "--lua-mem", "lots" }, "bad %-%-lua%-mem 'lots'" },
+    { { "--lua-mem", "16k" },
+      "bad %-%-lua%-mem '16k' %(a handler's Lua state needs at least 256k" },
     { { "--lua-budget", "-5" }, "bad %-%-lua%-budget '%-5'" },
     { { "--bogus" }, "unknown option '%-%-bogus'" },
     { { "--workers" }, "option '%-%-workers' needs an argument" },
@@ -280,14 +282,15 @@ describe("echohost command line", function()
 end)
 
 describe("echohost handler start-up", function()
-  it("exits 1 when the workers cannot load the handler", function()
+  it("exits 1 before listening when the handler does not load", function()
     local path = util.write_tmp("return function(conn, data\n")
     finally(function() os.remove(path) end)
     local code, err = server.run({ "--listen", "127.0.0.1:0", "--workers", "2",
       "--handler", path }, 10)
     assert.equal(1, code)
     assert.matches(path:gsub("%p", "%%%0") .. ":%d+:", err)
-    assert.matches("worker %d could not start", err)
+    assert.matches("cannot load the handler: ", err, 1, true)
+    assert.is_nil(err:find("listening on", 1, true))
   end)
 end)
 

@@ -105,12 +105,11 @@ describe("echohost.tcp_srv", function()
       {proc.waitpid(-1, "nohang")})
   end)
 
-  it("tcp_srv opens, listens and runs a function handler", function()
+  it("tcp_srv opens, listens and runs a per-message function handler", function()
     local clients = {}
-    local upper = function(conn)
-      local msg = conn:recv()
-      conn:send(msg:upper())
+    local upper = function(conn, data)   -- a reply after close is still sent
       conn:close()
+      return data:upper()
     end
     local ok = tcp_srv.tcp_srv("127.0.0.1", 0, upper, {
       max_accepts = 2,
@@ -148,6 +147,52 @@ describe("echohost.tcp_srv", function()
     good:close()
   end)
 
+  it("serves callbacks and passes on_close how each connection ended", function()
+    local srv, port = listener()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    local handler = {
+      on_open = function(conn) conn.state.tag = "silent" end,
+      on_data = function(conn, data)
+        conn.state.tag = data
+        if data == "close" then
+          conn:close()
+          return "bye"
+        elseif data == "error" then
+          error("on purpose")
+        end
+        return data
+      end,
+      on_close = function(conn, why)
+        local f = assert(io.open(log, "a"))
+        f:write(conn.state.tag, "=", why, "\n")
+        f:close()
+      end,
+    }
+    local eof, close, err = connect(port), connect(port), connect(port)
+    eof:send("eof")
+    eof:shutdown("send")
+    close:send("close")
+    err:send("error")
+    local rst = assert(require("socket").connect("127.0.0.1", port))
+    rst:setoption("linger", { on = true, timeout = 0 })
+    rst:close()                              -- an RST
+    assert.is_true(tcp_srv.serve(srv, handler, { max_accepts = 4 }))
+    local lines = {}
+    for line in io.lines(log) do lines[#lines + 1] = line end
+    table.sort(lines)
+    assert.same({ "close=closed", "eof=eof", "error=error", "silent=reset" }, lines)
+    assert.equal("eof", eof:recv())
+    assert.equal("bye", close:recv())
+    assert.same({ nil, "closed", 0 }, { close:recv() })
+    for _, c in ipairs({ eof, close, err }) do c:close() end
+  end)
+
+  it("loads a handler given as a path through the loader", function()
+    assert.same({ nil, "no/such.lua: cannot open no/such.lua: No such file or directory" },
+      { tcp_srv.tcp_srv("127.0.0.1", 0, "no/such.lua") })
+  end)
+
   it("returns nil, message, EADDRINUSE when the port is taken", function()
     local srv, port = listener()
     finally(function() srv:close() end)
@@ -155,11 +200,13 @@ describe("echohost.tcp_srv", function()
       {tcp_srv.tcp_srv("127.0.0.1", port, echo_once)})
   end)
 
-  it("raises on a handler that is neither a function nor a table with handle", function()
+  it("raises on a handler the loader refuses, with the loader's message", function()
     assert.has_error(function() tcp_srv.tcp_srv("127.0.0.1", 0, 42) end,
-      "bad argument #3 to 'tcp_srv' (function or table with handle expected, got number)")
+      "bad argument #3 to 'tcp_srv' (handler: returned number; a handler returns a "
+        .. "function or a table with handle, on_open, on_data or on_close)")
     assert.has_error(function() tcp_srv.serve(nil, {}) end,
-      "bad argument #2 to 'serve' (function or table with handle expected, got table)")
+      "bad argument #2 to 'serve' (handler: returned a table without handle, on_open, "
+        .. "on_data or on_close)")
   end)
 
   it("scripts/tcp_echo.lua answers as the original's telnet session shows", function()

@@ -1,64 +1,69 @@
 -- The in-memory interpreter of handlers: runs a handler file (or value)
--- against scripted input chunks and closes, with no sockets, and reports what
--- it sent and whether it closed. Same conn API and rules as the server.
+-- against scripted client events, with no sockets, under the contract of
+-- README "Handlers" (the loader, the conn results, the close reasons, the
+-- budget and the memory cap), and reports what it sent and how it ended.
 --
 --   local harness = require "echohost.harness"
 --   local r = harness.run("scripts/upper.lua", {"ab", "c", harness.CLOSE})
---   assert(r.sent == "ABC" and r.closed)
+--   assert(r.sent == "ABC" and r.closed and r.reason == "eof")
 --
--- Step by step: local h = harness.open(handler); h:input("x") returns what
--- the handler sent in reply; h:eof() (the client shuts down); h:timeout()
--- (time passes: a recv or send waiting with a timeout gets nil, "timeout").
+-- harness.open(handler [, opts]) -> h. handler: a path (loaded by
+--   echohost.loader, as the server loads it) or a handler value (checked by
+--   loader.check). A handler that is refused raises the loader's message
+--   unchanged ("path:3: unexpected symbol near 'end'"). opts:
+--     peer    conn.peer (default "127.0.0.1:40000")
+--     budget  VM instructions per callback, resume or load (default
+--             harness.BUDGET = 100000000; 0 or false: no limit):
+--             "instruction budget exceeded"
+--     mem     bytes the handler may add to the Lua heap (default
+--             harness.MEM = 64 MiB; 0 or false: no cap), checked every 1000
+--             instructions after an emergency collection: "not enough memory"
+--   on_open runs (or handle starts) in open.
+-- Steps of h, each returning what the handler sent during it:
+--   h:input(data)  the client sends data (ignored once the connection ended)
+--   h:eof()        the client shuts its side down: a waiting recv gets
+--                  nil, "closed", 0; a function or callbacks handler closes
+--   h:timeout()    a settimeout passes: a waiting recv gets nil, "timeout", 110
+--   h:reset()      the client resets (RST): reason "reset"; recv and send
+--                  get nil, "closed", 104
+--   h:idle()       the idle timeout: reason "timeout"; nil, "closed", 0
+--   h:shutdown()   the server's drain deadline: reason "shutdown"; same
+--   h:finish([how]) ends the connection if it is still open, as the client
+--                  would: how = "eof" (default), "reset", "timeout" (idle) or
+--                  "shutdown"; returns the reason
+-- A connection ends once, with a reason of README's table ("eof", "closed",
+-- "error", "reset", "timeout", "shutdown"); on_close(conn, reason) runs then.
+-- Queries: h:sent() (all bytes so far), h:closed() (whether it ended),
+-- h:reason() (nil while open), h.error (the first error, with its
+-- traceback), h.log (the errors the server would log, in order), h.conn,
+-- h.kind ("fn", "callbacks", "direct"), h.modules (local modules loaded).
+--
+-- harness.run(handler, inputs [, opts]): open, then each input in turn
+-- (a string: h:input; harness.CLOSE: h:eof; harness.TIMEOUT: h:timeout;
+-- harness.RESET, harness.IDLE, harness.SHUTDOWN: h:reset, h:idle,
+-- h:shutdown) until the connection ends, then h:finish(). Returns
+-- { sent = all bytes, chunks = each send, closed = whether it ended before
+-- finish, reason = how it ended, error = the first error or nil, log = the
+-- errors logged, state = conn.state }.
+local loader = require "echohost.loader"
+
 local M = {}
 
-local ETIMEDOUT = 110               -- Linux errno, as the server reports it
+M.BUDGET = 100000000                -- the server's --lua-budget default
+M.MEM = 64 * 1024 * 1024            -- the server's --lua-mem default
+
+local ECONNRESET, ETIMEDOUT = 104, 110   -- Linux errnos, as the server reports them
+local NOMEM = "not enough memory"
+
+local function marker(name)
+  return setmetatable({}, { __tostring = function() return "harness." .. name end })
+end
 
 -- Scripted events in the inputs of run().
-M.CLOSE = setmetatable({}, { __tostring = function() return "harness.CLOSE" end })
-M.TIMEOUT = setmetatable({}, { __tostring = function() return "harness.TIMEOUT" end })
+M.CLOSE, M.TIMEOUT, M.RESET = marker("CLOSE"), marker("TIMEOUT"), marker("RESET")
+M.IDLE, M.SHUTDOWN = marker("IDLE"), marker("SHUTDOWN")
 
 local WAIT = {}                     -- what a parked handle coroutine yields
-
--- Loads path as the server does: a fresh _ENV whose __index is _G.
-function M.load(path)
-  local env = setmetatable({}, { __index = _G })
-  local chunk, err = loadfile(path, "t", env)
-  if not chunk then
-    return nil, err
-  end
-  local ok, value = pcall(chunk)
-  if not ok then
-    return nil, value
-  end
-  return value
-end
-
-local CALLBACKS = { "on_data", "on_open", "on_close" }
-
--- "fn", "callbacks" or "direct" for a handler value; nil, err otherwise.
-function M.kind(h, name)
-  name = name or "handler"
-  if type(h) == "function" then
-    return "fn"
-  end
-  if type(h) ~= "table" then
-    return nil, ("%s: returned %s; a handler returns a function or a table "
-      .. "with handle, on_open, on_data or on_close"):format(name, type(h))
-  end
-  for _, k in ipairs(CALLBACKS) do
-    if h[k] ~= nil and type(h[k]) ~= "function" then
-      return nil, ("%s: %s is a %s, expected a function"):format(name, k, type(h[k]))
-    end
-  end
-  if type(h.handle) == "function" then
-    return "direct"
-  elseif h.handle ~= nil then
-    return nil, ("%s: handle is a %s, expected a function"):format(name, type(h.handle))
-  elseif not (h.on_data or h.on_open or h.on_close) then
-    return nil, name .. ": returned a table without handle, on_open, on_data or on_close"
-  end
-  return "callbacks"
-end
 
 -- The conn object ------------------------------------------------------------
 
@@ -69,19 +74,34 @@ local function fail(msg, code)
   return nil, msg, code
 end
 
+-- nil, "closed", code once the handler closed or the connection ended.
+local function gone(s)
+  if s.closing then
+    return fail("closed", 0)
+  elseif s.reason then
+    return fail("closed", s.code)
+  end
+end
+
 function Conn:recv(max)
   local s = rawget(self, "_s")
   if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
     error("bad argument #1 to 'recv' (expected a positive size)", 2)
   end
-  while #s.inbuf == 0 do
-    if s.closed or s.eof then
+  while true do
+    if s.closing or s.reason then
+      return gone(s)
+    elseif #s.inbuf > 0 then
+      break
+    elseif s.eof then
       return fail("closed", 0)
-    end
-    if coroutine.running() ~= s.co then
+    elseif coroutine.running() ~= s.co then
       error("conn:recv would wait: only a handle(conn) coroutine can wait for data", 2)
     end
-    if coroutine.yield(WAIT) == "timeout" and s.timeout then
+    s.parked = true
+    local why = coroutine.yield(WAIT)
+    s.parked = false
+    if why == "timeout" and s.timeout then
       return fail("timeout", ETIMEDOUT)
     end
   end
@@ -96,8 +116,8 @@ function Conn:send(data)
   if type(data) ~= "string" then
     error(("bad argument #1 to 'send' (string expected, got %s)"):format(type(data)), 2)
   end
-  if s.closed then
-    return fail("closed", 0)
+  if s.closing or s.reason then
+    return gone(s)
   end
   if #data > 0 then
     s.chunks[#s.chunks + 1] = data
@@ -106,7 +126,7 @@ function Conn:send(data)
 end
 
 function Conn:close()
-  rawget(self, "_s").closed = true
+  rawget(self, "_s").closing = true
   return true
 end
 
@@ -122,12 +142,8 @@ function conn_mt.__index(self, k)
   local s = rawget(self, "_s")
   if Conn[k] then
     return Conn[k]
-  elseif k == "id" then
-    return s.id
-  elseif k == "peer" then
-    return s.peer
-  elseif k == "state" then
-    return s.state
+  elseif k == "id" or k == "peer" or k == "state" then
+    return s[k]
   end
   return nil
 end
@@ -138,34 +154,148 @@ end
 
 function conn_mt.__tostring(self)
   local s = rawget(self, "_s")
-  return ("echohost.conn %d (%s)"):format(s.id, s.closed and "closed" or s.peer)
+  return ("echohost.conn %d (%s)"):format(s.id, (s.closing or s.reason) and "closed" or s.peer)
 end
 
--- A harness connection ------------------------------------------------------
+-- Running handler code: the budget, the memory cap, errors -------------------
 
 local H = {}
 H.__index = H
 
 local next_id = 0
 
--- Runs fn(...) under the instruction budget; true or false, message.
-local function call(self, fn, ...)
-  local budget = self.budget
-  if budget then
-    debug.sethook(function() error("instruction budget exceeded", 2) end, "", budget)
+-- A count hook enforcing self's budget and memory cap (nil: none needed),
+-- and its count.
+local function make_hook(self)
+  local budget, mem, base = self.budget, self.mem, self.base
+  if not budget and not mem then
+    return nil
   end
-  local r = table.pack(xpcall(fn, debug.traceback, ...))
-  if budget then
+  local step = budget and math.min(budget, 1000) or 1000
+  local used = 0
+  return function()
+    used = used + step
+    if budget and used >= budget then
+      used = 0                      -- as a C count hook: again after budget more
+      error("instruction budget exceeded", 2)
+    end
+    if mem and collectgarbage("count") * 1024 - base > mem then
+      collectgarbage()              -- the emergency collection of the allocator
+      if collectgarbage("count") * 1024 - base > mem then
+        error(NOMEM, 0)
+      end
+    end
+  end, step
+end
+
+-- The message of an error as the server logs it: with a traceback, except
+-- for a memory error (Lua calls no message handler for those).
+local function traceback(e, co)
+  if type(e) ~= "string" then
+    e = ("(error object is a %s value)"):format(type(e))
+  end
+  if e == NOMEM then
+    collectgarbage()
+    return e
+  end
+  if co then
+    return debug.traceback(co, e)
+  end
+  return debug.traceback(e, 2)
+end
+
+-- pcall or xpcall(f, ...) under the hook of self; restores the caller's hook.
+local function guarded(self, msgh, f, ...)
+  local hook, step = make_hook(self)
+  local old = table.pack(debug.gethook())
+  if hook then
+    debug.sethook(hook, "", step)
+  end
+  local r
+  if msgh then
+    r = table.pack(xpcall(f, msgh, ...))
+  else
+    r = table.pack(pcall(f, ...))
+  end
+  if hook and type(old[1]) == "function" then
+    debug.sethook(table.unpack(old, 1, old.n))
+  elseif hook then
     debug.sethook()
   end
   return table.unpack(r, 1, r.n)
 end
 
-local function fault(self, err)
-  self.error = err
-  self.s.closed = true
+local function call(self, f, ...)
+  return guarded(self, traceback, f, ...)
 end
 
+-- Records an error the server would log.
+local function record(self, err)
+  self.log[#self.log + 1] = err
+  self.error = self.error or err
+end
+
+local end_conn
+
+-- A handler error: logged; the connection ends with "error" (after the
+-- output queued so far).
+local function fault(self, err)
+  record(self, err)
+  end_conn(self, "error")
+end
+
+-- Resumes a parked handle coroutine with why ("data", "eof", "timeout",
+-- "gone"); records its fault.
+local function resume(self, ...)
+  local co = self.s.co
+  if coroutine.status(co) ~= "suspended" then
+    return
+  end
+  local hook, step = make_hook(self)
+  if hook then
+    debug.sethook(co, hook, "", step)
+  end
+  local ok, what = coroutine.resume(co, ...)
+  if hook then
+    debug.sethook(co)
+  end
+  if not ok then
+    fault(self, traceback(what, co))
+  elseif coroutine.status(co) == "suspended" and what ~= WAIT then
+    fault(self, "handle yielded outside conn:recv/conn:send")
+  end
+end
+
+-- The connection ends (once): a parked coroutine sees it, on_close runs.
+function end_conn(self, reason)
+  local s = self.s
+  if s.reason then
+    return
+  end
+  s.reason, s.code = reason, reason == "reset" and ECONNRESET or 0
+  if self.kind == "direct" and s.parked then
+    resume(self, "gone")
+  elseif self.kind == "callbacks" and self.h.on_close then
+    local ok, err = call(self, self.h.on_close, self.conn, reason)
+    if not ok then
+      record(self, err)
+    end
+  end
+end
+
+-- After each step: a close by the handler (or handle returning) ends the
+-- connection once the step's output is out.
+local function settle(self)
+  local s = self.s
+  if s.reason then
+    return
+  end
+  if s.closing or (self.kind == "direct" and coroutine.status(s.co) == "dead") then
+    end_conn(self, s.eof and "eof" or "closed")
+  end
+end
+
+-- What a callback returned: a reply is sent, even after conn:close().
 local function reply(self, ok, r)
   if not ok then
     return fault(self, r)
@@ -173,157 +303,180 @@ local function reply(self, ok, r)
   if r ~= nil and type(r) ~= "string" then
     return fault(self, ("handler returned a %s (expected a string or nil)"):format(type(r)))
   end
-  if r and #r > 0 and not self.s.closed then
+  if r and #r > 0 and not self.s.reason then
     self.s.chunks[#self.s.chunks + 1] = r
   end
 end
 
--- Resumes the handle coroutine with ...; records its end or fault.
-local function resume(self, ...)
-  local co = self.s.co
-  if self.budget then
-    debug.sethook(co, function() error("instruction budget exceeded", 2) end, "",
-      self.budget)
+-- A harness connection ------------------------------------------------------
+
+local function limit(v, default)
+  if v == nil then
+    return default
+  elseif v == false or v == 0 then
+    return nil
   end
-  local ok, what = coroutine.resume(co, ...)
-  if not ok then
-    return fault(self, debug.traceback(co, what))
+  return v
+end
+
+-- Opens a connection to handler (a path or a value); see the header.
+function M.open(handler, opts)
+  opts = opts or {}
+  collectgarbage()
+  local self = setmetatable({ budget = limit(opts.budget, M.BUDGET),
+                              mem = limit(opts.mem, M.MEM),
+                              base = collectgarbage("count") * 1024, log = {} }, H)
+  local h, err
+  if type(handler) == "string" then
+    local ok
+    ok, h, err = guarded(self, nil, loader.load, handler)
+    if not ok then                  -- raised past the loader's pcall
+      err = (type(h) == "string" and h or "error"):match("^[^\n]*")
+      h = nil
+      if err:sub(1, #handler) ~= handler then
+        err = handler .. ": " .. err
+      end
+    end
+  else
+    h, err = loader.check(handler, "handler")
   end
-  if coroutine.status(co) == "dead" then
-    self.s.closed = true              -- handle returned: the server closes
-  elseif what ~= WAIT then
-    fault(self, "handle yielded outside conn:recv/conn:send")
+  if not h then
+    error(err, 0)
   end
+  next_id = next_id + 1
+  local s = { id = next_id, peer = opts.peer or "127.0.0.1:40000", state = {},
+              inbuf = "", chunks = {}, closing = false, eof = false, parked = false }
+  self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
+  self.conn = setmetatable({ _s = s }, conn_mt)
+  if h.kind == "direct" then
+    s.co = coroutine.create(h.handle)
+    resume(self, self.conn)
+  elseif h.on_open then
+    reply(self, call(self, h.on_open, self.conn))
+  end
+  settle(self)
+  return self
 end
 
 local function take_sent(self, from)
   return table.concat(self.s.chunks, "", from)
 end
 
--- Opens a connection to handler (a path or a value). opts: peer, budget.
-function M.open(handler, opts)
-  opts = opts or {}
-  local name = type(handler) == "string" and handler or "handler"
-  if type(handler) == "string" then
-    local h, err = M.load(handler)
-    if err then
-      error(err, 2)
-    end
-    handler = h
-  end
-  local kind, err = M.kind(handler, name)
-  if not kind then
-    error(err, 2)
-  end
-  next_id = next_id + 1
-  local s = { id = next_id, peer = opts.peer or "127.0.0.1:40000", state = {},
-              inbuf = "", chunks = {}, closed = false, eof = false }
-  local self = setmetatable({ handler = handler, kind = kind, s = s,
-                              budget = opts.budget }, H)
-  self.conn = setmetatable({ _s = s }, conn_mt)
-  if kind == "direct" then
-    s.co = coroutine.create(handler.handle)
-    resume(self, self.conn)
-  elseif kind == "callbacks" and handler.on_open then
-    reply(self, call(self, handler.on_open, self.conn))
-  end
-  return self
-end
-
 -- The client sends data; returns what the handler sent in response.
 function H:input(data)
   local s, from = self.s, #self.s.chunks + 1
-  if s.closed or s.eof then
+  if type(data) ~= "string" then
+    error(("bad argument #1 to 'input' (string expected, got %s)"):format(type(data)), 2)
+  end
+  if s.reason or s.eof then
     return ""
   end
   if self.kind == "direct" then
     s.inbuf = s.inbuf .. data
-    if coroutine.status(s.co) == "suspended" then
-      resume(self)
+    if s.parked then
+      resume(self, "data")
     end
-  else
-    local fn = self.kind == "fn" and self.handler or self.handler.on_data
-    if fn then
-      reply(self, call(self, fn, self.conn, data))
-    end
+  elseif self.h.on_data then
+    reply(self, call(self, self.h.on_data, self.conn, data))
   end
+  settle(self)
   return take_sent(self, from)
 end
 
 -- The client shuts down its side; returns what the handler sent then.
 function H:eof()
   local s, from = self.s, #self.s.chunks + 1
-  s.eof = true
-  if self.kind == "direct" then
-    if coroutine.status(s.co) == "suspended" then
-      resume(self)
-    end
-  else
-    s.closed = true                   -- callbacks: nothing more will come
+  if s.reason or s.eof then
+    return ""
   end
+  s.eof = true
+  if self.kind ~= "direct" then
+    end_conn(self, "eof")             -- nothing more will come: close
+  elseif s.parked then
+    resume(self, "eof")
+  end
+  settle(self)
   return take_sent(self, from)
 end
 
--- Time passes: a recv waiting with a timeout returns nil, "timeout".
+-- Time passes: a recv waiting with a timeout returns nil, "timeout", 110.
 function H:timeout()
   local s, from = self.s, #self.s.chunks + 1
-  if self.kind == "direct" and coroutine.status(s.co) == "suspended" then
+  if not s.reason and s.parked then
     resume(self, "timeout")
   end
+  settle(self)
   return take_sent(self, from)
 end
 
--- The connection goes away (reason as the server gives it): on_close.
-function H:finish(reason)
-  if self.finished then
-    return
+local function ended_by(reason)
+  return function(self)
+    local from = #self.s.chunks + 1
+    end_conn(self, reason)
+    return take_sent(self, from)
   end
-  self.finished = true
-  if not reason then
-    reason = self.error and "error" or (self.s.eof and "eof") or "closed"
-  end
-  local s = self.s
-  if self.kind == "callbacks" and self.handler.on_close then
-    local ok, err = call(self, self.handler.on_close, self.conn, reason)
-    if not ok then
-      fault(self, err)
-    end
-  elseif self.kind == "direct" and coroutine.status(s.co) == "suspended" then
-    s.closed = true
-    resume(self, nil, "closed", 0)
-  end
-  s.closed = true
 end
 
--- Everything sent so far, and whether the handler side has closed.
+H.reset = ended_by("reset")         -- the client resets the connection
+H.idle = ended_by("timeout")        -- --idle-timeout passes
+H.shutdown = ended_by("shutdown")   -- the server's drain deadline
+
+local FINISH = { eof = H.eof, reset = H.reset, timeout = H.idle, shutdown = H.shutdown }
+
+-- Ends the connection if it is still open (how: see the header); returns
+-- the reason it ended with.
+function H:finish(how)
+  local step = FINISH[how or "eof"]
+  if not step then
+    error(("bad argument #1 to 'finish' (eof, reset, timeout or shutdown expected, got %s)")
+      :format(tostring(how)), 2)
+  end
+  if not self.s.reason then
+    step(self)
+    end_conn(self, how or "eof")      -- a handle that is still running
+  end
+  return self.s.reason
+end
+
+-- Everything sent so far.
 function H:sent()
   return table.concat(self.s.chunks)
 end
 
+-- Whether the connection has ended.
 function H:closed()
-  return self.s.closed
+  return self.s.reason ~= nil
 end
 
--- Runs handler over inputs (strings, M.CLOSE, M.TIMEOUT) and returns
--- { sent = all bytes, chunks = each send, closed = bool, error = msg|nil }.
--- Inputs after the handler closed are not delivered.
+-- How it ended ("eof", "closed", "error", "reset", "timeout", "shutdown"),
+-- nil while it is open.
+function H:reason()
+  return self.s.reason
+end
+
+local STEPS = { [M.CLOSE] = H.eof, [M.TIMEOUT] = H.timeout, [M.RESET] = H.reset,
+                [M.IDLE] = H.idle, [M.SHUTDOWN] = H.shutdown }
+
+-- Runs handler over inputs; see the header. Inputs after the connection
+-- ended are not delivered.
 function M.run(handler, inputs, opts)
   local h = M.open(handler, opts)
-  for _, item in ipairs(inputs or {}) do
-    if h.s.closed then
+  for i, item in ipairs(inputs or {}) do
+    if h:closed() then
       break
-    elseif item == M.CLOSE then
-      h:eof()
-    elseif item == M.TIMEOUT then
-      h:timeout()
-    else
+    elseif STEPS[item] then
+      STEPS[item](h)
+    elseif type(item) == "string" then
       h:input(item)
+    else
+      error(("bad input #%d to 'run' (a string or a harness marker expected, got %s)")
+        :format(i, type(item)), 2)
     end
   end
-  local closed = h.s.closed
+  local closed = h:closed()
   h:finish()
-  return { sent = h:sent(), chunks = h.s.chunks, closed = closed, error = h.error,
-           state = h.s.state }
+  return { sent = h:sent(), chunks = h.s.chunks, closed = closed, reason = h:reason(),
+           error = h.error, log = h.log, state = h.s.state }
 end
 
 return M

@@ -62,19 +62,8 @@ function M.start(args)
     s:stop()
     assert(report == nil, report)
   end
-  -- event model with a handler: ready once every worker has loaded it
-  local opt = {}
-  for i = 1, #args - 1 do
-    opt[args[i]] = args[i + 1]
-  end
-  if opt["--handler"] and opt["--model"] ~= "fork" then
-    local workers = tonumber(opt["--workers"] or "1")
-    if not M.wait_for(function() return M.count(srv, "version 1 loaded") >= workers end, 5) then
-      local log = srv.log_text()
-      srv.stop()
-      error("echohost workers did not load the handler: " .. log)
-    end
-  end
+  -- the server loads the handler once before it listens; workers and
+  -- children start on that version
   return srv
 end
 

@@ -1,33 +1,25 @@
-/* Handler runtime for event-model workers: runs a Lua handler (per-message
- * function, callbacks, or a direct-style coroutine per connection) on the
- * connections of one worker, and swaps it on reload or file change. */
+/* The event runtime: runs a Lua handler (per-message function, callbacks,
+ * or a direct-style coroutine per connection) on the connections of one
+ * worker, and gives the conn object its operations there. */
 #include <errno.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
-#include <unistd.h>
 
 #include <lauxlib.h>
 
 #include "conn.h"
-#include "handler_lua.h"
+#include "hload.h"
+#include "lconn.h"
 #include "lhost.h"
 #include "log.h"
-
-#define HANDLER_ERR_LEN 512
 
 enum hwait { HW_NONE, HW_RECV, HW_SEND };
 
 struct handler {
-    lua_State *L;
+    struct hstate hs;           /* the state and the current version */
+    lua_State *L;               /* hs.L */
     ev_loop *loop;
     const struct eh_config *cfg;
-    char *path;
-    int version;
-    struct hl_refs cur;         /* the current version */
-    int watch_fd;               /* inotify, or -1 */
-    char *watch_name;           /* the file's name in its directory */
     size_t inbuf_max;           /* bytes buffered for a coroutine */
 };
 
@@ -37,6 +29,9 @@ struct hconn {
     conn *c;
     struct lconn *u;
     int ud_ref;                 /* the conn object */
+    int in_call;                /* a callback is running */
+    int close_after;            /* it called conn:close(): close after it */
+    int faulted;                /* ended by a handler error */
     lua_State *co;              /* direct style: the coroutine, or NULL */
     int co_ref;
     enum hwait wait;            /* what the parked coroutine waits for */
@@ -74,9 +69,10 @@ static void fault(struct hconn *hc, lua_State *L, int status) {
     const char *msg = lua_tostring(L, -1);
 
     log_error("handler %s: connection %s (id %lld) closed: %s",
-              hc->h->path, hc->u->peer, (long long)hc->u->id,
+              hc->h->hs.path, hc->u->peer, (long long)hc->u->id,
               msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
+    hc->faulted = 1;
     if (status == LUA_ERRMEM) {
         hc->memfault = 1;
         lua_gc(hc->h->L, LUA_GCCOLLECT);
@@ -124,14 +120,18 @@ static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
         nargs++;
     }
     cap_restore(h, cap);
-    hl_budget(L, h->cfg->lua_budget);
+    hload_budget(L, h->cfg->lua_budget);
+    hc->in_call = 1;
     /* eh_pcall, with its message handler kept at index 1 (handler_create) */
     int status = lua_pcall(L, nargs, 1, 1);
+    hc->in_call = 0;
     if (status != LUA_OK) {
         fault(hc, L, status);
         return;
     }
-    send_reply(hc, L);
+    /* a reply after conn:close() is still sent: close means flush first */
+    if (send_reply(hc, L) == 0 && hc->close_after)
+        conn_close(hc->c);
 }
 
 /* --- the coroutine of a direct-style connection --------------------------- */
@@ -173,7 +173,7 @@ static void co_resume(struct hconn *hc, int nargs) {
         hc->timer = 0;
     }
     hc->wait = HW_NONE;
-    hl_budget(co, hc->h->cfg->lua_budget);
+    hload_budget(co, hc->h->cfg->lua_budget);
     status = lua_resume(co, hc->h->L, nargs, &nres);
     if (status == LUA_YIELD) {
         lua_pop(co, nres);
@@ -194,7 +194,7 @@ static void co_resume(struct hconn *hc, int nargs) {
 /* Resumes the parked coroutine with nil, msg, code. */
 static void co_fail(struct hconn *hc, const char *msg, int code) {
     size_t cap = cap_lift(hc->h);
-    int n = hl_fail(hc->co, msg, code);
+    int n = lconn_fail(hc->co, msg, code);
 
     cap_restore(hc->h, cap);
     co_resume(hc, n);
@@ -207,7 +207,7 @@ static void co_start(struct hconn *hc) {
     hc->direct = 1;
     hc->co = lua_newthread(h->L);
     hc->co_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
-    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, h->cur.handle);
+    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, h->hs.cur.handle);
     lua_rawgeti(hc->co, LUA_REGISTRYINDEX, hc->ud_ref);
     cap_restore(h, cap);
     co_resume(hc, 1);
@@ -281,9 +281,8 @@ static size_t recv_push(lua_State *L, const char *src, size_t n, size_t max) {
     return n;
 }
 
-int hl_event_recv(lua_State *L, struct lconn *u) {
-    struct hconn *hc = u->hc;
-    size_t max = (size_t)lua_tointeger(L, 2);
+static int ev_recv(lua_State *L, struct lconn *u, size_t max) {
+    struct hconn *hc = u->rt;
 
     if (hc->ilen > hc->ioff) {
         hc->ioff += recv_push(L, hc->ibuf + hc->ioff, hc->ilen - hc->ioff,
@@ -295,7 +294,7 @@ int hl_event_recv(lua_State *L, struct lconn *u) {
         return 1;
     }
     if (hc->eof || conn_closing(hc->c) || hc->gone)
-        return hl_fail(L, "closed", 0);
+        return lconn_fail(L, "closed", 0);
     if (L != hc->co)
         return luaL_error(L, "conn:recv would wait: only a handle(conn) "
                           "coroutine can wait for data");
@@ -308,15 +307,14 @@ int hl_event_recv(lua_State *L, struct lconn *u) {
 static int send_push(lua_State *L, struct hconn *hc, const char *s,
                      size_t len) {
     if (conn_closing(hc->c) || conn_send(hc->c, s, len) < 0)
-        return hl_fail(L, "closed", 0);
+        return lconn_fail(L, "closed", hc->u->end_code);
     lua_pushinteger(L, (lua_Integer)len);
     return 1;
 }
 
-int hl_event_send(lua_State *L, struct lconn *u) {
-    struct hconn *hc = u->hc;
-    size_t len;
-    const char *s = lua_tolstring(L, 2, &len);
+static int ev_send(lua_State *L, struct lconn *u, const char *s,
+                   size_t len) {
+    struct hconn *hc = u->rt;
 
     if (L != hc->co || hc->gone || conn_can_send(hc->c) ||
         conn_closing(hc->c))
@@ -326,11 +324,16 @@ int hl_event_send(lua_State *L, struct lconn *u) {
     return lua_yield(L, 0);
 }
 
-int hl_event_close(lua_State *L, struct lconn *u) {
-    conn_close(u->hc->c);
-    lua_pushboolean(L, 1);
-    return 1;
+static void ev_close(struct lconn *u) {
+    struct hconn *hc = u->rt;
+
+    if (hc->in_call)
+        hc->close_after = 1;    /* the callback's reply goes out first */
+    else
+        conn_close(hc->c);
 }
+
+static const struct lconn_ops ev_ops = {ev_recv, ev_send, ev_close};
 
 /* --- the worker's calls --------------------------------------------------- */
 
@@ -348,14 +351,13 @@ void handler_on_open(struct handler *h, conn *c) {
     hc->co_ref = hc->send_ref = LUA_NOREF;
     c->hdata = hc;
     cap = cap_lift(h);
-    hc->u = hl_newconn(h->L, (lua_Integer)c->id, c->peer);
-    hc->u->hc = hc;
+    hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)c->id, c->peer);
     hc->ud_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
     cap_restore(h, cap);
-    if (h->cur.kind == HL_DIRECT)
+    if (h->hs.cur.kind == HK_DIRECT)
         co_start(hc);
-    else if (h->cur.kind == HL_CALLBACKS && h->cur.open != LUA_REFNIL)
-        call_cb(hc, h->cur.open, NULL, 0, NULL);
+    else if (h->hs.cur.kind == HK_CALLBACKS && h->hs.cur.open != LUA_REFNIL)
+        call_cb(hc, h->hs.cur.open, NULL, 0, NULL);
 }
 
 void handler_on_data(struct handler *h, conn *c, const char *buf,
@@ -367,15 +369,15 @@ void handler_on_data(struct handler *h, conn *c, const char *buf,
         return;
     if (hc->co == NULL && hc->direct)
         return;                 /* handle returned: closing */
-    if (hc->co == NULL && h->cur.kind == HL_DIRECT) {
+    if (hc->co == NULL && h->hs.cur.kind == HK_DIRECT) {
         if (inbuf_append(hc, buf, len) < 0)
             goto nomem;
         co_start(hc);           /* swapped to direct style since open */
         return;
     }
     if (hc->co == NULL) {
-        if (h->cur.data != LUA_REFNIL)
-            call_cb(hc, h->cur.data, buf, len, NULL);
+        if (h->hs.cur.data != LUA_REFNIL)
+            call_cb(hc, h->hs.cur.data, buf, len, NULL);
         return;
     }
     if (hc->wait != HW_RECV) {
@@ -436,8 +438,11 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
     if (hc == NULL)
         return;
     hc->gone = 1;
-    if (hc->eof && strcmp(reason, "closed") == 0)
+    if (hc->faulted)
+        reason = "error";
+    else if (hc->eof && strcmp(reason, "closed") == 0)
         reason = "eof";
+    hc->u->end_code = lconn_reason_code(reason);
     if (hc->timer) {
         ev_timer_del(h->loop, hc->timer);
         hc->timer = 0;
@@ -447,13 +452,13 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
             luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
             hc->send_ref = LUA_NOREF;
         }
-        co_fail(hc, "closed", 0);
-    } else if (!hc->direct && h->cur.kind == HL_CALLBACKS &&
-               h->cur.close != LUA_REFNIL) {
-        call_cb(hc, h->cur.close, NULL, 0, reason);
+        co_fail(hc, "closed", hc->u->end_code);
+    } else if (!hc->direct && h->hs.cur.kind == HK_CALLBACKS &&
+               h->hs.cur.close != LUA_REFNIL) {
+        call_cb(hc, h->hs.cur.close, NULL, 0, reason);
     }
     co_end(hc);
-    hc->u->hc = NULL;
+    lconn_gone(hc->u, lconn_reason_code(reason));
     luaL_unref(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     if (hc->memfault)
         lua_gc(h->L, LUA_GCCOLLECT);
@@ -464,146 +469,41 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
 
 /* --- loading and swapping ------------------------------------------------- */
 
-static int watch_start(struct handler *h, char *err, size_t errlen);
-static void watch_stop(struct handler *h);
-
-/* The handler now lives at path: follow it with --watch. */
-static void watch_move(struct handler *h) {
-    char err[HANDLER_ERR_LEN];
-
-    if (h->watch_fd < 0)
-        return;
-    watch_stop(h);
-    if (watch_start(h, err, sizeof err) < 0)
-        log_warn("handler: %s", err);
-}
-
 int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen) {
-    struct hl_refs r;
-
-    if (path == NULL)
-        path = h->path;
-    if (hl_load(h->L, path, h->cfg->lua_budget, &r, err, errlen) < 0)
+    if (hstate_load(&h->hs, path, err, errlen) < 0)
         return -1;
-    if (path != h->path) {
-        char *p = strdup(path);
-        if (p == NULL) {
-            hl_unref(h->L, &r);
-            snprintf(err, errlen, "%s: out of memory", path);
-            return -1;
-        }
-        free(h->path);
-        h->path = p;
-        watch_move(h);
-    }
-    hl_unref(h->L, &h->cur);
-    h->cur = r;
-    h->version++;
-    log_info("handler %s version %d loaded", h->path, h->version);
+    log_info("handler %s version %d loaded", h->hs.path, h->hs.version);
     return 0;
 }
 
 int handler_version(const struct handler *h) {
-    return h->version;
+    return h->hs.version;
 }
 
-static void watch_proc(ev_loop *loop, int fd, void *ud, int mask) {
-    struct handler *h = ud;
-    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-    char err[HANDLER_ERR_LEN];
-    int changed = 0;
-    ssize_t n;
-    (void)loop; (void)mask;
-
-    while ((n = read(fd, buf, sizeof buf)) > 0) {
-        for (char *p = buf; p < buf + n;) {
-            struct inotify_event *e = (struct inotify_event *)(void *)p;
-            if (e->len && strcmp(e->name, h->watch_name) == 0)
-                changed = 1;
-            p += sizeof *e + e->len;
-        }
-    }
-    if (changed && handler_reload(h, NULL, err, sizeof err) < 0)
-        log_error("handler %s changed but did not load, version %d stays: %s",
-                  h->path, h->version, err);
-}
-
-/* Watches the handler's directory: editors replace files by rename. */
-static int watch_start(struct handler *h, char *err, size_t errlen) {
-    char *d = strdup(h->path), *b = strdup(h->path);
-    int rc = -1;
-
-    if (d == NULL || b == NULL)
-        goto out;
-    h->watch_name = strdup(basename(b));
-    h->watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (h->watch_name == NULL || h->watch_fd < 0)
-        goto out;
-    if (inotify_add_watch(h->watch_fd, dirname(d),
-                          IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
-        goto out;
-    if (ev_add(h->loop, h->watch_fd, EV_READABLE, watch_proc, h) == EV_ERR)
-        goto out;
-    rc = 0;
-out:
-    if (rc < 0) {
-        snprintf(err, errlen, "--watch %s: %s", h->path, strerror(errno));
-        watch_stop(h);
-    }
-    free(d);
-    free(b);
-    return rc;
-}
-
-static void watch_stop(struct handler *h) {
-    if (h->watch_fd >= 0) {
-        ev_del(h->loop, h->watch_fd, EV_READABLE);
-        close(h->watch_fd);
-        h->watch_fd = -1;
-    }
-    free(h->watch_name);
-    h->watch_name = NULL;
+const char *handler_path(const struct handler *h) {
+    return h->hs.path;
 }
 
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
-                               char *err, size_t errlen) {
+                               const struct hstate *loaded) {
     struct handler *h = calloc(1, sizeof *h);
 
-    if (h == NULL || (h->path = strdup(cfg->handler)) == NULL) {
-        snprintf(err, errlen, "handler: out of memory");
-        free(h);
+    if (h == NULL)
         return NULL;
-    }
+    h->hs = *loaded;            /* this process's copy, owned from now on */
+    h->L = h->hs.L;
     h->loop = loop;
     h->cfg = cfg;
-    h->watch_fd = -1;
-    h->cur.data = h->cur.open = h->cur.close = h->cur.handle = LUA_NOREF;
     h->inbuf_max = cfg->high_water ? cfg->high_water : 256 * 1024;
-    h->L = lhost_newstate(cfg->lua_mem_limit);
-    if (h->L == NULL) {
-        snprintf(err, errlen, "handler: cannot create a Lua state");
-        goto err;
-    }
-    hl_createmeta(h->L);
     lua_settop(h->L, 0);
     lua_pushcfunction(h->L, lhost_msghandler);     /* index 1, for call_cb */
-    if (handler_reload(h, NULL, err, errlen) < 0)
-        goto err;
-    if (cfg->watch && watch_start(h, err, errlen) < 0)
-        goto err;
     return h;
-err:
-    handler_destroy(h);
-    return NULL;
 }
 
 void handler_destroy(struct handler *h) {
     if (h == NULL)
         return;
-    watch_stop(h);
-    if (h->L)
-        lhost_close(h->L);
-    free(h->path);
+    hstate_close(&h->hs);
     free(h);
 }

@@ -1,0 +1,162 @@
+/* A handler's Lua state: made once, loaded through echohost.loader, swapped
+ * version by version; the instruction budget of every call into it. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "hload.h"
+#include "lconn.h"
+#include "lhost.h"
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    luaL_error(L, "instruction budget exceeded");
+}
+
+void hload_budget(lua_State *L, long budget) {
+    if (budget > 0)             /* lua_sethook also resets the count */
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, budget > INT32_MAX ?
+                    INT32_MAX : (int)budget);
+}
+
+static const char *const kinds[] = {"fn", "callbacks", "direct", NULL};
+static const char *const fields[] = {"on_data", "on_open", "on_close",
+                                     "handle"};
+
+/* Protected: loader.load(path) (upvalue-free: the function and the path
+ * are arguments); returns the kind and the four refs. */
+static int load_proc(lua_State *L) {
+    lua_settop(L, 2);
+    lua_call(L, 1, 2);                          /* h | nil, err */
+    if (lua_isnil(L, 1))
+        return lua_error(L);                    /* the loader's message */
+    lua_settop(L, 1);
+    lua_getfield(L, 1, "kind");
+    lua_pushinteger(L, luaL_checkoption(L, -1, NULL, kinds));
+    for (int i = 0; i < 4; i++) {
+        lua_getfield(L, 1, fields[i]);
+        lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+    }
+    return 5;
+}
+
+/* The first line of the error at -1 (pops it), naming path. */
+static void copy_error(lua_State *L, const char *path, char *err,
+                       size_t errlen) {
+    const char *msg = lua_tostring(L, -1);
+    size_t plen = strlen(path);
+    int n;
+
+    if (msg == NULL)
+        msg = "(error object is not a string)";
+    n = (int)strcspn(msg, "\n");
+    if (strncmp(msg, path, plen) == 0)
+        snprintf(err, errlen, "%.*s", n, msg);
+    else                        /* "not enough memory", raised past Lua */
+        snprintf(err, errlen, "%s: %.*s", path, n, msg);
+    lua_pop(L, 1);
+}
+
+static int load_refs(struct hstate *hs, const char *path, struct hrefs *r,
+                     char *err, size_t errlen) {
+    lua_State *L = hs->L;
+
+    lua_pushcfunction(L, load_proc);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hs->load_ref);
+    lua_pushstring(L, path);
+    hload_budget(L, hs->cfg->lua_budget);
+    if (eh_pcall(L, 2, 5) != LUA_OK) {
+        copy_error(L, path, err, errlen);
+        lua_gc(L, LUA_GCCOLLECT);
+        return -1;
+    }
+    r->kind = (enum hkind)lua_tointeger(L, -5);
+    r->data = (int)lua_tointeger(L, -4);
+    r->open = (int)lua_tointeger(L, -3);
+    r->close = (int)lua_tointeger(L, -2);
+    r->handle = (int)lua_tointeger(L, -1);
+    lua_pop(L, 5);
+    return 0;
+}
+
+static void unref(lua_State *L, struct hrefs *r) {
+    luaL_unref(L, LUA_REGISTRYINDEX, r->data);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->open);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->close);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->handle);
+    r->data = r->open = r->close = r->handle = LUA_NOREF;
+}
+
+int hstate_load(struct hstate *hs, const char *path, char *err,
+                size_t errlen) {
+    struct hrefs r;
+    char *p = NULL;
+
+    if (path == NULL)
+        path = hs->path;
+    if (path != hs->path && (p = strdup(path)) == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (load_refs(hs, path, &r, err, errlen) < 0) {
+        free(p);
+        return -1;
+    }
+    if (p) {
+        free(hs->path);
+        hs->path = p;
+    }
+    unref(hs->L, &hs->cur);
+    hs->cur = r;
+    hs->version++;
+    return 0;
+}
+
+/* Protected: require "echohost.loader" and ref its load. */
+static int setup_proc(lua_State *L) {
+    lconn_createmeta(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "echohost.loader");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "load");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+    return 1;
+}
+
+int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
+                size_t errlen) {
+    memset(hs, 0, sizeof *hs);
+    hs->cfg = cfg;
+    hs->cur.data = hs->cur.open = hs->cur.close = hs->cur.handle = LUA_NOREF;
+    hs->path = strdup(cfg->handler);
+    hs->L = lhost_newstate(0);          /* the cap after the setup */
+    if (hs->path == NULL || hs->L == NULL) {
+        snprintf(err, errlen, "%s: cannot create a Lua state", cfg->handler);
+        goto err;
+    }
+    lua_pushcfunction(hs->L, setup_proc);
+    if (eh_pcall(hs->L, 0, 1) != LUA_OK) {
+        copy_error(hs->L, "echohost.loader", err, errlen);
+        goto err;
+    }
+    hs->load_ref = (int)lua_tointeger(hs->L, -1);
+    lua_settop(hs->L, 0);
+    lhost_set_mem_limit(hs->L, cfg->lua_mem_limit);
+    if (hstate_load(hs, NULL, err, errlen) < 0)
+        goto err;
+    return 0;
+err:
+    hstate_close(hs);
+    return -1;
+}
+
+void hstate_close(struct hstate *hs) {
+    if (hs->L)
+        lhost_close(hs->L);
+    free(hs->path);
+    hs->L = NULL;
+    hs->path = NULL;
+}

@@ -1,0 +1,19 @@
+/* Watching one file for changes on an event loop: inotify on its directory,
+ * so editors that save by rename are seen too. */
+#ifndef ECHOHOST_WATCH_H
+#define ECHOHOST_WATCH_H
+
+#include <stddef.h>
+
+#include "ev.h"
+
+struct watch;
+typedef void watch_proc(void *ud);
+
+/* Calls proc(ud) from the loop after path was written or renamed over.
+ * NULL on failure, with "--watch PATH: reason" in err. */
+struct watch *watch_start(ev_loop *loop, const char *path, watch_proc *proc,
+                          void *ud, char *err, size_t errlen);
+void watch_stop(struct watch *w);
+
+#endif

@@ -1,0 +1,369 @@
+-- The handler contract (README "## Handlers") under its three interpreters:
+-- the in-memory harness, the event server and the fork server. ONE table of
+-- scenarios; each is run under all three, and each run is compared with
+-- the scenario's expected result: (a) the bytes the client received, (b)
+-- how the connection ended for the client, (c) the on_close reason (the
+-- handlers append it to a records file), (d) the class of the log (an
+-- error logged or not, and its text). A last test per scenario checks that
+-- the three observations are the same. See tests/helpers/contract.lua for
+-- the steps and the drivers.
+local contract = require "helpers.contract"
+local util = require "helpers.handler_util"
+
+-- Handler bodies (after the prelude: rec(conn, ...) and flag(name)) --------
+
+local callbacks_echo = [[
+return {
+  on_data = function(_, data) return data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]]
+
+-- Direct style: echo until recv fails, record how it failed.
+local direct_echo = [[
+return { handle = function(conn)
+  while true do
+    local data, msg, code = conn:recv()
+    if not data then
+      rec(conn, "recv", data, msg, code)
+      return
+    end
+    conn:send(data)
+  end
+end }
+]]
+
+-- Callbacks that echo, except for data that triggers a fault (%s: the body
+-- run on it; it may return).
+local function faulty(trigger, body)
+  return ([[
+return {
+  on_data = function(conn, data)
+    if data == %q then
+%s
+    end
+    return data
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]]):format(trigger, body)
+end
+
+local helper_v1 = 'return { tag = function(s) return "v1:" .. s end }\n'
+local helper_v2 = 'return { tag = function(s) return "v2:" .. s:upper() end }\n'
+
+local BIG = string.rep("abcdefghijklmnop", 4096)   -- 64 KiB, replied upper-cased
+
+-- Steps of a connection b that round-trips twice around a fault of a (the
+-- fault's steps in between), then ends by EOF: "other connections unaffected".
+local function around(fault_steps, after)
+  local steps = { { c = "b", send = "b1", expect = "b1" } }
+  for _, st in ipairs(fault_steps) do
+    steps[#steps + 1] = st
+  end
+  steps[#steps + 1] = { c = "b", send = "b2", expect = "b2" }
+  for _, st in ipairs(after or {}) do
+    steps[#steps + 1] = st
+  end
+  steps[#steps + 1] = { c = "b", eof = true }
+  steps[#steps + 1] = { c = "b", ending = "closed", rest = "" }
+  return steps
+end
+
+-- A fresh connection c after the fault: it is served.
+local fresh = {
+  { c = "c", send = "c1", expect = "c1" },
+  { c = "c", eof = true },
+  { c = "c", ending = "closed", rest = "" },
+}
+
+local scenarios = {
+  { name = "a per-message function answers each of several sends",
+    handler = 'return function(_, data) return "<" .. data .. ">" end\n',
+    steps = {
+      { c = "a", send = "one", expect = "<one>" },
+      { c = "a", send = "two", expect = "<two>" },
+      { c = "a", send = "three", expect = "<three>" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "callbacks answer on_open and each send, and stay open until EOF",
+    handler = [[
+return {
+  on_open = function() return "hello\n" end,
+  on_data = function(_, data) return "<" .. data .. ">" end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", expect = "hello\n" },
+      { c = "a", send = "one", expect = "<one>" },
+      { c = "a", send = "two", expect = "<two>" },
+      { c = "a", check = "open" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "eof" } },
+
+  { name = "a direct-style handler answers each send and sees EOF as nil, 'closed', 0",
+    handler = direct_echo,
+    steps = {
+      { c = "a", send = "one", expect = "one" },
+      { c = "a", send = "two", expect = "two" },
+      { c = "a", check = "open" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "recv nil closed 0" } } },
+
+  { name = "a half-close gets every reply, then the server closes with reason eof",
+    handler = [[
+return {
+  on_data = function(_, data) return data:upper() end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = BIG },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = BIG:upper() },
+    },
+    reasons = { a = "eof" } },
+
+  { name = "a client reset gives on_close reason reset",
+    handler = callbacks_echo,
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", reset = true },
+    },
+    reasons = { a = "reset" } },
+
+  { name = "a client reset gives a parked recv nil, 'closed', 104",
+    handler = direct_echo,
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", reset = true },
+    },
+    records = { a = { "recv nil closed 104" } } },
+
+  { name = "a connection idle past --idle-timeout closes with reason timeout",
+    handler = callbacks_echo, args = { "--idle-timeout", "0.3" },
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", idle = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "timeout" } },
+
+  { name = "an idle timeout gives a parked recv nil, 'closed', 0",
+    handler = direct_echo, args = { "--idle-timeout", "0.3" },
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", idle = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "recv nil closed 0" } } },
+
+  { name = "SIGTERM closes an idle connection at the drain deadline with reason shutdown",
+    handler = callbacks_echo, args = { "--drain-timeout", "0.3" },
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { shutdown = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "shutdown" } },
+
+  { name = "the drain deadline gives a parked recv nil, 'closed', 0",
+    handler = direct_echo, args = { "--drain-timeout", "0.3" },
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { shutdown = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "recv nil closed 0" } } },
+
+  { name = "an error in on_open closes that connection with reason error and is logged",
+    handler = [[
+return {
+  on_open = function() if flag("flag-fail") then error("on_open failed") end end,
+  on_data = function(_, data) return data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = around({
+      { touch = "flag-fail" },
+      { c = "a", open = true },
+      { c = "a", ending = "closed", rest = "" },
+      { remove = "flag-fail" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler.lua:3: on_open failed", "stack traceback" } },
+
+  { name = "an error in on_data closes that connection with reason error and is logged",
+    handler = faulty("boom", '      error("on_data failed")'),
+    steps = around({
+      { c = "a", send = "ok", expect = "ok" },
+      { c = "a", send = "boom" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler.lua:5: on_data failed", "stack traceback" } },
+
+  { name = "an error in on_close is logged and changes nothing else",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    if data == "boom" then conn.state.boom = true end
+    return data
+  end,
+  on_close = function(conn, reason)
+    rec(conn, "close", reason)
+    if conn.state.boom then error("on_close failed") end
+  end,
+}
+]],
+    steps = around({
+      { c = "a", send = "boom", expect = "boom" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "eof", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler.lua:9: on_close failed", "stack traceback" } },
+
+  { name = "an error in handle closes that connection and is logged",
+    handler = [[
+return { handle = function(conn)
+  while true do
+    local data = conn:recv()
+    if not data then return end
+    if data == "boom" then error("handle failed") end
+    conn:send(data)
+  end
+end }
+]],
+    steps = around({
+      { c = "a", send = "ok", expect = "ok" },
+      { c = "a", send = "boom" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    log = "error", log_has = { "handler.lua:6: handle failed", "stack traceback" } },
+
+  { name = "a loop in on_data is stopped by --lua-budget with reason error",
+    handler = faulty("loop", "      while true do end"),
+    args = { "--lua-budget", "100000" }, opts = { budget = 100000 },
+    steps = around({
+      { c = "a", send = "loop" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "instruction budget exceeded", "stack traceback" } },
+
+  -- bounded at 64 MiB, so that a cap that does not work shows as "survived"
+  { name = "a handler over --lua-mem fails with reason error and the server serves on",
+    handler = faulty("eat", [[
+      local t = {}
+      for i = 1, 16384 do t[i] = string.rep("x", 4096) .. i end
+      return "survived " .. #t]]),
+    args = { "--lua-mem", "8m" }, opts = { mem = 8 * 1024 * 1024 },
+    steps = around({
+      { c = "a", send = "eat" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "not enough memory" } },
+
+  { name = "os.exit in on_data raises, closes that connection with reason error only",
+    handler = faulty("exit", "      os.exit(3)"),
+    steps = around({
+      { c = "a", send = "exit" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler.lua:5: os.exit is not available in a handler: it "
+      .. "would end the server's other connections; close the connection instead",
+      "stack traceback" } },
+
+  { name = "a sibling module is required and reloaded with its handler",
+    handler = 'local helper = require "helper"\n'
+      .. "return function(_, data) return helper.tag(data) end\n",
+    files = { ["helper.lua"] = helper_v1 },
+    steps = {
+      { c = "a", send = "x", expect = "v1:x" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { write = { ["helper.lua"] = helper_v2 }, reload = true },
+      { c = "b", send = "y", expect = "v2:Y" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    } },
+
+  { name = "a reply returned after conn:close() is sent, then the connection closes",
+    handler = [[
+return {
+  on_data = function(conn, data) conn:close(); return "bye " .. data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "closed", rest = "bye x" },
+    },
+    reasons = { a = "closed" } },
+
+  { name = "a handler that does not compile stops the start with file:line: message",
+    raw = true,
+    handler = "return function(conn, data)\n  return data +\nend\n",
+    load_error = "FILE:3: unexpected symbol near 'end'" },
+}
+
+local INTERPRETERS = {
+  { name = "the harness", run = contract.run_harness },
+  { name = "the event server",
+    run = function(sc, dir) return contract.run_server("event", sc, dir) end },
+  { name = "the fork server",
+    run = function(sc, dir) return contract.run_server("fork", sc, dir) end },
+}
+
+-- The log, shortened, for failure messages.
+local function excerpt(text)
+  text = text or ""
+  if #text > 3000 then
+    text = text:sub(1, 3000) .. "\n..."
+  end
+  return text
+end
+
+for _, sc in ipairs(scenarios) do
+  describe(sc.name .. ":", function()
+    local dir, observed = nil, {}
+    setup(function() dir = util.tmpdir() end)
+    teardown(function() util.rmdir(dir) end)
+    after_each(util.cleanup)
+
+    for _, interp in ipairs(INTERPRETERS) do
+      it("it is so under " .. interp.name, function()
+        local ok, obs, log = pcall(interp.run, sc, dir)
+        if not ok then
+          obs, log = { driver_error = tostring(obs) }, nil
+        end
+        observed[interp.name] = obs
+        local want = contract.expected(sc, dir .. "/handler.lua")
+        assert.same(want, obs, interp.name .. " differs from the expected result:\n"
+          .. contract.diff(want, obs, "expected", "got") .. "\nits log:\n" .. excerpt(log))
+      end)
+    end
+
+    it("it is the same under the three interpreters", function()
+      local first = INTERPRETERS[1].name
+      for _, interp in ipairs(INTERPRETERS) do
+        assert(observed[interp.name], interp.name .. " was not run (filtered out?)")
+      end
+      for i = 2, #INTERPRETERS do
+        local name = INTERPRETERS[i].name
+        assert.same(observed[first], observed[name], first .. " and " .. name
+          .. " disagree:\n" .. contract.diff(observed[first], observed[name], first, name))
+      end
+    end)
+  end)
+end

@@ -1,0 +1,496 @@
+-- Drivers of tests/contract_spec.lua: run one scenario (a handler and
+-- steps) under one interpreter (the in-memory harness, the event server or
+-- the fork server) and return what was observed, in one shape for all
+-- three, so that the spec can compare them with each other and with the
+-- scenario's expected result.
+--
+-- A scenario:
+--   { name = "...",
+--     handler = "lua source",     -- handler.lua, after a one-line prelude
+--     files = { ["x.lua"] = "..." },   -- more files next to it (optional)
+--     raw = true,                 -- handler.lua without the prelude
+--     args = { "--idle-timeout", "0.3" },   -- extra server options
+--     opts = { budget = 100000 },           -- extra harness.open options
+--     steps = { ... },            -- see below
+--     reasons = { a = "eof" },    -- on_close reason of each connection
+--     records = { a = { "recv nil closed 104" } },   -- other rec() lines
+--     log = "error" | "none",     -- class of the log
+--     log_has = { "text" },       -- plain texts the error log contains
+--     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path)
+--   }
+--
+-- Steps (c names a connection, opened at its first step):
+--   { c = "a", open = true }      connect (the harness: harness.open)
+--   { c = "a", send = "x" }       the client sends x
+--   { c = "a", expect = "X" }     the client reads exactly #X bytes (with send: after it)
+--   { c = "a", check = "open" }   nothing more comes for a while, not closed
+--   { c = "a", eof = true }       the client shuts its write side down
+--   { c = "a", reset = true }     the client resets it (SO_LINGER 0, close)
+--   { c = "a", idle = true }      silence past --idle-timeout (harness: h:idle())
+--   { shutdown = true }           SIGTERM to the server (harness: h:shutdown())
+--   { c = "a", ending = "closed", rest = "" }
+--                                 the client reads until the connection ends:
+--                                 the bytes, then "closed" (the server closed
+--                                 it), "reset" or "open" (nothing ended it)
+--   { touch = "name" } / { remove = "name" }   a flag file next to the handler
+--   { write = { ["helper.lua"] = "..." }, reload = true }
+--                                 rewrite files, then SIGHUP and wait for the
+--                                 next "version N loaded" (harness: nothing;
+--                                 the next harness.open loads the new files)
+--
+-- The prelude gives the handler rec(conn, ...), which appends
+-- "conn.peer<TAB>words" to the records file, and flag(name), true when the
+-- flag file exists. The drivers map conn.peer back to the connection's
+-- name, so the records say which connection closed for which reason.
+local harness = require "echohost.harness"
+local server = require "helpers.server"
+local socket = require "socket"
+local util = require "helpers.handler_util"
+local files = require "helpers.util"
+
+local M = {}
+
+M.READ_TIMEOUT = 3        -- a read that expects bytes or an end
+M.CHECK_TIMEOUT = 0.25    -- how long "nothing more comes" is watched
+M.RECORD_TIMEOUT = 3      -- the records and log lines of the connections' ends
+
+local PRELUDE = 'local REC, DIR = %q, %q; local function rec(conn, ...) '
+  .. 'local t = table.pack(...); for i = 1, t.n do t[i] = tostring(t[i]) end; '
+  .. 'local f = assert(io.open(REC, "a")); f:write(conn.peer, "\\t", '
+  .. 'table.concat(t, " ", 1, t.n), "\\n"); f:close() end; '
+  .. 'local function flag(name) local f = io.open(DIR .. "/" .. name, "r"); '
+  .. 'if f then f:close() end; return f ~= nil end; '
+  .. 'local _ = rec, flag\n'
+
+M.PRELUDE_LINES = 1
+
+local write_file = files.spit
+
+local function read_file(path)
+  local ok, s = pcall(files.slurp, path)
+  return ok and s or nil
+end
+
+-- The scenario's directory: its files, written afresh before each run (a
+-- reload step rewrites them), an empty records file, no flags.
+function M.prepare(sc, dir)
+  local file = dir .. "/handler.lua"
+  local records = dir .. "/records"
+  os.execute("rm -f '" .. dir .. "'/flag-*")
+  for name, text in pairs(sc.files or {}) do
+    write_file(dir .. "/" .. name, text)
+  end
+  local src = sc.raw and sc.handler or (PRELUDE:format(records, dir) .. sc.handler)
+  write_file(file, src)
+  write_file(records, "")
+  return file, records
+end
+
+local function flag_path(dir, name)
+  return dir .. "/" .. name
+end
+
+-- What the scenario expects, in the shape the drivers return.
+function M.expected(sc, file)
+  local obs = { steps = {}, reasons = {}, records = {}, log = sc.log or "none", log_has = {} }
+  if sc.load_error then
+    return { load_error = (sc.load_error:gsub("FILE", function() return file end)) }
+  end
+  for i, st in ipairs(sc.steps) do
+    if st.expect then
+      obs.steps[i] = st.expect
+    elseif st.check then
+      obs.steps[i] = st.check
+    elseif st.ending then
+      obs.steps[i] = st.ending .. " after " .. (st.rest or "")
+    end
+  end
+  for c, r in pairs(sc.reasons or {}) do
+    obs.reasons[c] = { r }
+  end
+  for c, list in pairs(sc.records or {}) do
+    obs.records[c] = list
+  end
+  for _, text in ipairs(sc.log_has or {}) do
+    obs.log_has[text] = true
+  end
+  return obs
+end
+
+-- How many record lines the scenario expects (the servers wait for them).
+local function record_count(sc)
+  local n = 0
+  for _ in pairs(sc.reasons or {}) do
+    n = n + 1
+  end
+  for _, list in pairs(sc.records or {}) do
+    n = n + #list
+  end
+  return n
+end
+
+local function count_lines(path)
+  local n = 0
+  for _ in (read_file(path) or ""):gmatch("[^\n]*\n") do
+    n = n + 1
+  end
+  return n
+end
+
+-- Records file -> reasons (on_close lines "close <reason>") and the other
+-- lines, per connection name.
+local function parse_records(obs, path, peers)
+  for line in (read_file(path) or ""):gmatch("([^\n]*)\n") do
+    local peer, what = line:match("^([^\t]*)\t(.*)$")
+    local name = peer and (peers[peer] or ("unknown peer " .. peer)) or "unparsed"
+    what = what or line
+    local reason = what:match("^close (.*)$")
+    local into = reason and obs.reasons or obs.records
+    into[name] = into[name] or {}
+    table.insert(into[name], reason or what)
+  end
+end
+
+local function log_flags(obs, sc, text)
+  for _, want in ipairs(sc.log_has or {}) do
+    obs.log_has[want] = text:find(want, 1, true) ~= nil
+  end
+end
+
+local function new_obs()
+  return { steps = {}, reasons = {}, records = {}, log = "none", log_has = {} }
+end
+
+-- Interpreter 1: the harness ------------------------------------------------
+
+-- The harness runs handlers in this process: a handler that reached the
+-- real os.exit would end busted, and a loop the budget does not stop would
+-- hang it. While a harness driver runs, os.exit raises, and a hook raises
+-- after 20 s.
+local function guarded(fn)
+  local real_exit = os.exit
+  os.exit = function()   -- luacheck: ignore 122
+    error("contract spec: a handler reached the real os.exit", 2)
+  end
+  local deadline = socket.gettime() + 20
+  local co = coroutine.create(fn)
+  debug.sethook(co, function()
+    if socket.gettime() > deadline then
+      error("contract spec: the harness ran a scenario for more than 20 s", 2)
+    end
+  end, "", 1000000)
+  local ok, res = coroutine.resume(co)
+  os.exit = real_exit   -- luacheck: ignore 122
+  if not ok then
+    error(debug.traceback(co, res), 0)
+  end
+  return res
+end
+
+local function harness_log(h)
+  local log = h.log
+  if type(log) == "function" then
+    log = log(h)
+  end
+  return log
+end
+
+-- The differences of observations a and b (named a_name, b_name), one line
+-- each: 'reasons.a[1]: got "closed", expected "error"'.
+local function flatten(v, prefix, into)
+  if type(v) ~= "table" then
+    into[prefix] = v
+    return into
+  end
+  for k, x in pairs(v) do
+    local key = type(k) == "number" and (prefix .. "[" .. k .. "]")
+      or (prefix == "" and k or prefix .. "." .. k)
+    flatten(x, key, into)
+  end
+  return into
+end
+
+local function show(v)
+  if type(v) == "string" then
+    if #v > 80 then
+      v = v:sub(1, 80) .. "..."
+    end
+    return ("%q"):format(v):gsub("\\\n", "\\n")
+  end
+  return tostring(v)
+end
+
+function M.diff(a, b, a_name, b_name)
+  local e, g, keys, lines = flatten(a, "", {}), flatten(b, "", {}), {}, {}
+  for k in pairs(e) do
+    keys[#keys + 1] = k
+  end
+  for k in pairs(g) do
+    if e[k] == nil then
+      keys[#keys + 1] = k
+    end
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if e[k] ~= g[k] then
+      lines[#lines + 1] = ("  %s: %s %s, %s %s"):format(k, b_name, show(g[k]),
+        a_name, show(e[k]))
+    end
+  end
+  return table.concat(lines, "\n")
+end
+
+function M.run_harness(sc, dir)
+  local file, records = M.prepare(sc, dir)
+  if sc.load_error then
+    return guarded(function()
+      -- through a Lua function: error(msg, 2) in open would add its place
+      local ok, err = pcall(function() return harness.open(file, sc.opts) end)
+      if ok then
+        return { load_error = "harness.open loaded it" }
+      end
+      return { load_error = tostring(err) }
+    end)
+  end
+  local r = guarded(function()
+    local obs, conns, order, peers = new_obs(), {}, {}, {}
+    local function conn(name)
+      local c = conns[name]
+      if not c then
+        local opts = {}
+        for k, v in pairs(sc.opts or {}) do
+          opts[k] = v
+        end
+        opts.peer = "127.0.0.1:" .. (40001 + #order)
+        c = { name = name, h = harness.open(file, opts), pos = 0 }
+        conns[name], peers[opts.peer] = c, name
+        order[#order + 1] = c
+      end
+      return c
+    end
+    local function take(c, n)
+      local all = c.h:sent()
+      local got = all:sub(c.pos + 1, n and c.pos + n or #all)
+      c.pos = c.pos + #got
+      return got
+    end
+    local function done(c, how)
+      c.ended = how
+      c.h:finish()
+    end
+    for i, st in ipairs(sc.steps) do
+      for name, text in pairs(st.write or {}) do
+        util.write_file(dir .. "/" .. name, text)
+      end
+      if st.touch then
+        write_file(flag_path(dir, st.touch), "")
+      end
+      if st.remove then
+        os.remove(flag_path(dir, st.remove))
+      end
+      local c = st.c and conn(st.c)
+      if st.send then
+        c.h:input(st.send)
+      end
+      if st.eof then
+        c.h:eof()
+      end
+      if st.idle then
+        c.h:idle()
+      end
+      if st.shutdown then
+        for _, o in ipairs(order) do
+          if not o.ended then
+            o.h:shutdown()
+          end
+        end
+      end
+      if st.reset then
+        c.h:reset()
+        done(c, "client reset")
+      end
+      if st.expect then
+        obs.steps[i] = take(c, #st.expect)
+      elseif st.check then
+        local more = take(c, 1)
+        obs.steps[i] = c.h:closed() and "closed" or (#more > 0 and "data " .. more or "open")
+      elseif st.ending then
+        local rest = take(c)
+        obs.steps[i] = (c.h:closed() and "closed" or "open") .. " after " .. rest
+        done(c, "ending")
+      end
+    end
+    local entries = {}
+    for _, c in ipairs(order) do
+      if not c.ended then
+        error("scenario bug: connection " .. c.name .. " is not ended by a step")
+      end
+      local log = harness_log(c.h)
+      if type(log) ~= "table" then
+        entries[#entries + 1] = "(h.log is " .. type(log) .. ", expected a list)"
+      else
+        for _, e in ipairs(log) do
+          entries[#entries + 1] = tostring(e)
+        end
+      end
+    end
+    local text = table.concat(entries, "\n")
+    obs.log = #entries > 0 and "error" or "none"
+    if entries[1] and entries[1]:match("^%(h%.log is") then
+      obs.log = entries[1]
+    end
+    log_flags(obs, sc, text)
+    parse_records(obs, records, peers)
+    return { obs, text }
+  end)
+  return r[1], r[2]
+end
+
+-- Interpreters 2 and 3: a server on loopback --------------------------------
+
+-- The class of a server log: "error" if it has an error line, "warn" if a
+-- warning, else "none".
+local function log_class(text)
+  if text:find("%] error: ") then
+    return "error"
+  elseif text:find("%] warn: ") then
+    return "warn"
+  end
+  return "none"
+end
+
+-- Reads until the connection ends (bounded): the bytes and how it ended.
+local function read_to_end(sock, secs)
+  sock:settimeout(secs)
+  local data, err, partial = sock:receive("*a")
+  local got = data or partial or ""
+  if err == nil or err == "closed" then
+    return got, "closed"
+  elseif err == "timeout" then
+    return got, "open"
+  elseif err:find("reset") then
+    return got, "reset"
+  end
+  return got, err
+end
+
+function M.run_server(model, sc, dir)
+  local file, records = M.prepare(sc, dir)
+  local args = { "--model", model, "--workers", "1", "--handler", file }
+  for _, a in ipairs(sc.args or {}) do
+    args[#args + 1] = a
+  end
+  if sc.load_error then
+    local full = { "--listen", "127.0.0.1:0" }
+    for _, a in ipairs(args) do
+      full[#full + 1] = a
+    end
+    local code, err = server.run(full, 10)
+    if code ~= 1 then
+      return { load_error = ("exit %s: %s"):format(tostring(code), err) }
+    elseif err:find("listening on", 1, true) then
+      return { load_error = "logged 'listening on' first: " .. err }
+    end
+    local at = err:find(file .. ":", 1, true)
+    return { load_error = at and err:sub(at):match("^[^\n]*") or ("no file:line: " .. err) }
+  end
+  local srv = util.start(args)
+  local obs, conns, order, peers = new_obs(), {}, {}, {}
+  local reloads = 0
+  local function conn(name)
+    local c = conns[name]
+    if not c then
+      local sock = util.connect(srv.port)
+      local ip, port = sock:getsockname()
+      c = { name = name, sock = sock }
+      conns[name], peers[ip .. ":" .. tostring(port)] = c, name
+      order[#order + 1] = c
+    end
+    return c
+  end
+  for i, st in ipairs(sc.steps) do
+    for name, text in pairs(st.write or {}) do
+      util.write_file(dir .. "/" .. name, text)
+    end
+    if st.touch then
+      write_file(flag_path(dir, st.touch), "")
+    end
+    if st.remove then
+      os.remove(flag_path(dir, st.remove))
+    end
+    if st.reload then
+      reloads = reloads + 1
+      srv.server:signal("HUP")
+      srv.server:wait_log("version " .. (reloads + 1) .. " loaded", 5)
+    end
+    local c = st.c and conn(st.c)
+    if st.send then
+      c.sock:settimeout(M.READ_TIMEOUT)
+      local ok, err = c.sock:send(st.send)
+      if not ok then
+        obs.steps[i] = "send failed: " .. tostring(err)
+      end
+    end
+    if st.eof then
+      c.sock:shutdown("send")
+    end
+    if st.shutdown then
+      srv.server:signal("TERM")
+    end
+    if st.reset then
+      c.sock:setoption("linger", { on = true, timeout = 0 })
+      c.sock:close()
+      c.ended = "client reset"
+    end
+    -- st.idle: nothing to do; the next read waits past --idle-timeout
+    if st.expect then
+      c.sock:settimeout(M.READ_TIMEOUT)
+      local data, _, partial = c.sock:receive(#st.expect)
+      obs.steps[i] = data or partial or ""
+    elseif st.check then
+      c.sock:settimeout(M.CHECK_TIMEOUT)
+      local data, err, partial = c.sock:receive(1)
+      data = data or partial or ""
+      if #data > 0 then
+        obs.steps[i] = "data " .. data
+      elseif err == "timeout" then
+        obs.steps[i] = "open"
+      else
+        obs.steps[i] = (err == "closed") and "closed" or tostring(err)
+      end
+    elseif st.ending then
+      local rest, how = read_to_end(c.sock, M.READ_TIMEOUT)
+      obs.steps[i] = how .. " after " .. rest
+      c.ended = "ending"
+    end
+  end
+  for _, c in ipairs(order) do
+    if not c.ended then
+      error("scenario bug: connection " .. c.name .. " is not ended by a step")
+    end
+  end
+  -- the records and error lines of the ends come after the clients saw them
+  local want = record_count(sc)
+  util.wait_for(function() return count_lines(records) >= want end, M.RECORD_TIMEOUT)
+  util.wait_for(function()
+    local text = srv.log_text()
+    for _, s in ipairs(sc.log_has or {}) do
+      if not text:find(s, 1, true) then
+        return false
+      end
+    end
+    return true
+  end, M.RECORD_TIMEOUT)
+  -- stop it (its last writes are done once it exited), then read its log
+  srv.server:signal("TERM")
+  srv.server:wait_exit(8)
+  local text = srv.log_text()
+  obs.log = log_class(text)
+  log_flags(obs, sc, text)
+  parse_records(obs, records, peers)
+  srv.stop()
+  os.remove(srv.server.log_path)
+  return obs, text
+end
+
+return M
