@@ -1,6 +1,7 @@
 /* echohost.glue: glue values in Lua. Each declared type is a table of
  * constructors; a value is an "echohost.value" userdata pinning its block
  * in the managed heap (a root slot, released by __gc). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,6 +160,15 @@ static value to_word(lua_State *L, struct thread_info *ti, int idx, int ref) {
     }
 }
 
+/* A float that type_of refused: "1.5 (not an integer)", or an integral
+ * one past lua_Integer: "1e+19 (out of the integer range)". */
+static void not_an_int(char *buf, size_t len, lua_Number x) {
+    int integral = floor(x) == x && !isinf(x);
+
+    snprintf(buf, len, LUA_NUMBER_FMT " (%s)", (LUAI_UACNUMBER)x,
+             integral ? "out of the integer range" : "not an integer");
+}
+
 /* Raises "T.C: argument i (f) expected X, got Y". */
 static int arg_error(lua_State *L, const struct glue_type *t,
                      const struct glue_ctor *c, unsigned int i,
@@ -168,6 +178,8 @@ static int arg_error(lua_State *L, const struct glue_type *t,
     glue_ty_format(w, sizeof w, want ? want : &glue_ty_any);
     if (got)
         glue_ty_format(g, sizeof g, got);
+    else if (lua_type(L, (int)i + 1) == LUA_TNUMBER)
+        not_an_int(g, sizeof g, lua_tonumber(L, (int)i + 1));
     else
         snprintf(g, sizeof g, "%s", luaL_typename(L, (int)i + 1));
     return luaL_error(L, "%s.%s: argument %d (%s) expected %s, got %s",
@@ -387,6 +399,16 @@ static int lglue_is_value(lua_State *L) {
     return 1;
 }
 
+/* A function, or anything with a __call metamethod. */
+static int callable(lua_State *L, int idx) {
+    if (lua_isfunction(L, idx))
+        return 1;
+    if (luaL_getmetafield(L, idx, "__call") == LUA_TNIL)
+        return 0;
+    lua_pop(L, 1);
+    return 1;
+}
+
 /* glue.match(v, {C = function(fields...) ... end, _ = default}) */
 static int lglue_match(lua_State *L) {
     struct lvalue *lv = checkvalue(L, 1);
@@ -398,10 +420,16 @@ static int lglue_match(lua_State *L) {
         lua_pop(L, 1);
         if (lua_getfield(L, 2, "_") == LUA_TNIL)
             return luaL_error(L, "glue.match: no case for %s", c->name);
+        if (!callable(L, -1))
+            return luaL_error(L, "glue.match: the case _ is a %s, not a "
+                              "function", luaL_typename(L, -1));
         lua_pushvalue(L, 1);
         lua_call(L, 1, LUA_MULTRET);
         return lua_gettop(L) - 2;
     }
+    if (!callable(L, -1))
+        return luaL_error(L, "glue.match: the case for %s is a %s, not a "
+                          "function", c->name, luaL_typename(L, -1));
     luaL_checkstack(L, (int)c->arity, NULL);
     for (unsigned int i = 0; i < c->arity; i++)
         push_field(L, lv, c, i);

@@ -49,6 +49,12 @@ void conn_want_read(conn *c, int on);
 /* Flush what is queued, then close. Idempotent. handler_on_close follows
  * (later, never from inside this call). */
 void conn_close(conn *c);
+/* Flush what is queued, then shut the sending side (the client reads
+ * EOF); reading goes on. */
+void conn_shutdown_send(conn *c);
+/* Close now with a TCP RST; queued output is dropped. handler_on_close
+ * follows ("closed"). */
+void conn_reset(conn *c);
 /* 1 once conn_close was called or the socket failed. */
 int conn_closing(const conn *c);
 ev_loop *conn_loop(const conn *c);

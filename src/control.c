@@ -402,8 +402,9 @@ static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
             continue;
         }
         log_info("control: operator connected");
-        n = snprintf(hello, sizeof hello, "echohost server %d, %d workers",
-                     (int)getpid(), ctl->nworkers);
+        n = snprintf(hello, sizeof hello, "echohost server %d, %d %s",
+                     (int)getpid(), ctl->nworkers,
+                     ctl->nworkers == 1 ? "worker" : "workers");
         control_frame(s, CONTROL_FRAME_INFO, hello, n);
         control_frame(s, CONTROL_FRAME_READY, "", 0);
         control_flush(s);

@@ -257,6 +257,20 @@ static void stop(struct forksrv *fs, int sig) {
                  deadline_proc, fs);
 }
 
+static void watch_changed(void *ud);
+
+/* --watch: the handler file and the modules it required next to it. */
+static int fork_watch(struct forksrv *fs) {
+    char err[HLOAD_ERR_LEN];
+
+    watch_stop(fs->watch);
+    fs->watch = watch_start(fs->loop, fs->hs->files, fs->hs->nfiles,
+                            watch_changed, fs, err, sizeof err);
+    if (fs->watch == NULL)
+        log_error("%s", err);
+    return fs->watch ? 0 : -1;
+}
+
 /* Loads the handler file again; children forked from now on serve with the
  * new version, those running keep theirs. A failure keeps the old one. */
 static void fork_reload(struct forksrv *fs, const char *trigger) {
@@ -266,12 +280,14 @@ static void fork_reload(struct forksrv *fs, const char *trigger) {
         log_debug("%s: no handler to reload", trigger);
         return;
     }
-    if (hstate_load(fs->hs, NULL, err, sizeof err) < 0)
+    if (hstate_load(fs->hs, NULL, err, sizeof err) < 0) {
         log_error("handler %s: %s reload failed, version %d stays: %s",
                   fs->hs->path, trigger, fs->hs->version, err);
-    else
-        log_info("handler %s version %d loaded", fs->hs->path,
-                 fs->hs->version);
+        return;
+    }
+    log_info("handler %s version %d loaded", fs->hs->path, fs->hs->version);
+    if (fs->cfg->watch)
+        fork_watch(fs);         /* the files may have changed */
 }
 
 static void watch_changed(void *ud) {
@@ -296,7 +312,6 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
 
 int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs) {
     struct forksrv fs;
-    char err[HLOAD_ERR_LEN];
     int rc = 0;
 
     memset(&fs, 0, sizeof fs);
@@ -310,10 +325,7 @@ int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs) {
         ev_add(fs.loop, lfd, EV_READABLE, accept_proc, &fs) < 0) {
         log_error("fork server: %s", strerror(errno));
         rc = 1;
-    } else if (hs && cfg->watch &&
-               (fs.watch = watch_start(fs.loop, hs->path, watch_changed, &fs,
-                                       err, sizeof err)) == NULL) {
-        log_error("%s", err);
+    } else if (hs && cfg->watch && fork_watch(&fs) < 0) {
         rc = 1;
     } else {
         ev_run(fs.loop);

@@ -26,7 +26,7 @@ static const char *const fields[] = {"on_data", "on_open", "on_close",
                                      "handle"};
 
 /* Protected: loader.load(path) (upvalue-free: the function and the path
- * are arguments); returns the kind and the four refs. */
+ * are arguments); returns the kind, the four refs and h.modules. */
 static int load_proc(lua_State *L) {
     lua_settop(L, 2);
     lua_call(L, 1, 2);                          /* h | nil, err */
@@ -39,7 +39,36 @@ static int load_proc(lua_State *L) {
         lua_getfield(L, 1, fields[i]);
         lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
     }
-    return 5;
+    lua_getfield(L, 1, "modules");
+    return 6;
+}
+
+static void free_files(struct hstate *hs) {
+    for (int i = 0; i < hs->nfiles; i++)
+        free(hs->files[i]);
+    free(hs->files);
+    hs->files = NULL;
+    hs->nfiles = 0;
+}
+
+/* hs->files = path and the modules (the table at -1), for --watch; an
+ * allocation failure only shortens the list. */
+static void set_files(struct hstate *hs, lua_State *L, const char *path) {
+    int n = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 0;
+
+    free_files(hs);
+    if ((hs->files = calloc(n + 1, sizeof *hs->files)) == NULL)
+        return;
+    hs->files[hs->nfiles++] = strdup(path);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        const char *f = lua_tostring(L, -1);
+        if (f && (hs->files[hs->nfiles] = strdup(f)) != NULL)
+            hs->nfiles++;
+        lua_pop(L, 1);
+    }
+    if (hs->files[0] == NULL)
+        free_files(hs);
 }
 
 /* The first line of the error at -1 (pops it), naming path. */
@@ -67,17 +96,18 @@ static int load_refs(struct hstate *hs, const char *path, struct hrefs *r,
     lua_rawgeti(L, LUA_REGISTRYINDEX, hs->load_ref);
     lua_pushstring(L, path);
     hload_budget(L, hs->cfg->lua_budget);
-    if (eh_pcall(L, 2, 5) != LUA_OK) {
+    if (eh_pcall(L, 2, 6) != LUA_OK) {
         copy_error(L, path, err, errlen);
         lua_gc(L, LUA_GCCOLLECT);
         return -1;
     }
-    r->kind = (enum hkind)lua_tointeger(L, -5);
-    r->data = (int)lua_tointeger(L, -4);
-    r->open = (int)lua_tointeger(L, -3);
-    r->close = (int)lua_tointeger(L, -2);
-    r->handle = (int)lua_tointeger(L, -1);
-    lua_pop(L, 5);
+    r->kind = (enum hkind)lua_tointeger(L, -6);
+    r->data = (int)lua_tointeger(L, -5);
+    r->open = (int)lua_tointeger(L, -4);
+    r->close = (int)lua_tointeger(L, -3);
+    r->handle = (int)lua_tointeger(L, -2);
+    set_files(hs, L, path);
+    lua_pop(L, 6);
     return 0;
 }
 
@@ -156,6 +186,7 @@ err:
 void hstate_close(struct hstate *hs) {
     if (hs->L)
         lhost_close(hs->L);
+    free_files(hs);
     free(hs->path);
     hs->L = NULL;
     hs->path = NULL;

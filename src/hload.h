@@ -27,6 +27,8 @@ struct hstate {
     struct hrefs cur;
     char *path;                 /* the file cur came from */
     int version;                /* successful loads so far */
+    char **files;               /* path, then the modules it required */
+    int nfiles;
     int load_ref;               /* loader.load */
 };
 

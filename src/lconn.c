@@ -44,15 +44,183 @@ static int done(const struct lconn *u) {
     return u->closed || u->ops == NULL;
 }
 
+/* --- the receive buffer ------------------------------------------------- */
+
+/* Appends n bytes through the state's allocator (the --lua-mem cap counts
+ * them); raises on memory errors. */
+static void rbuf_append(lua_State *L, struct lconn *u, const char *p,
+                        size_t n) {
+    if (u->roff == u->rlen)
+        u->roff = u->rlen = 0;
+    if (u->rlen + n > u->rcap && u->roff) {
+        memmove(u->rbuf, u->rbuf + u->roff, u->rlen - u->roff);
+        u->rlen -= u->roff;
+        u->roff = 0;
+    }
+    if (u->rlen + n > u->rcap) {
+        void *ud;
+        lua_Alloc f = lua_getallocf(L, &ud);
+        size_t cap = u->rcap ? u->rcap : 1024;
+        while (cap < u->rlen + n)
+            cap *= 2;
+        char *b = f(ud, u->rbuf, u->rcap, cap);
+        if (b == NULL)
+            luaL_error(L, "not enough memory");
+        u->rbuf = b;
+        u->rcap = cap;
+    }
+    memcpy(u->rbuf + u->rlen, p, n);
+    u->rlen += n;
+}
+
+/* Pushes n buffered bytes (skipping skip more after them) and takes them. */
+static int rbuf_take(lua_State *L, struct lconn *u, size_t n, size_t skip) {
+    if (n + skip == 0) {        /* rbuf may still be NULL */
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushlstring(L, u->rbuf + u->roff, n);
+    u->roff += n + skip;
+    return 1;
+}
+
+static int lconn_gc(lua_State *L) {
+    struct lconn *u = lua_touserdata(L, 1);
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+
+    if (u->rbuf)
+        f(ud, u->rbuf, u->rcap, 0);
+    u->rbuf = NULL;
+    u->rcap = u->roff = u->rlen = 0;
+    return 0;
+}
+
+/* --- framed receive ---------------------------------------------------- */
+
+enum { F_LINE, F_COUNT, F_UNTIL, F_ALL };
+
+/* Pushes the frame if the buffer holds it: 1, else 0. The delimiter of
+ * receiveuntil is argument 2. */
+static int frame_try(lua_State *L, struct lconn *u) {
+    size_t n = u->rlen - u->roff, dlen;
+    const char *p, *e;
+
+    if (n == 0)                 /* rbuf may still be NULL */
+        return 0;
+    p = u->rbuf + u->roff;
+    switch (u->fkind) {
+    case F_LINE:
+        if ((e = memchr(p, '\n', n)) == NULL)
+            return 0;
+        n = (size_t)(e - p);
+        return rbuf_take(L, u, n && p[n - 1] == '\r' ? n - 1 : n,
+                         n && p[n - 1] == '\r' ? 2 : 1);
+    case F_COUNT:
+        return n >= u->fcount ? rbuf_take(L, u, u->fcount, 0) : 0;
+    case F_UNTIL:
+        e = lua_tolstring(L, 2, &dlen);
+        if (n < dlen || (p = memmem(p, n, e, dlen)) == NULL)
+            return 0;
+        return rbuf_take(L, u, (size_t)(p - (u->rbuf + u->roff)), dlen);
+    }
+    return 0;                   /* F_ALL: complete at EOF only */
+}
+
+static int frame_cont(lua_State *L, int status, lua_KContext ctx);
+
+/* Until the frame is buffered: what is there, else read more. */
+static int frame_step(lua_State *L, struct lconn *u, const char *what) {
+    for (;;) {
+        if (frame_try(L, u))
+            return 1;
+        if (u->rlen - u->roff >= u->frame_max)
+            return lconn_fail(L, "too long", 0);
+        if (done(u))
+            return lconn_fail(L, "closed", u->end_code);
+        int n = u->ops->recv(L, u, 0, what, frame_cont);
+        if (n != 1 || !lua_isstring(L, -1))
+            return frame_cont(L, LUA_OK, 0);    /* a failure: at the top */
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        rbuf_append(L, u, s, len);
+        lua_pop(L, 1);
+    }
+}
+
+/* After a read (at once or resumed): more data, or the read's failure.
+ * The stack is conn, pattern, then the read's results. */
+static int frame_cont(lua_State *L, int status, lua_KContext ctx) {
+    struct lconn *u = lua_touserdata(L, 1);
+    int nres = lua_gettop(L) - 2;
+    size_t len;
+    (void)status; (void)ctx;
+
+    if (nres == 1 && lua_type(L, -1) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, -1, &len);
+        rbuf_append(L, u, s, len);
+        lua_pop(L, 1);
+        return frame_step(L, u, "receive");
+    }
+    lua_settop(L, 5);           /* nil, msg, code */
+    if (lua_isstring(L, 4) && strcmp(lua_tostring(L, 4), "closed") == 0) {
+        len = u->rlen - u->roff;
+        if (u->fkind == F_ALL)
+            return rbuf_take(L, u, len, 0);
+        rbuf_take(L, u, len, 0);                /* nil, "closed", code, partial */
+        return 4;
+    }
+    return 3;                   /* "timeout": the buffer stays */
+}
+
+static int lconn_receive(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    const char *p;
+
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        lua_Integer n = lua_isinteger(L, 2) ? lua_tointeger(L, 2) : 0;
+        luaL_argcheck(L, n >= 1, 2, "expected \"*l\", \"*a\" or a count >= 1");
+        u->fkind = F_COUNT;
+        u->fcount = (size_t)n;
+    } else {
+        p = luaL_optstring(L, 2, "*l");
+        if (*p == '*')
+            p++;
+        if (strcmp(p, "l") == 0)
+            u->fkind = F_LINE;
+        else if (strcmp(p, "a") == 0)
+            u->fkind = F_ALL;
+        else
+            return luaL_argerror(L, 2, "expected \"*l\", \"*a\" or a count >= 1");
+    }
+    lua_settop(L, 2);
+    return frame_step(L, u, "receive");
+}
+
+static int lconn_receiveuntil(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    size_t dlen;
+
+    if (lua_type(L, 2) != LUA_TSTRING || (lua_tolstring(L, 2, &dlen), dlen == 0)
+        || dlen > 256)
+        return luaL_argerror(L, 2, "expected a delimiter of 1..256 bytes");
+    lua_settop(L, 2);
+    u->fkind = F_UNTIL;
+    return frame_step(L, u, "receiveuntil");
+}
+
 static int lconn_recv(lua_State *L) {
     struct lconn *u = checkconn(L);
     lua_Integer max = luaL_optinteger(L, 2, 0);
+    size_t n = u->rlen - u->roff;
 
     luaL_argcheck(L, max >= 0, 2, "expected a positive size");
     lua_settop(L, 2);
+    if (n)                      /* bytes a receive read past its frame */
+        return rbuf_take(L, u, max && (size_t)max < n ? (size_t)max : n, 0);
     if (done(u))
         return lconn_fail(L, "closed", u->end_code);
-    return u->ops->recv(L, u, (size_t)max);
+    return u->ops->recv(L, u, (size_t)max, "recv", NULL);
 }
 
 static int lconn_send(lua_State *L) {
@@ -63,9 +231,46 @@ static int lconn_send(lua_State *L) {
     luaL_checktype(L, 2, LUA_TSTRING);
     lua_settop(L, 2);
     s = lua_tolstring(L, 2, &len);
+    if (done(u) || u->wshut)
+        return lconn_fail(L, "closed", u->wshut ? 0 : u->end_code);
+    return u->ops->send(L, u, s, len);
+}
+
+static int lconn_shutdown(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    static const char *const how[] = {"send", NULL};
+
+    luaL_checkoption(L, 2, "send", how);
+    if (!done(u) && !u->wshut) {
+        u->wshut = 1;
+        u->ops->shutdown(u);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lconn_reset(lua_State *L) {
+    struct lconn *u = checkconn(L);
+
+    if (!done(u)) {
+        u->closed = 1;
+        u->end_code = 0;
+        u->ops->reset(u);
+    }
+    u->closed = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lconn_sleep(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    double t = luaL_checknumber(L, 2);
+
+    luaL_argcheck(L, t >= 0 && t <= 1e7, 2, "expected seconds (>= 0)");
+    lua_settop(L, 2);
     if (done(u))
         return lconn_fail(L, "closed", u->end_code);
-    return u->ops->send(L, u, s, len);
+    return u->ops->sleep(L, u, t);
 }
 
 static int lconn_close(lua_State *L) {
@@ -138,14 +343,20 @@ static int lconn_tostring(lua_State *L) {
 
 static const luaL_Reg lconn_methods[] = {
     {"close", lconn_close},
+    {"receive", lconn_receive},
+    {"receiveuntil", lconn_receiveuntil},
     {"recv", lconn_recv},
+    {"reset", lconn_reset},
     {"send", lconn_send},
     {"settimeout", lconn_settimeout},
+    {"shutdown", lconn_shutdown},
+    {"sleep", lconn_sleep},
     {NULL, NULL}
 };
 
 static const luaL_Reg lconn_meta[] = {
     {"__close", lconn_close},
+    {"__gc", lconn_gc},
     {"__newindex", lconn_newindex},
     {"__tostring", lconn_tostring},
     {NULL, NULL}
@@ -165,7 +376,7 @@ void lconn_createmeta(lua_State *L) {
 }
 
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
-                        lua_Integer id, const char *peer) {
+                        lua_Integer id, const char *peer, size_t frame_max) {
     struct lconn *u = lua_newuserdatauv(L, sizeof *u, 1);
 
     memset(u, 0, sizeof *u);
@@ -173,6 +384,7 @@ struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
     u->rt = rt;
     u->id = id;
     u->timeout = -1;
+    u->frame_max = frame_max;
     strncpy(u->peer, peer, sizeof u->peer - 1);
     luaL_setmetatable(L, LCONN_NAME);
     return u;

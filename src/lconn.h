@@ -12,14 +12,20 @@
 
 struct lconn;
 
-/* What a runtime does for the conn object. recv and send push their
- * results (through lconn_fail on failure) and return how many, or return
- * lua_yield(L, 0) when they park the calling coroutine; they are only
- * called while the connection is open and not closed by the handler. */
+/* What a runtime does for the conn object, only while the connection is
+ * open and not closed by the handler. recv, send and sleep push their
+ * results (lconn_fail on failure) and return how many, or park the calling
+ * coroutine and return lua_yieldk(L, 0, 0, k) (k may be NULL); the results
+ * pushed at the resume are then recv's (or k's). A call that would wait
+ * where no coroutine can raises "conn:<what> would wait: ...". */
 struct lconn_ops {
-    int (*recv)(lua_State *L, struct lconn *u, size_t max);
+    int (*recv)(lua_State *L, struct lconn *u, size_t max, const char *what,
+                lua_KFunction k);
     int (*send)(lua_State *L, struct lconn *u, const char *s, size_t len);
+    int (*sleep)(lua_State *L, struct lconn *u, double secs);
     void (*close)(struct lconn *u);         /* flush, then close */
+    void (*shutdown)(struct lconn *u);      /* flush, then FIN */
+    void (*reset)(struct lconn *u);         /* RST now, output dropped */
 };
 
 /* The userdata behind a conn object. A handler may keep it past its
@@ -28,17 +34,25 @@ struct lconn {
     const struct lconn_ops *ops;    /* NULL once the connection is gone */
     void *rt;                       /* the runtime's per-connection state */
     int closed;                     /* conn:close() was called */
+    int wshut;                      /* conn:shutdown("send") was called */
     int end_code;                   /* errno of how it ended (ECONNRESET) */
     lua_Integer id;
     double timeout;                 /* seconds; < 0: none */
     char peer[64];
+    /* framed receive: bytes read past a frame, rbuf[roff .. rlen) */
+    char *rbuf;
+    size_t roff, rlen, rcap;
+    size_t frame_max;               /* --high-water: the longest frame */
+    int fkind;                      /* the frame a parked receive wants */
+    size_t fcount;                  /* its byte count (receive(n)) */
 };
 
 /* Creates the metatable in L (once per state). */
 void lconn_createmeta(lua_State *L);
-/* Pushes a new conn object served by ops; raises on memory errors. */
+/* Pushes a new conn object served by ops; frames of receive are at most
+ * frame_max bytes. Raises on memory errors. */
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
-                        lua_Integer id, const char *peer);
+                        lua_Integer id, const char *peer, size_t frame_max);
 /* The connection ended; code: the errno later calls report (0, or
  * ECONNRESET after a reset). */
 void lconn_gone(struct lconn *u, int code);

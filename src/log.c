@@ -32,7 +32,7 @@ void log_msg(int level, const char *fmt, ...) {
     gmtime_r(&ts.tv_sec, &tm);
     n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03ld [%d] %s: ",
                  tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                 (int)getpid(), level_names[level]);
+                 (int)getpid(), level < 0 ? "notice" : level_names[level]);
     va_start(ap, fmt);
     n += vsnprintf(line + n, sizeof line - n, fmt, ap);
     va_end(ap);

@@ -356,10 +356,12 @@ static int sock_recv(lua_State *L) {
 static int sock_send(lua_State *L) {
     struct sock *s = checksock(L, 1);
     size_t len, sent = 0;
-    const char *data = luaL_checklstring(L, 2, &len);
+    const char *data;
     double deadline = sock_deadline(s);
     int flags = MSG_NOSIGNAL | (deadline < 0 ? 0 : MSG_DONTWAIT);
 
+    luaL_checktype(L, 2, LUA_TSTRING);  /* a number raises, as conn:send */
+    data = lua_tolstring(L, 2, &len);
     while (sent < len) {
         ssize_t n;
         if (sock_wait(s->fd, POLLOUT, deadline) < 0)

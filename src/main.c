@@ -34,18 +34,23 @@ static void usage(FILE *f) {
 "  --max-conns N         connections per worker / live children (default 10000)\n"
 "  --idle-timeout SECS   close connections silent this long (default 300, 0=off)\n"
 "  --high-water BYTES    output held per connection before reads pause\n"
-"                        (default 256k; suffixes k, m)\n"
+"                        (default 256k)\n"
 "  --drain-timeout SECS  how long SIGTERM lets in-flight echoes finish (default 5)\n"
 "  --handler FILE.lua    run a Lua handler on every connection\n"
 "  --watch               reload the handler when its file changes\n"
 "  --control PATH        control socket for 'echohost --repl --connect PATH'\n"
-"  --lua-mem BYTES       memory cap per Lua state (default 64m, at least\n"
-"                        256k; 0=off)\n"
-"  --lua-budget N        VM instructions per handler call (default 100000000)\n"
+"  --lua-mem BYTES       memory cap per Lua state, handler or operator\n"
+"                        (default 64m, at least 256k; 0=off)\n"
+"  --lua-budget N        VM instructions per handler call (default 100000000;\n"
+"                        0=off)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
+"  BYTES is a count, or one with a suffix k, m or g (times 1024, 1024^2,\n"
+"  1024^3), at most 1024g.\n"
+"\n"
 "repl options:\n"
 "  --connect PATH        open the prompt inside a server's control socket\n"
 "  --history FILE        history file (default ~/.echohost_history)\n"
+"\n"
 "  -h, --help            this text\n"
 "  --version             print the version\n",
         progname, progname, progname);
@@ -137,13 +142,16 @@ static int parse_seconds(const char *s, double *out) {
     return 0;
 }
 
-/* "65536", "64k", "1m", "2g" */
+#define BYTES_MAX (1ULL << 40)     /* "1024g": past any sane cap */
+
+/* "65536", "64k", "1m", "2g" (or K, M, G). 0, -1 if malformed, -2 if over
+ * BYTES_MAX. */
 static int parse_bytes(const char *s, size_t *out) {
     char *end;
     unsigned long long mult = 1;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (*s == '\0' || *s == '-' || errno)
+    if (*s < '0' || *s > '9' || (errno && errno != ERANGE))
         return -1;
     switch (*end) {
     case '\0': break;
@@ -152,9 +160,27 @@ static int parse_bytes(const char *s, size_t *out) {
     case 'g': case 'G': mult = 1ULL << 30; end++; break;
     default: return -1;
     }
-    if (*end || v > (1ULL << 40) / mult)
+    if (*end)
         return -1;
+    if (errno == ERANGE || v > BYTES_MAX / mult)
+        return -2;
     *out = (size_t)(v * mult);
+    return 0;
+}
+
+/* parse_bytes for --NAME, at least min: 0, or 2 after the usage error. */
+static int bytes_arg(const char *name, const char *a, size_t min,
+                     size_t *out) {
+    switch (parse_bytes(a, out)) {
+    case -1:
+        return usage_error("bad --%s '%s' (want bytes: a count, or with a "
+                           "suffix k, m or g)", name, a);
+    case -2:
+        return usage_error("bad --%s '%s' (too large: at most 1024g)", name,
+                           a);
+    }
+    if (*out < min)
+        return usage_error("bad --%s '%s' (want bytes >= %zu)", name, a, min);
     return 0;
 }
 
@@ -194,7 +220,29 @@ struct cli {
     int repl;
     const char *connect;
     const char *history;
+    int lua_mem, lua_budget;    /* given on the command line */
 };
+
+/* Flags that mean nothing without another one are usage errors, not
+ * silently ignored: 0 or 2 (reported). */
+static int check_combination(const struct cli *cli) {
+    const struct eh_config *c = &cli->cfg;
+    int server = !cli->script_index && !cli->repl;
+
+    if (c->watch && !(server && c->handler))
+        return usage_error("--watch needs --handler (it reloads the "
+                           "handler file when it changes)");
+    if (cli->lua_budget && !(server && c->handler))
+        return usage_error("--lua-budget needs --handler (it bounds each "
+                           "handler call)");
+    if (cli->lua_mem && !(server && (c->handler || c->control)))
+        return usage_error("--lua-mem needs --handler or --control (it caps "
+                           "their Lua states)");
+    if (c->control && c->model == EH_MODEL_FORK)
+        return usage_error("--control needs --model event (the fork model "
+                           "has no workers to control)");
+    return 0;
+}
 
 /* 0 to run, 2 on a usage error (already reported), -1 after --help/--version. */
 static int parse_args(int argc, char **argv, struct cli *cli) {
@@ -230,9 +278,8 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                 return usage_error("bad --idle-timeout '%s' (want seconds)", a);
             break;
         case OPT_HIGH_WATER:
-            if (parse_bytes(a, &c->high_water) < 0 || c->high_water < 1024)
-                return usage_error("bad --high-water '%s' (want bytes >= 1024)",
-                                   a);
+            if (bytes_arg("high-water", a, 1024, &c->high_water))
+                return 2;
             break;
         case OPT_DRAIN:
             if (parse_seconds(a, &c->drain_timeout) < 0)
@@ -242,14 +289,16 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
         case OPT_WATCH: c->watch = 1; break;
         case OPT_CONTROL: c->control = a; break;
         case OPT_LUA_MEM:
-            if (parse_bytes(a, &c->lua_mem_limit) < 0)
-                return usage_error("bad --lua-mem '%s' (want bytes)", a);
+            cli->lua_mem = 1;
+            if (bytes_arg("lua-mem", a, 0, &c->lua_mem_limit))
+                return 2;
             if (c->lua_mem_limit && c->lua_mem_limit < HLOAD_MEM_MIN)
                 return usage_error("bad --lua-mem '%s' (a handler's Lua "
                                    "state needs at least %dk; 0: no cap)",
                                    a, HLOAD_MEM_MIN / 1024);
             break;
         case OPT_LUA_BUDGET:
+            cli->lua_budget = 1;
             if (parse_long(a, 0, LONG_MAX, &n) < 0)
                 return usage_error("bad --lua-budget '%s' (want a count)", a);
             c->lua_budget = n;
@@ -261,7 +310,7 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             break;
         case OPT_SCRIPT:
             cli->script_index = optind - 1;
-            return 0;           /* the rest belongs to the script */
+            return check_combination(cli); /* the rest is the script's */
         case OPT_REPL: cli->repl = 1; break;
         case OPT_CONNECT: cli->connect = a; break;
         case OPT_HISTORY: cli->history = a; break;
@@ -275,11 +324,8 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
-    if (c->control && c->model == EH_MODEL_FORK)
-        return usage_error("--control needs --model event (the fork model "
-                           "has no workers to control)");
     c->low_water = c->high_water / 4;
-    return 0;
+    return check_combination(cli);
 }
 
 int main(int argc, char **argv) {

@@ -66,6 +66,26 @@ static int set_int_opt(int fd, int level, int name, int value) {
     return setsockopt(fd, level, name, &value, sizeof value);
 }
 
+/* SO_REUSEPORT lets a second server on the port share its traffic, so a
+ * group's first socket first proves the port free: a plain bind (with
+ * SO_REUSEADDR, so TIME_WAIT does not count) fails on anyone listening. */
+static int port_free(const struct addrinfo *ai) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    int rc = -1;
+
+    if (fd < 0)
+        return -1;
+    if (set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) == 0 &&
+        (ai->ai_family != AF_INET6 ||
+         set_int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) == 0))
+        rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 /* Binds (and listens on) one resolved address. fd, or NET_ERR with err. */
 static int server_one(char *err, const struct addrinfo *ai, int backlog,
                       int flags) {
@@ -91,6 +111,8 @@ static int server_one(char *err, const struct addrinfo *ai, int backlog,
         set_int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) < 0)
         goto err;
     what = "bind";
+    if ((flags & NET_FREE) && port_free(ai) < 0)
+        goto err;
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
         goto err;
     what = "listen";

@@ -14,6 +14,8 @@
 /* flags of net_tcp_server */
 #define NET_NONBLOCK 1          /* the returned socket is non-blocking */
 #define NET_REUSEPORT 2         /* SO_REUSEPORT: share the port */
+#define NET_FREE 4              /* with REUSEPORT: fail if anyone else
+                                   listens there (a plain bind first) */
 
 /* A TCP socket bound to host:port (numeric or a name; port 0 picks one)
  * and listening with backlog, SO_REUSEADDR and TCP_NODELAY set (accepted

@@ -43,7 +43,8 @@ struct repl {
 struct repl_input {
     int tty;
     int cancelled;              /* the last read was ended by Ctrl-C */
-    char *history;              /* file, or NULL when not a terminal */
+    char *history;              /* file, or NULL: not a terminal, or not
+                                   writable (said once) */
 };
 
 static const char *const repl_modules[] = {"glue", "socket", "proc", NULL};
@@ -393,15 +394,32 @@ static char *repl_history_path(const char *history) {
     return path;
 }
 
-/* Saves the history, creating the file 0600 first: write_history() would
- * create it with the umask's mode, and it keeps an existing file's. */
-static void repl_history_save(const char *path) {
+/* Creates the history file 0600 if it is missing (write_history() would
+ * use the umask's mode; it keeps an existing file's). 0, or -1 and errno. */
+static int repl_history_create(const char *path) {
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 
     if (fd < 0)
-        return;
+        return -1;
     close(fd);
-    write_history(path);
+    return 0;
+}
+
+/* A history that cannot be written is said once, then no longer kept. */
+static void repl_history_lost(struct repl_input *in, int err) {
+    fprintf(stderr, "echohost: history %s: %s (history is not saved)\n",
+            in->history, strerror(err));
+    free(in->history);
+    in->history = NULL;
+}
+
+static void repl_history_save(struct repl_input *in) {
+    int err;
+
+    if (repl_history_create(in->history) < 0)
+        repl_history_lost(in, errno);
+    else if ((err = write_history(in->history)) != 0)
+        repl_history_lost(in, err);
 }
 
 struct repl_input *repl_input_open(const char *history) {
@@ -415,6 +433,8 @@ struct repl_input *repl_input_open(const char *history) {
     in->history = repl_history_path(history);
     using_history();
     stifle_history(REPL_HISTORY_MAX);
+    if (in->history && repl_history_create(in->history) < 0)
+        repl_history_lost(in, errno);       /* before the first prompt */
     if (in->history)
         read_history(in->history);
     return in;
@@ -467,7 +487,7 @@ char *repl_input_read(struct repl_input *in, int more) {
     if (line && *line) {
         add_history(line);
         if (in->history)
-            repl_history_save(in->history);
+            repl_history_save(in);
     }
     return line;
 }

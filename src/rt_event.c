@@ -13,7 +13,7 @@
 #include "lhost.h"
 #include "log.h"
 
-enum hwait { HW_NONE, HW_RECV, HW_SEND };
+enum hwait { HW_NONE, HW_RECV, HW_SEND, HW_SLEEP };
 
 struct handler {
     struct hstate hs;           /* the state and the current version */
@@ -218,7 +218,12 @@ static long co_timeout(ev_loop *loop, long long id, void *ud) {
     (void)loop; (void)id;
 
     hc->timer = 0;
-    if (hc->wait == HW_RECV || hc->wait == HW_SEND) {
+    if (hc->wait == HW_SLEEP) {
+        size_t cap = cap_lift(hc->h);
+        lua_pushboolean(hc->co, 1);
+        cap_restore(hc->h, cap);
+        co_resume(hc, 1);
+    } else if (hc->wait == HW_RECV || hc->wait == HW_SEND) {
         if (hc->wait == HW_SEND) {
             luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
             hc->send_ref = LUA_NOREF;
@@ -228,10 +233,9 @@ static long co_timeout(ev_loop *loop, long long id, void *ud) {
     return EV_NOMORE;
 }
 
-/* Parks the running coroutine L on op; the caller returns lua_yield. */
-static void co_park(struct hconn *hc, enum hwait op) {
-    double t = hc->u->timeout;
-
+/* Parks the running coroutine L on op for at most t seconds (< 0: no
+ * bound); the caller returns lua_yieldk. */
+static void co_park(struct hconn *hc, enum hwait op, double t) {
     hc->wait = op;
     if (t >= 0) {
         long ms = (long)(t * 1000 + 0.5);
@@ -281,7 +285,8 @@ static size_t recv_push(lua_State *L, const char *src, size_t n, size_t max) {
     return n;
 }
 
-static int ev_recv(lua_State *L, struct lconn *u, size_t max) {
+static int ev_recv(lua_State *L, struct lconn *u, size_t max,
+                   const char *what, lua_KFunction k) {
     struct hconn *hc = u->rt;
 
     if (hc->ilen > hc->ioff) {
@@ -296,11 +301,11 @@ static int ev_recv(lua_State *L, struct lconn *u, size_t max) {
     if (hc->eof || conn_closing(hc->c) || hc->gone)
         return lconn_fail(L, "closed", 0);
     if (L != hc->co)
-        return luaL_error(L, "conn:recv would wait: only a handle(conn) "
-                          "coroutine can wait for data");
+        return luaL_error(L, "conn:%s would wait: only a handle(conn) "
+                          "coroutine can wait for data", what);
     hc->recv_max = max;
-    co_park(hc, HW_RECV);
-    return lua_yield(L, 0);
+    co_park(hc, HW_RECV, u->timeout);
+    return lua_yieldk(L, 0, 0, k);
 }
 
 /* send's result: queues len bytes; pushes len, or nil, "closed", 0. */
@@ -320,7 +325,7 @@ static int ev_send(lua_State *L, struct lconn *u, const char *s,
         conn_closing(hc->c))
         return send_push(L, hc, s, len);
     hc->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the data */
-    co_park(hc, HW_SEND);
+    co_park(hc, HW_SEND, u->timeout);
     return lua_yield(L, 0);
 }
 
@@ -333,7 +338,27 @@ static void ev_close(struct lconn *u) {
         conn_close(hc->c);
 }
 
-static const struct lconn_ops ev_ops = {ev_recv, ev_send, ev_close};
+static int ev_sleep(lua_State *L, struct lconn *u, double secs) {
+    struct hconn *hc = u->rt;
+
+    if (L != hc->co)
+        return luaL_error(L, "conn:sleep would wait: only a handle(conn) "
+                          "coroutine can wait");
+    co_park(hc, HW_SLEEP, secs);
+    return lua_yield(L, 0);
+}
+
+static void ev_shutdown(struct lconn *u) {
+    conn_shutdown_send(((struct hconn *)u->rt)->c);
+}
+
+static void ev_reset(struct lconn *u) {
+    conn_reset(((struct hconn *)u->rt)->c);
+}
+
+static const struct lconn_ops ev_ops = {
+    ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset
+};
 
 /* --- the worker's calls --------------------------------------------------- */
 
@@ -351,7 +376,8 @@ void handler_on_open(struct handler *h, conn *c) {
     hc->co_ref = hc->send_ref = LUA_NOREF;
     c->hdata = hc;
     cap = cap_lift(h);
-    hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)c->id, c->peer);
+    hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)c->id, c->peer,
+                      h->inbuf_max);
     hc->ud_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
     cap_restore(h, cap);
     if (h->hs.cur.kind == HK_DIRECT)

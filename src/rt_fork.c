@@ -145,7 +145,8 @@ static int frt_write(struct frt *f, const char *s, size_t len,
 
 /* --- the conn object's operations ---------------------------------------- */
 
-static int f_recv(lua_State *L, struct lconn *u, size_t max) {
+static int f_recv(lua_State *L, struct lconn *u, size_t max,
+                  const char *what, lua_KFunction k) {
     struct frt *f = u->rt;
     ssize_t n;
 
@@ -153,9 +154,10 @@ static int f_recv(lua_State *L, struct lconn *u, size_t max) {
         max = FORK_READ_MAX;
     if (f->eof)
         return lconn_fail(L, "closed", 0);
+    (void)k;                    /* nothing parks: the results are here */
     if (!f->direct)             /* as in the event runtime */
-        return luaL_error(L, "conn:recv would wait: only a handle(conn) "
-                          "coroutine can wait for data");
+        return luaL_error(L, "conn:%s would wait: only a handle(conn) "
+                          "coroutine can wait for data", what);
     n = frt_read(f, max, u->timeout);
     hload_budget(L, f->budget);     /* like a resume in the event runtime */
     if (n == W_TIMEOUT)
@@ -197,7 +199,65 @@ static void f_close(struct lconn *u) {
         frt_close(f);
 }
 
-static const struct lconn_ops fork_ops = {f_recv, f_send, f_close};
+/* Sleeps secs (bounded by the idle timeout, woken by SIGTERM as a wait). */
+static int f_sleep(lua_State *L, struct lconn *u, double secs) {
+    struct frt *f = u->rt;
+    int idle_first = f->idle > 0 && f->idle < secs;
+    double t = idle_first ? f->idle : secs;
+    struct timespec ts = {(time_t)t, (long)((t - (time_t)t) * 1e9)};
+    struct timespec until, now;
+
+    if (!f->direct)
+        return luaL_error(L, "conn:sleep would wait: only a handle(conn) "
+                          "coroutine can wait");
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ts.tv_sec;
+    if ((until.tv_nsec += ts.tv_nsec) >= 1000000000L) {
+        until.tv_nsec -= 1000000000L;
+        until.tv_sec++;
+    }
+    for (;;) {
+        if (frt_stop) {
+            frt_end(f, "shutdown");
+            break;
+        }
+        if (ppoll(NULL, 0, &ts, &f->waitmask) == 0) {
+            if (idle_first)
+                frt_end(f, "timeout");
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);      /* EINTR: sleep the rest */
+        long long left = (until.tv_sec - now.tv_sec) * 1000000000LL +
+                         (until.tv_nsec - now.tv_nsec);
+        if (left <= 0)
+            break;
+        ts.tv_sec = (time_t)(left / 1000000000LL);
+        ts.tv_nsec = (long)(left % 1000000000LL);
+    }
+    hload_budget(L, f->budget);
+    if (f->end)
+        return lconn_fail(L, "closed", lconn_reason_code(f->end));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void f_shutdown(struct lconn *u) {
+    shutdown(((struct frt *)u->rt)->fd, SHUT_WR);
+}
+
+static void f_reset(struct lconn *u) {
+    struct frt *f = u->rt;
+    struct linger lg = {1, 0};
+
+    setsockopt(f->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(f->fd);
+    f->fd = -1;
+    frt_end(f, "closed");
+}
+
+static const struct lconn_ops fork_ops = {
+    f_recv, f_send, f_sleep, f_close, f_shutdown, f_reset
+};
 
 /* --- calls ----------------------------------------------------------------- */
 
@@ -246,7 +306,7 @@ static void frt_call(struct frt *f, int ref, const char *arg, size_t len,
         return;
     }
     reply = lua_tolstring(L, -1, &rlen);
-    if (reply && rlen && f->end == NULL)
+    if (reply && rlen && f->end == NULL && !f->u->wshut)
         frt_write(f, reply, rlen, -1);
     lua_pop(L, 1);
     if (f->close_after && f->end == NULL)
@@ -304,13 +364,15 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer) {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     lua_settop(f.L, 0);
     lhost_set_mem_limit(f.L, 0);
-    f.u = lconn_new(f.L, &fork_ops, &f, (lua_Integer)getpid(), peer);
+    f.u = lconn_new(f.L, &fork_ops, &f, (lua_Integer)getpid(), peer,
+                    hs->cfg->high_water);
     f.conn_ref = luaL_ref(f.L, LUA_REGISTRYINDEX);
     lhost_set_mem_limit(f.L, f.mem);
     if (hs->cur.kind == HK_DIRECT)
         serve_direct(&f);
     else
         serve_callbacks(&f);
-    close(fd);
+    if (f.fd >= 0)
+        close(f.fd);
     return f.faulted;
 }

@@ -69,7 +69,8 @@ static int master_listen(struct master *m, char *addr, size_t len) {
     int flags = NET_NONBLOCK | (m->exclusive ? 0 : NET_REUSEPORT);
 
     for (int i = 0; i < m->nslots; i++) {
-        int fd = net_tcp_server(err, cfg->host, port, BACKLOG, flags);
+        int fd = net_tcp_server(err, cfg->host, port, BACKLOG,
+                                flags | (i == 0 && port ? NET_FREE : 0));
         if (fd < 0) {
             log_error("%s", err);
             return -1;
@@ -257,30 +258,36 @@ static void master_reap(struct master *m) {
 
 static void master_watched(void *ud);
 
+/* --watch: the handler file and the modules it required next to it. */
+static int master_watch(struct master *m) {
+    char err[HLOAD_ERR_LEN];
+
+    watch_stop(m->watch);
+    m->watch = watch_start(m->loop, m->handler->files, m->handler->nfiles,
+                           master_watched, m, err, sizeof err);
+    if (m->watch == NULL)
+        log_error("%s", err);
+    return m->watch ? 0 : -1;
+}
+
 /* Loads path (NULL: the current file) into the master's copy first: a
  * worker started later forks from it, and a file that does not load is
  * refused here, once, before any worker tries it. 0 or -1 and err. */
 static int master_load(struct master *m, const char *path, char *err,
                        size_t errlen) {
-    const char *old = m->handler->path;
-
     if (hstate_load(m->handler, path, err, errlen) < 0)
         return -1;
     log_debug("handler %s version %d loaded in the master", m->handler->path,
               m->handler->version);
-    if (m->watch && path && strcmp(path, old) != 0) {
-        watch_stop(m->watch);
-        m->watch = watch_start(m->loop, m->handler->path, master_watched, m,
-                               err, errlen);
-        if (m->watch == NULL)
-            log_warn("%s", err);
-    }
+    if (m->cfg->watch)
+        master_watch(m);        /* the files may have changed */
     return 0;
 }
 
 /* SIGHUP or --watch: reload in the master, then in every worker. */
 static void master_reload(struct master *m, const char *trigger) {
     char err[HLOAD_ERR_LEN];
+    int n;
 
     if (m->handler == NULL) {
         log_info("%s: no handler to reload", trigger);
@@ -291,8 +298,9 @@ static void master_reload(struct master *m, const char *trigger) {
                   m->handler->path, trigger, m->handler->version, err);
         return;
     }
-    log_info("%s: reloading the handler in %d workers", trigger,
-             live_workers(m));
+    n = live_workers(m);
+    log_info("%s: reloading the handler in %d %s", trigger, n,
+             n == 1 ? "worker" : "workers");
     signal_workers(m, SIGHUP);
 }
 
@@ -427,15 +435,8 @@ static int master_init(struct master *m, char *addr, size_t len) {
         }
         control_set_swap(m->ctl, control_swap, m);
     }
-    if (m->handler && m->cfg->watch) {
-        char err[HLOAD_ERR_LEN];
-        m->watch = watch_start(m->loop, m->handler->path, master_watched, m,
-                               err, sizeof err);
-        if (m->watch == NULL) {
-            log_error("%s", err);
-            return -1;
-        }
-    }
+    if (m->handler && m->cfg->watch && master_watch(m) < 0)
+        return -1;
     return 0;
 }
 
@@ -465,8 +466,9 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
         master_fini(&m);
         return 1;
     }
-    log_info("listening on %s (%d workers, %s)", addr, m.nslots,
-             cfg->handler ? cfg->handler : "C echo");
+    log_notice("listening on %s (%d %s, %s)", addr, m.nslots,
+               m.nslots == 1 ? "worker" : "workers",
+               cfg->handler ? cfg->handler : "C echo");
     for (int i = 0; i < m.nslots; i++)
         worker_spawn(&m, i);
     ev_run(m.loop);
@@ -501,8 +503,8 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
             close(lfd);
         return 1;
     }
-    log_info("listening on %s (fork model, %s)", addr,
-             cfg->handler ? cfg->handler : "C echo");
+    log_notice("listening on %s (fork model, %s)", addr,
+               cfg->handler ? cfg->handler : "C echo");
     return forksrv_main(cfg, lfd, hs);
 }
 

@@ -10,10 +10,12 @@
 struct watch;
 typedef void watch_proc(void *ud);
 
-/* Calls proc(ud) from the loop after path was written or renamed over.
- * NULL on failure, with "--watch PATH: reason" in err. */
-struct watch *watch_start(ev_loop *loop, const char *path, watch_proc *proc,
-                          void *ud, char *err, size_t errlen);
+/* Calls proc(ud) from the loop after one of the n files was written or
+ * renamed over (once per batch of changes). NULL on failure, with
+ * "--watch PATH: reason" in err. */
+struct watch *watch_start(ev_loop *loop, char *const *paths, int n,
+                          watch_proc *proc, void *ud, char *err,
+                          size_t errlen);
 void watch_stop(struct watch *w);
 
 #endif

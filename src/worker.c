@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "control.h"
@@ -26,6 +27,7 @@ enum {
     CONN_EOF = 1 << 4,          /* the client shut down its side */
     CONN_CLOSING = 1 << 5,      /* conn_close: flush, then close */
     CONN_DEAD = 1 << 6,         /* on w->dead, freed after the iteration */
+    CONN_SHUTWR = 1 << 7,       /* conn_shutdown_send: FIN once flushed */
     CONN_REASON_SHIFT = 8       /* index into reasons[] */
 };
 
@@ -139,7 +141,7 @@ static int out_append(conn *c, const char *data, size_t len) {
 int conn_send(conn *c, const char *data, size_t len) {
     struct worker *w = c->w;
 
-    if (c->flags & (CONN_CLOSING | CONN_DEAD))
+    if (c->flags & (CONN_CLOSING | CONN_DEAD | CONN_SHUTWR))
         return -1;
     if (c->out == NULL) {
         ssize_t n = write(c->fd, data, len);
@@ -173,6 +175,23 @@ int conn_send(conn *c, const char *data, size_t len) {
         conn_update_read(c);
     }
     return 0;
+}
+
+void conn_shutdown_send(conn *c) {
+    if (c->flags & (CONN_CLOSING | CONN_DEAD | CONN_SHUTWR))
+        return;
+    c->flags |= CONN_SHUTWR;
+    if (c->out == NULL)
+        shutdown(c->fd, SHUT_WR);
+}
+
+void conn_reset(conn *c) {
+    struct linger lg = {1, 0};
+
+    if (c->flags & CONN_DEAD)
+        return;
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    conn_kill(c, R_CLOSED);     /* the close in worker_after sends the RST */
 }
 
 static int close_reason(const conn *c) {
@@ -221,6 +240,8 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
         ev_del(loop, fd, EV_WRITABLE);
         c->flags &= ~CONN_WRITING;
     }
+    if (c->out == NULL && (c->flags & CONN_SHUTWR))
+        shutdown(fd, SHUT_WR);
     if ((c->flags & CONN_PAUSED) &&
         conn_pending(c) <= c->w->cfg->low_water)
         conn_drained(c);
@@ -395,22 +416,29 @@ static int reject_log_due(struct worker *w) {
 
 /* Out of descriptors: give back the spare, accept and close the client
  * (it sees a close, not a hang), take the spare again [nginx, libuv].
- * 0 if the caller can go on accepting, -1 if it must pause. */
+ * 0 if the caller can go on accepting, 1 if the queue is empty (EMFILE
+ * comes before EAGAIN: nothing was waiting), -1 if it must pause (errno). */
 static int accept_shed(struct worker *w, int err) {
-    int fd;
+    int fd, accept_err;
 
     if (w->spare_fd < 0)
         return -1;
     close(w->spare_fd);
     fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+    accept_err = errno;
     if (fd >= 0) {
         close(fd);
         w->stats->rejected++;
     }
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (reject_log_due(w))
+    if (fd >= 0 && reject_log_due(w))
         log_warn("accept: %s: refusing connections", strerror(err));
-    return fd >= 0 ? 0 : -1;
+    if (fd >= 0)
+        return 0;
+    if (accept_err == EAGAIN || accept_err == EWOULDBLOCK)
+        return 1;
+    errno = accept_err;
+    return -1;
 }
 
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
@@ -426,9 +454,13 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
                 return;
             if (errno == ECONNABORTED || errno == EPROTO)
                 continue;
-            if ((errno == EMFILE || errno == ENFILE) &&
-                accept_shed(w, errno) == 0)
-                continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                int shed = accept_shed(w, errno);
+                if (shed == 0)
+                    continue;
+                if (shed > 0)
+                    return;         /* nothing left to accept */
+            }
             accept_pause(w, errno);
             return;
         }

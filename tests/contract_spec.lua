@@ -311,6 +311,176 @@ return {
     },
     reasons = { a = "closed" } },
 
+  -- The verbs of framed receive, half-close, reset and sleep ----------------
+
+  { name = "a direct-style line server with receive('*l') frames awkward chunks",
+    handler = [[
+return { handle = function(conn)
+  while true do
+    local line, msg, code, partial = conn:receive("*l")
+    if not line then
+      rec(conn, "receive", line, msg, code, partial)
+      return
+    end
+    conn:send("<" .. line .. ">\n")
+  end
+end }
+]],
+    steps = {
+      { c = "a", send = "he" },
+      { c = "a", send = "llo\r" },
+      { c = "a", send = "\nwor" },
+      { c = "a", expect = "<hello>\n" },
+      { c = "a", send = "ld\n\nla", expect = "<world>\n<>\n" },
+      { c = "a", check = "open" },
+      { c = "a", send = "st" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "receive nil closed 0 last" } } },
+
+  { name = "receive(n) reads exact counts and recv takes the bytes read past a frame",
+    handler = [[
+return { handle = function(conn)
+  local head = conn:receive(3)
+  conn:send("[" .. head .. "]")
+  conn:send("{" .. conn:recv() .. "}")
+  while true do
+    local f, msg, code, partial = conn:receive(4)
+    if not f then
+      rec(conn, "receive", f, msg, code, partial)
+      return
+    end
+    conn:send("(" .. f .. ")")
+  end
+end }
+]],
+    steps = {
+      { c = "a", send = "abcdef", expect = "[abc]{def}" },
+      { c = "a", send = "gh" },
+      { c = "a", send = "ijkl", expect = "(ghij)" },
+      { c = "a", send = "mnop", expect = "(klmn)" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "receive nil closed 0 op" } } },
+
+  { name = "receiveuntil splits on a delimiter cut across chunks",
+    handler = [[
+return { handle = function(conn)
+  while true do
+    local part, msg, code, partial = conn:receiveuntil("--")
+    if not part then
+      rec(conn, "receiveuntil", part, msg, code, partial)
+      return
+    end
+    conn:send("<" .. part .. ">")
+  end
+end }
+]],
+    steps = {
+      { c = "a", send = "one-" },
+      { c = "a", send = "-two--thr", expect = "<one><two>" },
+      { c = "a", send = "ee--", expect = "<three>" },
+      { c = "a", send = "x-" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "receiveuntil nil closed 0 x-" } } },
+
+  { name = "shutdown('send'): the client reads EOF, still sends, and the handler reads it",
+    handler = [[
+return { handle = function(conn)
+  local data = conn:recv()
+  conn:send("bye " .. data)
+  rec(conn, "shutdown", conn:shutdown("send"))
+  while true do
+    local d, msg, code = conn:recv()
+    rec(conn, "recv", d, msg, code)
+    if not d then return end
+    rec(conn, "send", conn:send(d))
+  end
+end }
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "closed", rest = "bye x" },
+      { c = "a", send = "more" },
+      { c = "a", eof = true },
+    },
+    records = { a = { "shutdown true", "recv more nil nil", "send nil closed 0",
+                      "recv nil closed 0" } } },
+
+  { name = "reset(): the client sees a reset, on_close gets closed, the reply is dropped",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    if data == "rst" then
+      rec(conn, "reset", conn:reset())
+      rec(conn, "after", conn:send("x"))
+      return "dropped"
+    end
+    return data
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", send = "rst" },
+      { c = "a", ending = "reset", rest = "" },
+    },
+    reasons = { a = "closed" },
+    records = { a = { "reset true", "after nil closed 0" } } },
+
+  { name = "sleep delays a reply and returns true",
+    handler = [[
+return { handle = function(conn)
+  local data = conn:recv()
+  rec(conn, "sleep", conn:sleep(0.2))
+  conn:send("late " .. data)
+  conn:close()
+end }
+]],
+    steps = {
+      { c = "a", send = "x", expect = "late x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "sleep true" } } },
+
+  { name = "the drain deadline ends a sleep with nil, 'closed', 0",
+    handler = [[
+return { handle = function(conn)
+  conn:recv()
+  conn:send("zz")
+  rec(conn, "sleep", conn:sleep(30))
+  rec(conn, "send", conn:send("late"))
+end }
+]],
+    args = { "--drain-timeout", "0.3" }, opts = { shutdown_at = 0.3 },
+    steps = {
+      { c = "a", send = "go", expect = "zz" },
+      { shutdown = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "sleep nil closed 0", "send nil closed 0" } } },
+
+  { name = "the idle timeout ends a sleep longer than it with nil, 'closed', 0",
+    handler = [[
+return { handle = function(conn)
+  conn:recv()
+  conn:send("zz")
+  rec(conn, "sleep", conn:sleep(30))
+end }
+]],
+    args = { "--idle-timeout", "0.3" }, opts = { idle_timeout = 0.3 },
+    steps = {
+      { c = "a", send = "go", expect = "zz" },
+      { c = "a", idle = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "sleep nil closed 0" } } },
+
   { name = "a handler that does not compile stops the start with file:line: message",
     raw = true,
     handler = "return function(conn, data)\n  return data +\nend\n",

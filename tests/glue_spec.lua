@@ -70,7 +70,10 @@ describe("echohost.glue constructors", function()
     assert.has_error(function() identity.Parent("x") end,
       "identity.Parent: argument 1 (pid) expected int, got string")
     assert.has_error(function() identity.Parent(1.5) end,
-      "identity.Parent: argument 1 (pid) expected int, got number")
+      "identity.Parent: argument 1 (pid) expected int, got 1.5 (not an integer)")
+    assert.has_error(function() identity.Parent(2 ^ 70) end,
+      "identity.Parent: argument 1 (pid) expected int, got 1.1805916207174e+21 "
+      .. "(out of the integer range)")
     assert.has_error(function() cons({}, nil_) end,
       "list.cons: argument 1 (hd) expected _, got table")
     assert.has_error(function() cons(1, option.None) end,
@@ -137,6 +140,15 @@ describe("echohost.glue introspection", function()
     assert.equal("default", glue.match(nil_, { _ = function() return "default" end }))
     assert.has_error(function() glue.match(identity.Child, { Parent = print }) end,
       "glue.match: no case for Child")
+  end)
+
+  it("raises naming the case when a case is not a function", function()
+    assert.has_error(function() glue.match(identity.Child, { Child = 5 }) end,
+      "glue.match: the case for Child is a number, not a function")
+    assert.has_error(function() glue.match(identity.Child, { _ = "x" }) end,
+      "glue.match: the case _ is a string, not a function")
+    local callable = setmetatable({}, { __call = function(_, pid) return pid end })
+    assert.equal(42, glue.match(p, { Parent = callable }))
   end)
 
   it("compares values structurally, by type", function()

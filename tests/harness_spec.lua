@@ -208,3 +208,249 @@ describe("harness.open", function()
       { ok, err })
   end)
 end)
+
+-- The new conn verbs (framed receive, shutdown, reset, sleep) ---------------
+
+-- Every way to cut s into chunks, in order ("abc": {"abc"}, {"a", "bc"}, ...).
+local function splits(s)
+  local all = {}
+  for mask = 0, (1 << (#s - 1)) - 1 do
+    local parts, from = {}, 1
+    for i = 1, #s - 1 do
+      if mask & (1 << (i - 1)) ~= 0 then
+        parts[#parts + 1] = s:sub(from, i)
+        from = i + 1
+      end
+    end
+    parts[#parts + 1] = s:sub(from)
+    all[#all + 1] = parts
+  end
+  return all
+end
+
+-- A direct-style handler that reads frames with read(conn) until one fails
+-- and keeps them in conn.state.got, then the failure.
+local function framer(read)
+  return { handle = function(conn)
+    local got = {}
+    conn.state.got = got
+    while true do
+      local r = table.pack(read(conn))
+      if not r[1] then
+        got[#got + 1] = { table.unpack(r, 1, r.n) }
+        return
+      end
+      got[#got + 1] = r[1]
+    end
+  end }
+end
+
+local function run_split(handler, parts, opts)
+  local inputs = {}
+  for i, p in ipairs(parts) do inputs[i] = p end
+  inputs[#inputs + 1] = harness.CLOSE
+  return harness.run(handler, inputs, opts)
+end
+
+describe("harness framed receive", function()
+  it("receive('*l') gives the same lines for every split of the input", function()
+    local cuts = splits("ab\r\ncd\n")
+    assert.equal(64, #cuts)
+    for _, parts in ipairs(cuts) do
+      local r = run_split(framer(function(c) return c:receive("*l") end), parts)
+      assert.same({ "ab", "cd", { nil, "closed", 0, "" } }, r.state.got,
+        table.concat(parts, "|"))
+    end
+  end)
+
+  it("receive('l'), receive() and a lone CR: the CR stays unless right before the LF", function()
+    local r = run_split(framer(function(c) return c:receive() end), { "a\rb\n\r\n" })
+    assert.same({ "a\rb", "", { nil, "closed", 0, "" } }, r.state.got)
+    r = run_split(framer(function(c) return c:receive("l") end), { "x\n", "y" })
+    assert.same({ "x", { nil, "closed", 0, "y" } }, r.state.got)
+  end)
+
+  it("receive(n) and receiveuntil frame every split alike; a partial frame at EOF", function()
+    for _, parts in ipairs(splits("abcde")) do
+      local r = run_split(framer(function(c) return c:receive(2) end), parts)
+      assert.same({ "ab", "cd", { nil, "closed", 0, "e" } }, r.state.got)
+    end
+    for _, parts in ipairs(splits("a--b---c")) do
+      local r = run_split(framer(function(c) return c:receiveuntil("--") end), parts)
+      assert.same({ "a", "b", { nil, "closed", 0, "-c" } }, r.state.got,
+        table.concat(parts, "|"))
+    end
+  end)
+
+  it("receive('*a') reads to EOF, '' when nothing is buffered", function()
+    local r = harness.run({ handle = function(conn)
+      conn.state.got = { conn:receive("*a"), conn:receive("a"), conn:recv() }
+    end }, { "ab", "", "c", harness.CLOSE })
+    assert.same({ { "abc", "", nil, "closed", 0 }, "eof" }, { r.state.got, r.reason })
+  end)
+
+  it("a frame over opts.high_water: nil, 'too long', 0, and recv takes the bytes", function()
+    local r = harness.run({ handle = function(conn)
+      conn.state.got = { { conn:receive("*l") }, conn:recv(), conn:recv(), { conn:receive(20) } }
+    end }, { "abcdefghij" }, { high_water = 8 })
+    assert.same({ { nil, "too long", 0 }, "abcdefgh", "ij" }, { table.unpack(r.state.got, 1, 3) })
+    r = harness.run({ handle = function(conn)
+      conn.state.got = { conn:receive(9) }
+    end }, { "abcdefghij" }, { high_water = 8 })
+    assert.same({ nil, "too long", 0 }, r.state.got)
+  end)
+
+  it("recv takes the bytes read past a frame first", function()
+    local r = harness.run({ handle = function(conn)
+      conn.state.got = { conn:receive(2), conn:recv(3), conn:recv(), conn:recv() }
+    end }, { "abcdef", "gh" })
+    assert.same({ "ab", "cde", "f", "gh" }, r.state.got)
+  end)
+
+  it("a settimeout wait: nil, 'timeout', 110, and the buffer stays", function()
+    local h = harness.open({ handle = function(conn)
+      conn:settimeout(1)
+      conn.state.got = { { conn:receive("*l") } }
+      conn.state.got[2] = conn:receive("*l")
+    end })
+    h:input("ab")
+    h:timeout()
+    h:input("c\n")
+    assert.same({ { nil, "timeout", 110 }, "abc" }, h.conn.state.got)
+  end)
+
+  it("a reset: nil, 'closed', 104, partial", function()
+    local r = harness.run(framer(function(c) return c:receive("*l") end),
+      { "x\ny", harness.RESET })
+    assert.same({ "x", { nil, "closed", 104, "y" } }, r.state.got)
+  end)
+
+  it("after conn:close(): nil, 'closed', 0, but a frame already buffered is returned", function()
+    local r = harness.run({ handle = function(conn)
+      local first = conn:receive(1)
+      conn:close()
+      conn.state.got = { first, conn:receive(1), { conn:receive(5) }, { conn:receiveuntil("z") } }
+    end }, { "abc" })
+    assert.same({ "a", "b", { nil, "closed", 0 }, { nil, "closed", 0 } }, r.state.got)
+  end)
+
+  it("raises in a callback when the frame is not buffered", function()
+    for what, call in pairs({
+      receive = function(c) return c:receive("*l") end,
+      receiveuntil = function(c) return c:receiveuntil("\n") end,
+    }) do
+      local r = harness.run({ on_data = function(c) return call(c) end }, { "a\n" })
+      assert.equal("error", r.reason)
+      assert.matches("conn:" .. what .. " would wait: only a handle%(conn%) coroutine can wait "
+        .. "for data", r.error)
+    end
+  end)
+
+  it("raises on misuse", function()
+    local h = harness.open({ on_data = function() end })
+    local c = h.conn
+    local pattern = "bad argument #1 to 'receive' (expected \"*l\", \"*a\" or a count >= 1)"
+    for _, bad in ipairs({ "x", "*x", 0, -1, 1.5, {} }) do
+      assert.has_error(function() c:receive(bad) end, pattern)
+    end
+    for _, bad in ipairs({ "", string.rep("x", 257), 5 }) do
+      assert.has_error(function() c:receiveuntil(bad) end,
+        "bad argument #1 to 'receiveuntil' (expected a delimiter of 1..256 bytes)")
+    end
+    assert.has_error(function() c:shutdown("both") end,
+      "bad argument #1 to 'shutdown' (invalid option 'both')")
+    assert.has_error(function() c:sleep(-1) end,
+      "bad argument #1 to 'sleep' (expected seconds (>= 0))")
+    assert.has_error(function() c:sleep("1") end,
+      "bad argument #1 to 'sleep' (number expected, got string)")
+  end)
+end)
+
+describe("harness shutdown, reset and sleep", function()
+  it("shutdown('send'): the client reads EOF, recv still works, send is closed", function()
+    local h = harness.open({ handle = function(conn)
+      conn:send("bye")
+      local got = { conn:shutdown("send"), conn:shutdown(), { conn:send("x") } }
+      conn.state.got = got
+      got[4] = conn:recv()
+      got[5] = { conn:recv() }
+    end })
+    assert.same({ "bye", "closed", false }, { h:sent(), h:ending(), h:closed() })
+    assert.equal("", h:input("more"))
+    h:eof()
+    assert.same({ true, true, { nil, "closed", 0 }, "more", { nil, "closed", 0 } },
+      h.conn.state.got)
+    assert.same({ "eof", "bye" }, { h:reason(), h:sent() })
+  end)
+
+  it("shutdown after close does nothing; a callback's reply after shutdown is not sent", function()
+    local r = harness.run({ on_data = function(conn, d)
+      conn:shutdown()
+      return d
+    end }, { "a", "b" })
+    assert.same({ "", false }, { r.sent, r.closed })
+    local h = harness.open({ on_data = function(conn)
+      conn:close()
+      conn.state.sd = conn:shutdown()
+    end })
+    h:input("x")
+    assert.same({ true, "closed", "closed" }, { h.conn.state.sd, h:reason(), h:ending() })
+  end)
+
+  it("reset(): the client sees a reset, reason closed, the reply is dropped", function()
+    local h = harness.open({ on_data = function(conn)
+      conn.state.got = { conn:reset(), conn:reset(), { conn:recv() }, { conn:send("x") } }
+      return "dropped"
+    end, on_close = function(conn, why) conn.state.why = why end })
+    assert.equal("", h:input("a"))
+    assert.same({ true, true, { nil, "closed", 0 }, { nil, "closed", 0 } }, h.conn.state.got)
+    assert.same({ "reset", "closed", "closed" }, { h:ending(), h:reason(), h.conn.state.why })
+    assert.equal("echohost.conn " .. h.conn.id .. " (closed)", tostring(h.conn))
+  end)
+
+  it("reset() in a handle after EOF is still reason closed", function()
+    local r = harness.run({ handle = function(conn)
+      conn:recv()
+      conn:reset()
+    end }, { harness.CLOSE })
+    assert.equal("closed", r.reason)
+  end)
+
+  it("sleep advances the virtual clock and returns true at once", function()
+    local h = harness.open({ handle = function(conn)
+      conn.state.got = { conn:sleep(1.5), conn:sleep(0) }
+      conn:send("late")
+      conn:close()
+    end })
+    assert.same({ { true, true }, 1.5, "late", "closed" },
+      { h.conn.state.got, h:clock(), h:sent(), h:reason() })
+  end)
+
+  it("a sleep past opts.shutdown_at or opts.idle_timeout ends the connection", function()
+    local function sleeper(secs)
+      return { handle = function(conn)
+        conn.state.got = { conn:sleep(secs) }
+        conn.state.sent = { conn:send("x") }
+      end }
+    end
+    local h = harness.open(sleeper(5), { shutdown_at = 1 })
+    assert.same({ { nil, "closed", 0 }, { nil, "closed", 0 }, 1, "shutdown", "" },
+      { h.conn.state.got, h.conn.state.sent, h:clock(), h:reason(), h:sent() })
+    h = harness.open(sleeper(5), { idle_timeout = 2 })
+    assert.same({ { nil, "closed", 0 }, 2, "timeout" }, { h.conn.state.got, h:clock(), h:reason() })
+    h = harness.open(sleeper(0.5), { idle_timeout = 2, shutdown_at = 1 })
+    assert.same({ { true }, 0.5 }, { h.conn.state.got, h:clock() })
+  end)
+
+  it("sleep in a callback raises; after the end it returns nil, 'closed', 0", function()
+    local r = harness.run({ on_data = function(conn) conn:sleep(1) end }, { "a" })
+    assert.equal("error", r.reason)
+    assert.matches("conn:sleep would wait: only a handle%(conn%) coroutine can wait", r.error)
+    local h = harness.open({ on_data = function(conn)
+      conn:close()
+      conn.state.got = { conn:sleep(1) }
+    end })
+    h:input("a")
+    assert.same({ nil, "closed", 0 }, h.conn.state.got)
+  end)
+end)

@@ -241,4 +241,24 @@ describe("echohost --repl (terminal)", function()
     assert.is_true(ok, out)
     assert.truthy(out:find("[exit 0]", 1, true), out)
   end)
+
+  it("says once, before the first prompt, that a history it cannot write is not saved",
+    function()
+      local dir = util.tmpdir()
+      finally(function() os.execute("rm -rf " .. q(dir)) end)
+      local ok, out = pty(table.concat({
+        "expect history is not saved",
+        PROMPT,
+        "send 1 + 1\\r",
+        "expect 2\\r\\n",
+        PROMPT,
+        "send \\x04",
+      }, "\n") .. "\n", dir .. "/missing/history")
+      assert.is_true(ok, out)
+      assert.truthy(out:find("[exit 0]", 1, true), out)
+      local _, n = out:gsub("history is not saved", "")
+      assert.equal(1, n, out)
+      assert.truthy(out:find("echohost: history " .. dir .. "/missing/history: "
+        .. "No such file or directory (history is not saved)", 1, true), out)
+    end)
 end)

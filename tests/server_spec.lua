@@ -272,6 +272,28 @@ describe("echohost command line", function()
     end
   end)
 
+  it("logs the address it listens on at every log level", function()
+    for _, model in ipairs({ "event", "fork" }) do
+      local srv = server.start({ "--log-level", "error", "--model", model })
+      finally(function() srv:stop() end)
+      assert.matches("notice: listening on 127%.0%.0%.1:%d+", srv:log())
+      assert.equal("quiet", server.echo(srv.host, srv.port, "quiet"))
+      srv:stop()
+    end
+  end)
+
+  it("exits 1 when another echohost already serves the port", function()
+    local first = server.start({ "--workers", "2" })
+    finally(function() first:stop() end)
+    for _, model in ipairs({ "event", "fork" }) do
+      local code, err = server.run({ "--listen", "127.0.0.1:" .. first.port,
+        "--model", model, "--workers", "2" }, 5)
+      assert.equal(1, code)
+      assert.matches("bind 127%.0%.0%.1:" .. first.port .. ": Address already in use", err)
+    end
+    assert.equal("still", server.echo(first.host, first.port, "still"))
+  end)
+
   it("exits 1 with one line when the handler cannot be read", function()
     local code, err = server.run({ "--listen", "127.0.0.1:0",
       "--handler", "/nonexistent/handler.lua" }, 5)
@@ -292,6 +314,25 @@ describe("echohost handler start-up", function()
     assert.matches("cannot load the handler: ", err, 1, true)
     assert.is_nil(err:find("listening on", 1, true))
   end)
+
+  local stoppers = {
+    { "os.exit(0)", "os.exit is not available in a handler" },
+    { "require('echohost.proc').exit(0)", "proc.exit is not available in a handler" },
+    { "require('echohost.proc').fork()", "proc.fork is not available in a handler" },
+  }
+  for _, case in ipairs(stoppers) do
+    for _, model in ipairs({ "event", "fork" }) do
+      it("refuses a handler that calls " .. case[1] .. " at load (" .. model .. ")", function()
+        local path = util.write_tmp(case[1] .. "\nreturn function(_, d) return d end\n")
+        finally(function() os.remove(path) end)
+        local code, err = server.run({ "--listen", "127.0.0.1:0", "--model", model,
+          "--handler", path }, 10)
+        assert.equal(1, code)
+        assert.matches("cannot load the handler: " .. path .. ":1: " .. case[2], err, 1, true)
+        assert.is_nil(err:find("listening on", 1, true))
+      end)
+    end
+  end
 end)
 
 describe("echohost signals and workers", function()

@@ -288,11 +288,15 @@ describe("echohost.socket", function()
         assert.equal(0, sent)
       end)
 
-    it("raises when data is not a string", function()
+    it("raises when data is not a string, a number included (as conn:send does)", function()
       local c, a, srv = pair()
       finally(function() close_all(c, a, srv) end)
       assert.has_error(function() socket.send(c, {}) end,
         "bad argument #2 to 'send' (string expected, got table)")
+      assert.has_error(function() socket.send(c, 42) end,
+        "bad argument #2 to 'send' (string expected, got number)")
+      assert.has_error(function() c:send(42) end,
+        "bad argument #1 to 'send' (string expected, got number)")
     end)
   end)
 

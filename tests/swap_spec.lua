@@ -260,6 +260,26 @@ describe("handler swap", function()
     assert.equal("A old", c:receive("*l"))    -- a running child keeps its version
   end)
 
+  for _, model in ipairs({ "event", "fork" }) do
+    it("by --watch of a module the handler requires (" .. model .. ")", function()
+      local file, mod = dir .. "/main.lua", dir .. "/greet.lua"
+      util.write_file(mod, "return 'v1'\n")
+      util.write_file(file, "local greet = require 'greet'\n"
+        .. "return function(conn, data) return greet .. ':' .. data end\n")
+      local srv = util.start({ "--workers", "1", "--model", model, "--watch",
+        "--handler", file })
+      local c = util.connect(srv.port)
+      assert(c:send("a\n"))
+      assert.equal("v1:a", c:receive("*l"))
+      c:close()
+      util.write_file(mod, "return 'v2'\n")
+      assert.truthy(util.wait_for(function() return version_loaded(srv, 2) >= 1 end, 5))
+      local d = util.connect(srv.port)
+      assert(d:send("b\n"))
+      assert.equal("v2:b", d:receive("*l"))
+    end)
+  end
+
   it("lets a running coroutine finish on the code it started with", function()
     local file = dir .. "/direct.lua"
     util.write_file(file, direct_version("1:"))

@@ -18,7 +18,15 @@
 --     mem     bytes the handler may add to the Lua heap (default
 --             harness.MEM = 64 MiB; 0 or false: no cap), checked every 1000
 --             instructions after an emergency collection: "not enough memory"
---   on_open runs (or handle starts) in open.
+--     high_water  the longest frame of conn:receive/receiveuntil (default
+--             harness.HIGH_WATER = 256 KiB, the server's --high-water)
+--     idle_timeout, shutdown_at  virtual deadlines for conn:sleep: a sleep
+--             longer than idle_timeout ends the connection after
+--             idle_timeout ("timeout"), one past the clock time shutdown_at
+--             ends it then ("shutdown"); it returns nil, "closed", 0
+--   on_open runs (or handle starts) in open. The conn is echohost.conn
+--   (lua/echohost/conn.lua) over the harness's operations; conn:sleep is
+--   virtual: it returns at once and advances h:clock().
 -- Steps of h, each returning what the handler sent during it:
 --   h:input(data)  the client sends data (ignored once the connection ended)
 --   h:eof()        the client shuts its side down: a waiting recv gets
@@ -34,6 +42,9 @@
 -- A connection ends once, with a reason of README's table ("eof", "closed",
 -- "error", "reset", "timeout", "shutdown"); on_close(conn, reason) runs then.
 -- Queries: h:sent() (all bytes so far), h:closed() (whether it ended),
+-- h:ending() (what the client's reads end with: "open", "closed" after the
+-- end or the handler's conn:shutdown("send"), "reset" after conn:reset()),
+-- h:clock() (the virtual seconds slept since open),
 -- h:reason() (nil while open), h.error (the first error, with its
 -- traceback), h.log (the errors the server would log, in order), h.conn,
 -- h.kind ("fn", "callbacks", "direct"), h.modules (local modules loaded).
@@ -45,12 +56,14 @@
 -- { sent = all bytes, chunks = each send, closed = whether it ended before
 -- finish, reason = how it ended, error = the first error or nil, log = the
 -- errors logged, state = conn.state }.
+local conn = require "echohost.conn"
 local loader = require "echohost.loader"
 
 local M = {}
 
 M.BUDGET = 100000000                -- the server's --lua-budget default
 M.MEM = 64 * 1024 * 1024            -- the server's --lua-mem default
+M.HIGH_WATER = conn.HIGH_WATER      -- the server's --high-water default
 
 local ECONNRESET, ETIMEDOUT = 104, 110   -- Linux errnos, as the server reports them
 local NOMEM = "not enough memory"
@@ -64,98 +77,6 @@ M.CLOSE, M.TIMEOUT, M.RESET = marker("CLOSE"), marker("TIMEOUT"), marker("RESET"
 M.IDLE, M.SHUTDOWN = marker("IDLE"), marker("SHUTDOWN")
 
 local WAIT = {}                     -- what a parked handle coroutine yields
-
--- The conn object ------------------------------------------------------------
-
-local Conn = {}                     -- methods
-local conn_mt = {}
-
-local function fail(msg, code)
-  return nil, msg, code
-end
-
--- nil, "closed", code once the handler closed or the connection ended.
-local function gone(s)
-  if s.closing then
-    return fail("closed", 0)
-  elseif s.reason then
-    return fail("closed", s.code)
-  end
-end
-
-function Conn:recv(max)
-  local s = rawget(self, "_s")
-  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
-    error("bad argument #1 to 'recv' (expected a positive size)", 2)
-  end
-  while true do
-    if s.closing or s.reason then
-      return gone(s)
-    elseif #s.inbuf > 0 then
-      break
-    elseif s.eof then
-      return fail("closed", 0)
-    elseif coroutine.running() ~= s.co then
-      error("conn:recv would wait: only a handle(conn) coroutine can wait for data", 2)
-    end
-    s.parked = true
-    local why = coroutine.yield(WAIT)
-    s.parked = false
-    if why == "timeout" and s.timeout then
-      return fail("timeout", ETIMEDOUT)
-    end
-  end
-  local n = (max and max > 0) and math.min(max, #s.inbuf) or #s.inbuf
-  local data = s.inbuf:sub(1, n)
-  s.inbuf = s.inbuf:sub(n + 1)
-  return data
-end
-
-function Conn:send(data)
-  local s = rawget(self, "_s")
-  if type(data) ~= "string" then
-    error(("bad argument #1 to 'send' (string expected, got %s)"):format(type(data)), 2)
-  end
-  if s.closing or s.reason then
-    return gone(s)
-  end
-  if #data > 0 then
-    s.chunks[#s.chunks + 1] = data
-  end
-  return #data
-end
-
-function Conn:close()
-  rawget(self, "_s").closing = true
-  return true
-end
-
-function Conn:settimeout(t)
-  if t ~= nil and (type(t) ~= "number" or t < 0) then
-    error("bad argument #1 to 'settimeout' (expected seconds (>= 0) or nil)", 2)
-  end
-  rawget(self, "_s").timeout = t
-  return true
-end
-
-function conn_mt.__index(self, k)
-  local s = rawget(self, "_s")
-  if Conn[k] then
-    return Conn[k]
-  elseif k == "id" or k == "peer" or k == "state" then
-    return s[k]
-  end
-  return nil
-end
-
-function conn_mt.__newindex()
-  error("echohost.conn fields are read-only (keep your data in conn.state)", 2)
-end
-
-function conn_mt.__tostring(self)
-  local s = rawget(self, "_s")
-  return ("echohost.conn %d (%s)"):format(s.id, (s.closing or s.reason) and "closed" or s.peer)
-end
 
 -- Running handler code: the budget, the memory cap, errors -------------------
 
@@ -273,6 +194,7 @@ function end_conn(self, reason)
     return
   end
   s.reason, s.code = reason, reason == "reset" and ECONNRESET or 0
+  conn.gone(s.core, s.code)
   if self.kind == "direct" and s.parked then
     resume(self, "gone")
   elseif self.kind == "callbacks" and self.h.on_close then
@@ -291,7 +213,7 @@ local function settle(self)
     return
   end
   if s.closing or (self.kind == "direct" and coroutine.status(s.co) == "dead") then
-    end_conn(self, s.eof and "eof" or "closed")
+    end_conn(self, (s.eof and not s.rst) and "eof" or "closed")
   end
 end
 
@@ -303,9 +225,86 @@ local function reply(self, ok, r)
   if r ~= nil and type(r) ~= "string" then
     return fault(self, ("handler returned a %s (expected a string or nil)"):format(type(r)))
   end
-  if r and #r > 0 and not self.s.reason then
+  if r and #r > 0 and not (self.s.reason or self.s.rst or self.s.core.wshut) then
     self.s.chunks[#self.s.chunks + 1] = r
   end
+end
+
+-- The conn object: echohost.conn over the harness's operations ------------
+
+-- The earliest virtual deadline of self within secs of now (opts.idle_timeout
+-- from the sleep's start, opts.shutdown_at): its clock time and the reason
+-- it ends the connection with, or nil.
+local function deadline(self, secs)
+  local s, t, why = self.s, nil, nil
+  if self.idle_timeout and self.idle_timeout < secs then
+    t, why = s.clock + self.idle_timeout, "timeout"
+  end
+  if self.shutdown_at and self.shutdown_at < s.clock + secs
+      and (not t or self.shutdown_at < t) then
+    t, why = math.max(s.clock, self.shutdown_at), "shutdown"
+  end
+  return t, why
+end
+
+local function ops_of(self)
+  local s = self.s
+  local ops = {}
+  -- What the client sent, up to max (0: all); parks a handle coroutine.
+  function ops.recv(max)
+    while true do
+      if s.reason then
+        return nil, "closed", s.code
+      elseif #s.inbuf > 0 then
+        break
+      elseif s.eof then
+        return nil, "closed", 0
+      elseif coroutine.running() ~= s.co then
+        return false
+      end
+      s.parked = true
+      local why = coroutine.yield(WAIT)
+      s.parked = false
+      if why == "timeout" and s.core.timeout then
+        return nil, "timeout", ETIMEDOUT
+      end
+    end
+    local n = max > 0 and math.min(max, #s.inbuf) or #s.inbuf
+    local data = s.inbuf:sub(1, n)
+    s.inbuf = s.inbuf:sub(n + 1)
+    return data
+  end
+  function ops.send(data)
+    if #data > 0 then
+      s.chunks[#s.chunks + 1] = data
+    end
+    return #data
+  end
+  function ops.close()
+    s.closing = true
+  end
+  function ops.shutdown()
+    s.wshut = true                  -- the client reads EOF after what was sent
+  end
+  function ops.reset()
+    s.closing, s.rst = true, true
+  end
+  -- Virtual time: returns at once; the clock advances by secs, or to a
+  -- deadline that ends the connection first.
+  function ops.sleep(secs)
+    if coroutine.running() ~= s.co then
+      return false
+    end
+    local t, why = deadline(self, secs)
+    if t then
+      s.clock = t
+      end_conn(self, why)
+      return nil, "closed", s.code
+    end
+    s.clock = s.clock + secs
+    return true
+  end
+  return ops
 end
 
 -- A harness connection ------------------------------------------------------
@@ -325,6 +324,7 @@ function M.open(handler, opts)
   collectgarbage()
   local self = setmetatable({ budget = limit(opts.budget, M.BUDGET),
                               mem = limit(opts.mem, M.MEM),
+                              idle_timeout = opts.idle_timeout, shutdown_at = opts.shutdown_at,
                               base = collectgarbage("count") * 1024, log = {} }, H)
   local h, err
   if type(handler) == "string" then
@@ -344,10 +344,12 @@ function M.open(handler, opts)
     error(err, 0)
   end
   next_id = next_id + 1
-  local s = { id = next_id, peer = opts.peer or "127.0.0.1:40000", state = {},
-              inbuf = "", chunks = {}, closing = false, eof = false, parked = false }
+  local s = { inbuf = "", chunks = {}, closing = false, eof = false, parked = false,
+              clock = 0 }
   self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
-  self.conn = setmetatable({ _s = s }, conn_mt)
+  self.conn, s.core = conn.new(ops_of(self), { id = next_id,
+    peer = opts.peer or "127.0.0.1:40000", high_water = opts.high_water or M.HIGH_WATER })
+  s.state = s.core.state
   if h.kind == "direct" then
     s.co = coroutine.create(h.handle)
     resume(self, self.conn)
@@ -452,6 +454,24 @@ end
 -- nil while it is open.
 function H:reason()
   return self.s.reason
+end
+
+-- What the client's reads end with: "open" (they would wait), "closed"
+-- (EOF: the connection ended or the handler shut its sending side) or
+-- "reset" (the handler called conn:reset()).
+function H:ending()
+  local s = self.s
+  if s.rst then
+    return "reset"
+  elseif s.reason or s.wshut then
+    return "closed"
+  end
+  return "open"
+end
+
+-- The virtual clock: the seconds the handler slept (conn:sleep) since open.
+function H:clock()
+  return self.s.clock
 end
 
 local STEPS = { [M.CLOSE] = H.eof, [M.TIMEOUT] = H.timeout, [M.RESET] = H.reset,

@@ -10,16 +10,20 @@
 -- message (its string result is sent), a table of callbacks { on_open,
 -- on_data, on_close }, or a direct-style table { handle = function(conn) }
 -- that serves the whole connection with blocking calls. A string is a path,
--- loaded by loader.load (a failure: nil, message). In the child, conn wraps
--- the client socket with the conn API: conn:recv([max]), conn:send(data),
--- conn:close() ("flush, then close": a callback's reply is still sent),
--- conn:settimeout(secs), conn.id (the child's pid), conn.peer, conn.state;
--- other socket methods (conn:shutdown("send")) pass through. on_close(conn,
--- reason) gets "eof", "closed", "error" or "reset".
+-- loaded by loader.load (a failure: nil, message). In the child, conn is
+-- echohost.conn (lua/echohost/conn.lua, the harness's too) over the client
+-- socket: recv, receive, receiveuntil (frames of at most opts.high_water
+-- bytes, default 256 KiB), send, close ("flush, then close": a callback's
+-- reply is still sent), shutdown("send"), reset (a plain close here:
+-- echohost.socket has no SO_LINGER, so the client sees a FIN, not an RST),
+-- sleep (a poll on a socket of its own), settimeout, conn.id (the child's
+-- pid), conn.peer, conn.state. on_close(conn, reason) gets "eof",
+-- "closed", "error" or "reset".
 local socket = require "echohost.socket"
 local proc = require "echohost.proc"
 local glue = require "echohost.glue"
 local loader = require "echohost.loader"
+local conn_api = require "echohost.conn"
 
 local M = {}
 
@@ -37,112 +41,125 @@ local function checked(handler, fname, argn)
   return h
 end
 
--- The conn of a child: the client socket under the conn API --------------
+-- The conn of a child: echohost.conn over the client socket ----------------
 
-local Conn = {}
+local RECV_MAX = 64 * 1024          -- the most one read of a frame asks for
 
-local function conn_state(self)
-  return rawget(self, "_s")
-end
-
--- nil, "closed", code once the connection is closed or gone.
-local function gone(s)
-  if s.closing then
-    return nil, "closed", 0
-  elseif s.reset then
-    return nil, "closed", ECONNRESET
+-- A wait of secs seconds: an accept on a listening socket of its own that
+-- no one connects to (echohost.socket has no sleep; its waits are polls).
+local function pause(secs)
+  if secs <= 0 then
+    return true
   end
-end
-
-function Conn:recv(max)
-  local s = conn_state(self)
-  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
-    error("bad argument #1 to 'recv' (expected a positive size)", 2)
+  local l, err, code = socket.open_socket("127.0.0.1", 0)
+  if not l then
+    return nil, err, code
   end
-  if s.closing or s.reset then
-    return gone(s)
-  elseif s.eof then
-    return nil, "closed", 0
-  end
-  local data, err, code = s.sock:recv(max ~= 0 and max or nil)
-  if not data and err == "closed" then
-    if code == ECONNRESET then
-      s.reset = true
+  local ok
+  ok, err, code = l:listen(1)
+  if ok then
+    l:settimeout(secs)
+    local c
+    c, err, code = l:accept_connection()
+    if c then                       -- a stray client of that port: not ours
+      c:close()
+    elseif err == "timeout" then
+      ok = true
     else
-      s.eof = true
+      ok = nil
     end
-  elseif not data and err ~= "timeout" then
-    s.failed = err
   end
-  return data, err, code
-end
-
-function Conn:send(data)
-  local s = conn_state(self)
-  if type(data) ~= "string" then
-    error(("bad argument #1 to 'send' (string expected, got %s)"):format(type(data)), 2)
-  end
-  if s.closing or s.reset then
-    return gone(s)
-  end
-  local n, err, code = s.sock:send(data)
-  if not n and err == "closed" then
-    s.reset = true                  -- EPIPE or ECONNRESET: the client is gone
-    return nil, "closed", ECONNRESET
-  elseif not n and err ~= "timeout" then
-    s.failed = err
-  end
-  return n, err, code
-end
-
-function Conn:close()
-  local s = conn_state(self)
-  s.closing = true
-  if not s.in_callback and not s.shut then  -- a callback's reply goes out first
-    s.shut = true
-    s.sock:close()
+  l:close()
+  if not ok then
+    return nil, err, code
   end
   return true
 end
 
-function Conn:settimeout(t)
-  if t ~= nil and (type(t) ~= "number" or t < 0) then
-    error("bad argument #1 to 'settimeout' (expected seconds (>= 0) or nil)", 2)
+-- The operations of echohost.conn (see lua/echohost/conn.lua) on s.sock,
+-- blocking: the child has one connection. s records how it went: eof, reset
+-- (by the client), failed (another socket error), closing, rst.
+local function ops_of(s)
+  local ops = {}
+  function ops.recv(max)
+    if s.eof then
+      return nil, "closed", 0
+    end
+    local n = max ~= 0 and math.min(max, RECV_MAX) or nil
+    local data, err, code
+    if s.in_callback then           -- a callback may not wait: poll
+      s.sock:settimeout(0)
+      data, err, code = s.sock:recv(n)
+      s.sock:settimeout(s.core.timeout)
+      if not data and err == "timeout" then
+        return false
+      end
+    else
+      data, err, code = s.sock:recv(n)
+    end
+    if not data and err == "closed" then
+      if code == ECONNRESET then
+        s.reset = true
+        conn_api.gone(s.core, ECONNRESET)
+      else
+        s.eof = true
+      end
+    elseif not data and err ~= "timeout" then
+      s.failed = err
+    end
+    if data then
+      return data
+    end
+    return nil, err, code
   end
-  conn_state(self).sock:settimeout(t)
-  return true
-end
-
-local conn_mt = {}
-
-function conn_mt.__index(self, k)
-  local s = conn_state(self)
-  if Conn[k] then
-    return Conn[k]
-  elseif k == "id" or k == "peer" or k == "state" then
-    return s[k]
+  function ops.send(data)
+    local n, err, code = s.sock:send(data)
+    if not n and err == "closed" then
+      s.reset = true                -- EPIPE or ECONNRESET: the client is gone
+      conn_api.gone(s.core, ECONNRESET)
+      return nil, "closed", ECONNRESET
+    elseif not n and err ~= "timeout" then
+      s.failed = err
+    end
+    if n then
+      return n
+    end
+    return nil, err, code
   end
-  local method = s.sock[k]
-  if type(method) == "function" then
-    return function(_, ...) return method(s.sock, ...) end
+  function ops.close()
+    s.closing = true
+    if not s.in_callback and not s.shut then  -- a callback's reply goes out first
+      s.shut = true
+      s.sock:close()
+    end
   end
-  return nil
+  function ops.shutdown()
+    s.sock:shutdown("send")         -- sends are blocking: what was queued is out
+  end
+  -- echohost.socket has no SO_LINGER: the reset is a plain close (a FIN)
+  function ops.reset()
+    s.rst = true
+    ops.close()
+  end
+  function ops.sleep(secs)
+    if s.in_callback then
+      return false
+    end
+    return pause(secs)
+  end
+  function ops.settimeout(t)
+    s.sock:settimeout(t)
+  end
+  return ops
 end
 
-function conn_mt.__newindex()
-  error("echohost.conn fields are read-only (keep your data in conn.state)", 2)
-end
-
-function conn_mt.__tostring(self)
-  local s = conn_state(self)
-  return ("echohost.conn %d (%s)"):format(s.id, s.closing and "closed" or s.peer)
-end
-
-local function new_conn(sock)
+local function new_conn(sock, high_water)
   local host, port = sock:peername()
-  local s = { sock = sock, id = proc.getpid(), state = {},
-              peer = host and (host .. ":" .. tostring(port)) or "?" }
-  return setmetatable({ _s = s }, conn_mt), s
+  local s = { sock = sock }
+  local c
+  c, s.core = conn_api.new(ops_of(s), { id = proc.getpid(), high_water = high_water,
+    peer = host and (host .. ":" .. tostring(port)) or "?" })
+  return c, s
 end
 
 -- Serving one connection in the child ---------------------------------------
@@ -150,6 +167,7 @@ end
 -- Closes the client socket once.
 local function shut(s)
   s.closing = true
+  conn_api.gone(s.core, s.reset and ECONNRESET or 0)
   if not s.shut then
     s.shut = true
     s.sock:close()
@@ -167,7 +185,7 @@ local function callback(s, f, conn, ...)
   elseif r ~= nil and type(r) ~= "string" then
     error(("handler returned a %s (expected a string or nil)"):format(type(r)), 0)
   end
-  if r and #r > 0 and not (s.reset or s.shut) then
+  if r and #r > 0 and not (s.reset or s.shut or s.rst or s.core.wshut) then
     local n, err = s.sock:send(r)
     if not n and err == "closed" then
       s.reset = true
@@ -200,6 +218,8 @@ local function reason_of(s, ok)
     return "error"
   elseif s.reset then
     return "reset"
+  elseif s.rst then                 -- conn:reset(): the handler ended it
+    return "closed"
   elseif s.eof then
     return "eof"
   end
@@ -224,14 +244,14 @@ local function reap(live)
 end
 
 -- The child: serve one client, then exit (0, or 1 if the handler raised).
-local function child(srv, client, h)
+local function child(srv, client, h, opts)
   srv:close()
-  local conn, s = new_conn(client)
+  local c, s = new_conn(client, opts.high_water)
   local ok, err
   if h.kind == "direct" then
-    ok, err = xpcall(h.handle, debug.traceback, conn)
+    ok, err = xpcall(h.handle, debug.traceback, c)
   else
-    ok, err = pcall(serve_callbacks, h, conn, s)
+    ok, err = pcall(serve_callbacks, h, c, s)
   end
   if not ok then
     io.stderr:write("tcp_srv: handler error: ", tostring(err), "\n")
@@ -241,7 +261,7 @@ local function child(srv, client, h)
   local reason = reason_of(s, ok)
   shut(s)                           -- the output is out: sends are blocking
   if h.on_close then
-    local cok, cerr = xpcall(h.on_close, debug.traceback, conn, reason)
+    local cok, cerr = xpcall(h.on_close, debug.traceback, c, reason)
     if not cok then
       io.stderr:write("tcp_srv: handler error: ", tostring(cerr), "\n")
       ok = false
@@ -252,7 +272,7 @@ end
 
 -- Accepts one client and forks for it. true, or nil, message, errno when
 -- accept failed in a way that is not a timeout.
-local function accept_one(srv, h, live)
+local function accept_one(srv, h, live, opts)
   local client, err, code = srv:accept_connection()
   if not client then
     if err == "timeout" then
@@ -272,7 +292,7 @@ local function accept_one(srv, h, live)
       live.n = live.n + 1
       client:close()
     end,
-    Child = function() child(srv, client, h) end,
+    Child = function() child(srv, client, h, opts) end,
   })
   return true
 end
@@ -282,11 +302,12 @@ end
 -- children and returns true. An accept failure returns nil, message, errno.
 function M.serve(srv, handler, opts)
   local h = checked(handler, "serve", 2)
-  local max = (opts or {}).max_accepts or math.huge
+  opts = opts or {}
+  local max = opts.max_accepts or math.huge
   local live, accepted = {n = 0}, 0
   srv:settimeout(M.reap_interval)
   while accepted < max do
-    local ok, err, code = accept_one(srv, h, live)
+    local ok, err, code = accept_one(srv, h, live, opts)
     if ok == nil then
       srv:close()
       return nil, err, code

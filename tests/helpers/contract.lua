@@ -30,8 +30,10 @@
 --   { shutdown = true }           SIGTERM to the server (harness: h:shutdown())
 --   { c = "a", ending = "closed", rest = "" }
 --                                 the client reads until the connection ends:
---                                 the bytes, then "closed" (the server closed
---                                 it), "reset" or "open" (nothing ended it)
+--                                 the bytes, then "closed" (an EOF: the server
+--                                 closed it or shut its sending side; the
+--                                 client may still send), "reset" or "open"
+--                                 (nothing ended it; harness: h:ending())
 --   { touch = "name" } / { remove = "name" }   a flag file next to the handler
 --   { write = { ["helper.lua"] = "..." }, reload = true }
 --                                 rewrite files, then SIGHUP and wait for the
@@ -315,9 +317,11 @@ function M.run_harness(sc, dir)
         local more = take(c, 1)
         obs.steps[i] = c.h:closed() and "closed" or (#more > 0 and "data " .. more or "open")
       elseif st.ending then
+        -- what the client's reads end with: an EOF also after the handler's
+        -- conn:shutdown("send") (the client may still send), or a reset
         local rest = take(c)
-        obs.steps[i] = (c.h:closed() and "closed" or "open") .. " after " .. rest
-        done(c, "ending")
+        obs.steps[i] = c.h:ending() .. " after " .. rest
+        c.ended = "ending"
       end
     end
     local entries = {}
@@ -325,6 +329,7 @@ function M.run_harness(sc, dir)
       if not c.ended then
         error("scenario bug: connection " .. c.name .. " is not ended by a step")
       end
+      c.h:finish()
       local log = harness_log(c.h)
       if type(log) ~= "table" then
         entries[#entries + 1] = "(h.log is " .. type(log) .. ", expected a list)"
@@ -359,13 +364,32 @@ local function log_class(text)
   return "none"
 end
 
+-- Whether the kernel still lists the loopback IPv4 TCP socket with these
+-- ports in /proc/net/tcp: after an EOF it stays (CLOSE_WAIT, or TIME_WAIT
+-- once both sides closed), after a reset it is gone at once. (LuaSocket
+-- reports ECONNRESET as "closed".) The server's port is new in every run,
+-- so an older socket with the same two ports is unlikely.
+local function listed(port, rport)
+  if not port or not rport then
+    return false
+  end
+  local lhex, rhex = ("%04X"):format(port), ("%04X"):format(rport)
+  for line in io.lines("/proc/net/tcp") do
+    local l, r = line:match("^%s*%d+: %x+:(%x+) %x+:(%x+) ")
+    if l == lhex and r == rhex then
+      return true
+    end
+  end
+  return false
+end
+
 -- Reads until the connection ends (bounded): the bytes and how it ended.
-local function read_to_end(sock, secs)
+local function read_to_end(sock, port, rport, secs)
   sock:settimeout(secs)
   local data, err, partial = sock:receive("*a")
   local got = data or partial or ""
   if err == nil or err == "closed" then
-    return got, "closed"
+    return got, listed(port, rport) and "closed" or "reset"
   elseif err == "timeout" then
     return got, "open"
   elseif err:find("reset") then
@@ -402,7 +426,7 @@ function M.run_server(model, sc, dir)
     if not c then
       local sock = util.connect(srv.port)
       local ip, port = sock:getsockname()
-      c = { name = name, sock = sock }
+      c = { name = name, sock = sock, port = tonumber(port), rport = srv.port }
       conns[name], peers[ip .. ":" .. tostring(port)] = c, name
       order[#order + 1] = c
     end
@@ -459,7 +483,7 @@ function M.run_server(model, sc, dir)
         obs.steps[i] = (err == "closed") and "closed" or tostring(err)
       end
     elseif st.ending then
-      local rest, how = read_to_end(c.sock, M.READ_TIMEOUT)
+      local rest, how = read_to_end(c.sock, c.port, c.rport, M.READ_TIMEOUT)
       obs.steps[i] = how .. " after " .. rest
       c.ended = "ending"
     end

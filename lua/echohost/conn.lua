@@ -1,0 +1,294 @@
+-- The "echohost.conn" object of the Lua interpreters (echohost.harness and
+-- echohost.tcp_srv): one implementation of README "The conn object" over an
+-- operations table that each interpreter provides, as src/lconn.c is over
+-- struct lconn_ops for the event and fork runtimes. It knows no runtime:
+-- the receive buffer and its framing, the closed and ended states, the
+-- argument checks and every message are here.
+--
+--   local conn = require "echohost.conn"
+--   local c, core = conn.new(ops, { id = 1, peer = "127.0.0.1:40000" })
+--   ...
+--   conn.gone(core, 104)             -- the connection ended (a reset)
+--
+-- ops (each called only while the connection is open and the handler has
+-- not closed or reset it; what is "recv", "receive" or "receiveuntil"):
+--   recv(max, what)   up to max bytes (0: all there is), waiting (and
+--                     honouring core.timeout) if nothing is there: the
+--                     bytes, or nil, "closed", code (EOF: 0; a reset:
+--                     104), nil, "timeout", 110, nil, message, errno; or
+--                     false when it would have to wait where no coroutine
+--                     can (the conn raises "conn:<what> would wait: ...")
+--   send(data)        #data, or nil, message, code
+--   sleep(secs)       true after secs; nil, "closed", code if the
+--                     connection ended meanwhile; false where no coroutine
+--                     can wait (the conn raises "conn:sleep would wait: ...")
+--   close()           flush, then close
+--   shutdown()        flush, then shut the sending side (FIN)
+--   reset()           close at once (an RST where the interpreter can),
+--                     queued output dropped
+--   settimeout(secs)  optional: core.timeout changed (nil: none)
+--
+-- new(ops, opts) -> conn, core. opts: id, peer, state (default {}),
+-- high_water (the longest frame of receive; default M.HIGH_WATER, the
+-- server's --high-water default). core is the interpreter's view: its
+-- fields timeout, closed (conn:close() or conn:reset()), wshut
+-- (conn:shutdown()), ended, code, buf (bytes read past a frame), state.
+local M = {}
+
+M.HIGH_WATER = 256 * 1024
+M.DELIM_MAX = 256
+
+local WOULD_WAIT = {}               -- a frame read that may not wait
+
+local Conn = {}
+local conn_mt = {}
+
+local function core_of(self)
+  return rawget(self, "_c")
+end
+
+-- Whether the handler closed it or the connection ended.
+local function done(c)
+  return c.closed or c.ended
+end
+
+-- The connection ended (once): later calls report code (0, or 104 after a
+-- reset), unless the handler had closed it (0).
+function M.gone(c, code)
+  c.ended = true
+  if not c.closed then
+    c.code = code or 0
+  end
+end
+
+function M.done(c)
+  return done(c) and true or false
+end
+
+local function closed(c)
+  return nil, "closed", c.code
+end
+
+-- Takes n bytes off the buffer (and skip more after them).
+local function take(c, n, skip)
+  local data = c.buf:sub(1, n)
+  c.buf = c.buf:sub(n + 1 + (skip or 0))
+  return data
+end
+
+-- The frame if the buffer holds it, else nil. kind: "l", "a", "n", "u".
+local function frame(c, kind, arg)
+  local buf = c.buf
+  if kind == "l" then
+    local at = buf:find("\n", 1, true)
+    if at then
+      local n = (at > 1 and buf:byte(at - 1) == 13) and at - 2 or at - 1
+      return take(c, n, at - n)
+    end
+  elseif kind == "n" then
+    if #buf >= arg then
+      return take(c, arg)
+    end
+  elseif kind == "u" then
+    local at = buf:find(arg, 1, true)
+    if at then
+      return take(c, at - 1, #arg)
+    end
+  end
+  return nil                        -- "a": complete at EOF only
+end
+
+-- Reads until the buffer holds the frame: its results, or WOULD_WAIT.
+local function receive(c, kind, arg, what)
+  while true do
+    local f = frame(c, kind, arg)
+    if f then
+      return f
+    elseif #c.buf >= c.high_water then
+      return nil, "too long", 0
+    elseif done(c) then
+      return closed(c)
+    end
+    local data, err, code = c.ops.recv(c.high_water - #c.buf, what)
+    if data == false then
+      return WOULD_WAIT
+    elseif data then
+      c.buf = c.buf .. data
+    elseif err == "closed" then
+      local partial = take(c, #c.buf)
+      if kind == "a" then
+        return partial
+      end
+      return nil, "closed", code, partial
+    else
+      return nil, err, code         -- a timeout: the buffer stays
+    end
+  end
+end
+
+local function wait_error(what)
+  return ("conn:%s would wait: only a handle(conn) coroutine can wait for data"):format(what)
+end
+
+-- The results of a frame read by what ("receive", "receiveuntil"); raises
+-- at the handler's call when it would have to wait.
+local function framed(c, kind, arg, what)
+  local r = table.pack(receive(c, kind, arg, what))
+  if r[1] == WOULD_WAIT then
+    error(wait_error(what), 3)
+  end
+  return table.unpack(r, 1, r.n)
+end
+
+function Conn:recv(max)
+  local c = core_of(self)
+  if max ~= nil and (math.type(max) ~= "integer" or max < 0) then
+    error("bad argument #1 to 'recv' (expected a positive size)", 2)
+  end
+  if #c.buf > 0 then                -- bytes a receive read past its frame
+    return take(c, (max and max > 0) and math.min(max, #c.buf) or #c.buf)
+  elseif done(c) then
+    return closed(c)
+  end
+  local r = table.pack(c.ops.recv(max or 0, "recv"))
+  if r[1] == false then
+    error(wait_error("recv"), 2)
+  end
+  return table.unpack(r, 1, r.n)
+end
+
+local BAD_PATTERN = "bad argument #1 to 'receive' (expected \"*l\", \"*a\" or a count >= 1)"
+
+function Conn:receive(pattern)
+  local c = core_of(self)
+  if pattern == nil then
+    pattern = "*l"
+  end
+  if math.type(pattern) == "integer" and pattern >= 1 then
+    local r = table.pack(framed(c, "n", pattern, "receive"))
+    return table.unpack(r, 1, r.n)
+  elseif type(pattern) ~= "string" then
+    error(BAD_PATTERN, 2)
+  end
+  local p = pattern:gsub("^%*", "", 1)
+  if p ~= "l" and p ~= "a" then
+    error(BAD_PATTERN, 2)
+  end
+  local r = table.pack(framed(c, p, nil, "receive"))
+  return table.unpack(r, 1, r.n)
+end
+
+function Conn:receiveuntil(delim)
+  if type(delim) ~= "string" or #delim == 0 or #delim > M.DELIM_MAX then
+    error("bad argument #1 to 'receiveuntil' (expected a delimiter of 1..256 bytes)", 2)
+  end
+  local r = table.pack(framed(core_of(self), "u", delim, "receiveuntil"))
+  return table.unpack(r, 1, r.n)
+end
+
+function Conn:send(data)
+  local c = core_of(self)
+  if type(data) ~= "string" then
+    error(("bad argument #1 to 'send' (string expected, got %s)"):format(type(data)), 2)
+  end
+  if done(c) then
+    return closed(c)
+  elseif c.wshut then
+    return nil, "closed", 0
+  end
+  return c.ops.send(data)
+end
+
+-- close and reset: the handler ends the connection through ops[op], once.
+local function finish(self, op)
+  local c = core_of(self)
+  if not done(c) then
+    c.closed, c.code = true, 0
+    c.ops[op]()
+  end
+  c.closed = true
+  return true
+end
+
+function Conn:close()
+  return finish(self, "close")
+end
+
+function Conn:shutdown(how)
+  local c = core_of(self)
+  if how ~= nil and type(how) ~= "string" then
+    error(("bad argument #1 to 'shutdown' (string expected, got %s)"):format(type(how)), 2)
+  elseif how ~= nil and how ~= "send" then
+    error(("bad argument #1 to 'shutdown' (invalid option '%s')"):format(how), 2)
+  end
+  if not done(c) and not c.wshut then
+    c.wshut = true
+    c.ops.shutdown()
+  end
+  return true
+end
+
+function Conn:reset()
+  return finish(self, "reset")
+end
+
+function Conn:sleep(secs)
+  local c = core_of(self)
+  if type(secs) ~= "number" then
+    error(("bad argument #1 to 'sleep' (number expected, got %s)"):format(type(secs)), 2)
+  elseif not (secs >= 0 and secs <= 1e7) then
+    error("bad argument #1 to 'sleep' (expected seconds (>= 0))", 2)
+  end
+  if done(c) then
+    return closed(c)
+  end
+  local r = table.pack(c.ops.sleep(secs))
+  if r[1] == false then
+    error("conn:sleep would wait: only a handle(conn) coroutine can wait", 2)
+  end
+  return table.unpack(r, 1, r.n)
+end
+
+function Conn:settimeout(t)
+  if t ~= nil and (type(t) ~= "number" or t < 0) then
+    error("bad argument #1 to 'settimeout' (expected seconds (>= 0) or nil)", 2)
+  end
+  local c = core_of(self)
+  c.timeout = t
+  if c.ops.settimeout then
+    c.ops.settimeout(t)
+  end
+  return true
+end
+
+function conn_mt.__index(self, k)
+  local c = core_of(self)
+  if Conn[k] then
+    return Conn[k]
+  elseif k == "id" or k == "peer" or k == "state" then
+    return c[k]
+  end
+  return nil
+end
+
+function conn_mt.__newindex()
+  error("echohost.conn fields are read-only (keep your data in conn.state)", 2)
+end
+
+function conn_mt.__tostring(self)
+  local c = core_of(self)
+  return ("echohost.conn %d (%s)"):format(c.id, done(c) and "closed" or c.peer)
+end
+
+conn_mt.__close = Conn.close
+
+-- A conn object over ops; see the header.
+function M.new(ops, opts)
+  opts = opts or {}
+  local c = { ops = ops, id = opts.id, peer = opts.peer, state = opts.state or {},
+              high_water = opts.high_water or M.HIGH_WATER, buf = "",
+              closed = false, wshut = false, ended = false, code = 0 }
+  return setmetatable({ _c = c }, conn_mt), c
+end
+
+return M

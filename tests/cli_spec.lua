@@ -1,0 +1,166 @@
+-- The command line as a newcomer meets it (issue 16): the README's flag
+-- table is `echohost --help`, flags that need another one say so, sizes,
+-- start-up failures before "listening on", and the wording of the logs.
+local server = require "helpers.server"
+local util = require "helpers.util"
+
+local function help()
+  local code, _, out = server.run({ "--help" })
+  assert.equal(0, code)
+  return out
+end
+
+-- {["--listen"] = "ADDR:PORT", ["--watch"] = "", ...} from --help's lines
+-- "  --flag ARG   text" and "  -h, --help", plus the usage lines' modes.
+local function help_flags(out)
+  local flags = {}
+  for line in out:gmatch("[^\n]+") do
+    local flag, rest = line:match("^  (%-%-[%w-]+)(.*)$")
+    if not flag then
+      flag, rest = line:match("^  %-%w, (%-%-[%w-]+)(.*)$")
+    end
+    if flag then
+      flags[flag] = rest:match("^ (%S+)") or ""
+    end
+  end
+  flags["--script"] = "FILE.lua [ARGS]"
+  flags["--repl"] = ""
+  return flags
+end
+
+-- The same from the README's table under "## Server".
+local function readme_flags(readme)
+  local section = readme:match("\n## Server\n(.-)\n## ")
+  local flags = {}
+  for cell in section:gmatch("\n| (.-) | ") do
+    for flag, arg in cell:gmatch("`(%-%-[%w-]+) ?([^`]*)`") do
+      flags[flag] = arg:gsub("\\|", "|")
+    end
+  end
+  return flags, section
+end
+
+describe("echohost --help and README.md", function()
+  it("list the same flags with the same arguments", function()
+    local out = help()
+    local want, section = readme_flags(util.slurp("README.md"))
+    assert.same(help_flags(out), want)
+    -- the synopsis is the usage lines
+    local usage = out:match("^(usage:.-)\n\n")
+    local synopsis = section:match("\n(    usage:.-)\n\n"):gsub("\n    ", "\n"):sub(5)
+    assert.equal(usage, synopsis)
+  end)
+
+  it("say every BYTES flag takes k, m and g", function()
+    local out = help()
+    assert.matches("BYTES is a count, or one with a suffix k, m or g", out, 1, true)
+    assert.is_nil(out:find("suffixes k, m)", 1, true))
+  end)
+end)
+
+describe("echohost flags that need another one", function()
+  local cases = {
+    { { "--watch" }, "--watch needs --handler" },
+    { { "--lua-budget", "1000" }, "--lua-budget needs --handler" },
+    { { "--lua-mem", "8m" }, "--lua-mem needs --handler or --control" },
+    { { "--model", "fork", "--watch" }, "--watch needs --handler" },
+    { { "--repl", "--lua-mem", "8m" }, "--lua-mem needs --handler or --control" },
+  }
+  for _, case in ipairs(cases) do
+    it("exit 2 naming the flag: " .. table.concat(case[1], " "), function()
+      local code, err = server.run(case[1], 5)
+      assert.equal(2, code)
+      assert.equal("echohost: " .. case[2], err:match("^[^\n(]*"):gsub(" $", ""))
+      assert.matches("Try 'echohost %-%-help'", err)
+    end)
+  end
+
+  it("are accepted with it", function()
+    local srv = server.start({ "--workers", "1", "--handler", "scripts/echo.lua", "--watch",
+      "--lua-mem", "8m", "--lua-budget", "1000000" })
+    local ctl
+    finally(function()          -- busted keeps one finally() per test
+      srv:stop()
+      if ctl then ctl:stop() end
+    end)
+    assert.equal("ok", server.echo(srv.host, srv.port, "ok"))
+    local sock = util.tmpname() .. ".sock"
+    ctl = server.start({ "--workers", "1", "--control", sock, "--lua-mem", "8m" })
+    assert.equal("ok", server.echo(ctl.host, ctl.port, "ok"))
+  end)
+end)
+
+describe("echohost sizes", function()
+  it("accept k, m and g", function()
+    local srv = server.start({ "--workers", "1", "--high-water", "1g" })
+    finally(function() srv:stop() end)
+    assert.equal("big", server.echo(srv.host, srv.port, "big"))
+  end)
+
+  it("say a size is too large, with the maximum", function()
+    for _, a in ipairs({ "5000000000000", "1025g", "99999999999999999999999" }) do
+      local code, err = server.run({ "--high-water", a }, 5)
+      assert.equal(2, code)
+      assert.matches("^echohost: bad %-%-high%-water '" .. a
+        .. "' %(too large: at most 1024g%)\n", err)
+    end
+    local code, err = server.run({ "--lua-mem", "2000g", "--handler", "scripts/echo.lua" }, 5)
+    assert.equal(2, code)
+    assert.matches("^echohost: bad %-%-lua%-mem '2000g' %(too large: at most 1024g%)", err)
+  end)
+
+  it("say what a malformed size should be", function()
+    local code, err = server.run({ "--high-water", "1t" }, 5)
+    assert.equal(2, code)
+    assert.matches("^echohost: bad %-%-high%-water '1t' %(want bytes: a count, or with a "
+      .. "suffix k, m or g%)", err)
+  end)
+end)
+
+describe("echohost start-up failures", function()
+  it("a --handler directory: exit 1 with one clear line, before listening", function()
+    local dir = util.tmpdir()
+    finally(function() os.remove(dir) end)
+    for _, model in ipairs({ "event", "fork" }) do
+      local code, err = server.run({ "--listen", "127.0.0.1:0", "--model", model,
+        "--handler", dir }, 5)
+      assert.equal(1, code)
+      assert.equal(1, select(2, err:gsub("\n", "")), err)
+      assert.truthy(err:find("cannot load the handler: " .. dir, 1, true), err)
+      assert.truthy(err:find("Is a directory", 1, true), err)
+      assert.is_nil(err:find("listening on", 1, true))
+    end
+  end)
+end)
+
+describe("echohost log wording", function()
+  after_each(server.stop_all)
+
+  it("counts one worker in the singular", function()
+    local file = util.write_tmp("return function(conn, data) return data end\n")
+    finally(function() os.remove(file) end)
+    local srv = server.start({ "--workers", "1", "--handler", file })
+    assert.matches("listening on [^\n]* %(1 worker, ", srv:log())
+    assert.truthy(srv:signal("HUP"))
+    assert.truthy(srv:wait_log("SIGHUP: reloading the handler in (%d+ %a+)\n", 5))
+    assert.equal("1 worker", srv:wait_log("SIGHUP: reloading the handler in (%d+ %a+)\n", 5))
+    assert.is_nil(srv:log():find("1 workers", 1, true))
+  end)
+
+  it("does not log EAGAIN as an accept error when out of descriptors", function()
+    local srv = server.start({ "--workers", "1" }, { nofile = 32 })
+    assert(srv:wait_children(1, 5))
+    local cs = {}
+    finally(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, 40 do
+      cs[i] = srv:connect(3)
+    end
+    for _, c in ipairs(cs) do
+      c:settimeout(1)
+      c:send("x\n")
+      c:receive("*l")
+    end
+    assert.matches("Too many open files: refusing connections", srv:log())
+    assert.is_nil(srv:log():find("Resource temporarily unavailable", 1, true), srv:log())
+  end)
+end)
