@@ -22,6 +22,8 @@ struct eh_config {
     const char *control;        /* control socket path, or NULL */
     size_t lua_mem_limit;       /* bytes per Lua state; 0 = unlimited */
     long lua_budget;            /* VM instructions per callback/resume; 0 = none */
+    const char **settings;      /* --set KEY=VALUE, as given (argv) */
+    int nsettings;
 };
 
 void config_defaults(struct eh_config *c);

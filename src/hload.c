@@ -9,6 +9,7 @@
 #include "hload.h"
 #include "lconn.h"
 #include "lhost.h"
+#include "llog.h"
 
 static void budget_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
@@ -25,11 +26,32 @@ static const char *const kinds[] = {"fn", "callbacks", "direct", NULL};
 static const char *const fields[] = {"on_data", "on_open", "on_close",
                                      "handle"};
 
-/* Protected: loader.load(path) (upvalue-free: the function and the path
- * are arguments); returns the kind, the four refs and h.modules. */
+/* Pushes what the server provides to a handler's require: a fresh
+ * echohost.settings from --set, and echohost.log. */
+static void push_provided(lua_State *L, const struct hstate *hs) {
+    const struct eh_config *cfg = hs->cfg;
+
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, cfg->nsettings);
+    for (int i = 0; i < cfg->nsettings; i++) {
+        const char *kv = cfg->settings[i], *eq = strchr(kv, '=');
+        lua_pushlstring(L, kv, (size_t)(eq - kv));
+        lua_pushstring(L, eq + 1);
+        lua_rawset(L, -3);                      /* settings[k] = v */
+    }
+    lua_setfield(L, -2, "echohost.settings");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hs->log_ref);
+    lua_setfield(L, -2, "echohost.log");
+}
+
+/* Protected: loader.load(path, provided) (the function, the path and the
+ * hstate are arguments); returns the kind, the four refs and h.modules. */
 static int load_proc(lua_State *L) {
+    const struct hstate *hs = lua_touserdata(L, 3);
+
     lua_settop(L, 2);
-    lua_call(L, 1, 2);                          /* h | nil, err */
+    push_provided(L, hs);
+    lua_call(L, 2, 2);                          /* h | nil, err */
     if (lua_isnil(L, 1))
         return lua_error(L);                    /* the loader's message */
     lua_settop(L, 1);
@@ -95,8 +117,9 @@ static int load_refs(struct hstate *hs, const char *path, struct hrefs *r,
     lua_pushcfunction(L, load_proc);
     lua_rawgeti(L, LUA_REGISTRYINDEX, hs->load_ref);
     lua_pushstring(L, path);
+    lua_pushlightuserdata(L, hs);
     hload_budget(L, hs->cfg->lua_budget);
-    if (eh_pcall(L, 2, 6) != LUA_OK) {
+    if (eh_pcall(L, 3, 6) != LUA_OK) {
         copy_error(L, path, err, errlen);
         lua_gc(L, LUA_GCCOLLECT);
         return -1;
@@ -144,16 +167,22 @@ int hstate_load(struct hstate *hs, const char *path, char *err,
     return 0;
 }
 
-/* Protected: require "echohost.loader" and ref its load. */
+/* Protected: require "echohost.loader" and ref its load; the handlers'
+ * log module. */
 static int setup_proc(lua_State *L) {
     lconn_createmeta(L);
+    llog_push(L, "handler ");
+    lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+    lua_insert(L, 1);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "echohost.loader");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "load");
     luaL_checktype(L, -1, LUA_TFUNCTION);
     lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
-    return 1;
+    lua_replace(L, 2);
+    lua_settop(L, 2);
+    return 2;                   /* log ref, load ref */
 }
 
 int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
@@ -168,10 +197,11 @@ int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
         goto err;
     }
     lua_pushcfunction(hs->L, setup_proc);
-    if (eh_pcall(hs->L, 0, 1) != LUA_OK) {
+    if (eh_pcall(hs->L, 0, 2) != LUA_OK) {
         copy_error(hs->L, "echohost.loader", err, errlen);
         goto err;
     }
+    hs->log_ref = (int)lua_tointeger(hs->L, -2);
     hs->load_ref = (int)lua_tointeger(hs->L, -1);
     lua_settop(hs->L, 0);
     lhost_set_mem_limit(hs->L, cfg->lua_mem_limit);

@@ -30,6 +30,7 @@ struct hstate {
     char **files;               /* path, then the modules it required */
     int nfiles;
     int load_ref;               /* loader.load */
+    int log_ref;                /* the handlers' echohost.log */
 };
 
 /* Makes the state (libraries, echohost modules, the conn metatable, the

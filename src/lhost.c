@@ -13,12 +13,14 @@ struct lhost_mem {
 };
 
 int luaopen_echohost_glue(lua_State *L);
+int luaopen_echohost_log(lua_State *L);
 int luaopen_echohost_proc(lua_State *L);
 int luaopen_echohost_socket(lua_State *L);
 
 /* Lua modules linked into the binary: require finds them in preload. */
 static const luaL_Reg preloaded[] = {
     {"echohost.glue", luaopen_echohost_glue},
+    {"echohost.log", luaopen_echohost_log},
     {"echohost.proc", luaopen_echohost_proc},
     {"echohost.socket", luaopen_echohost_socket},
     {NULL, NULL}

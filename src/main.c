@@ -38,6 +38,8 @@ static void usage(FILE *f) {
 "  --drain-timeout SECS  how long SIGTERM lets in-flight echoes finish (default 5)\n"
 "  --handler FILE.lua    run a Lua handler on every connection\n"
 "  --watch               reload the handler when its file changes\n"
+"  --set KEY=VALUE       a setting for the handler (require\n"
+"                        \"echohost.settings\"); repeatable\n"
 "  --control PATH        control socket for 'echohost --repl --connect PATH'\n"
 "  --lua-mem BYTES       memory cap per Lua state, handler or operator\n"
 "                        (default 64m, at least 256k; 0=off)\n"
@@ -188,7 +190,7 @@ enum {
     OPT_LISTEN = 256, OPT_WORKERS, OPT_MODEL, OPT_MAX_CONNS, OPT_IDLE,
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
-    OPT_CONNECT, OPT_HISTORY, OPT_VERSION
+    OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET
 };
 
 static const struct option options[] = {
@@ -201,6 +203,7 @@ static const struct option options[] = {
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
     {"handler", required_argument, NULL, OPT_HANDLER},
     {"watch", no_argument, NULL, OPT_WATCH},
+    {"set", required_argument, NULL, OPT_SET},
     {"control", required_argument, NULL, OPT_CONTROL},
     {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
     {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
@@ -229,6 +232,9 @@ static int check_combination(const struct cli *cli) {
     const struct eh_config *c = &cli->cfg;
     int server = !cli->script_index && !cli->repl;
 
+    if (c->nsettings && !(server && c->handler))
+        return usage_error("--set needs --handler (its settings are the "
+                           "handler's)");
     if (c->watch && !(server && c->handler))
         return usage_error("--watch needs --handler (it reloads the "
                            "handler file when it changes)");
@@ -287,6 +293,14 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             break;
         case OPT_HANDLER: c->handler = a; break;
         case OPT_WATCH: c->watch = 1; break;
+        case OPT_SET:
+            if (a[0] == '=' || strchr(a, '=') == NULL)
+                return usage_error("bad --set '%s' (want KEY=VALUE)", a);
+            if (c->settings == NULL &&
+                (c->settings = calloc(argc, sizeof *c->settings)) == NULL)
+                return usage_error("out of memory");
+            c->settings[c->nsettings++] = a;    /* argv lives on */
+            break;
         case OPT_CONTROL: c->control = a; break;
         case OPT_LUA_MEM:
             cli->lua_mem = 1;
@@ -344,5 +358,7 @@ int main(int argc, char **argv) {
     if (cli.connect || cli.history)
         return usage_error("%s needs --repl",
                            cli.connect ? "--connect" : "--history");
-    return server_main(&cli.cfg);
+    rc = server_main(&cli.cfg);
+    free(cli.cfg.settings);
+    return rc;
 }

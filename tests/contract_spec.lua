@@ -481,6 +481,37 @@ end }
     },
     records = { a = { "sleep nil closed 0" } } },
 
+  -- Settings and logging (echohost.settings, echohost.log) -------------------
+
+  { name = "echohost.settings gives the handler --set key=value (opts.settings)",
+    handler = [[
+local settings = require("echohost.settings")
+return function(_, data)
+  return settings.greeting .. " " .. tostring(settings.nope) .. " " .. data
+end
+]],
+    args = { "--set", "greeting=hola" }, opts = { settings = { greeting = "hola" } },
+    steps = {
+      { c = "a", send = "x", expect = "hola nil x" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "echohost.log writes '<level>: handler <file>:<line>: <message>' to the log",
+    handler = [[
+local log = require("echohost.log")
+return function(_, data)
+  log.warn("saw %d bytes", #data)
+  return data
+end
+]],
+    steps = {
+      { c = "a", send = "abc", expect = "abc" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "warn", log_lines = { "warn: handler FILE:4: saw 3 bytes" } },
+
   { name = "a handler that does not compile stops the start with file:line: message",
     raw = true,
     handler = "return function(conn, data)\n  return data +\nend\n",

@@ -454,3 +454,106 @@ describe("harness shutdown, reset and sleep", function()
     assert.same({ nil, "closed", 0 }, h.conn.state.got)
   end)
 end)
+
+-- Handler settings and logging (echohost.settings, echohost.log) -----------
+
+describe("harness settings and logs", function()
+  local util = require "helpers.util"
+  local dir
+  setup(function()
+    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
+    assert(dir and dir:match("^/tmp/echohost%-harness%."))
+  end)
+  teardown(function()
+    if dir and not os.getenv("KEEP_TMP") then
+      os.execute("rm -rf '" .. dir .. "'")
+    end
+  end)
+  local function write(name, text)
+    local path = dir .. "/" .. name
+    util.spit(path, text)
+    return path
+  end
+
+  it("gives the handler opts.settings, nil for a missing key, {} by default", function()
+    local p = write("greet.lua", "local s = require 'echohost.settings'\n"
+      .. "return function() return tostring(s.greeting) .. ' ' .. tostring(s.nope) end\n")
+    assert.equal("hola nil", harness.run(p, { "x" }, { settings = { greeting = "hola" } }).sent)
+    assert.equal("nil nil", harness.run(p, { "x" }).sent)
+  end)
+
+  it("gives each open a fresh copy: a change is seen neither by the caller nor by the next open",
+    function()
+      local p = write("changes.lua", "local s = require 'echohost.settings'\n"
+        .. "return function(_, data)\n"
+        .. "  local was = tostring(s.greeting)\n"
+        .. "  s.greeting = data\n"
+        .. "  return was\n"
+        .. "end\n")
+      local settings = { greeting = "hola" }
+      local h1 = harness.open(p, { settings = settings })
+      local h2 = harness.open(p, { settings = settings })
+      assert.equal("hola", h1:input("first"))
+      assert.equal("first", h1:input("second"))   -- its own copy changed
+      assert.equal("hola", h2:input("x"))          -- the other open's did not
+      assert.equal("hola", harness.run(p, { "y" }, { settings = settings }).sent)
+      assert.same({ greeting = "hola" }, settings)
+    end)
+
+  it("raises on settings that are not a table of strings", function()
+    local p = write("plain.lua", "return function() end\n")
+    assert.has_error(function() harness.open(p, { settings = "greeting=hola" }) end,
+      "bad option 'settings' to 'open' (table expected, got string)")
+    assert.has_error(function() harness.open(p, { settings = { port = 8080 } }) end,
+      "bad option 'settings' to 'open' (strings expected, got string port = number)")
+  end)
+
+  it("appends each echohost.log line to h.logs as '<level>: handler <file>:<line>: <msg>'",
+    function()
+      local p = write("logs.lua", "local log = require 'echohost.log'\n"
+        .. "log.info('loaded')\n"
+        .. "return function(_, data)\n"
+        .. "  log.warn('saw %d bytes', #data)\n"
+        .. "  log.error('%s', 'bad'); log.debug('50%')\n"
+        .. "  return data\n"
+        .. "end\n")
+      local h = harness.open(p)
+      assert.equal("abc", h:input("abc"))
+      assert.same({ "info: handler " .. p .. ":2: loaded",
+                    "warn: handler " .. p .. ":4: saw 3 bytes",
+                    "error: handler " .. p .. ":5: bad",
+                    "debug: handler " .. p .. ":5: 50%" }, h.logs)
+      assert.same({}, h.log)                       -- not errors of the connection
+      assert.equal("open", h:ending())
+      local r = harness.run(p, { "hi", harness.CLOSE })
+      assert.same({ "info: handler " .. p .. ":2: loaded",
+                    "warn: handler " .. p .. ":4: saw 2 bytes",
+                    "error: handler " .. p .. ":5: bad",
+                    "debug: handler " .. p .. ":5: 50%" }, r.logs)
+      assert.same({ {}, "eof" }, { r.log, r.reason })
+    end)
+
+  it("logs from a direct-style handler and from a module next to the handler", function()
+    write("helper.lua", "local log = require 'echohost.log'\n"
+      .. "return { note = function(s) log.info('note %s', s) end }\n")
+    local p = write("direct.lua", "local helper = require 'helper'\n"
+      .. "return { handle = function(conn)\n"
+      .. "  helper.note(conn:recv())\n"
+      .. "end }\n")
+    local r = harness.run(p, { "x" })
+    assert.same({ "info: handler " .. dir .. "/helper.lua:2: note x" }, r.logs)
+  end)
+
+  it("raises on misuse: an error of the handler, logged in h.log, not h.logs", function()
+    local p = write("misuse.lua", "local log = require 'echohost.log'\n"
+      .. "return function(_, data)\n"
+      .. "  log.info(data.nope)\n"
+      .. "end\n")
+    local r = harness.run(p, { "x" })
+    assert.equal("error", r.reason)
+    assert.equal(p .. ":3: bad argument #1 to 'info' (string expected, got nil)",
+      r.error:match("^[^\n]*"))
+    assert.same({}, r.logs)
+    assert.equal(1, #r.log)
+  end)
+end)

@@ -288,3 +288,113 @@ describe("the default instruction budget", function()
     assert.same({ false, p .. ":1: instruction budget exceeded" }, { pcall(harness.open, p) })
   end)
 end)
+
+describe("loader provided modules (settings and logging)", function()
+  local SETTINGS = "echohost.settings"
+
+  it("require returns a provided module, in the handler and in its modules", function()
+    local log = { warn = f }
+    write("asks.lua", "return require('echohost.log')\n")
+    local p = write("uses_provided.lua", "local s = require 'echohost.settings'\n"
+      .. "local log = require 'echohost.log'\n"
+      .. "return function() return s.greeting, log, require('asks') end\n")
+    local h = assert(loader.load(p, { [SETTINGS] = { greeting = "hola" }, ["echohost.log"] = log }))
+    local greeting, got, via_module = h.on_data()
+    assert.equal("hola", greeting)
+    assert.equal(log, got)                    -- other provided values: as given
+    assert.equal(log, via_module)
+    assert.same({ dir .. "/asks.lua" }, h.modules)
+  end)
+
+  it("is not shadowed by a local file of the same name", function()
+    os.execute("mkdir -p '" .. dir .. "/echohost'")
+    write("echohost/settings.lua", "return { greeting = 'from the file' }\n")
+    write("echohost/log.lua", "return 'the local log'\n")
+    local p = write("shadow.lua", "local s = require 'echohost.settings'\n"
+      .. "local log = require 'echohost.log'\n"
+      .. "return function() return s.greeting .. ' ' .. type(log) end\n")
+    local h = assert(loader.load(p, { [SETTINGS] = { greeting = "provided" },
+                                      ["echohost.log"] = {} }))
+    assert.equal("provided table", h.on_data())
+    assert.same({}, h.modules)                -- the local files were not loaded
+    -- without provided, the local files are what require finds
+    h = assert(loader.load(p))
+    assert.equal("from the file string", h.on_data())
+  end)
+
+  it("copies the settings for each load: a handler's changes stay in its copy", function()
+    write("peeks.lua", "return require('echohost.settings')\n")
+    local p = write("changes.lua", "local s = require 'echohost.settings'\n"
+      .. "local before = tostring(s.greeting)\n"
+      .. "s.greeting, s.added = 'changed', 'x'\n"
+      .. "return function() return before, s, require('peeks') end\n")
+    local settings = { greeting = "hola" }
+    local provided = { [SETTINGS] = settings }
+    local h1 = assert(loader.load(p, provided))
+    local h2 = assert(loader.load(p, provided))
+    local before1, s1, m1 = h1.on_data()
+    local before2, s2 = h2.on_data()
+    assert.same({ "hola", "hola" }, { before1, before2 })   -- the second load saw no change
+    assert.not_equal(s1, s2)
+    assert.not_equal(settings, s1)
+    assert.equal(s1, m1)                      -- one copy per load, shared with its modules
+    assert.same({ greeting = "hola" }, settings)
+    assert.equal(settings, provided[SETTINGS])
+    assert.same({ greeting = "changed", added = "x" }, s1)
+  end)
+
+  it("gives nil for a missing key", function()
+    local p = write("missing_key.lua", "local s = require 'echohost.settings'\n"
+      .. "return function() return tostring(s.nope) end\n")
+    assert.equal("nil", assert(loader.load(p, { [SETTINGS] = {} })).on_data())
+  end)
+
+  it("raises when provided is not a table", function()
+    local p = write("any.lua", "return function() end\n")
+    assert.has_error(function() loader.load(p, 42) end,
+      "bad argument #2 to 'load' (table expected, got number)")
+    assert.has_error(function() loader.env(dir, {}, {}, "x") end,
+      "bad argument #4 to 'env' (table expected, got string)")
+  end)
+end)
+
+describe("loader.logger", function()
+  local lines
+  local log
+  before_each(function()
+    lines = {}
+    log = loader.logger(function(level, line) lines[#lines + 1] = level .. "|" .. line end)
+  end)
+
+  it("writes '<level>: handler <file>:<line>: <message>' naming the caller", function()
+    local p = write("logs.lua", "local log = require 'echohost.log'\n"
+      .. "return function(_, data)\n"
+      .. "  log.warn('saw %d bytes', #data)\n"
+      .. "  log.error('e'); log.info('i %s', 'x')\n"
+      .. "  log.debug('100%')\n"
+      .. "end\n")
+    local h = assert(loader.load(p, { ["echohost.log"] = log }))
+    h.on_data(nil, "abc")
+    assert.same({ "warn|warn: handler " .. p .. ":3: saw 3 bytes",
+                  "error|error: handler " .. p .. ":4: e",
+                  "info|info: handler " .. p .. ":4: i x",
+                  "debug|debug: handler " .. p .. ":5: 100%" }, lines)
+  end)
+
+  it("takes a number as the message, as luaL_checkstring", function()
+    log.info(42)
+    assert.matches("^info|info: handler .*loader_spec%.lua:%d+: 42$", lines[1])
+  end)
+
+  it("raises on a message that is not a string, naming the caller", function()
+    local p = write("misuse.lua", "local log = require 'echohost.log'\n"
+      .. "return function(_, data)\n  log.info(data)\nend\n")
+    local h = assert(loader.load(p, { ["echohost.log"] = log }))
+    assert.same({ false, p .. ":3: bad argument #1 to 'info' (string expected, got nil)" },
+      { pcall(h.on_data, nil, nil) })
+    assert.same({ false, "bad argument #1 to 'warn' (string expected, got no value)" },
+      { pcall(log.warn) })
+    assert.has_error(function() log.debug("%d", "x") end)   -- string.format's own error
+    assert.same({}, lines)
+  end)
+end)

@@ -156,7 +156,7 @@ describe("README.md examples", function()
           assert.is_true(#r.sent > 0, chunk)
           n = n + 1
         end
-        assert.is_true(n >= 3, "found " .. n .. " handlers")
+        assert.is_true(n >= 1, "found no handler")
       end)
     elseif b.kind == "serve" then
       it("line " .. b.line .. " serves at " .. b.arg, function()

@@ -235,6 +235,10 @@ describe("echohost command line", function()
     { { "--lua-mem", "16k" },
       "bad %-%-lua%-mem '16k' %(a handler's Lua state needs at least 256k" },
     { { "--lua-budget", "-5" }, "bad %-%-lua%-budget '%-5'" },
+    { { "--handler", "scripts/echo.lua", "--set", "nokey" },
+      "bad %-%-set 'nokey' %(want KEY=VALUE%)" },
+    { { "--handler", "scripts/echo.lua", "--set", "=v" }, "bad %-%-set '=v'" },
+    { { "--set", "a=b" }, "%-%-set needs %-%-handler" },
     { { "--bogus" }, "unknown option '%-%-bogus'" },
     { { "--workers" }, "option '%-%-workers' needs an argument" },
     { { "stray" }, "unexpected argument 'stray'" },
@@ -314,6 +318,24 @@ describe("echohost handler start-up", function()
     assert.matches("cannot load the handler: ", err, 1, true)
     assert.is_nil(err:find("listening on", 1, true))
   end)
+
+  local hogs = {
+    { "while true do end", { "--lua-budget", "100000" }, "instruction budget exceeded" },
+    { "local t = {} for i = 1, 1e9 do t[i] = i end", { "--lua-mem", "1m" },
+      "not enough memory" },
+  }
+  for _, case in ipairs(hogs) do
+    it("names the handler file when loading it ends with " .. case[3], function()
+      local path = util.write_tmp(case[1] .. "\nreturn function(_, d) return d end\n")
+      finally(function() os.remove(path) end)
+      local args = { "--listen", "127.0.0.1:0", "--handler", path }
+      for _, a in ipairs(case[2]) do args[#args + 1] = a end
+      local code, err = server.run(args, 20)
+      assert.equal(1, code)
+      assert.matches("cannot load the handler: " .. path .. ":?%d*: " .. case[3]:gsub("%p", "%%%0"),
+        err)
+    end)
+  end
 
   local stoppers = {
     { "os.exit(0)", "os.exit is not available in a handler" },

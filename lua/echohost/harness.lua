@@ -24,6 +24,20 @@
 --             longer than idle_timeout ends the connection after
 --             idle_timeout ("timeout"), one past the clock time shutdown_at
 --             ends it then ("shutdown"); it returns nil, "closed", 0
+--     settings  what require("echohost.settings") gives a handler loaded from
+--             a path (the server's --set key=value): a table of strings,
+--             string keys (default {}); each open loads a fresh copy, which
+--             the handler may modify without the caller or another open
+--             seeing it. Another key or value raises.
+--   A handler loaded from a path also gets require("echohost.log"): error,
+--   warn, info, debug(fmt, ...) (string.format; fmt as is when alone), each
+--   appending one line to h.logs, the server's log line without its
+--   timestamp and pid: "<level>: handler <file>:<line>: <message>", file:line
+--   the caller's ("warn: handler scripts/x.lua:4: saw 3 bytes"); every level
+--   is kept (the server's --log-level does not apply). A fmt that is not a
+--   string raises "file:line: bad argument #1 to 'warn' (string expected,
+--   got nil)". (A handler value was made outside the loader: it gets neither
+--   module.)
 --   on_open runs (or handle starts) in open. The conn is echohost.conn
 --   (lua/echohost/conn.lua) over the harness's operations; conn:sleep is
 --   virtual: it returns at once and advances h:clock().
@@ -46,7 +60,8 @@
 -- end or the handler's conn:shutdown("send"), "reset" after conn:reset()),
 -- h:clock() (the virtual seconds slept since open),
 -- h:reason() (nil while open), h.error (the first error, with its
--- traceback), h.log (the errors the server would log, in order), h.conn,
+-- traceback), h.log (the errors the server would log, in order; not the
+-- handler's own lines, which are h.logs, in order), h.conn,
 -- h.kind ("fn", "callbacks", "direct"), h.modules (local modules loaded).
 --
 -- harness.run(handler, inputs [, opts]): open, then each input in turn
@@ -55,7 +70,8 @@
 -- h:shutdown) until the connection ends, then h:finish(). Returns
 -- { sent = all bytes, chunks = each send, closed = whether it ended before
 -- finish, reason = how it ended, error = the first error or nil, log = the
--- errors logged, state = conn.state }.
+-- errors logged, logs = the lines of echohost.log (h.logs), state =
+-- conn.state }.
 local conn = require "echohost.conn"
 local loader = require "echohost.loader"
 
@@ -318,18 +334,42 @@ local function limit(v, default)
   return v
 end
 
+-- opts.settings, checked: a table of strings with string keys.
+local function settings_of(settings)
+  if settings == nil then
+    return {}
+  elseif type(settings) ~= "table" then
+    error(("bad option 'settings' to 'open' (table expected, got %s)"):format(type(settings)), 3)
+  end
+  for k, v in pairs(settings) do
+    if type(k) ~= "string" or type(v) ~= "string" then
+      error(("bad option 'settings' to 'open' (strings expected, got %s %s = %s)")
+        :format(type(k), tostring(k), type(v)), 3)
+    end
+  end
+  return settings
+end
+
+-- The modules the harness provides to a handler it loads.
+local function provided(self, settings)
+  local logs = self.logs
+  return { [loader.SETTINGS] = settings,
+           ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end) }
+end
+
 -- Opens a connection to handler (a path or a value); see the header.
 function M.open(handler, opts)
   opts = opts or {}
+  local settings = settings_of(opts.settings)
   collectgarbage()
   local self = setmetatable({ budget = limit(opts.budget, M.BUDGET),
                               mem = limit(opts.mem, M.MEM),
                               idle_timeout = opts.idle_timeout, shutdown_at = opts.shutdown_at,
-                              base = collectgarbage("count") * 1024, log = {} }, H)
+                              base = collectgarbage("count") * 1024, log = {}, logs = {} }, H)
   local h, err
   if type(handler) == "string" then
     local ok
-    ok, h, err = guarded(self, nil, loader.load, handler)
+    ok, h, err = guarded(self, nil, loader.load, handler, provided(self, settings))
     if not ok then                  -- raised past the loader's pcall
       err = (type(h) == "string" and h or "error"):match("^[^\n]*")
       h = nil
@@ -496,7 +536,7 @@ function M.run(handler, inputs, opts)
   local closed = h:closed()
   h:finish()
   return { sent = h:sent(), chunks = h.s.chunks, closed = closed, reason = h:reason(),
-           error = h.error, log = h.log, state = h.s.state }
+           error = h.error, log = h.log, logs = h.logs, state = h.s.state }
 end
 
 return M

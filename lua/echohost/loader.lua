@@ -9,21 +9,38 @@
 --   --       on_close = f, handle = f, modules = {paths}, name = "scripts/kv.lua" }
 --   -- err = "scripts/kv.lua:3: unexpected symbol near 'end'"
 --
--- loader.load(path): runs the file in a fresh environment (loader.env()),
---   then loader.check on what it returned. An error gives nil and its first
---   line, naming the file ("path: not enough memory" when the message does
---   not already start with path). The budget and the memory cap are the
---   caller's (a count hook, an allocator).
+-- loader.load(path [, provided]): runs the file in a fresh environment
+--   (loader.env()), then loader.check on what it returned. An error gives nil
+--   and its first line, naming the file ("path: not enough memory" when the
+--   message does not already start with path). The budget and the memory cap
+--   are the caller's (a count hook, an allocator). provided: a table name ->
+--   module value that require(name) returns before looking anywhere else, in
+--   the handler and in the modules it requires (README "Handler settings and
+--   logging": the interpreters provide "echohost.settings" and
+--   "echohost.log"). provided["echohost.settings"], when it is a table, is
+--   copied (shallow) for each load: the handler and its modules share that
+--   copy and may modify it; the caller's table and other loads never see it.
 -- loader.check(value, name): h or nil, "name: ..." under the rules of
 --   README "What a handler file may return"; a bare function is kind "fn"
 --   (per message) with the function in on_data. h.modules is empty.
--- loader.env([dir, cache, modules]): a fresh environment: __index is _G;
---   `os` is a copy whose exit raises; require(name) looks in dir first
+-- loader.env([dir, cache, modules, provided]): a fresh environment: __index
+--   is _G; `os` is a copy whose exit raises; require(name) returns
+--   provided[name] when there is one (a local file of that name does not
+--   shadow it; provided is used as given, not copied), else looks in dir first
 --   (dir/name.lua, dir/name/init.lua: a fresh load, in its own env, once per
 --   cache), then the ordinary require, except that "echohost.proc" comes
 --   back with exit and fork that raise, and "os" is the env's os.
+-- loader.logger(write): the "echohost.log" of a Lua interpreter (the harness,
+--   tcp_srv), the twin of src/llog.c: functions error, warn, info, debug,
+--   each (fmt, ...), the message string.format(fmt, ...) (fmt as is when it
+--   comes alone); each calls write(level, line) with the line
+--   "<level>: handler <file>:<line>: <message>", file:line the caller's
+--   (debug.getinfo(2, "Sl"): short_src, currentline; "" when it has none, as
+--   luaL_where). A fmt that is not a string (or a number) raises
+--   "file:line: bad argument #1 to 'info' (string expected, got nil)".
 -- loader.OS_EXIT, loader.PROC_EXIT, loader.PROC_FORK: the messages of those
---   raises (prefixed with the caller's "file:line: ").
+--   raises (prefixed with the caller's "file:line: "); loader.SETTINGS:
+--   "echohost.settings".
 local M = {}
 
 local real_require, real_os = require, os
@@ -33,6 +50,8 @@ M.OS_EXIT = "os.exit is not available in a handler: it would end the server's ot
 M.PROC_EXIT = (M.OS_EXIT:gsub("^os%.exit", "proc.exit"))
 M.PROC_FORK = "proc.fork is not available in a handler: a copy of the server would serve "
   .. "this connection twice"
+
+M.SETTINGS = "echohost.settings"   -- the provided name loader.load copies per load
 
 local SELF = debug.getinfo(1, "S").source
 
@@ -80,8 +99,11 @@ end
 
 -- An env whose require searches dir first; cache[name] holds what each
 -- module returned in this load, modules the paths loaded (in order).
-function M.env(dir, cache, modules)
-  dir, cache, modules = dir or ".", cache or {}, modules or {}
+function M.env(dir, cache, modules, provided)
+  if provided ~= nil and type(provided) ~= "table" then
+    error(("bad argument #4 to 'env' (table expected, got %s)"):format(type(provided)), 2)
+  end
+  dir, cache, modules, provided = dir or ".", cache or {}, modules or {}, provided or {}
   local env = setmetatable({}, { __index = _G })
   env.os = os_proxy()
   local template = dir .. "/?.lua;" .. dir .. "/?/init.lua"
@@ -89,6 +111,10 @@ function M.env(dir, cache, modules)
   function env.require(name)
     if type(name) ~= "string" then
       error(("bad argument #1 to 'require' (string expected, got %s)"):format(type(name)), 2)
+    end
+    local given = provided[name]
+    if given ~= nil then
+      return given
     end
     local have = cache[name]
     if have == cache then
@@ -99,7 +125,7 @@ function M.env(dir, cache, modules)
     local file = package.searchpath(name, template)
     if file then
       cache[name] = cache            -- loading: a cycle is an error
-      local chunk, err = loadfile(file, "t", M.env(dir, cache, modules))
+      local chunk, err = loadfile(file, "t", M.env(dir, cache, modules, provided))
       if not chunk then
         error(err, 0)
       end
@@ -128,6 +154,28 @@ function M.env(dir, cache, modules)
   end
 
   return env
+end
+
+-- The log functions of a Lua interpreter; see the header.
+local LEVELS = { "error", "warn", "info", "debug" }
+
+function M.logger(write)
+  local log = {}
+  for _, level in ipairs(LEVELS) do
+    log[level] = function(...)
+      local n, fmt = select("#", ...), ...
+      local t = n == 0 and "no value" or type(fmt)
+      if t ~= "string" and t ~= "number" then
+        error(("bad argument #1 to '%s' (string expected, got %s)"):format(level, t), 2)
+      end
+      local msg = n > 1 and string.format(...) or tostring(fmt)
+      local info = debug.getinfo(2, "Sl")
+      local at = (info and info.currentline > 0)
+        and ("%s:%d:"):format(info.short_src, info.currentline) or ""
+      write(level, ("%s: handler %s %s"):format(level, at, msg))
+    end
+  end
+  return log
 end
 
 local HOOKS = { "handle", "on_open", "on_data", "on_close" }
@@ -180,10 +228,31 @@ local function message(path, err)
   return err
 end
 
+-- provided for one load: a copy of it whose settings table is a fresh copy.
+local function for_one_load(provided)
+  local mine = {}
+  for name, value in pairs(provided) do
+    mine[name] = value
+  end
+  local settings = mine[M.SETTINGS]
+  if type(settings) == "table" then
+    local copy = {}
+    for k, v in pairs(settings) do
+      copy[k] = v
+    end
+    mine[M.SETTINGS] = copy
+  end
+  return mine
+end
+
 -- Loads the handler file at path: h, or nil and the message.
-function M.load(path)
+function M.load(path, provided)
+  if provided ~= nil and type(provided) ~= "table" then
+    error(("bad argument #2 to 'load' (table expected, got %s)"):format(type(provided)), 2)
+  end
   local modules = {}
-  local chunk, err = loadfile(path, "t", M.env(dirname(path), {}, modules))
+  local env = M.env(dirname(path), {}, modules, for_one_load(provided or {}))
+  local chunk, err = loadfile(path, "t", env)
   if not chunk then
     return nil, message(path, err)
   end

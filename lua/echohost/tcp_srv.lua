@@ -19,6 +19,12 @@
 -- sleep (a poll on a socket of its own), settimeout, conn.id (the child's
 -- pid), conn.peer, conn.state. on_close(conn, reason) gets "eof",
 -- "closed", "error" or "reset".
+--
+-- A handler loaded from a path gets require("echohost.settings"), a copy
+-- of opts.settings (a table of strings; default {}), and
+-- require("echohost.log"): error, warn, info, debug(fmt, ...), each writing
+-- one line to stderr, "<level>: handler <file>:<line>: <message>" (the
+-- harness's h.logs line; echohost.loader.logger).
 local socket = require "echohost.socket"
 local proc = require "echohost.proc"
 local glue = require "echohost.glue"
@@ -326,15 +332,26 @@ function M.serve(srv, handler, opts)
   return true
 end
 
+-- The modules a handler loaded from a path gets (see the header).
+local function provided(settings)
+  if settings ~= nil and type(settings) ~= "table" then
+    error(("bad option 'settings' to 'tcp_srv' (table expected, got %s)"):format(type(settings)),
+      3)
+  end
+  return { [loader.SETTINGS] = settings or {},
+           ["echohost.log"] = loader.logger(function(_, line) io.stderr:write(line, "\n") end) }
+end
+
 -- tcp_srv(host, port, handler [, opts]): opens host:port, listens and
 -- serves (see serve). opts.backlog is listen's backlog; opts.on_listen(srv)
 -- is called once the socket listens (srv:sockname() tells the port when
--- port is 0). Failure to open or listen: nil, message, errno.
+-- port is 0); opts.settings: see the header. Failure to open or listen:
+-- nil, message, errno.
 function M.tcp_srv(host, port, handler, opts)
   opts = opts or {}
   if type(handler) == "string" then
     local err
-    handler, err = loader.load(handler)
+    handler, err = loader.load(handler, provided(opts.settings))
     if not handler then
       return nil, err
     end

@@ -10,12 +10,18 @@
 --     files = { ["x.lua"] = "..." },   -- more files next to it (optional)
 --     raw = true,                 -- handler.lua without the prelude
 --     args = { "--idle-timeout", "0.3" },   -- extra server options
---     opts = { budget = 100000 },           -- extra harness.open options
+--     opts = { budget = 100000 },           -- extra harness.open options (the
+--                                           -- harness's args: --set k=v is
+--                                           -- opts.settings = { k = "v" })
 --     steps = { ... },            -- see below
 --     reasons = { a = "eof" },    -- on_close reason of each connection
 --     records = { a = { "recv nil closed 104" } },   -- other rec() lines
---     log = "error" | "none",     -- class of the log
+--     log = "error" | "warn" | "none",   -- class of the log
 --     log_has = { "text" },       -- plain texts the error log contains
+--     log_lines = { "warn: handler FILE:4: saw 3 bytes" },   -- lines of the
+--                                 -- log (FILE = the handler's path), compared
+--                                 -- after "<level>: ": the server's line after
+--                                 -- its "time [pid] ", the harness's h.logs
 --     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path)
 --   }
 --
@@ -92,9 +98,42 @@ local function flag_path(dir, name)
   return dir .. "/" .. name
 end
 
+-- The wanted lines of sc.log_lines, FILE replaced by file: level and text
+-- after "<level>: ".
+local function wanted_lines(sc, file)
+  local list = {}
+  for i, want in ipairs(sc.log_lines or {}) do
+    local level, rest = want:match("^(%a+): (.*)$")
+    assert(level, "scenario bug: log_lines[" .. i .. "] is not '<level>: text'")
+    list[i] = { level = level, text = (rest:gsub("FILE", function() return file end)) }
+  end
+  return list
+end
+
+-- obs.log_lines[i]: for the i-th wanted line, the text after "<level>: " of
+-- the line of that level that is the wanted one, else of the first line of
+-- that level (so that a diff shows it), else "(no <level> line)". lines:
+-- the log's lines; lead: the pattern before "<level>: " ("^" in h.logs,
+-- "%] " in the server's log).
+local function log_lines(obs, sc, file, lines, lead)
+  for i, want in ipairs(wanted_lines(sc, file)) do
+    local got
+    for _, line in ipairs(lines) do
+      local text = line:match(lead .. want.level .. ": (.*)$")
+      if text == want.text then
+        got = text
+        break
+      end
+      got = got or text
+    end
+    obs.log_lines[i] = got or ("(no " .. want.level .. " line)")
+  end
+end
+
 -- What the scenario expects, in the shape the drivers return.
 function M.expected(sc, file)
-  local obs = { steps = {}, reasons = {}, records = {}, log = sc.log or "none", log_has = {} }
+  local obs = { steps = {}, reasons = {}, records = {}, log = sc.log or "none", log_has = {},
+                log_lines = {} }
   if sc.load_error then
     return { load_error = (sc.load_error:gsub("FILE", function() return file end)) }
   end
@@ -115,6 +154,9 @@ function M.expected(sc, file)
   end
   for _, text in ipairs(sc.log_has or {}) do
     obs.log_has[text] = true
+  end
+  for i, want in ipairs(wanted_lines(sc, file)) do
+    obs.log_lines[i] = want.text
   end
   return obs
 end
@@ -160,7 +202,7 @@ local function log_flags(obs, sc, text)
 end
 
 local function new_obs()
-  return { steps = {}, reasons = {}, records = {}, log = "none", log_has = {} }
+  return { steps = {}, reasons = {}, records = {}, log = "none", log_has = {}, log_lines = {} }
 end
 
 -- Interpreter 1: the harness ------------------------------------------------
@@ -324,7 +366,7 @@ function M.run_harness(sc, dir)
         c.ended = "ending"
       end
     end
-    local entries = {}
+    local entries, lines = {}, {}
     for _, c in ipairs(order) do
       if not c.ended then
         error("scenario bug: connection " .. c.name .. " is not ended by a step")
@@ -338,13 +380,31 @@ function M.run_harness(sc, dir)
           entries[#entries + 1] = tostring(e)
         end
       end
+      -- the handler's own lines (echohost.log), as the server logs them
+      for _, line in ipairs(type(c.h.logs) == "table" and c.h.logs or {}) do
+        lines[#lines + 1] = tostring(line)
+      end
     end
     local text = table.concat(entries, "\n")
-    obs.log = #entries > 0 and "error" or "none"
+    if #lines > 0 then
+      text = text .. "\n" .. table.concat(lines, "\n")
+    end
+    -- the server's classes: an error (a connection's, or a handler's
+    -- log.error), else a warning
+    local function has(level)
+      for _, line in ipairs(lines) do
+        if line:find("^" .. level .. ": ") then
+          return true
+        end
+      end
+      return false
+    end
+    obs.log = (#entries > 0 or has("error")) and "error" or has("warn") and "warn" or "none"
     if entries[1] and entries[1]:match("^%(h%.log is") then
       obs.log = entries[1]
     end
     log_flags(obs, sc, text)
+    log_lines(obs, sc, file, lines, "^")
     parse_records(obs, records, peers)
     return { obs, text }
   end)
@@ -511,6 +571,11 @@ function M.run_server(model, sc, dir)
   local text = srv.log_text()
   obs.log = log_class(text)
   log_flags(obs, sc, text)
+  local lines = {}
+  for line in text:gmatch("[^\n]+") do
+    lines[#lines + 1] = line
+  end
+  log_lines(obs, sc, file, lines, "%] ")
   parse_records(obs, records, peers)
   srv.stop()
   os.remove(srv.server.log_path)
