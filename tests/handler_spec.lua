@@ -90,6 +90,14 @@ local cases = {
       { send = LONG, expect = "error: line too long (max 1024 bytes)\n",
         closed = true },
     } },
+  { name = "delay.lua (direct style: receive a line, sleep, reply)",
+    script = "scripts/delay.lua",
+    steps = {
+      { send = "one\ntw", expect = "one\n" },
+      { send = "o\r\n", expect = "two\n" },
+      { send = "last", expect = "" },
+      { eof = true, expect = "last", closed = true },
+    } },
   { name = "kv.lua (callbacks, per-connection state)", script = "scripts/kv.lua",
     steps = {
       { send = "SET a 1\nGET a\n", expect = "OK\n1\n" },
@@ -289,3 +297,28 @@ for _, model in ipairs({ "event", "fork" }) do
     end)
   end)
 end
+
+describe("conn:sleep under the event loop", function()
+  after_each(util.cleanup)
+
+  it("lets the worker serve other connections while one sleeps", function()
+    local socket = require "socket"
+    local srv = util.start({ "--workers", "1", "--handler", "scripts/delay.lua",
+                             "--set", "delay=1" })
+    local cs = {}
+    for i = 1, 5 do
+      cs[i] = util.connect(srv.port)
+      cs[i]:settimeout(5)
+    end
+    local t0 = socket.gettime()
+    for i = 1, 5 do
+      assert(cs[i]:send("n" .. i .. "\n"))
+    end
+    for i = 1, 5 do
+      assert.equal("n" .. i, cs[i]:receive("*l"))
+    end
+    -- one at a time, five sleeps of 1 s would take 5 s
+    local took = socket.gettime() - t0
+    assert.is_true(took >= 0.9 and took < 4, ("took %.2f s"):format(took))
+  end)
+end)
