@@ -51,9 +51,17 @@ static int write_all(int fd, const char *p, size_t len) {
     return 0;
 }
 
+/* The close reason of a failed read or write (errno). */
+static const char *io_reason(int e) {
+    if (e == EAGAIN || e == EWOULDBLOCK)
+        return "timeout";       /* SO_RCVTIMEO/SO_SNDTIMEO */
+    return e == ECONNRESET || e == EPIPE ? "reset" : "error";
+}
+
 /* RFC 862 over a blocking socket: until EOF, an error, or --idle-timeout
  * without progress (SO_RCVTIMEO/SO_SNDTIMEO). */
-static int echo_blocking(const struct eh_config *cfg, int fd) {
+static int echo_blocking(const struct eh_config *cfg, int fd,
+                         struct rtfork_tally *t) {
     static char buf[CHILD_BUF];
 
     if (cfg->idle_timeout > 0) {
@@ -67,8 +75,16 @@ static int echo_blocking(const struct eh_config *cfg, int fd) {
         ssize_t n = read(fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0 || write_all(fd, buf, n) < 0)
+        if (n <= 0) {
+            t->reason = n == 0 ? "eof" : io_reason(errno);
             break;
+        }
+        t->bytes_in += (uint64_t)n;
+        if (write_all(fd, buf, n) < 0) {
+            t->reason = io_reason(errno);
+            break;
+        }
+        t->bytes_out += (uint64_t)n;
     }
     close(fd);
     return 0;
@@ -82,6 +98,8 @@ static int echo_blocking(const struct eh_config *cfg, int fd) {
 static void child_run(struct forksrv *fs, pid_t parent, int fd,
                       const char *peer) {
     const struct eh_config *cfg = fs->cfg;
+    struct rtfork_tally t = {0, 0, "closed"};
+    long long started = ev_now_ms();
     sigset_t none;
     int status;
 
@@ -97,11 +115,17 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     sigprocmask(SIG_SETMASK, &none, NULL);
     net_nonblock(NULL, fd, 0);
     if (fs->hs) {
-        status = rtfork_serve(fs->hs, fd, peer);
+        status = rtfork_serve(fs->hs, fd, peer, &t);
         fflush(NULL);           /* what the handler wrote with io.write */
     } else {
-        status = echo_blocking(cfg, fd);
+        status = echo_blocking(cfg, fd, &t);
     }
+    if (cfg->access_log)
+        log_notice("access: id=%d peer=%s in=%llu out=%llu ms=%lld "
+                   "reason=%s", (int)getpid(), peer,
+                   (unsigned long long)t.bytes_in,
+                   (unsigned long long)t.bytes_out, ev_now_ms() - started,
+                   t.reason);
     _exit(status);
 }
 

@@ -46,6 +46,7 @@ static void usage(FILE *f) {
 "  --lua-budget N        VM instructions per handler call (default 100000000;\n"
 "                        0=off)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
+"  --access-log          log one line per connection when it ends\n"
 "  BYTES is a count, or one with a suffix k, m or g (times 1024, 1024^2,\n"
 "  1024^3), at most 1024g.\n"
 "\n"
@@ -190,7 +191,7 @@ enum {
     OPT_LISTEN = 256, OPT_WORKERS, OPT_MODEL, OPT_MAX_CONNS, OPT_IDLE,
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
-    OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET
+    OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG
 };
 
 static const struct option options[] = {
@@ -204,6 +205,7 @@ static const struct option options[] = {
     {"handler", required_argument, NULL, OPT_HANDLER},
     {"watch", no_argument, NULL, OPT_WATCH},
     {"set", required_argument, NULL, OPT_SET},
+    {"access-log", no_argument, NULL, OPT_ACCESS_LOG},
     {"control", required_argument, NULL, OPT_CONTROL},
     {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
     {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
@@ -293,6 +295,7 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             break;
         case OPT_HANDLER: c->handler = a; break;
         case OPT_WATCH: c->watch = 1; break;
+        case OPT_ACCESS_LOG: c->access_log = 1; break;
         case OPT_SET:
             if (a[0] == '=' || strchr(a, '=') == NULL)
                 return usage_error("bad --set '%s' (want KEY=VALUE)", a);

@@ -458,11 +458,11 @@ void handler_on_drain(struct handler *h, conn *c) {
     co_resume(hc, n);
 }
 
-void handler_on_close(struct handler *h, conn *c, const char *reason) {
+const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
     struct hconn *hc = c->hdata;
 
     if (hc == NULL)
-        return;
+        return reason;
     hc->gone = 1;
     if (hc->faulted)
         reason = "error";
@@ -491,6 +491,7 @@ void handler_on_close(struct handler *h, conn *c, const char *reason) {
     free(hc->ibuf);
     free(hc);
     c->hdata = NULL;
+    return reason;
 }
 
 /* --- loading and swapping ------------------------------------------------- */

@@ -38,6 +38,7 @@ struct frt {
     int in_call, close_after;   /* see ev_close in rt_event.c */
     int faulted;
     const char *end;            /* why it ended (a close reason), or NULL */
+    uint64_t bytes_in, bytes_out;
     sigset_t waitmask;          /* the mask while waiting: SIGTERM let in */
     char buf[FORK_READ_MAX];
 };
@@ -106,8 +107,10 @@ static ssize_t frt_read(struct frt *f, size_t max, double timeout) {
             return W_END;
         }
         ssize_t n = recv(f->fd, f->buf, max, 0);
-        if (n >= 0)
+        if (n >= 0) {
+            f->bytes_in += (uint64_t)n;
             return n;
+        }
         if (errno != EINTR && errno != EAGAIN) {
             frt_ioerr(f, errno);
             return W_END;
@@ -124,6 +127,7 @@ static int frt_write(struct frt *f, const char *s, size_t len,
         ssize_t n = send(f->fd, s + off, len - off, MSG_NOSIGNAL);
         if (n >= 0) {
             off += (size_t)n;
+            f->bytes_out += (uint64_t)n;
             continue;
         }
         if (errno == EINTR)
@@ -342,7 +346,8 @@ static void serve_direct(struct frt *f) {
         frt_close(f);           /* handle returned: close */
 }
 
-int rtfork_serve(struct hstate *hs, int fd, const char *peer) {
+int rtfork_serve(struct hstate *hs, int fd, const char *peer,
+                 struct rtfork_tally *t) {
     static struct frt f;        /* in bss: a child writes few pages */
     struct sigaction sa;
     sigset_t term;
@@ -374,5 +379,8 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer) {
         serve_callbacks(&f);
     if (f.fd >= 0)
         close(f.fd);
+    t->bytes_in = f.bytes_in;
+    t->bytes_out = f.bytes_out;
+    t->reason = f.faulted ? "error" : f.end ? f.end : "closed";
     return f.faulted;
 }

@@ -2,12 +2,21 @@
 #ifndef ECHOHOST_RT_FORK_H
 #define ECHOHOST_RT_FORK_H
 
+#include <stdint.h>
+
 struct hstate;
+
+/* What a child's connection did, for --access-log. */
+struct rtfork_tally {
+    uint64_t bytes_in, bytes_out;
+    const char *reason;         /* the close reason */
+};
 
 /* In the child: serves fd (blocking) with the handler hs the server process
  * loaded before the fork, until the connection ends. SIGTERM (the drain
- * deadline) ends it with on_close "shutdown". Returns the exit status: 0,
- * or 1 after a handler error. */
-int rtfork_serve(struct hstate *hs, int fd, const char *peer);
+ * deadline) ends it with on_close "shutdown". Fills t; returns the exit
+ * status: 0, or 1 after a handler error. */
+int rtfork_serve(struct hstate *hs, int fd, const char *peer,
+                 struct rtfork_tally *t);
 
 #endif

@@ -326,10 +326,16 @@ static void conn_kill(conn *c, int reason) {
 }
 
 static void conn_free(struct worker *w, conn *c) {
-    int reason = (int)(c->flags >> CONN_REASON_SHIFT);
+    const char *reason = reasons[c->flags >> CONN_REASON_SHIFT];
 
     if (w->h)
-        handler_on_close(w->h, c, reasons[reason]);
+        reason = handler_on_close(w->h, c, reason);
+    if (w->cfg->access_log)
+        log_notice("access: id=%llu peer=%s worker=%d in=%llu out=%llu "
+                   "ms=%lld reason=%s", (unsigned long long)c->id, c->peer,
+                   w->slot, (unsigned long long)c->bytes_in,
+                   (unsigned long long)c->bytes_out,
+                   ev_time_ms(w->loop) - c->opened_ms, reason);
     close(c->fd);
     free(c->out);
     free(c);

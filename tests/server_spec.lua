@@ -286,6 +286,30 @@ describe("echohost command line", function()
     end
   end)
 
+  for _, model in ipairs({ "event", "fork" }) do
+    it("logs one access line per connection with --access-log (" .. model .. ")", function()
+      local fault = util.write_tmp("return function(_, d)\n"
+        .. "  if d == 'boom' then error('boom') end\n  return d\nend\n")
+      local srv = server.start({ "--access-log", "--log-level", "error", "--model", model,
+        "--workers", "1", "--handler", fault })
+      finally(function()
+        srv:stop()
+        os.remove(fault)
+      end)
+      assert.equal("hello", server.echo(srv.host, srv.port, "hello", { half_close = true }))
+      local c = srv:connect(5)
+      c:send("boom")
+      assert.is_nil((c:receive("*a")))
+      c:close()
+      local function line(bytes_in, bytes_out, reason)
+        return srv:wait_log("(notice: access: id=%d+ peer=127%.0%.0%.1:%d+ [^\n]*in="
+          .. bytes_in .. " out=" .. bytes_out .. " ms=%d+ reason=" .. reason .. ")", 5)
+      end
+      assert.truthy(line(5, 5, "eof"), srv:log())
+      assert.truthy(line(4, 0, "error"), srv:log())
+    end)
+  end
+
   it("exits 1 when another echohost already serves the port", function()
     local first = server.start({ "--workers", "2" })
     finally(function() first:stop() end)
