@@ -376,6 +376,29 @@ static struct control_sess *control_sess_new(struct control *ctl, int fd) {
     return s;
 }
 
+/* Mode 0600 keeps others out of the socket; the peer's credentials are
+ * checked too (a socket mode can be changed, a directory shared): only root
+ * and the server's own user may operate it. 1 if fd may go on; else the
+ * peer gets one error frame and fd is closed. */
+static int control_peer_ok(int fd) {
+    struct ucred cr = {.pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1};
+    socklen_t len = sizeof cr;
+    char msg[160], frame[200];
+    int n;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 &&
+        (cr.uid == 0 || cr.uid == geteuid()))
+        return 1;
+    n = snprintf(msg, sizeof msg, "control: uid %d may not operate this "
+                 "server (only root and uid %d)\n", (int)cr.uid,
+                 (int)geteuid());
+    log_warn("%.*s", n - 1, msg);
+    n = snprintf(frame, sizeof frame, "%c %d\n%s", CONTROL_FRAME_ERR, n, msg);
+    (void)!write(fd, frame, (size_t)n);
+    close(fd);
+    return 0;
+}
+
 static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
     struct control *ctl = ud;
     struct control_sess *s;
@@ -392,6 +415,8 @@ static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
                 log_warn("control: accept: %s", strerror(errno));
             return;
         }
+        if (!control_peer_ok(fd))
+            continue;
         if ((s = control_sess_new(ctl, fd)) == NULL ||
             ev_add(loop, fd, EV_READABLE, control_readable, s) == EV_ERR) {
             log_warn("control: cannot start a session");
@@ -619,9 +644,17 @@ static int control_session(struct control_client *c, struct repl_input *in) {
 
 int control_client(const char *path, struct repl_input *in) {
     struct control_client c;
+    struct stat st;
     int rc;
 
     memset(&c, 0, sizeof c);
+    /* the server refuses other users (control_peer_ok): say it here, where
+     * its frame could be lost to the reset of an early close */
+    if (stat(path, &st) == 0 && geteuid() != 0 && geteuid() != st.st_uid) {
+        fprintf(stderr, "echohost: control socket %s belongs to uid %d: only "
+                "that user and root may operate it\n", path, (int)st.st_uid);
+        return 1;
+    }
     if ((c.fd = control_connect(path)) < 0) {
         fprintf(stderr, "echohost: cannot connect to control socket %s: %s\n",
                 path, strerror(errno));

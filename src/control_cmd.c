@@ -325,6 +325,13 @@ static int cmd_noexit(lua_State *L) {
                       lua_tostring(L, lua_upvalueindex(1)));
 }
 
+/* proc.fork in a session would copy the master, its sockets and its
+ * supervision. */
+static int cmd_nofork(lua_State *L) {
+    return luaL_error(L, "proc.fork would copy the server's master: not "
+                      "from a control session");
+}
+
 /* io.write in a session: to the operator, not to the server's stdout. */
 static int cmd_write(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
@@ -356,6 +363,7 @@ void control_openlib(lua_State *L, struct control_sess *s) {
     lua_pop(L, 1);
     cmd_replace(L, "os", "exit", cmd_noexit, "os.exit");
     cmd_replace(L, "proc", "exit", cmd_noexit, "proc.exit");
+    cmd_replace(L, "proc", "fork", cmd_nofork, "proc.fork");
     if (lua_getglobal(L, "io") == LUA_TTABLE) {
         lua_pushlightuserdata(L, s);
         lua_pushcclosure(L, cmd_write, 1);

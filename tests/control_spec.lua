@@ -350,6 +350,37 @@ describe("echohost --repl --connect", function()
       assert.equal("still here", echo(srv, "still here"))
     end)
 
+  it("refuses proc.fork (it would copy the master)", function()
+    local _, err = ctl(path, "proc.fork()\n=1\n")
+    assert.truthy(err:find("control:1: proc.fork would copy the server's master: not from a "
+      .. "control session", 1, true), err)
+    assert.equal(2, #srv:children())            -- the two workers, no copy
+  end)
+
+  it("refuses another user even when the socket's mode lets them in", function()
+    os.execute("chmod 755 " .. q(dir) .. " && chmod 666 " .. q(path))
+    local as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+    local _, err, code = util.pipe(as_nobody .. q(BIN) .. " --repl --connect " .. q(path),
+      "stats()\n")
+    assert.equal(1, code)
+    assert.truthy(err:find("belongs to uid 0: only that user and root may operate it", 1,
+      true), err)
+    -- a client that does not check: the server refuses it all the same
+    local script = util.write_tmp(([[
+local unix = require "socket.unix"
+local c = assert(unix.stream())
+c:settimeout(5)
+assert(c:connect(%q))
+io.write(c:receive("*a") or "")
+]]):format(path))
+    os.execute("chmod 644 " .. q(script))
+    util.pipe(as_nobody .. "lua5.4 " .. q(script), "")
+    os.remove(script)
+    assert.truthy(srv:wait_log("(control: uid 65534 may not operate this server)", 5),
+      srv:log())
+    assert.equal(0, select(2, srv:log():gsub("operator connected", "")))
+  end)
+
   it("the client says so when the server closes the connection: exit 1", function()
     local fake = dir .. "/fake.sock"
     local l = assert(unix.stream())
