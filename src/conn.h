@@ -55,6 +55,8 @@ void conn_shutdown_send(conn *c);
 /* Close now with a TCP RST; queued output is dropped. handler_on_close
  * follows ("closed"). */
 void conn_reset(conn *c);
+/* A handler error ends c: counted in the worker's errors and faults. */
+void conn_note_fault(conn *c);
 /* 1 once conn_close was called or the socket failed. */
 int conn_closing(const conn *c);
 ev_loop *conn_loop(const conn *c);

@@ -498,6 +498,11 @@ void control_set_swap(struct control *ctl, control_swap_proc *swap,
     ctl->swap_ud = ud;
 }
 
+void control_set_reload_failures(struct control *ctl,
+                                 const uint64_t *failures) {
+    ctl->reload_failures = failures;
+}
+
 /* --- client --------------------------------------------------------------- */
 
 struct control_client {

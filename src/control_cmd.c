@@ -175,7 +175,7 @@ static lua_Integer cmd_sum(lua_State *L, int idx, const char *name) {
 }
 
 static const char *const cmd_totals[] = {
-    "conns", "accepted", "bytes_in", "bytes_out", "errors", NULL
+    "conns", "accepted", "bytes_in", "bytes_out", "errors", "faults", NULL
 };
 
 /* stats() -> {pid, operators, conns, accepted, bytes_in, bytes_out, errors,
@@ -196,6 +196,9 @@ static int cmd_stats(lua_State *L) {
     lua_setfield(L, -2, "operators");
     lua_pushinteger(L, getpid());
     lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, s->ctl->reload_failures ?
+                    (lua_Integer)*s->ctl->reload_failures : 0);
+    lua_setfield(L, -2, "reload_failures");
     lua_rotate(L, -2, 1);
     lua_setfield(L, -2, "workers");
     return 1;
@@ -416,8 +419,8 @@ static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
     const struct worker_stats *st = w->stats;
 
     cmd_printf(o, "{conns=%llu,accepted=%llu,closed=%llu,rejected=%llu,"
-               "bytes_in=%llu,bytes_out=%llu,errors=%llu,timeouts=%llu,"
-               "reloads=%llu,handler_version=%d,uptime=%.3f}",
+               "bytes_in=%llu,bytes_out=%llu,errors=%llu,faults=%llu,"
+               "timeouts=%llu,reloads=%llu,handler_version=%d,uptime=%.3f}",
                (unsigned long long)st->conns_open,
                (unsigned long long)st->accepted,
                (unsigned long long)st->closed,
@@ -425,6 +428,7 @@ static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
                (unsigned long long)st->bytes_in,
                (unsigned long long)st->bytes_out,
                (unsigned long long)st->errors,
+               (unsigned long long)st->faults,
                (unsigned long long)st->timeouts,
                (unsigned long long)st->reloads,
                w->h ? handler_version(w->h) : 0,

@@ -56,6 +56,7 @@ struct control {
     long eval_ms;               /* longest evaluation of a session */
     control_swap_proc *swap;    /* the master loads first (handler, reload) */
     void *swap_ud;
+    const uint64_t *reload_failures;    /* the master's count, or NULL */
     struct control_sess *sessions;
 };
 

@@ -72,6 +72,8 @@ static void fault(struct hconn *hc, lua_State *L, int status) {
               hc->h->hs.path, hc->u->peer, (long long)hc->u->id,
               msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
+    if (!hc->faulted)
+        conn_note_fault(hc->c);
     hc->faulted = 1;
     if (status == LUA_ERRMEM) {
         hc->memfault = 1;

@@ -49,6 +49,7 @@ struct master {
     struct control *ctl;        /* --control socket, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
     struct watch *watch;        /* --watch */
+    uint64_t reload_failures;   /* SIGHUP, --watch, handler(), reload() */
     unsigned starts;            /* worker starts so far */
     int draining;
     int status;
@@ -275,8 +276,10 @@ static int master_watch(struct master *m) {
  * refused here, once, before any worker tries it. 0 or -1 and err. */
 static int master_load(struct master *m, const char *path, char *err,
                        size_t errlen) {
-    if (hstate_load(m->handler, path, err, errlen) < 0)
+    if (hstate_load(m->handler, path, err, errlen) < 0) {
+        m->reload_failures++;
         return -1;
+    }
     log_debug("handler %s version %d loaded in the master", m->handler->path,
               m->handler->version);
     if (m->cfg->watch)
@@ -434,6 +437,7 @@ static int master_init(struct master *m, char *addr, size_t len) {
             return -1;
         }
         control_set_swap(m->ctl, control_swap, m);
+        control_set_reload_failures(m->ctl, &m->reload_failures);
     }
     if (m->handler && m->cfg->watch && master_watch(m) < 0)
         return -1;

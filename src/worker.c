@@ -177,6 +177,11 @@ int conn_send(conn *c, const char *data, size_t len) {
     return 0;
 }
 
+void conn_note_fault(conn *c) {
+    c->w->stats->errors++;
+    c->w->stats->faults++;
+}
+
 void conn_shutdown_send(conn *c) {
     if (c->flags & (CONN_CLOSING | CONN_DEAD | CONN_SHUTWR))
         return;

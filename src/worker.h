@@ -22,7 +22,9 @@ struct worker_stats {
     uint64_t rejected;          /* closed at once: --max-conns, EMFILE */
     uint64_t bytes_in;
     uint64_t bytes_out;
-    uint64_t errors;            /* connections ended by a socket error */
+    uint64_t errors;            /* connections ended by an error (a socket
+                                   error or a handler fault) */
+    uint64_t faults;            /* of those, ended by a handler error */
     uint64_t timeouts;          /* connections ended by --idle-timeout */
     uint64_t reloads;           /* handler reloads that succeeded */
 } __attribute__((aligned(128)));    /* one per cache line pair: no sharing */

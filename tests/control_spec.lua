@@ -350,6 +350,31 @@ describe("echohost --repl --connect", function()
       assert.equal("still here", echo(srv, "still here"))
     end)
 
+  it("stats() counts handler faults as errors, and failed reloads", function()
+    local file = dir .. "/faulty.lua"
+    spit(file, "return function(_, d)\n  if d == 'boom' then error('boom') end\n"
+      .. "  return d\nend\n")
+    local p2 = dir .. "/ctl2.sock"
+    local s2 = server.start({ "--workers", "1", "--control", p2, "--handler", file })
+    finally(function() s2:stop() end)
+    local c = s2:connect()
+    c:send("boom")
+    c:settimeout(5)
+    assert.is_nil((c:receive("*a")))
+    c:close()
+    spit(dir .. "/broken.lua", "return function(\n")
+    local op = raw(p2)
+    local got = op:eval('=(handler("' .. dir .. '/broken.lua"))')
+    assert.equal("nil\n", got.o)
+    spit(file, "return 42\n")
+    os.execute("kill -HUP " .. s2.pid)
+    assert.truthy(s2:wait_log("(SIGHUP reload failed)", 5))
+    got = op:eval("local s = stats() return s.errors, s.faults, s.workers[1].faults, "
+      .. "s.reload_failures")
+    assert.equal("1\t1\t1\t2\n", got.o)
+    op:close()
+  end)
+
   it("refuses proc.fork (it would copy the master)", function()
     local _, err = ctl(path, "proc.fork()\n=1\n")
     assert.truthy(err:find("control:1: proc.fork would copy the server's master: not from a "
