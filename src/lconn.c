@@ -18,7 +18,128 @@ int lconn_reason_code(const char *reason) {
     return strcmp(reason, "reset") == 0 ? ECONNRESET : 0;
 }
 
-void lconn_gone(struct lconn *u, int code) {
+/* --- timers ------------------------------------------------------------- */
+
+static struct lconn *checkconn(lua_State *L);
+
+/* Takes t off its connection and lets its userdata and function go. */
+static void timer_release(lua_State *L, struct ltimer *t) {
+    struct lconn *u = t->u;
+    struct ltimer **p;
+
+    if (u == NULL)
+        return;
+    for (p = &u->timers; *p && *p != t; p = &(*p)->next)
+        ;
+    if (*p)
+        *p = t->next;
+    u->ntimers--;
+    t->u = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->self_ref);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+}
+
+static void timer_cancel(lua_State *L, struct ltimer *t) {
+    if (t->u == NULL)
+        return;
+    if (t->u->ops)
+        t->u->ops->timer_disarm(t->u, t);
+    timer_release(L, t);
+}
+
+/* Every timer of u: at close, reset and when the connection ends. */
+static void timers_cancel(lua_State *L, struct lconn *u) {
+    while (u->timers)
+        timer_cancel(L, u->timers);
+}
+
+int lconn_timer_push(lua_State *L, struct ltimer *t) {
+    if (t->u == NULL)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_getiuservalue(L, -2, 1);                /* t, fn, conn */
+    return 1;
+}
+
+int lconn_timer_done(lua_State *L, struct ltimer *t) {
+    int again = t->u != NULL && t->period > 0 && t->u->ops != NULL &&
+                !t->u->closed;
+
+    if (!again)
+        timer_release(L, t);
+    lua_pop(L, 1);                              /* t */
+    return again;
+}
+
+/* conn:after(secs, fn), conn:every(secs, fn): upvalue 2 is 1 for every. */
+static int lconn_timer(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    int every = (int)lua_tointeger(L, lua_upvalueindex(2));
+    double secs = luaL_checknumber(L, 2);
+    struct ltimer *t, **p;
+
+    if (every)
+        luaL_argcheck(L, secs > 0 && secs <= 1e7, 2, "expected seconds > 0");
+    else
+        luaL_argcheck(L, secs >= 0 && secs <= 1e7, 2, "expected seconds >= 0");
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (u->closed || u->ops == NULL)
+        return lconn_fail(L, "closed", u->end_code);
+    if (u->ntimers >= LCONN_TIMERS_MAX)
+        return luaL_error(L, "too many timers on this connection (at most %d)",
+                          LCONN_TIMERS_MAX);
+    t = lua_newuserdatauv(L, sizeof *t, 1);
+    memset(t, 0, sizeof *t);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+    luaL_setmetatable(L, LCONN_TIMER);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);                /* the timer keeps its conn */
+    lua_pushvalue(L, 3);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->u = u;
+    t->period = every ? secs : 0;
+    for (p = &u->timers; *p; p = &(*p)->next)
+        ;
+    *p = t;
+    u->ntimers++;
+    u->ops->timer_arm(u, t, secs);
+    return 1;
+}
+
+static int ltimer_cancel(lua_State *L) {
+    timer_cancel(L, luaL_checkudata(L, 1, LCONN_TIMER));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int ltimer_tostring(lua_State *L) {
+    struct ltimer *t = luaL_checkudata(L, 1, LCONN_TIMER);
+    lua_pushstring(L, t->u ? "echohost.timer (armed)" :
+                   "echohost.timer (cancelled)");
+    return 1;
+}
+
+static const luaL_Reg ltimer_methods[] = {
+    {"cancel", ltimer_cancel},
+    {NULL, NULL}
+};
+
+static void timer_createmeta(lua_State *L) {
+    luaL_newmetatable(L, LCONN_TIMER);
+    lua_pushcfunction(L, ltimer_tostring);
+    lua_setfield(L, -2, "__tostring");
+    luaL_newlib(L, ltimer_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+void lconn_gone(lua_State *L, struct lconn *u, int code) {
+    if (u->ops)
+        timers_cancel(L, u);
     u->ops = NULL;
     u->rt = NULL;
     if (!u->closed)
@@ -253,6 +374,7 @@ static int lconn_reset(lua_State *L) {
     struct lconn *u = checkconn(L);
 
     if (!done(u)) {
+        timers_cancel(L, u);
         u->closed = 1;
         u->end_code = 0;
         u->ops->reset(u);
@@ -277,6 +399,7 @@ static int lconn_close(lua_State *L) {
     struct lconn *u = checkconn(L);
 
     if (!done(u)) {
+        timers_cancel(L, u);
         u->closed = 1;
         u->end_code = 0;
         u->ops->close(u);
@@ -370,9 +493,16 @@ void lconn_createmeta(lua_State *L) {
     luaL_newlibtable(L, lconn_methods);
     lua_pushvalue(L, -2);
     luaL_setfuncs(L, lconn_methods, 1);         /* methods, upvalue mt */
+    for (int every = 0; every < 2; every++) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, every);
+        lua_pushcclosure(L, lconn_timer, 2);    /* upvalues mt, every */
+        lua_setfield(L, -2, every ? "every" : "after");
+    }
     lua_pushcclosure(L, lconn_index, 1);
     lua_setfield(L, -2, "__index");             /* mt.__index = lconn_index */
     lua_pop(L, 1);
+    timer_createmeta(L);
 }
 
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,

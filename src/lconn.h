@@ -9,8 +9,11 @@
 #include <lua.h>
 
 #define LCONN_NAME "echohost.conn"
+#define LCONN_TIMER "echohost.timer"
+#define LCONN_TIMERS_MAX 64         /* armed timers per connection */
 
 struct lconn;
+struct ltimer;
 
 /* What a runtime does for the conn object, only while the connection is
  * open and not closed by the handler. recv, send and sleep push their
@@ -26,6 +29,20 @@ struct lconn_ops {
     void (*close)(struct lconn *u);         /* flush, then close */
     void (*shutdown)(struct lconn *u);      /* flush, then FIN */
     void (*reset)(struct lconn *u);         /* RST now, output dropped */
+    /* Arrange for t to fall due in secs; the runtime then calls t's
+     * function (lconn_timer_push, its call, lconn_timer_done). */
+    void (*timer_arm)(struct lconn *u, struct ltimer *t, double secs);
+    void (*timer_disarm)(struct lconn *u, struct ltimer *t);
+};
+
+/* A timer of conn:after/conn:every: the "echohost.timer" userdata. */
+struct ltimer {
+    struct lconn *u;                /* NULL once cancelled or done */
+    int fn_ref, self_ref;           /* the function; the userdata, armed */
+    double period;                  /* every: seconds; after: 0 */
+    long long rt_id;                /* the runtime's: an ev timer id */
+    double due;                     /* the runtime's: when it falls due */
+    struct ltimer *next;            /* the conn's timers, in arming order */
 };
 
 /* The userdata behind a conn object. A handler may keep it past its
@@ -45,6 +62,8 @@ struct lconn {
     size_t frame_max;               /* --high-water: the longest frame */
     int fkind;                      /* the frame a parked receive wants */
     size_t fcount;                  /* its byte count (receive(n)) */
+    struct ltimer *timers;          /* armed, in arming order */
+    int ntimers;
 };
 
 /* Creates the metatable in L (once per state). */
@@ -55,7 +74,15 @@ struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
                         lua_Integer id, const char *peer, size_t frame_max);
 /* The connection ended; code: the errno later calls report (0, or
  * ECONNRESET after a reset). */
-void lconn_gone(struct lconn *u, int code);
+void lconn_gone(lua_State *L, struct lconn *u, int code);
+
+/* t fell due: pushes t, its function and the conn and returns 1, the
+ * argument count of the call the runtime makes next (t stays below the
+ * function), or pushes nothing and returns 0 when t was cancelled. */
+int lconn_timer_push(lua_State *L, struct ltimer *t);
+/* After that call (its results popped): pops t; 1 if the runtime must arm
+ * it again (every, still armed), else t is released. */
+int lconn_timer_done(lua_State *L, struct ltimer *t);
 
 /* I/O failure results, the one helper for every runtime: nil, msg, code.
  * Returns 3. */

@@ -358,8 +358,52 @@ static void ev_reset(struct lconn *u) {
     conn_reset(((struct hconn *)u->rt)->c);
 }
 
+static void ev_timer_arm(struct lconn *u, struct ltimer *t, double secs);
+
+/* A timer of conn:after/every fell due: its function runs like a callback
+ * (budget, memory cap, a fault closes the connection). */
+static long ev_timer_fire(ev_loop *loop, long long id, void *ud) {
+    struct ltimer *t = ud;
+    struct hconn *hc = t->u->rt;
+    struct handler *h = hc->h;
+    lua_State *L = h->L;
+    size_t cap = cap_lift(h);
+    int n, status;
+    (void)loop; (void)id;
+
+    t->rt_id = 0;               /* this ev timer ends: EV_NOMORE */
+    n = lconn_timer_push(L, t);
+    cap_restore(h, cap);
+    hload_budget(L, h->cfg->lua_budget);
+    hc->in_call = 1;
+    status = lua_pcall(L, n, 0, 1);     /* message handler at index 1 */
+    hc->in_call = 0;
+    if (status != LUA_OK)
+        fault(hc, L, status);
+    else if (hc->close_after)
+        conn_close(hc->c);
+    if (lconn_timer_done(L, t))
+        ev_timer_arm(t->u, t, t->period);
+    return EV_NOMORE;
+}
+
+static void ev_timer_arm(struct lconn *u, struct ltimer *t, double secs) {
+    struct hconn *hc = u->rt;
+    long long id = ev_timer_add(hc->h->loop, (long)(secs * 1000 + 0.5),
+                                ev_timer_fire, t);
+
+    t->rt_id = id > 0 ? id : 0;
+}
+
+static void ev_timer_disarm(struct lconn *u, struct ltimer *t) {
+    if (t->rt_id)
+        ev_timer_del(((struct hconn *)u->rt)->h->loop, t->rt_id);
+    t->rt_id = 0;
+}
+
 static const struct lconn_ops ev_ops = {
-    ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset
+    ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset,
+    ev_timer_arm, ev_timer_disarm
 };
 
 /* --- the worker's calls --------------------------------------------------- */
@@ -486,7 +530,7 @@ const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
         call_cb(hc, h->hs.cur.close, NULL, 0, reason);
     }
     co_end(hc);
-    lconn_gone(hc->u, lconn_reason_code(reason));
+    lconn_gone(h->L, hc->u, lconn_reason_code(reason));
     luaL_unref(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     if (hc->memfault)
         lua_gc(h->L, LUA_GCCOLLECT);

@@ -37,6 +37,7 @@ struct frt {
     int eof;                    /* the client shut down its side */
     int in_call, close_after;   /* see ev_close in rt_event.c */
     int faulted;
+    int in_timer;               /* a timer's function is running */
     const char *end;            /* why it ended (a close reason), or NULL */
     uint64_t bytes_in, bytes_out;
     sigset_t waitmask;          /* the mask while waiting: SIGTERM let in */
@@ -53,36 +54,60 @@ static void frt_sigterm(int sig) {
 static void frt_end(struct frt *f, const char *reason) {
     if (f->end == NULL)
         f->end = reason;
-    lconn_gone(f->u, lconn_reason_code(reason));
+    lconn_gone(f->L, f->u, lconn_reason_code(reason));
 }
 
-/* 1 when fd is ready, W_TIMEOUT when the conn's timeout (seconds, < 0:
- * none) passed, W_END when the idle timeout or SIGTERM ended the
- * connection, -1 with errno. */
+static double mono_now(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int frt_fire_due(struct frt *f, double now);
+static double frt_next_due(const struct frt *f);
+
+/* The earlier of two deadlines (< 0: none). */
+static double earlier(double a, double b) {
+    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
+}
+
+/* Waits until fd is ready for events (0: no fd, a plain sleep), firing
+ * the connection's timers as they fall due. 1 when ready, W_TIMEOUT when
+ * timeout seconds (< 0: none) passed, W_END when the idle timeout, SIGTERM
+ * or a timer ended the connection, -1 with errno. */
 static int frt_wait(struct frt *f, short events, double timeout) {
     struct pollfd p = {.fd = f->fd, .events = events};
-    int idle_first = f->idle > 0 && (timeout < 0 || f->idle < timeout);
-    double t = idle_first ? f->idle : timeout;
-    struct timespec ts = {(time_t)t, (long)((t - (time_t)t) * 1e9)};
+    double now = mono_now();
+    double until = timeout < 0 ? -1 : now + timeout;
+    double idle_until = f->idle > 0 ? now + f->idle : -1;
     int r;
 
-    if (f->end)
-        return W_END;
     for (;;) {
+        if (f->end)
+            return W_END;
         if (frt_stop) {
             frt_end(f, "shutdown");
             return W_END;
         }
-        r = ppoll(&p, 1, t < 0 ? NULL : &ts, &f->waitmask);
-        if (r > 0)
-            return 1;
-        if (r == 0) {
-            if (!idle_first)
-                return W_TIMEOUT;
+        now = mono_now();
+        if (frt_fire_due(f, now))
+            continue;
+        if (until >= 0 && now >= until &&
+            (idle_until < 0 || until <= idle_until))
+            return W_TIMEOUT;
+        if (idle_until >= 0 && now >= idle_until) {
             frt_end(f, "timeout");
             return W_END;
         }
-        if (errno != EINTR)
+        double next = earlier(earlier(until, idle_until), frt_next_due(f));
+        double t = next < 0 ? 0 : next > now ? next - now : 0;
+        struct timespec ts = {(time_t)t, (long)((t - (time_t)t) * 1e9)};
+        r = ppoll(events ? &p : NULL, events ? 1 : 0, next < 0 ? NULL : &ts,
+                  &f->waitmask);
+        if (r > 0)
+            return 1;
+        if (r < 0 && errno != EINTR)
             return -1;
     }
 }
@@ -159,7 +184,7 @@ static int f_recv(lua_State *L, struct lconn *u, size_t max,
     if (f->eof)
         return lconn_fail(L, "closed", 0);
     (void)k;                    /* nothing parks: the results are here */
-    if (!f->direct)             /* as in the event runtime */
+    if (!f->direct || f->in_timer)  /* as in the event runtime */
         return luaL_error(L, "conn:%s would wait: only a handle(conn) "
                           "coroutine can wait for data", what);
     n = frt_read(f, max, u->timeout);
@@ -197,49 +222,24 @@ static void frt_close(struct frt *f) {
 static void f_close(struct lconn *u) {
     struct frt *f = u->rt;
 
-    if (f->in_call)
+    if (f->in_call && !f->direct)
         f->close_after = 1;     /* the callback's reply goes out first */
     else
         frt_close(f);
 }
 
-/* Sleeps secs (bounded by the idle timeout, woken by SIGTERM as a wait). */
+/* Sleeps secs (bounded by the idle timeout, woken by SIGTERM, firing
+ * timers: a wait with no fd). */
 static int f_sleep(lua_State *L, struct lconn *u, double secs) {
     struct frt *f = u->rt;
-    int idle_first = f->idle > 0 && f->idle < secs;
-    double t = idle_first ? f->idle : secs;
-    struct timespec ts = {(time_t)t, (long)((t - (time_t)t) * 1e9)};
-    struct timespec until, now;
+    int r;
 
-    if (!f->direct)
+    if (!f->direct || f->in_timer)
         return luaL_error(L, "conn:sleep would wait: only a handle(conn) "
                           "coroutine can wait");
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ts.tv_sec;
-    if ((until.tv_nsec += ts.tv_nsec) >= 1000000000L) {
-        until.tv_nsec -= 1000000000L;
-        until.tv_sec++;
-    }
-    for (;;) {
-        if (frt_stop) {
-            frt_end(f, "shutdown");
-            break;
-        }
-        if (ppoll(NULL, 0, &ts, &f->waitmask) == 0) {
-            if (idle_first)
-                frt_end(f, "timeout");
-            break;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &now);      /* EINTR: sleep the rest */
-        long long left = (until.tv_sec - now.tv_sec) * 1000000000LL +
-                         (until.tv_nsec - now.tv_nsec);
-        if (left <= 0)
-            break;
-        ts.tv_sec = (time_t)(left / 1000000000LL);
-        ts.tv_nsec = (long)(left % 1000000000LL);
-    }
+    r = frt_wait(f, 0, secs);
     hload_budget(L, f->budget);
-    if (f->end)
+    if (r == W_END || f->end)
         return lconn_fail(L, "closed", lconn_reason_code(f->end));
     lua_pushboolean(L, 1);
     return 1;
@@ -259,8 +259,18 @@ static void f_reset(struct lconn *u) {
     frt_end(f, "closed");
 }
 
+static void f_timer_arm(struct lconn *u, struct ltimer *t, double secs) {
+    (void)u;
+    t->due = mono_now() + secs;     /* frt_wait fires it */
+}
+
+static void f_timer_disarm(struct lconn *u, struct ltimer *t) {
+    (void)u; (void)t;               /* off the list: nothing to undo */
+}
+
 static const struct lconn_ops fork_ops = {
-    f_recv, f_send, f_sleep, f_close, f_shutdown, f_reset
+    f_recv, f_send, f_sleep, f_close, f_shutdown, f_reset,
+    f_timer_arm, f_timer_disarm
 };
 
 /* --- calls ----------------------------------------------------------------- */
@@ -315,6 +325,38 @@ static void frt_call(struct frt *f, int ref, const char *arg, size_t len,
     lua_pop(L, 1);
     if (f->close_after && f->end == NULL)
         frt_close(f);
+}
+
+static double frt_next_due(const struct frt *f) {
+    double next = -1;
+
+    for (const struct ltimer *t = f->u->timers; t; t = t->next)
+        next = earlier(next, t->due);
+    return next;
+}
+
+/* Fires the timer due first (ties: the first armed). 1 if one fired. */
+static int frt_fire_due(struct frt *f, double now) {
+    struct ltimer *first = NULL;
+    lua_State *L = f->L;
+    int n;
+
+    for (struct ltimer *t = f->u->timers; t; t = t->next)
+        if (t->due <= now && (first == NULL || t->due < first->due))
+            first = t;
+    if (first == NULL)
+        return 0;
+    lhost_set_mem_limit(L, 0);  /* pushes are unprotected: see rt_event.c */
+    n = lconn_timer_push(L, first);
+    lhost_set_mem_limit(L, f->mem);
+    hload_budget(L, f->budget);
+    f->in_timer = 1;
+    if (eh_pcall(L, n, 0) != LUA_OK)
+        frt_fault(f);
+    f->in_timer = 0;
+    if (lconn_timer_done(L, first))
+        first->due += first->period;
+    return 1;
 }
 
 /* Per-message function and callbacks: reads until the connection ends. */

@@ -481,6 +481,90 @@ end }
     },
     records = { a = { "sleep nil closed 0" } } },
 
+  -- Timers (conn:after, conn:every; the harness: { wait = secs } advances its clock) --
+
+  { name = "every ticks until cancelled from its own callback",
+    handler = [[
+return {
+  on_open = function(conn)
+    local n, t = 0, nil
+    t = conn:every(0.1, function(c)
+      n = n + 1
+      c:send("tick\n")
+      if n == 3 then rec(c, "cancel", t:cancel(), tostring(t)) end
+    end)
+  end,
+  on_data = function(_, data) return data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", open = true, wait = 0.5, expect = "tick\ntick\ntick\n" },
+      { wait = 0.5 },
+      { c = "a", check = "open" },
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "eof" }, records = { a = { "cancel true echohost.timer (cancelled)" } } },
+
+  { name = "after sends once, later, and may close the connection",
+    handler = [[
+return {
+  on_open = function(conn)
+    conn:after(0.2, function(c) c:send("late"); c:close() end)
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", open = true, wait = 0.4, expect = "late" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "closed" } },
+
+  { name = "an error in a timer closes that connection with reason error and is logged",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    if data == "arm" then
+      conn:after(0.2, function() error("timer failed") end)
+    end
+    return data
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", send = "arm", expect = "arm" },
+      { wait = 0.5 },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "error" },
+    log = "error", log_has = { "handler.lua:5: timer failed", "stack traceback" } },
+
+  { name = "a timer fires while a direct-style handler sleeps: its ticks come first",
+    handler = [[
+return { handle = function(conn)
+  local data = conn:recv()
+  local n, t = 0, nil
+  t = conn:every(0.1, function(c)
+    n = n + 1
+    c:send("tick\n")
+    if n == 2 then t:cancel() end
+  end)
+  rec(conn, "sleep", conn:sleep(0.4))
+  conn:send("late " .. data)
+  conn:close()
+end }
+]],
+    steps = {
+      { c = "a", send = "x", expect = "tick\ntick\nlate x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "sleep true" } } },
+
   -- Settings and logging (echohost.settings, echohost.log) -------------------
 
   { name = "echohost.settings gives the handler --set key=value (opts.settings)",

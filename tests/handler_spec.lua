@@ -322,3 +322,53 @@ describe("conn:sleep under the event loop", function()
     assert.is_true(took >= 0.9 and took < 4, ("took %.2f s"):format(took))
   end)
 end)
+
+describe("conn timers under the event loop", function()
+  after_each(util.cleanup)
+
+  it("are cancelled when their connections close: 10,000 of them leak nothing", function()
+    local server = require "helpers.server"
+    local socket = require "socket"
+    local tdir = util.tmpdir()
+    local file = tdir .. "/timers.lua"
+    util.write_file(file, [[
+return function(conn, data)
+  conn:after(3600, function(c) c:send("never") end)
+  conn:every(1800, function(c) c:send("never") end)
+  return data
+end
+]])
+    local srv = util.start({ "--workers", "1", "--handler", file })
+    local worker = assert(srv.server:wait_children(1, 5))[1]
+    -- 20 rounds of 500 connections, each arming two timers, then closing
+    local function round()
+      local cs = {}
+      for i = 1, 500 do
+        local c = assert(socket.connect("127.0.0.1", srv.port))
+        c:settimeout(5)
+        assert(c:send("x"))
+        cs[i] = c
+      end
+      for i = 1, 500 do
+        assert.equal("x", cs[i]:receive(1))
+        cs[i]:close()
+      end
+    end
+    round()
+    local base = server.rss_kb(worker)
+    for _ = 1, 19 do
+      round()
+    end
+    -- the worker has seen every close once it answers a new connection
+    local last = assert(socket.connect("127.0.0.1", srv.port))
+    last:settimeout(5)
+    assert(last:send("y"))
+    assert.equal("y", last:receive(1))
+    last:close()
+    local after = server.rss_kb(worker)
+    util.rmdir(tdir)
+    -- 9,500 more connections with two timers each: a leak of even 100 bytes
+    -- a timer would add 1.9 MB
+    assert.is_true(after - base < 1024, ("RSS %d KiB -> %d KiB"):format(base, after))
+  end)
+end)

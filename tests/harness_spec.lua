@@ -557,3 +557,215 @@ describe("harness settings and logs", function()
     assert.equal(1, #r.log)
   end)
 end)
+
+-- Timers on the virtual clock (conn:after, conn:every) ----------------------
+
+describe("harness timers", function()
+  it("after fires once, at its virtual time", function()
+    local h
+    h = harness.open({ on_open = function(conn)
+      conn.state.t = conn:after(0.5, function(c) c:send("at " .. tostring(h:clock())) end)
+    end })
+    assert.equal("echohost.timer (armed)", tostring(h.conn.state.t))
+    assert.equal("", h:advance(0.4))
+    assert.equal("at 0.5", h:advance(0.2))
+    assert.equal("", h:advance(10))
+    assert.same({ "echohost.timer (cancelled)", 10.6, "open" },
+      { tostring(h.conn.state.t), h:clock(), h:ending() })
+  end)
+
+  it("every fires every period until cancelled; cancel is idempotent", function()
+    local h = harness.open({ on_open = function(conn)
+      local n = 0
+      conn.state.t = conn:every(0.1, function(c)
+        n = n + 1
+        c:send("tick\n")
+        if n == 3 then
+          conn.state.got = { conn.state.t:cancel(), conn.state.t:cancel() }
+        end
+      end)
+    end })
+    assert.equal("tick\n", h:advance(0.1))
+    assert.equal("tick\ntick\n", h:advance(0.2))   -- 0.3 exactly: no float drift
+    assert.equal("", h:advance(1))
+    assert.same({ { true, true }, "echohost.timer (cancelled)" },
+      { h.conn.state.got, tostring(h.conn.state.t) })
+  end)
+
+  it("fires timers due at the same moment in arming order, others in due order", function()
+    local h = harness.open({ on_open = function(conn)
+      conn:after(0.3, function(c) c:send("a") end)
+      conn:every(0.1, function(c) c:send("e") end)
+      conn:after(0.3, function(c) c:send("b") end)
+      conn:after(0.05, function(c) c:send("0") end)
+      conn:after(0, function(c) c:send("z") end)
+    end })
+    assert.equal("z0eeaeb", h:advance(0.3))
+  end)
+
+  it("harness.advance(secs) is a marker for run", function()
+    local r = harness.run({ on_open = function(conn)
+      conn:after(0.2, function(c) c:send("late"); c:close() end)
+    end }, { harness.advance(0.1), "x", harness.advance(0.1), "dropped" })
+    assert.same({ "late", true, "closed" }, { r.sent, r.closed, r.reason })
+    assert.equal("harness.advance(0.5)", tostring(harness.advance(0.5)))
+  end)
+
+  it("cancels every timer when the connection ends and at conn:close() or conn:reset()",
+    function()
+      local function armed()
+        return { on_open = function(conn)
+          conn.state.ts = { conn:after(1, function(c) c:send("x") end),
+                            conn:every(1, function(c) c:send("y") end) }
+        end, on_data = function(conn, data)
+          if data == "close" then conn:close() elseif data == "reset" then conn:reset() end
+        end }
+      end
+      local steps = { close = "close", reset = "reset", eof = "eof", rst = "reset",
+                      idle = "idle", shutdown = "shutdown" }
+      for step, method in pairs(steps) do
+        local h = harness.open(armed())
+        if step == "close" or step == "reset" then h:input(step) else h[method](h) end
+        assert.equal("", h:advance(5))
+        assert.same({ "echohost.timer (cancelled)", "echohost.timer (cancelled)" },
+          { tostring(h.conn.state.ts[1]), tostring(h.conn.state.ts[2]) })
+      end
+      local h = harness.open(armed())
+      h:finish()
+      assert.same({ "", "echohost.timer (cancelled)" },
+        { h:advance(5), tostring(h.conn.state.ts[1]) })
+    end)
+
+  it("after/every on a closed or ended connection give nil, 'closed', 0", function()
+    local h = harness.open({ on_data = function(conn)
+      conn:close()
+      conn.state.got = { { conn:after(1, print) }, { conn:every(1, print) } }
+    end })
+    h:input("x")
+    assert.same({ { nil, "closed", 0 }, { nil, "closed", 0 } }, h.conn.state.got)
+    h = harness.open(function() end)
+    h:eof()
+    assert.same({ nil, "closed", 0 }, { h.conn:after(1, print) })
+  end)
+
+  it("raises at the 65th armed timer; fired and cancelled ones do not count", function()
+    local h = harness.open({ on_open = function(conn)
+      for _ = 1, 64 do conn:after(1, function() end) end
+    end })
+    assert.equal("open", h:ending())
+    local ok, err = pcall(h.conn.after, h.conn, 1, print)
+    assert.is_false(ok)
+    assert.matches("too many timers on this connection %(at most 64%)", err)
+    h:advance(1)
+    local ts = {}
+    for i = 1, 64 do ts[i] = h.conn:every(1, function() end) end
+    ts[1]:cancel()
+    assert.equal("echohost.timer (armed)", tostring(h.conn:after(0, print)))
+    local r = harness.run({ on_open = function(conn)
+      for _ = 1, 65 do conn:every(1, function() end) end
+    end }, {})
+    assert.equal("error", r.reason)
+    assert.matches("too many timers on this connection %(at most 64%)", r.error)
+  end)
+
+  it("raises on misuse", function()
+    local c = harness.open(function() end).conn
+    local function msg(f, ...)
+      local ok, err = pcall(f, c, ...)
+      assert.is_false(ok)
+      return (err:gsub("^[^:]*:%d+: ", ""))
+    end
+    local noop = function() end
+    assert.equal("bad argument #1 to 'after' (expected seconds >= 0)", msg(c.after, -1, noop))
+    assert.equal("bad argument #1 to 'after' (expected seconds >= 0)", msg(c.after, 0 / 0, noop))
+    assert.equal("bad argument #1 to 'every' (expected seconds > 0)", msg(c.every, 0, noop))
+    assert.equal("bad argument #1 to 'after' (number expected, got nil)", msg(c.after))
+    assert.equal("bad argument #2 to 'after' (function expected, got nil)", msg(c.after, 1))
+    assert.equal("bad argument #2 to 'every' (function expected, got string)",
+      msg(c.every, 1, "f"))
+    local t = c:after(1, noop)
+    assert.has_error(function() t.cancel({}) end,
+      "bad argument #1 to 'cancel' (echohost.timer expected, got table)")
+    assert.has_error(function() t.x = 1 end)
+  end)
+
+  it("an error in a timer ends the connection with 'error', logged", function()
+    local why
+    local h = harness.open({ on_open = function(conn)
+      conn:every(0.1, function(c) c:send("t"); if c.state.boom then error("boom") end end)
+    end, on_close = function(_, reason) why = reason end })
+    assert.equal("tt", h:advance(0.2))
+    h.conn.state.boom = true
+    assert.equal("t", h:advance(1))
+    assert.same({ "error", "error", 1, "closed" }, { h:reason(), why, #h.log, h:ending() })
+    assert.matches("boom\nstack traceback:", h.error)
+  end)
+
+  it("timers run under the budget and the memory cap", function()
+    local r = harness.run({ on_open = function(conn)
+      conn:after(1, function() while true do end end)
+    end }, { harness.advance(2) }, { budget = 100000 })
+    assert.same({ "error", true }, { r.reason, r.closed })
+    assert.matches("instruction budget exceeded", r.error)
+    r = harness.run({ on_open = function(conn)
+      conn:after(1, function()
+        conn.state.hog = {}
+        for i = 1, 1e7 do conn.state.hog[i] = ("x"):rep(64) .. i end
+      end)
+    end }, { harness.advance(2) }, { mem = 4 * 1024 * 1024 })
+    assert.same({ "error", "not enough memory" }, { r.reason, r.error })
+  end)
+
+  it("fires while a direct-style handler sleeps, before the sleep returns", function()
+    local r = harness.run({ handle = function(conn)
+      local t = conn:every(0.1, function(c) c:send("tick\n") end)
+      local line = conn:receive()
+      conn.state.slept = { conn:sleep(0.35) }
+      t:cancel()
+      conn:send(line .. "\n")
+    end }, { "hi\n" })
+    assert.same({ "tick\ntick\ntick\nhi\n", "closed", { true } },
+      { r.sent, r.reason, r.state.slept })
+  end)
+
+  it("fires while a direct-style handler is parked in recv; it stays parked", function()
+    local h = harness.open({ handle = function(conn)
+      conn:every(0.1, function(c) c:send("t") end)
+      conn:send("got " .. conn:recv())
+      conn:close()
+    end })
+    assert.equal("ttt", h:advance(0.3))
+    assert.equal("open", h:ending())
+    assert.equal("got x", h:input("x"))
+    assert.equal("closed", h:reason())
+  end)
+
+  it("a timer that closes the connection ends a sleep: nil, 'closed', 0", function()
+    local h = harness.open({ handle = function(conn)
+      conn:after(1, function(c) c:send("bye"); c:close() end)
+      conn.state.slept = { conn:sleep(5) }
+    end })
+    assert.same({ { nil, "closed", 0 }, "bye", "closed", 1 },
+      { h.conn.state.slept, h:sent(), h:reason(), h:clock() })
+  end)
+
+  it("a timer cannot wait: sleep and recv raise 'conn:X would wait'", function()
+    for _, verb in ipairs({ "sleep", "recv", "receive" }) do
+      local h = harness.open({ handle = function(conn)
+        conn:after(0.1, function(c) c[verb](c, 1) end)
+        conn:sleep(1)
+        conn:send("after")
+      end })
+      assert.equal("error", h:reason())
+      assert.matches("conn:" .. verb .. " would wait: only a handle%(conn%) coroutine can wait",
+        h.error)
+      assert.equal("", h:sent())
+      h = harness.open({ on_open = function(conn)
+        conn:after(0.1, function(c) c[verb](c, 1) end)
+      end })
+      h:advance(1)
+      assert.equal("error", h:reason())
+      assert.matches("conn:" .. verb .. " would wait", h.error)
+    end
+  end)
+end)

@@ -188,6 +188,36 @@ describe("echohost.tcp_srv", function()
     for _, c in ipairs({ eof, close, err }) do c:close() end
   end)
 
+  it("has no timers: conn:after and conn:every raise, argument checks first", function()
+    local srv, port = listener()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    local handler = { handle = function(conn)
+      local got = {}
+      for _, call in ipairs({ { "after", 1 }, { "every", 1 }, { "every", 0 } }) do
+        local ok, err = pcall(conn[call[1]], conn, call[2], print)
+        got[#got + 1] = ok and "no raise" or (tostring(err):gsub("^[^:]*:%d+: ", ""))
+      end
+      conn:close()
+      local r = table.pack(conn:after(1, print))
+      got[#got + 1] = ("%s %s %s"):format(r[1], r[2], r[3])
+      local f = assert(io.open(log, "w"))
+      f:write(table.concat(got, "\n"))
+      f:close()
+    end }
+    local c = connect(port)
+    assert.is_true(tcp_srv.serve(srv, handler, { max_accepts = 1 }))
+    assert.same({ nil, "closed", 0 }, { c:recv() })
+    c:close()
+    local f = assert(io.open(log))
+    local text = f:read("a")
+    f:close()
+    assert.equal("timers are not available under tcp_srv\n"
+      .. "timers are not available under tcp_srv\n"
+      .. "bad argument #1 to 'every' (expected seconds > 0)\n"
+      .. "nil closed 0", text)
+  end)
+
   it("loads a handler given as a path through the loader", function()
     assert.same({ nil, "no/such.lua: cannot open no/such.lua: No such file or directory" },
       { tcp_srv.tcp_srv("127.0.0.1", 0, "no/such.lua") })

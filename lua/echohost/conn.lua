@@ -27,16 +27,32 @@
 --   reset()           close at once (an RST where the interpreter can),
 --                     queued output dropped
 --   settimeout(secs)  optional: core.timeout changed (nil: none)
+--   arm(t, secs)      schedule the timer record t (conn:after, conn:every)
+--                     secs from now; false, message where the interpreter
+--                     has no timers (the conn raises message)
+--   disarm(t)         optional: t is cancelled before it fired
+--
+-- Timers (README "Timers"): conn:after(secs, fn), conn:every(secs, fn) and
+-- timer:cancel() are here, with their checks, the limit of M.TIMERS_MAX
+-- armed timers and the cancelling of every timer at close, reset and the
+-- end (M.gone). A timer record t has t.fn, t.period (every: secs; after:
+-- 0) and t.conn; core.timers lists the armed records in arming order. The
+-- interpreter keeps the clock: when t is due it calls t.fn(t.conn) like a
+-- callback, then M.timer_done(t): true when t is to fire again, period
+-- seconds later (an every that was not cancelled meanwhile), else t is
+-- released (tostring: "cancelled").
 --
 -- new(ops, opts) -> conn, core. opts: id, peer, state (default {}),
 -- high_water (the longest frame of receive; default M.HIGH_WATER, the
 -- server's --high-water default). core is the interpreter's view: its
 -- fields timeout, closed (conn:close() or conn:reset()), wshut
--- (conn:shutdown()), ended, code, buf (bytes read past a frame), state.
+-- (conn:shutdown()), ended, code, buf (bytes read past a frame), state,
+-- timers (the armed timer records, in arming order).
 local M = {}
 
 M.HIGH_WATER = 256 * 1024
 M.DELIM_MAX = 256
+M.TIMERS_MAX = 64                   -- armed timers per connection
 
 local WOULD_WAIT = {}               -- a frame read that may not wait
 
@@ -52,9 +68,107 @@ local function done(c)
   return c.closed or c.ended
 end
 
+-- Timers ---------------------------------------------------------------------
+
+local Timer = {}
+local timer_mt = { __name = "echohost.timer", __index = Timer }
+
+-- Takes the record t off its connection (once).
+local function release(t)
+  local c = t.core
+  if not c then
+    return
+  end
+  for i, u in ipairs(c.timers) do
+    if u == t then
+      table.remove(c.timers, i)
+      break
+    end
+  end
+  t.core = nil
+end
+
+local function cancel(t)
+  if t.core then
+    local disarm = t.core.ops.disarm
+    if disarm and not done(t.core) then
+      disarm(t)
+    end
+    release(t)
+  end
+end
+
+-- Every timer of c: at close, reset and when the connection ends.
+local function cancel_all(c)
+  while c.timers[1] do
+    cancel(c.timers[1])
+  end
+end
+
+function M.timer_done(t)
+  local c = t.core
+  if c and t.period > 0 and not done(c) then
+    return true
+  end
+  release(t)
+  return false
+end
+
+function Timer:cancel()
+  local t = getmetatable(self) == timer_mt and rawget(self, "_t")
+  if not t then
+    error(("bad argument #1 to 'cancel' (echohost.timer expected, got %s)"):format(type(self)), 2)
+  end
+  cancel(t)
+  return true
+end
+
+function timer_mt.__tostring(self)
+  return rawget(self, "_t").core and "echohost.timer (armed)" or "echohost.timer (cancelled)"
+end
+
+function timer_mt.__newindex()
+  error("echohost.timer fields are read-only", 2)
+end
+
+-- conn:after and conn:every (what); raises at the handler's call.
+local function arm(self, what, secs, fn)
+  local c = core_of(self)
+  if type(secs) ~= "number" then
+    error(("bad argument #1 to '%s' (number expected, got %s)"):format(what, type(secs)), 3)
+  elseif what == "every" and not (secs > 0 and secs <= 1e7) then
+    error("bad argument #1 to 'every' (expected seconds > 0)", 3)
+  elseif what == "after" and not (secs >= 0 and secs <= 1e7) then
+    error("bad argument #1 to 'after' (expected seconds >= 0)", 3)
+  elseif type(fn) ~= "function" then
+    error(("bad argument #2 to '%s' (function expected, got %s)"):format(what, type(fn)), 3)
+  end
+  if done(c) then
+    return nil, "closed", c.code
+  elseif #c.timers >= M.TIMERS_MAX then
+    error(("too many timers on this connection (at most %d)"):format(M.TIMERS_MAX), 3)
+  end
+  local t = { fn = fn, period = what == "every" and secs or 0, conn = self, core = c }
+  local ok, err = c.ops.arm(t, secs)
+  if ok == false then
+    error(err, 3)
+  end
+  c.timers[#c.timers + 1] = t
+  return setmetatable({ _t = t }, timer_mt)
+end
+
+function Conn:after(secs, fn)
+  return arm(self, "after", secs, fn)
+end
+
+function Conn:every(secs, fn)
+  return arm(self, "every", secs, fn)
+end
+
 -- The connection ended (once): later calls report code (0, or 104 after a
--- reset), unless the handler had closed it (0).
+-- reset), unless the handler had closed it (0). Its timers are cancelled.
 function M.gone(c, code)
+  cancel_all(c)
   c.ended = true
   if not c.closed then
     c.code = code or 0
@@ -203,6 +317,7 @@ end
 local function finish(self, op)
   local c = core_of(self)
   if not done(c) then
+    cancel_all(c)
     c.closed, c.code = true, 0
     c.ops[op]()
   end
@@ -287,7 +402,7 @@ function M.new(ops, opts)
   opts = opts or {}
   local c = { ops = ops, id = opts.id, peer = opts.peer, state = opts.state or {},
               high_water = opts.high_water or M.HIGH_WATER, buf = "",
-              closed = false, wshut = false, ended = false, code = 0 }
+              closed = false, wshut = false, ended = false, code = 0, timers = {} }
   return setmetatable({ _c = c }, conn_mt), c
 end
 

@@ -40,12 +40,19 @@
 --   module.)
 --   on_open runs (or handle starts) in open. The conn is echohost.conn
 --   (lua/echohost/conn.lua) over the harness's operations; conn:sleep is
---   virtual: it returns at once and advances h:clock().
+--   virtual: it returns at once and advances h:clock(), firing the timers
+--   (conn:after, conn:every) due on the way before it returns. A timer's
+--   fn(conn) runs like a callback (budget, memory cap, may not wait; an
+--   error ends the connection with "error" and is logged in h.log).
 -- Steps of h, each returning what the handler sent during it:
 --   h:input(data)  the client sends data (ignored once the connection ended)
 --   h:eof()        the client shuts its side down: a waiting recv gets
 --                  nil, "closed", 0; a function or callbacks handler closes
 --   h:timeout()    a settimeout passes: a waiting recv gets nil, "timeout", 110
+--   h:advance(secs)  the virtual clock moves by secs (>= 0), firing every
+--                  timer due on the way, in due order (equals in arming
+--                  order); a parked handle coroutine stays parked. The
+--                  idle_timeout and shutdown_at deadlines apply to sleeps only
 --   h:reset()      the client resets (RST): reason "reset"; recv and send
 --                  get nil, "closed", 104
 --   h:idle()       the idle timeout: reason "timeout"; nil, "closed", 0
@@ -66,6 +73,7 @@
 --
 -- harness.run(handler, inputs [, opts]): open, then each input in turn
 -- (a string: h:input; harness.CLOSE: h:eof; harness.TIMEOUT: h:timeout;
+-- harness.advance(secs), a marker: h:advance(secs);
 -- harness.RESET, harness.IDLE, harness.SHUTDOWN: h:reset, h:idle,
 -- h:shutdown) until the connection ends, then h:finish(). Returns
 -- { sent = all bytes, chunks = each send, closed = whether it ended before
@@ -91,6 +99,22 @@ end
 -- Scripted events in the inputs of run().
 M.CLOSE, M.TIMEOUT, M.RESET = marker("CLOSE"), marker("TIMEOUT"), marker("RESET")
 M.IDLE, M.SHUTDOWN = marker("IDLE"), marker("SHUTDOWN")
+
+local ADVANCE = { __tostring = function(m) return ("harness.advance(%s)"):format(m.secs) end }
+
+local function check_secs(secs, fname)
+  if type(secs) ~= "number" then
+    error(("bad argument #1 to '%s' (number expected, got %s)"):format(fname, type(secs)), 3)
+  elseif not (secs >= 0 and secs <= 1e7) then
+    error(("bad argument #1 to '%s' (expected seconds >= 0)"):format(fname), 3)
+  end
+end
+
+-- The marker of run() for h:advance(secs).
+function M.advance(secs)
+  check_secs(secs, "advance")
+  return setmetatable({ secs = secs }, ADVANCE)
+end
 
 local WAIT = {}                     -- what a parked handle coroutine yields
 
@@ -246,6 +270,59 @@ local function reply(self, ok, r)
   end
 end
 
+-- Timers on the virtual clock ------------------------------------------------
+
+-- Timer times are integer nanoseconds, so that every(0.1) is due at 0.3
+-- exactly as after(0.3) is.
+local function ns(secs)
+  return math.floor(secs * 1e9 + 0.5)
+end
+
+-- The armed timer of self due first (the first armed among equals), or nil.
+local function earliest(self)
+  local first
+  for _, t in ipairs(self.s.core.timers) do
+    if not first or t.due < first.due then
+      first = t
+    end
+  end
+  return first
+end
+
+-- Runs the timer t like a callback: the budget, the memory cap; an error
+-- ends the connection with "error". It may not wait (s.in_timer).
+local function fire(self, t)
+  local s = self.s
+  s.in_timer = true
+  local ok, err = call(self, t.fn, t.conn)
+  s.in_timer = false
+  if not ok then
+    fault(self, err)
+  end
+  if conn.timer_done(t) then
+    t.due = t.due + math.max(1, ns(t.period))
+  end
+end
+
+-- Moves the clock to `to` (seconds), firing on the way every timer due by
+-- then, in due order, the clock at each one's time; stops at a timer that
+-- closed or ended the connection.
+local function advance_to(self, to)
+  local s, limit = self.s, ns(to)
+  while true do
+    local t = earliest(self)
+    if not t or t.due > limit then
+      break
+    end
+    s.clock = math.max(s.clock, t.due / 1e9)
+    fire(self, t)
+    if conn.done(s.core) then
+      return
+    end
+  end
+  s.clock = math.max(s.clock, to)
+end
+
 -- The conn object: echohost.conn over the harness's operations ------------
 
 -- The earliest virtual deadline of self within secs of now (opts.idle_timeout
@@ -275,7 +352,7 @@ local function ops_of(self)
         break
       elseif s.eof then
         return nil, "closed", 0
-      elseif coroutine.running() ~= s.co then
+      elseif coroutine.running() ~= s.co or s.in_timer then
         return false
       end
       s.parked = true
@@ -306,19 +383,25 @@ local function ops_of(self)
     s.closing, s.rst = true, true
   end
   -- Virtual time: returns at once; the clock advances by secs, or to a
-  -- deadline that ends the connection first.
+  -- deadline that ends the connection first, firing the timers due on the
+  -- way (one that closes the connection ends the sleep: nil, "closed").
   function ops.sleep(secs)
-    if coroutine.running() ~= s.co then
+    if coroutine.running() ~= s.co or s.in_timer then
       return false
     end
     local t, why = deadline(self, secs)
-    if t then
+    advance_to(self, t or s.clock + secs)
+    if conn.done(s.core) then
+      return nil, "closed", s.core.code
+    elseif t then
       s.clock = t
       end_conn(self, why)
       return nil, "closed", s.code
     end
-    s.clock = s.clock + secs
     return true
+  end
+  function ops.arm(t, secs)
+    t.due = ns(s.clock) + ns(secs)
   end
   return ops
 end
@@ -451,6 +534,18 @@ function H:timeout()
   return take_sent(self, from)
 end
 
+-- Time passes: the clock moves by secs, firing the timers due on the way
+-- (in due order; those due at the same time in the order they were armed).
+function H:advance(secs)
+  check_secs(secs, "advance")
+  local s, from = self.s, #self.s.chunks + 1
+  local to = s.clock + secs
+  advance_to(self, to)
+  s.clock = math.max(s.clock, to)
+  settle(self)
+  return take_sent(self, from)
+end
+
 local function ended_by(reason)
   return function(self)
     local from = #self.s.chunks + 1
@@ -509,7 +604,8 @@ function H:ending()
   return "open"
 end
 
--- The virtual clock: the seconds the handler slept (conn:sleep) since open.
+-- The virtual clock: the seconds slept (conn:sleep) and advanced
+-- (h:advance) since open.
 function H:clock()
   return self.s.clock
 end
@@ -526,6 +622,8 @@ function M.run(handler, inputs, opts)
       break
     elseif STEPS[item] then
       STEPS[item](h)
+    elseif getmetatable(item) == ADVANCE then
+      h:advance(item.secs)
     elseif type(item) == "string" then
       h:input(item)
     else

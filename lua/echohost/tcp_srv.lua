@@ -18,7 +18,11 @@
 -- echohost.socket has no SO_LINGER, so the client sees a FIN, not an RST),
 -- sleep (a poll on a socket of its own), settimeout, conn.id (the child's
 -- pid), conn.peer, conn.state. on_close(conn, reason) gets "eof",
--- "closed", "error" or "reset".
+-- "closed", "error" or "reset". Timers are not implemented here: every wait
+-- of the child is a plain blocking call, with no loop to fire them in, so
+-- conn:after and conn:every raise "timers are not available under tcp_srv"
+-- (after the same argument checks as elsewhere; on a closed connection they
+-- still give nil, "closed", 0).
 --
 -- A handler loaded from a path gets require("echohost.settings"), a copy
 -- of opts.settings (a table of strings; default {}), and
@@ -155,6 +159,9 @@ local function ops_of(s)
   end
   function ops.settimeout(t)
     s.sock:settimeout(t)
+  end
+  function ops.arm()                -- no event loop here: see the header
+    return false, "timers are not available under tcp_srv"
   end
   return ops
 end

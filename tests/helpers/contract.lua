@@ -34,6 +34,11 @@
 --   { c = "a", reset = true }     the client resets it (SO_LINGER 0, close)
 --   { c = "a", idle = true }      silence past --idle-timeout (harness: h:idle())
 --   { shutdown = true }           SIGTERM to the server (harness: h:shutdown())
+--   { wait = secs }               time passes (with c, after its send): the
+--                                 harness advances the virtual clock of every
+--                                 open connection by secs (h:advance: their
+--                                 timers fire); the servers' driver sleeps
+--                                 secs before the step's reads
 --   { c = "a", ending = "closed", rest = "" }
 --                                 the client reads until the connection ends:
 --                                 the bytes, then "closed" (an EOF: the server
@@ -353,6 +358,13 @@ function M.run_harness(sc, dir)
         c.h:reset()
         done(c, "client reset")
       end
+      if st.wait then
+        for _, o in ipairs(order) do
+          if not o.ended then
+            o.h:advance(st.wait)
+          end
+        end
+      end
       if st.expect then
         obs.steps[i] = take(c, #st.expect)
       elseif st.check then
@@ -525,6 +537,9 @@ function M.run_server(model, sc, dir)
       c.sock:setoption("linger", { on = true, timeout = 0 })
       c.sock:close()
       c.ended = "client reset"
+    end
+    if st.wait then
+      socket.sleep(st.wait)
     end
     -- st.idle: nothing to do; the next read waits past --idle-timeout
     if st.expect then
