@@ -75,6 +75,8 @@ int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen);
 int handler_version(const struct handler *h);
 const char *handler_path(const struct handler *h);
+/* Bytes the handler's Lua state holds (what --lua-mem caps). */
+size_t handler_mem(const struct handler *h);
 
 void handler_on_open(struct handler *h, conn *c);
 /* buf is the worker's scratch buffer: copy what must outlive the call. */

@@ -420,7 +420,8 @@ static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
 
     cmd_printf(o, "{conns=%llu,accepted=%llu,closed=%llu,rejected=%llu,"
                "bytes_in=%llu,bytes_out=%llu,errors=%llu,faults=%llu,"
-               "timeouts=%llu,reloads=%llu,handler_version=%d,uptime=%.3f}",
+               "timeouts=%llu,reloads=%llu,handler_version=%d,lua_mem=%zu,"
+               "uptime=%.3f}",
                (unsigned long long)st->conns_open,
                (unsigned long long)st->accepted,
                (unsigned long long)st->closed,
@@ -432,6 +433,7 @@ static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
                (unsigned long long)st->timeouts,
                (unsigned long long)st->reloads,
                w->h ? handler_version(w->h) : 0,
+               w->h ? handler_mem(w->h) : (size_t)0,
                (ev_now_ms() - (long long)st->started_ms) / 1000.0);
 }
 

@@ -285,14 +285,8 @@ static void watch_changed(void *ud);
 
 /* --watch: the handler file and the modules it required next to it. */
 static int fork_watch(struct forksrv *fs) {
-    char err[HLOAD_ERR_LEN];
-
-    watch_stop(fs->watch);
-    fs->watch = watch_start(fs->loop, fs->hs->files, fs->hs->nfiles,
-                            watch_changed, fs, err, sizeof err);
-    if (fs->watch == NULL)
-        log_error("%s", err);
-    return fs->watch ? 0 : -1;
+    return watch_restart(&fs->watch, fs->loop, fs->hs->files, fs->hs->nfiles,
+                         watch_changed, fs);
 }
 
 /* Loads the handler file again; children forked from now on serve with the

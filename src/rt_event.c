@@ -558,6 +558,10 @@ const char *handler_path(const struct handler *h) {
     return h->hs.path;
 }
 
+size_t handler_mem(const struct handler *h) {
+    return lhost_mem_used(h->L);
+}
+
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
                                const struct hstate *loaded) {
     struct handler *h = calloc(1, sizeof *h);

@@ -261,14 +261,8 @@ static void master_watched(void *ud);
 
 /* --watch: the handler file and the modules it required next to it. */
 static int master_watch(struct master *m) {
-    char err[HLOAD_ERR_LEN];
-
-    watch_stop(m->watch);
-    m->watch = watch_start(m->loop, m->handler->files, m->handler->nfiles,
-                           master_watched, m, err, sizeof err);
-    if (m->watch == NULL)
-        log_error("%s", err);
-    return m->watch ? 0 : -1;
+    return watch_restart(&m->watch, m->loop, m->handler->files,
+                         m->handler->nfiles, master_watched, m);
 }
 
 /* Loads path (NULL: the current file) into the master's copy first: a

@@ -8,6 +8,7 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "watch.h"
 
 struct watch {
@@ -93,4 +94,15 @@ void watch_stop(struct watch *w) {
         free(w->names[i]);
     free(w->names);
     free(w);
+}
+
+int watch_restart(struct watch **w, ev_loop *loop, char *const *paths, int n,
+                  watch_proc *proc, void *ud) {
+    char err[512];
+
+    watch_stop(*w);
+    *w = watch_start(loop, paths, n, proc, ud, err, sizeof err);
+    if (*w == NULL)
+        log_error("%s", err);
+    return *w ? 0 : -1;
 }

@@ -17,5 +17,9 @@ struct watch *watch_start(ev_loop *loop, char *const *paths, int n,
                           watch_proc *proc, void *ud, char *err,
                           size_t errlen);
 void watch_stop(struct watch *w);
+/* Replaces *w (may be NULL) by a watch of the n files: the handler and the
+ * modules it loaded, after each load. 0, or -1 and the reason logged. */
+int watch_restart(struct watch **w, ev_loop *loop, char *const *paths, int n,
+                  watch_proc *proc, void *ud);
 
 #endif

@@ -50,8 +50,8 @@ M.wait_for = server.wait
 -- helpers.server (port 0, learnt from the log). Returns a server:
 -- { pid, port, log_text = function, stop = function }. stop fails the
 -- test if the log holds a sanitizer report.
-function M.start(args)
-  local s = server.start(args)
+function M.start(args, opts)
+  local s = server.start(args, opts)
   local srv = { pid = s.pid, port = s.port, server = s }
   open_servers[#open_servers + 1] = srv
   function srv.log_text()
