@@ -73,8 +73,9 @@ void handler_destroy(struct handler *h);
  * line). 0 or -1. */
 int handler_reload(struct handler *h, const char *path, char *err,
                    size_t errlen);
+/* handler_reload of the current file, on SIGHUP: a failure is logged. */
+int handler_reload_logged(struct handler *h, const char *trigger);
 int handler_version(const struct handler *h);
-const char *handler_path(const struct handler *h);
 /* Bytes the handler's Lua state holds (what --lua-mem caps). */
 size_t handler_mem(const struct handler *h);
 

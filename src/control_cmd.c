@@ -273,8 +273,9 @@ static int cmd_swap_result(lua_State *L) {
 
 /* handler(path): every worker loads path (relative to the operator's
  * directory) as its handler. */
-/* The master loads path first (NULL: the current file); it keeps the
- * version workers started later get. 0, or pushes nil, err and returns 2. */
+/* The master loads path first (NULL: the current file; a failure is
+ * logged there); it keeps the version workers started later get. 0, or
+ * pushes nil, err and returns 2. */
 static int cmd_master_swap(lua_State *L, struct control *ctl,
                            const char *path) {
     char err[512];
@@ -282,8 +283,6 @@ static int cmd_master_swap(lua_State *L, struct control *ctl,
     if (ctl->swap == NULL || ctl->swap(ctl->swap_ud, path, err,
                                        sizeof err) == 0)
         return 0;
-    log_error("handler: control %s failed: %s", path ? "handler()" :
-              "reload()", err);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;

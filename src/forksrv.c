@@ -299,8 +299,7 @@ static void fork_reload(struct forksrv *fs, const char *trigger) {
         return;
     }
     if (hstate_load(fs->hs, NULL, err, sizeof err) < 0) {
-        log_error("handler %s: %s reload failed, version %d stays: %s",
-                  fs->hs->path, trigger, fs->hs->version, err);
+        hstate_log_refused(fs->hs, trigger, err);
         return;
     }
     log_info("handler %s version %d loaded", fs->hs->path, fs->hs->version);

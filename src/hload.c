@@ -8,6 +8,7 @@
 
 #include "hload.h"
 #include "lconn.h"
+#include "log.h"
 #include "lhost.h"
 #include "llog.h"
 
@@ -220,4 +221,10 @@ void hstate_close(struct hstate *hs) {
     free(hs->path);
     hs->L = NULL;
     hs->path = NULL;
+}
+
+void hstate_log_refused(const struct hstate *hs, const char *trigger,
+                        const char *err) {
+    log_error("handler %s: %s reload failed, version %d stays: %s", hs->path,
+              trigger, hs->version, err);
 }

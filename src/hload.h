@@ -43,6 +43,10 @@ int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
 int hstate_load(struct hstate *hs, const char *path, char *err,
                 size_t errlen);
 void hstate_close(struct hstate *hs);
+/* Logs a load that trigger ("SIGHUP", "--watch", "handler()") asked for
+ * and that failed with err: the one wording of a refused reload. */
+void hstate_log_refused(const struct hstate *hs, const char *trigger,
+                        const char *err);
 
 /* Arms the instruction budget of L for one call or resume (0: none). */
 void hload_budget(lua_State *L, long budget);

@@ -21,6 +21,7 @@ int lconn_reason_code(const char *reason) {
 /* --- timers ------------------------------------------------------------- */
 
 static struct lconn *checkconn(lua_State *L);
+static int done(const struct lconn *u);
 
 /* Takes t off its connection and lets its userdata and function go. */
 static void timer_release(lua_State *L, struct ltimer *t) {
@@ -85,7 +86,7 @@ static int lconn_timer(lua_State *L) {
     else
         luaL_argcheck(L, secs >= 0 && secs <= 1e7, 2, "expected seconds >= 0");
     luaL_checktype(L, 3, LUA_TFUNCTION);
-    if (u->closed || u->ops == NULL)
+    if (done(u))
         return lconn_fail(L, "closed", u->end_code);
     if (u->ntimers >= LCONN_TIMERS_MAX)
         return luaL_error(L, "too many timers on this connection (at most %d)",
@@ -250,6 +251,34 @@ static int frame_try(lua_State *L, struct lconn *u) {
 
 static int frame_cont(lua_State *L, int status, lua_KContext ctx);
 
+/* The read's results sit above conn and pattern: a chunk is appended to
+ * the buffer (1), or they are a failure, left there (0). */
+static int frame_chunk(lua_State *L, struct lconn *u) {
+    size_t len;
+    const char *s;
+
+    if (lua_gettop(L) != 3 || lua_type(L, 3) != LUA_TSTRING)
+        return 0;
+    s = lua_tolstring(L, 3, &len);
+    rbuf_append(L, u, s, len);
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* The read failed (nil, msg, code at 3..5). EOF ends a "*a" frame, and
+ * gives the others their partial bytes; a timeout keeps the buffer. */
+static int frame_fail(lua_State *L, struct lconn *u) {
+    size_t len = u->rlen - u->roff;
+
+    lua_settop(L, 5);
+    if (!lua_isstring(L, 4) || strcmp(lua_tostring(L, 4), "closed") != 0)
+        return 3;
+    if (u->fkind == F_ALL)
+        return rbuf_take(L, u, len, 0);
+    rbuf_take(L, u, len, 0);                    /* nil, "closed", code, partial */
+    return 4;
+}
+
 /* Until the frame is buffered: what is there, else read more. */
 static int frame_step(lua_State *L, struct lconn *u, const char *what) {
     for (;;) {
@@ -259,39 +288,20 @@ static int frame_step(lua_State *L, struct lconn *u, const char *what) {
             return lconn_fail(L, "too long", 0);
         if (done(u))
             return lconn_fail(L, "closed", u->end_code);
-        int n = u->ops->recv(L, u, 0, what, frame_cont);
-        if (n != 1 || !lua_isstring(L, -1))
-            return frame_cont(L, LUA_OK, 0);    /* a failure: at the top */
-        size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
-        rbuf_append(L, u, s, len);
-        lua_pop(L, 1);
+        u->ops->recv(L, u, 0, what, frame_cont);    /* may park: frame_cont */
+        if (!frame_chunk(L, u))
+            return frame_fail(L, u);
     }
 }
 
-/* After a read (at once or resumed): more data, or the read's failure.
- * The stack is conn, pattern, then the read's results. */
+/* A parked read resumed: its results are at the top. */
 static int frame_cont(lua_State *L, int status, lua_KContext ctx) {
     struct lconn *u = lua_touserdata(L, 1);
-    int nres = lua_gettop(L) - 2;
-    size_t len;
     (void)status; (void)ctx;
 
-    if (nres == 1 && lua_type(L, -1) == LUA_TSTRING) {
-        const char *s = lua_tolstring(L, -1, &len);
-        rbuf_append(L, u, s, len);
-        lua_pop(L, 1);
-        return frame_step(L, u, "receive");
-    }
-    lua_settop(L, 5);           /* nil, msg, code */
-    if (lua_isstring(L, 4) && strcmp(lua_tostring(L, 4), "closed") == 0) {
-        len = u->rlen - u->roff;
-        if (u->fkind == F_ALL)
-            return rbuf_take(L, u, len, 0);
-        rbuf_take(L, u, len, 0);                /* nil, "closed", code, partial */
-        return 4;
-    }
-    return 3;                   /* "timeout": the buffer stays */
+    if (!frame_chunk(L, u))
+        return frame_fail(L, u);
+    return frame_step(L, u, "receive");
 }
 
 static int lconn_receive(lua_State *L) {
@@ -370,18 +380,10 @@ static int lconn_shutdown(lua_State *L) {
     return 1;
 }
 
-static int lconn_reset(lua_State *L) {
-    struct lconn *u = checkconn(L);
+static int conn_end(lua_State *L, int reset);
 
-    if (!done(u)) {
-        timers_cancel(L, u);
-        u->closed = 1;
-        u->end_code = 0;
-        u->ops->reset(u);
-    }
-    u->closed = 1;
-    lua_pushboolean(L, 1);
-    return 1;
+static int lconn_reset(lua_State *L) {
+    return conn_end(L, 1);
 }
 
 static int lconn_sleep(lua_State *L) {
@@ -395,18 +397,27 @@ static int lconn_sleep(lua_State *L) {
     return u->ops->sleep(L, u, t);
 }
 
-static int lconn_close(lua_State *L) {
+/* conn:close() and conn:reset(): the timers go, then the runtime ends the
+ * connection its way; a second call does nothing. */
+static int conn_end(lua_State *L, int reset) {
     struct lconn *u = checkconn(L);
 
     if (!done(u)) {
         timers_cancel(L, u);
         u->closed = 1;
         u->end_code = 0;
-        u->ops->close(u);
+        if (reset)
+            u->ops->reset(u);
+        else
+            u->ops->close(u);
     }
     u->closed = 1;
     lua_pushboolean(L, 1);
     return 1;
+}
+
+static int lconn_close(lua_State *L) {
+    return conn_end(L, 0);
 }
 
 static int lconn_settimeout(lua_State *L) {

@@ -514,7 +514,9 @@ const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
         reason = "error";
     else if (hc->eof && strcmp(reason, "closed") == 0)
         reason = "eof";
-    hc->u->end_code = lconn_reason_code(reason);
+    /* first: the timers go, and whatever the handler does from here on
+     * (a parked coroutine resumed, on_close) sees a closed connection */
+    lconn_gone(h->L, hc->u, lconn_reason_code(reason));
     if (hc->timer) {
         ev_timer_del(h->loop, hc->timer);
         hc->timer = 0;
@@ -530,7 +532,6 @@ const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
         call_cb(hc, h->hs.cur.close, NULL, 0, reason);
     }
     co_end(hc);
-    lconn_gone(h->L, hc->u, lconn_reason_code(reason));
     luaL_unref(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     if (hc->memfault)
         lua_gc(h->L, LUA_GCCOLLECT);
@@ -550,12 +551,17 @@ int handler_reload(struct handler *h, const char *path, char *err,
     return 0;
 }
 
-int handler_version(const struct handler *h) {
-    return h->hs.version;
+int handler_reload_logged(struct handler *h, const char *trigger) {
+    char err[HLOAD_ERR_LEN];
+
+    if (handler_reload(h, NULL, err, sizeof err) == 0)
+        return 0;
+    hstate_log_refused(&h->hs, trigger, err);
+    return -1;
 }
 
-const char *handler_path(const struct handler *h) {
-    return h->hs.path;
+int handler_version(const struct handler *h) {
+    return h->hs.version;
 }
 
 size_t handler_mem(const struct handler *h) {

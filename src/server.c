@@ -291,8 +291,7 @@ static void master_reload(struct master *m, const char *trigger) {
         return;
     }
     if (master_load(m, NULL, err, sizeof err) < 0) {
-        log_error("handler %s: %s reload failed, version %d stays: %s",
-                  m->handler->path, trigger, m->handler->version, err);
+        hstate_log_refused(m->handler, trigger, err);
         return;
     }
     n = live_workers(m);
@@ -315,7 +314,11 @@ static int control_swap(void *ud, const char *path, char *err,
                  "--handler): nothing to swap");
         return -1;
     }
-    return master_load(m, path, err, errlen);
+    if (master_load(m, path, err, errlen) < 0) {
+        hstate_log_refused(m->handler, path ? "handler()" : "reload()", err);
+        return -1;
+    }
+    return 0;
 }
 
 /* --- signals ----------------------------------------------------------- */

@@ -552,19 +552,14 @@ static void worker_drain(struct worker *w) {
 }
 
 static void worker_reload(struct worker *w) {
-    char err[512];
-
     if (w->h == NULL) {
         log_debug("SIGHUP: no handler to reload");
         return;
     }
     /* NULL: the current file, which handler() on the control socket may
      * have changed since the start */
-    if (handler_reload(w->h, NULL, err, sizeof err) == 0)
+    if (handler_reload_logged(w->h, "SIGHUP") == 0)
         w->stats->reloads++;            /* handler_reload logged it */
-    else
-        log_error("handler %s: SIGHUP reload failed, version %d stays: %s",
-                  handler_path(w->h), handler_version(w->h), err);
 }
 
 static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {

@@ -366,6 +366,8 @@ describe("echohost --repl --connect", function()
     local op = raw(p2)
     local got = op:eval('=(handler("' .. dir .. '/broken.lua"))')
     assert.equal("nil\n", got.o)
+    assert.truthy(s2:wait_log("(handler " .. file:gsub("%p", "%%%0") .. ": handler%(%) reload "
+      .. "failed, version 1 stays: [^\n]*broken%.lua:2:)", 5), s2:log())
     spit(file, "return 42\n")
     os.execute("kill -HUP " .. s2.pid)
     assert.truthy(s2:wait_log("(SIGHUP reload failed)", 5))

@@ -103,6 +103,19 @@ local function flag_path(dir, name)
   return dir .. "/" .. name
 end
 
+-- A step's file changes: write = {name = text}, touch/remove a flag file.
+local function apply_files(dir, st)
+  for name, text in pairs(st.write or {}) do
+    util.write_file(dir .. "/" .. name, text)
+  end
+  if st.touch then
+    write_file(flag_path(dir, st.touch), "")
+  end
+  if st.remove then
+    os.remove(flag_path(dir, st.remove))
+  end
+end
+
 -- The wanted lines of sc.log_lines, FILE replaced by file: level and text
 -- after "<level>: ".
 local function wanted_lines(sc, file)
@@ -328,15 +341,7 @@ function M.run_harness(sc, dir)
       c.h:finish()
     end
     for i, st in ipairs(sc.steps) do
-      for name, text in pairs(st.write or {}) do
-        util.write_file(dir .. "/" .. name, text)
-      end
-      if st.touch then
-        write_file(flag_path(dir, st.touch), "")
-      end
-      if st.remove then
-        os.remove(flag_path(dir, st.remove))
-      end
+      apply_files(dir, st)
       local c = st.c and conn(st.c)
       if st.send then
         c.h:input(st.send)
@@ -505,15 +510,7 @@ function M.run_server(model, sc, dir)
     return c
   end
   for i, st in ipairs(sc.steps) do
-    for name, text in pairs(st.write or {}) do
-      util.write_file(dir .. "/" .. name, text)
-    end
-    if st.touch then
-      write_file(flag_path(dir, st.touch), "")
-    end
-    if st.remove then
-      os.remove(flag_path(dir, st.remove))
-    end
+    apply_files(dir, st)
     if st.reload then
       reloads = reloads + 1
       srv.server:signal("HUP")
