@@ -288,7 +288,9 @@ static int frame_step(lua_State *L, struct lconn *u, const char *what) {
             return lconn_fail(L, "too long", 0);
         if (done(u))
             return lconn_fail(L, "closed", u->end_code);
-        u->ops->recv(L, u, 0, what, frame_cont);    /* may park: frame_cont */
+        /* no more than fits: the buffer never passes frame_max */
+        u->ops->recv(L, u, u->frame_max - (u->rlen - u->roff), what,
+                     frame_cont);                   /* may park: frame_cont */
         if (!frame_chunk(L, u))
             return frame_fail(L, u);
     }

@@ -596,6 +596,42 @@ end
     },
     log = "warn", log_lines = { "warn: handler FILE:4: saw 3 bytes" } },
 
+  { name = "a frame over --high-water gives nil, 'too long', 0 and keeps its bytes",
+    handler = [[
+return { handle = function(conn)
+  rec(conn, "line", conn:receive("*l"))
+  rec(conn, "recv", #conn:recv())     -- the frame's bytes, at most 1024
+  rec(conn, "recv", #conn:recv())     -- then the rest, from the socket
+  conn:close()
+end }
+]],
+    args = { "--high-water", "1024" }, opts = { high_water = 1024 },
+    steps = {
+      { c = "a", send = string.rep("x", 1500) },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "line nil too long 0", "recv 1024", "recv 476" } } },
+
+  { name = "sleep in a callback raises: only a handle coroutine can wait",
+    handler = [[
+return function(conn, data)
+  conn:sleep(1)
+  return data
+end
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "error",
+    log_has = { "conn:sleep would wait: only a handle(conn) coroutine can wait" } },
+
+  { name = "a table with both handle and callbacks stops the start",
+    raw = true,
+    handler = "return { handle = function() end, on_data = function() end }\n",
+    load_error = "FILE: returned a table with both handle and on_data: handle(conn) "
+      .. "serves the whole connection, so the callbacks would never run" },
+
   { name = "a handler that does not compile stops the start with file:line: message",
     raw = true,
     handler = "return function(conn, data)\n  return data +\nend\n",
