@@ -50,8 +50,9 @@ GLUE_GENH:= $(BUILD)/glue/glue_types.h
 endif
 
 # Lua modules built into the binary (src/embed.lua): the handler loader,
-# which every runtime in the binary needs whatever LUA_PATH says.
-EMBED_LUA := lua/echohost/loader.lua
+# which every runtime in the binary needs whatever LUA_PATH says, and the
+# Lua twin of echohost.shared.
+EMBED_LUA := lua/echohost/loader.lua lua/echohost/dict.lua
 EMBED_C   := $(BUILD)/src/embed.c
 
 OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN)) \
@@ -62,8 +63,9 @@ OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN)) \
 # (not build/echohost/: that is the binary).
 SO_socket := src/lsocket.c
 SO_proc   := src/lproc.c
+SO_shared := src/lshared.c src/shdict.c
 SO_glue   := $(GLUE_SRC)
-LUAMODS   := $(foreach m,socket proc glue,$(if $(wildcard $(firstword $(SO_$(m)))),$(m)))
+LUAMODS   := $(foreach m,socket proc shared glue,$(if $(wildcard $(firstword $(SO_$(m)))),$(m)))
 SOS       := $(foreach m,$(LUAMODS),$(BUILD)/lua/echohost/$(m).so)
 
 BIN   := $(BUILD)/echohost

@@ -23,6 +23,7 @@ struct eh_config {
     size_t lua_mem_limit;       /* bytes per Lua state; 0 = unlimited */
     long lua_budget;            /* VM instructions per callback/resume; 0 = none */
     int access_log;             /* one line per connection when it ends */
+    size_t shared_size;         /* bytes of the shared dictionary */
     const char **settings;      /* --set KEY=VALUE, as given (argv) */
     int nsettings;
 };

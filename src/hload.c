@@ -28,7 +28,8 @@ static const char *const fields[] = {"on_data", "on_open", "on_close",
                                      "handle"};
 
 /* Pushes what the server provides to a handler's require: a fresh
- * echohost.settings from --set, and echohost.log. */
+ * echohost.settings from --set, echohost.log and the handler's
+ * echohost.socket (connect only). */
 static void push_provided(lua_State *L, const struct hstate *hs) {
     const struct eh_config *cfg = hs->cfg;
 
@@ -43,6 +44,8 @@ static void push_provided(lua_State *L, const struct hstate *hs) {
     lua_setfield(L, -2, "echohost.settings");
     lua_rawgeti(L, LUA_REGISTRYINDEX, hs->log_ref);
     lua_setfield(L, -2, "echohost.log");
+    lconn_push_socket_module(L);
+    lua_setfield(L, -2, "echohost.socket");
 }
 
 /* Protected: loader.load(path, provided) (the function, the path and the

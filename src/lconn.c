@@ -74,6 +74,11 @@ int lconn_timer_done(lua_State *L, struct ltimer *t) {
     return again;
 }
 
+static int upstream_only(lua_State *L, const char *what) {
+    return luaL_error(L, "%s is not available on an upstream socket: timers "
+                      "and coroutines belong to the client's conn", what);
+}
+
 /* conn:after(secs, fn), conn:every(secs, fn): upvalue 2 is 1 for every. */
 static int lconn_timer(lua_State *L) {
     struct lconn *u = checkconn(L);
@@ -86,6 +91,8 @@ static int lconn_timer(lua_State *L) {
     else
         luaL_argcheck(L, secs >= 0 && secs <= 1e7, 2, "expected seconds >= 0");
     luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (u->upstream)
+        return upstream_only(L, every ? "every" : "after");
     if (done(u))
         return lconn_fail(L, "closed", u->end_code);
     if (u->ntimers >= LCONN_TIMERS_MAX)
@@ -422,6 +429,17 @@ static int lconn_close(lua_State *L) {
     return conn_end(L, 0);
 }
 
+static int lconn_spawn(lua_State *L) {
+    struct lconn *u = checkconn(L);
+
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (u->upstream)
+        return upstream_only(L, "spawn");
+    if (done(u))
+        return lconn_fail(L, "closed", u->end_code);
+    return u->ops->spawn(L, u);
+}
+
 static int lconn_settimeout(lua_State *L) {
     struct lconn *u = checkconn(L);
 
@@ -487,6 +505,7 @@ static const luaL_Reg lconn_methods[] = {
     {"settimeout", lconn_settimeout},
     {"shutdown", lconn_shutdown},
     {"sleep", lconn_sleep},
+    {"spawn", lconn_spawn},
     {NULL, NULL}
 };
 
@@ -531,4 +550,70 @@ struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
     strncpy(u->peer, peer, sizeof u->peer - 1);
     luaL_setmetatable(L, LCONN_NAME);
     return u;
+}
+
+/* --- the handler's echohost.socket --------------------------------------- */
+
+#define LCONN_RUNTIME "echohost.runtime"
+
+struct lconn_runtime {
+    lconn_connect_fn connect;
+    void *rt;
+};
+
+void lconn_set_runtime(lua_State *L, lconn_connect_fn fn, void *rt) {
+    struct lconn_runtime *r;
+
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LCONN_RUNTIME) == LUA_TNIL) {
+        lua_pop(L, 1);
+        r = lua_newuserdatauv(L, sizeof *r, 0);
+        lua_setfield(L, LUA_REGISTRYINDEX, LCONN_RUNTIME);
+    } else {
+        r = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+    }
+    r->connect = fn;
+    r->rt = rt;
+}
+
+static int lsock_connect(lua_State *L) {
+    const char *host = luaL_checkstring(L, 1);
+    lua_Integer port = luaL_checkinteger(L, 2);
+    double timeout = luaL_optnumber(L, 3, LCONN_CONNECT_TIMEOUT);
+    const struct lconn_runtime *r;
+
+    luaL_argcheck(L, port >= 1 && port <= 65535, 2,
+                  "port out of range 1..65535");
+    luaL_argcheck(L, timeout >= 0 && timeout <= 1e7, 3,
+                  "expected seconds (>= 0)");
+    lua_getfield(L, LUA_REGISTRYINDEX, LCONN_RUNTIME);
+    r = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (r == NULL || r->connect == NULL)
+        return luaL_error(L, "echohost.socket.connect is not available while "
+                          "a handler loads");
+    lua_settop(L, 3);
+    return r->connect(L, r->rt, host, (int)port, timeout);
+}
+
+static int lsock_unavailable(lua_State *L) {
+    return luaL_error(L, "echohost.socket.%s is not available in a handler",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+void lconn_push_socket_module(lua_State *L) {
+    static const char *const blocking[] = {
+        "accept", "accept_connection", "close", "close_socket", "fileno",
+        "listen", "open_socket", "peername", "recv", "send", "settimeout",
+        "shutdown", "sockname", NULL
+    };
+
+    lua_createtable(L, 0, 14);
+    lua_pushcfunction(L, lsock_connect);
+    lua_setfield(L, -2, "connect");
+    for (const char *const *n = blocking; *n; n++) {
+        lua_pushstring(L, *n);
+        lua_pushcclosure(L, lsock_unavailable, 1);
+        lua_setfield(L, -2, *n);
+    }
 }

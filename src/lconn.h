@@ -33,6 +33,9 @@ struct lconn_ops {
      * function (lconn_timer_push, its call, lconn_timer_done). */
     void (*timer_arm)(struct lconn *u, struct ltimer *t, double secs);
     void (*timer_disarm)(struct lconn *u, struct ltimer *t);
+    /* conn:spawn(fn, ...): fn at index 2, its arguments above; runs it as
+     * a new coroutine of the connection and pushes spawn's results. */
+    int (*spawn)(lua_State *L, struct lconn *u);
 };
 
 /* A timer of conn:after/conn:every: the "echohost.timer" userdata. */
@@ -64,6 +67,8 @@ struct lconn {
     size_t fcount;                  /* its byte count (receive(n)) */
     struct ltimer *timers;          /* armed, in arming order */
     int ntimers;
+    int upstream;                   /* an upstream socket: no timers, no
+                                       spawn (they are the client conn's) */
 };
 
 /* Creates the metatable in L (once per state). */
@@ -83,6 +88,19 @@ int lconn_timer_push(lua_State *L, struct ltimer *t);
 /* After that call (its results popped): pops t; 1 if the runtime must arm
  * it again (every, still armed), else t is released. */
 int lconn_timer_done(lua_State *L, struct ltimer *t);
+
+/* What require "echohost.socket" gives a handler: connect, through the
+ * runtime now serving the state; the other functions of echohost.socket
+ * raise there (they would block the worker). */
+typedef int (*lconn_connect_fn)(lua_State *L, void *rt, const char *host,
+                                int port, double timeout);
+void lconn_push_socket_module(lua_State *L);
+/* The runtime serving L from now on (fn NULL: none, connect raises). */
+void lconn_set_runtime(lua_State *L, lconn_connect_fn fn, void *rt);
+
+#define LCONN_CONNECT_TIMEOUT 60.0  /* seconds, connect's default */
+#define LCONN_UPSTREAMS_MAX 64      /* open upstream sockets per conn */
+#define LCONN_TASKS_MAX 64          /* coroutines per conn, handle included */
 
 /* I/O failure results, the one helper for every runtime: nil, msg, code.
  * Returns 3. */

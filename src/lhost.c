@@ -15,6 +15,7 @@ struct lhost_mem {
 int luaopen_echohost_glue(lua_State *L);
 int luaopen_echohost_log(lua_State *L);
 int luaopen_echohost_proc(lua_State *L);
+int luaopen_echohost_shared(lua_State *L);
 int luaopen_echohost_socket(lua_State *L);
 
 /* Lua modules linked into the binary: require finds them in preload. */
@@ -22,6 +23,7 @@ static const luaL_Reg preloaded[] = {
     {"echohost.glue", luaopen_echohost_glue},
     {"echohost.log", luaopen_echohost_log},
     {"echohost.proc", luaopen_echohost_proc},
+    {"echohost.shared", luaopen_echohost_shared},
     {"echohost.socket", luaopen_echohost_socket},
     {NULL, NULL}
 };
@@ -82,6 +84,9 @@ lua_State *lhost_newstate(size_t mem_limit) {
         free(m);
         return NULL;
     }
+    /* Lua leaves it unset, and every new thread copies it: the runtimes
+     * keep a coroutine's task there, NULL meaning "not a task" */
+    *(void **)lua_getextraspace(L) = NULL;
     lua_atpanic(L, lhost_panic);
     lua_setwarnf(L, warnf, NULL);
     luaL_openlibs(L);

@@ -12,9 +12,11 @@
 #include "config.h"
 #include "hload.h"
 #include "log.h"
+#include "lshared.h"
 #include "repl.h"
 #include "script.h"
 #include "server.h"
+#include "shdict.h"
 
 #define ECHOHOST_VERSION "0.1.0"
 
@@ -45,6 +47,8 @@ static void usage(FILE *f) {
 "                        (default 64m, at least 256k; 0=off)\n"
 "  --lua-budget N        VM instructions per handler call (default 100000000;\n"
 "                        0=off)\n"
+"  --shared-size BYTES   capacity of the shared dictionary, echohost.shared\n"
+"                        (default 1m, 4k..1g)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
 "  --access-log          log one line per connection when it ends\n"
 "  BYTES is a count, or one with a suffix k, m or g (times 1024, 1024^2,\n"
@@ -87,6 +91,7 @@ void config_defaults(struct eh_config *c) {
     c->drain_timeout = 5;
     c->lua_mem_limit = 64 * 1024 * 1024;
     c->lua_budget = 100000000;
+    c->shared_size = LSHARED_DEFAULT;
 }
 
 /* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888". 0 or -1. */
@@ -191,7 +196,8 @@ enum {
     OPT_LISTEN = 256, OPT_WORKERS, OPT_MODEL, OPT_MAX_CONNS, OPT_IDLE,
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
-    OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG
+    OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
+    OPT_SHARED_SIZE
 };
 
 static const struct option options[] = {
@@ -209,6 +215,7 @@ static const struct option options[] = {
     {"control", required_argument, NULL, OPT_CONTROL},
     {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
     {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
+    {"shared-size", required_argument, NULL, OPT_SHARED_SIZE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"script", required_argument, NULL, OPT_SCRIPT},
     {"repl", no_argument, NULL, OPT_REPL},
@@ -320,6 +327,12 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                 return usage_error("bad --lua-budget '%s' (want a count)", a);
             c->lua_budget = n;
             break;
+        case OPT_SHARED_SIZE:
+            if (bytes_arg("shared-size", a, 0, &c->shared_size))
+                return 2;
+            if (c->shared_size < SHDICT_MIN || c->shared_size > SHDICT_MAX)
+                return usage_error("bad --shared-size '%s' (want 4k..1g)", a);
+            break;
         case OPT_LOG_LEVEL:
             if ((log_level = log_parse_level(a)) < 0)
                 return usage_error("bad --log-level '%s' "
@@ -347,6 +360,7 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
 
 int main(int argc, char **argv) {
     struct cli cli;
+    char err[128];
     int rc;
 
     memset(&cli, 0, sizeof cli);
@@ -354,6 +368,11 @@ int main(int argc, char **argv) {
     rc = parse_args(argc, argv, &cli);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
+    /* before anything forks: every worker and child shares this one */
+    if (lshared_init(cli.cfg.shared_size, err, sizeof err) < 0) {
+        fprintf(stderr, "%s: %s\n", progname, err);
+        return 1;
+    }
     if (cli.script_index)
         return script_main(argc, argv, cli.script_index);
     if (cli.repl)

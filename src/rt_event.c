@@ -2,6 +2,14 @@
  * or a direct-style coroutine per connection) on the connections of one
  * worker, and gives the conn object its operations there. */
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +20,9 @@
 #include "lconn.h"
 #include "lhost.h"
 #include "log.h"
+#include "net.h"
 
-enum hwait { HW_NONE, HW_RECV, HW_SEND, HW_SLEEP };
+enum hwait { HW_NONE, HW_RECV, HW_SEND, HW_SLEEP, HW_CONNECT, HW_WAKE };
 
 struct handler {
     struct hstate hs;           /* the state and the current version */
@@ -32,19 +41,33 @@ struct hconn {
     int in_call;                /* a callback is running */
     int close_after;            /* it called conn:close(): close after it */
     int faulted;                /* ended by a handler error */
-    lua_State *co;              /* direct style: the coroutine, or NULL */
-    int co_ref;
-    enum hwait wait;            /* what the parked coroutine waits for */
-    size_t recv_max;            /* recv's size argument (0: any) */
-    int send_ref;               /* the string a parked send will queue */
-    long long timer;            /* the pending operation's timeout, or 0 */
+    struct task *tasks;         /* its coroutines, newest first */
+    int ntasks;
+    struct task *reader;        /* the task parked in a recv of the conn */
+    struct task *writer;        /* the task parked in a send of the conn */
+    struct hup *ups;            /* its upstream sockets */
+    int nups;
     char *ibuf;                 /* input that arrived while not in recv */
     size_t ioff, ilen, icap;
     int eof;                    /* the client shut down its side */
     int paused;                 /* we stopped reading: ibuf is full */
     int gone;                   /* handler_on_close is running */
     int memfault;               /* a handler call ran out of memory */
-    int direct;                 /* a coroutine ran: no callbacks any more */
+    int direct;                 /* handle ran: no callbacks any more */
+};
+
+/* An upstream socket of a connection (echohost.socket.connect). */
+struct hup {
+    struct hconn *hc;
+    struct lconn *u;            /* the object, once connected */
+    int ref;                    /* it, in the registry, while open */
+    int fd;                     /* -1 */
+    struct task *reader, *writer;   /* writer: also the connecting task */
+    struct addrinfo *ai, *cur;  /* connecting: the addresses, the one tried */
+    struct hres *res;           /* a name lookup in flight */
+    int err;                    /* the last connect's errno */
+    char addr[NET_ADDR_LEN];    /* the address tried last */
+    struct hup *next;
 };
 
 /* --- Lua calls with the memory cap held back ------------------------------ */
@@ -136,23 +159,56 @@ static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
         conn_close(hc->c);
 }
 
-/* --- the coroutine of a direct-style connection --------------------------- */
+/* --- the coroutines of a connection (handle, conn:spawn) ------------------ */
 
-static void co_end(struct hconn *hc) {
-    if (hc->co == NULL)
-        return;
-    if (hc->send_ref != LUA_NOREF) {
-        luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
-        hc->send_ref = LUA_NOREF;
-    }
-    luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->co_ref);
-    hc->co_ref = LUA_NOREF;
-    hc->co = NULL;
-    hc->wait = HW_NONE;
+/* A coroutine of a connection. Its lua_State's extra space points here, so
+ * an operation finds the task that called it; other threads (the main one,
+ * a coroutine.create of the handler) have NULL there and cannot wait. */
+struct task {
+    struct hconn *hc;
+    lua_State *co;
+    int ref;                    /* the thread, in the registry */
+    enum hwait wait;            /* what it is parked on */
+    struct hup *up;             /* the upstream it waits on (NULL: the conn) */
+    size_t recv_max;            /* recv's size argument (0: any) */
+    int send_ref;               /* the string a parked send writes */
+    size_t send_off;            /* upstream send: bytes written so far */
+    long long timer;            /* the wait's timeout, or 0 */
+    struct task *next;
+};
+
+static struct task *task_of(lua_State *L) {
+    return *(struct task **)lua_getextraspace(L);
 }
 
-static void co_fault(struct hconn *hc, int status) {
-    lua_State *L = hc->h->L, *co = hc->co;
+static void task_end(struct task *t) {
+    struct hconn *hc = t->hc;
+    lua_State *L = hc->h->L;
+    struct task **p;
+
+    for (p = &hc->tasks; *p != t; p = &(*p)->next)
+        ;
+    *p = t->next;
+    hc->ntasks--;
+    if (t->timer)
+        ev_timer_del(hc->h->loop, t->timer);
+    if (t->send_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, t->send_ref);
+    *(struct task **)lua_getextraspace(t->co) = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
+}
+
+/* Direct style closes once every coroutine returned; callbacks once the
+ * client's EOF came and no spawned coroutine is left. */
+static void conn_maybe_done(struct hconn *hc) {
+    if (hc->ntasks == 0 && !hc->gone && (hc->direct || hc->eof))
+        conn_close(hc->c);
+}
+
+static void task_fault(struct task *t, int status) {
+    struct hconn *hc = t->hc;
+    lua_State *L = hc->h->L, *co = t->co;
     size_t cap = cap_lift(hc->h);
     const char *msg = lua_tostring(co, -1);
 
@@ -161,45 +217,67 @@ static void co_fault(struct hconn *hc, int status) {
     else
         luaL_traceback(L, co, msg, 0);
     cap_restore(hc->h, cap);
-    co_end(hc);
+    task_end(t);
     fault(hc, L, status);
 }
 
-/* Resumes the parked coroutine with the nargs results on its stack. */
-static void co_resume(struct hconn *hc, int nargs) {
-    lua_State *co = hc->co;
+/* Resumes t with the nargs values on its stack; from: the thread resuming
+ * it (a spawn runs inside another coroutine). */
+static void task_resume(struct task *t, lua_State *from, int nargs) {
+    struct hconn *hc = t->hc;
     int nres, status;
 
-    if (hc->timer) {
-        ev_timer_del(hc->h->loop, hc->timer);
-        hc->timer = 0;
+    if (t->timer) {
+        ev_timer_del(hc->h->loop, t->timer);
+        t->timer = 0;
     }
-    hc->wait = HW_NONE;
-    hload_budget(co, hc->h->cfg->lua_budget);
-    status = lua_resume(co, hc->h->L, nargs, &nres);
+    t->wait = HW_NONE;
+    t->up = NULL;
+    hload_budget(t->co, hc->h->cfg->lua_budget);
+    status = lua_resume(t->co, from, nargs, &nres);
     if (status == LUA_YIELD) {
-        lua_pop(co, nres);
-        if (hc->wait != HW_NONE || hc->gone)
+        lua_pop(t->co, nres);
+        if (t->wait != HW_NONE)
             return;
         size_t cap = cap_lift(hc->h);
-        lua_pushliteral(co, "handle yielded outside conn:recv/conn:send");
+        lua_pushliteral(t->co, "handle yielded outside conn:recv/conn:send");
         cap_restore(hc->h, cap);
         status = LUA_ERRRUN;
     } else if (status == LUA_OK) {
-        co_end(hc);
-        conn_close(hc->c);      /* handle returned: flush, then close */
+        task_end(t);
+        conn_maybe_done(hc);
         return;
     }
-    co_fault(hc, status);
+    task_fault(t, status);
 }
 
-/* Resumes the parked coroutine with nil, msg, code. */
-static void co_fail(struct hconn *hc, const char *msg, int code) {
-    size_t cap = cap_lift(hc->h);
-    int n = lconn_fail(hc->co, msg, code);
+/* Resumes the parked t with nil, msg, code. */
+static void task_fail(struct task *t, const char *msg, int code) {
+    size_t cap = cap_lift(t->hc->h);
+    int n = lconn_fail(t->co, msg, code);
+    cap_restore(t->hc->h, cap);
+    task_resume(t, t->hc->h->L, n);
+}
 
-    cap_restore(hc->h, cap);
-    co_resume(hc, n);
+/* A new task running fn with its nargs arguments, on top of from's stack
+ * (popped); it runs at once, until it waits or returns. NULL if the
+ * connection has LCONN_TASKS_MAX already (nothing popped then). */
+static struct task *task_start(struct hconn *hc, lua_State *from, int nargs) {
+    struct task *t;
+
+    if (hc->ntasks >= LCONN_TASKS_MAX || (t = calloc(1, sizeof *t)) == NULL)
+        return NULL;
+    t->hc = hc;
+    t->send_ref = LUA_NOREF;
+    t->co = lua_newthread(from);
+    t->ref = luaL_ref(from, LUA_REGISTRYINDEX);
+    *(struct task **)lua_getextraspace(t->co) = t;
+    lua_xmove(from, t->co, nargs + 1);
+    t->next = hc->tasks;
+    hc->tasks = t;
+    hc->ntasks++;
+    task_resume(t, from, nargs);
+    return t;
 }
 
 static void co_start(struct hconn *hc) {
@@ -207,43 +285,108 @@ static void co_start(struct hconn *hc) {
     size_t cap = cap_lift(h);
 
     hc->direct = 1;
-    hc->co = lua_newthread(h->L);
-    hc->co_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
-    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, h->hs.cur.handle);
-    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, hc->ud_ref);
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, h->hs.cur.handle);
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     cap_restore(h, cap);
-    co_resume(hc, 1);
+    if (task_start(hc, h->L, 1) == NULL) {
+        lua_pop(h->L, 2);
+        log_error("handler: out of memory for connection %s", hc->c->peer);
+        conn_close(hc->c);
+    }
+}
+
+static void up_abandon(struct hup *up);
+
+/* What a parked recv or send of t holds: the object's waiter slot, the
+ * upstream's interest in its fd, the data of a send. */
+static void task_unpark(struct task *t) {
+    struct hconn *hc = t->hc;
+
+    if (t->wait == HW_RECV || t->wait == HW_SEND) {
+        int rd = t->wait == HW_RECV;
+        if (t->up) {
+            ev_del(hc->h->loop, t->up->fd, rd ? EV_READABLE : EV_WRITABLE);
+            *(rd ? &t->up->reader : &t->up->writer) = NULL;
+        } else {
+            *(rd ? &hc->reader : &hc->writer) = NULL;
+        }
+    }
+    if (t->send_ref != LUA_NOREF) {
+        luaL_unref(hc->h->L, LUA_REGISTRYINDEX, t->send_ref);
+        t->send_ref = LUA_NOREF;
+    }
 }
 
 static long co_timeout(ev_loop *loop, long long id, void *ud) {
-    struct hconn *hc = ud;
+    struct task *t = ud;
+    struct hconn *hc = t->hc;
     (void)loop; (void)id;
 
-    hc->timer = 0;
-    if (hc->wait == HW_SLEEP) {
+    t->timer = 0;
+    switch (t->wait) {
+    case HW_SLEEP: {
         size_t cap = cap_lift(hc->h);
-        lua_pushboolean(hc->co, 1);
+        lua_pushboolean(t->co, 1);
         cap_restore(hc->h, cap);
-        co_resume(hc, 1);
-    } else if (hc->wait == HW_RECV || hc->wait == HW_SEND) {
-        if (hc->wait == HW_SEND) {
-            luaL_unref(hc->h->L, LUA_REGISTRYINDEX, hc->send_ref);
-            hc->send_ref = LUA_NOREF;
-        }
-        co_fail(hc, "timeout", ETIMEDOUT);
+        task_resume(t, hc->h->L, 1);
+        break;
+    }
+    case HW_WAKE:
+        task_fail(t, "closed", 0);
+        break;
+    case HW_CONNECT:
+        up_abandon(t->up);
+        task_fail(t, "timeout", ETIMEDOUT);
+        break;
+    case HW_RECV:
+    case HW_SEND:
+        task_unpark(t);
+        task_fail(t, "timeout", ETIMEDOUT);
+        break;
+    case HW_NONE:
+        break;
     }
     return EV_NOMORE;
 }
 
-/* Parks the running coroutine L on op for at most t seconds (< 0: no
- * bound); the caller returns lua_yieldk. */
-static void co_park(struct hconn *hc, enum hwait op, double t) {
-    hc->wait = op;
-    if (t >= 0) {
-        long ms = (long)(t * 1000 + 0.5);
-        long long id = ev_timer_add(hc->h->loop, ms, co_timeout, hc);
-        hc->timer = id > 0 ? id : 0;
+/* Parks t on op for at most secs seconds (< 0: no bound); the caller
+ * returns lua_yield(k). */
+static void task_park(struct task *t, enum hwait op, double secs) {
+    t->wait = op;
+    if (secs >= 0) {
+        long ms = (long)(secs * 1000 + 0.5);
+        long long id = ev_timer_add(t->hc->h->loop, ms, co_timeout, t);
+        t->timer = id > 0 ? id : 0;
     }
+}
+
+/* Wakes a parked t soon with nil, "closed", 0: what it waited on was
+ * closed by another coroutine, which is running now. */
+static void task_wake_closed(struct task *t) {
+    if (t->timer)
+        ev_timer_del(t->hc->h->loop, t->timer);
+    t->up = NULL;
+    t->wait = HW_WAKE;
+    long long id = ev_timer_add(t->hc->h->loop, 0, co_timeout, t);
+    t->timer = id > 0 ? id : 0;
+}
+
+/* The task of L that may wait for hc, or a raise: what ("conn:recv") would
+ * wait, and for (" for data" or "") ends the message. */
+static struct task *task_waiter(lua_State *L, struct hconn *hc,
+                                const char *what, const char *for_) {
+    struct task *t = task_of(L);
+
+    if (t == NULL || t->hc != hc)
+        luaL_error(L, "%s would wait: only a coroutine of the connection "
+                   "(handle, conn:spawn) can wait%s", what, for_);
+    return t;
+}
+
+static void busy(lua_State *L, const char *what, const char *dir,
+                 const char *obj) {
+    luaL_error(L, "%s: another coroutine is waiting to %s this %s", what, dir,
+               obj);
 }
 
 /* --- input buffer (bytes that arrived while the coroutine was elsewhere) -- */
@@ -290,6 +433,8 @@ static size_t recv_push(lua_State *L, const char *src, size_t n, size_t max) {
 static int ev_recv(lua_State *L, struct lconn *u, size_t max,
                    const char *what, lua_KFunction k) {
     struct hconn *hc = u->rt;
+    struct task *t;
+    char name[32];
 
     if (hc->ilen > hc->ioff) {
         hc->ioff += recv_push(L, hc->ibuf + hc->ioff, hc->ilen - hc->ioff,
@@ -302,11 +447,16 @@ static int ev_recv(lua_State *L, struct lconn *u, size_t max,
     }
     if (hc->eof || conn_closing(hc->c) || hc->gone)
         return lconn_fail(L, "closed", 0);
-    if (L != hc->co)
-        return luaL_error(L, "conn:%s would wait: only a handle(conn) "
-                          "coroutine can wait for data", what);
-    hc->recv_max = max;
-    co_park(hc, HW_RECV, u->timeout);
+    snprintf(name, sizeof name, "conn:%s", what);
+    t = task_waiter(L, hc, name, " for data");
+    if (!hc->direct)
+        return luaL_error(L, "%s: the data of this connection goes to "
+                          "on_data", name);
+    if (hc->reader)
+        busy(L, name, "read", "connection");
+    hc->reader = t;
+    t->recv_max = max;
+    task_park(t, HW_RECV, u->timeout);
     return lua_yieldk(L, 0, 0, k);
 }
 
@@ -322,12 +472,16 @@ static int send_push(lua_State *L, struct hconn *hc, const char *s,
 static int ev_send(lua_State *L, struct lconn *u, const char *s,
                    size_t len) {
     struct hconn *hc = u->rt;
+    struct task *t = task_of(L);
 
-    if (L != hc->co || hc->gone || conn_can_send(hc->c) ||
+    if (t == NULL || t->hc != hc || hc->gone || conn_can_send(hc->c) ||
         conn_closing(hc->c))
         return send_push(L, hc, s, len);
-    hc->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the data */
-    co_park(hc, HW_SEND, u->timeout);
+    if (hc->writer)
+        busy(L, "conn:send", "write", "connection");
+    hc->writer = t;
+    t->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* pops the data */
+    task_park(t, HW_SEND, u->timeout);
     return lua_yield(L, 0);
 }
 
@@ -340,14 +494,27 @@ static void ev_close(struct lconn *u) {
         conn_close(hc->c);
 }
 
+static int task_sleep(lua_State *L, struct hconn *hc, double secs) {
+    struct task *t = task_waiter(L, hc, "conn:sleep", "");
+
+    task_park(t, HW_SLEEP, secs);
+    return lua_yield(L, 0);
+}
+
 static int ev_sleep(lua_State *L, struct lconn *u, double secs) {
+    return task_sleep(L, u->rt, secs);
+}
+
+static int ev_spawn(lua_State *L, struct lconn *u) {
     struct hconn *hc = u->rt;
 
-    if (L != hc->co)
-        return luaL_error(L, "conn:sleep would wait: only a handle(conn) "
-                          "coroutine can wait");
-    co_park(hc, HW_SLEEP, secs);
-    return lua_yield(L, 0);
+    if (hc->ntasks >= LCONN_TASKS_MAX)
+        return luaL_error(L, "too many coroutines on this connection (at "
+                          "most %d)", LCONN_TASKS_MAX);
+    if (task_start(hc, L, lua_gettop(L) - 2) == NULL)
+        return luaL_error(L, "not enough memory");
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 static void ev_shutdown(struct lconn *u) {
@@ -403,8 +570,456 @@ static void ev_timer_disarm(struct lconn *u, struct ltimer *t) {
 
 static const struct lconn_ops ev_ops = {
     ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset,
-    ev_timer_arm, ev_timer_disarm
+    ev_timer_arm, ev_timer_disarm, ev_spawn
 };
+
+/* --- upstream sockets ------------------------------------------------------ */
+
+static char up_buf[65536];      /* one read of an upstream, this process's */
+
+/* A name lookup of glibc's getaddrinfo_a: its thread writes the pointer to
+ * a pipe the loop reads (res_pipe_proc). */
+struct hres {
+    struct gaicb cb;
+    struct addrinfo hints;
+    struct hup *up;             /* NULL: abandoned, freed once it ends */
+    char serv[8];
+    char host[];
+};
+
+static int res_pipe[2] = {-1, -1};
+
+static void up_unlink(struct hup *up) {
+    struct hup **p;
+
+    for (p = &up->hc->ups; *p != up; p = &(*p)->next)
+        ;
+    *p = up->next;
+    up->hc->nups--;
+}
+
+/* Closes the socket and lets everything of up go but the object (which
+ * the caller detaches); tasks parked on it are detached, not woken. */
+static void up_abandon(struct hup *up) {
+    ev_loop *loop = up->hc->h->loop;
+
+    if (up->fd >= 0) {
+        ev_del(loop, up->fd, EV_READABLE | EV_WRITABLE);
+        close(up->fd);
+    }
+    if (up->res)
+        up->res->up = NULL;
+    if (up->ai)
+        freeaddrinfo(up->ai);
+    if (up->ref != LUA_NOREF)
+        luaL_unref(up->hc->h->L, LUA_REGISTRYINDEX, up->ref);
+    if (up->u)
+        up->u->rt = NULL;
+    if (up->reader)
+        up->reader->up = NULL;
+    if (up->writer)
+        up->writer->up = NULL;
+    up_unlink(up);
+    free(up);
+}
+
+static int up_ioerr(lua_State *L, int e) {
+    return lconn_fail(L, "closed", e == EPIPE ? ECONNRESET : e);
+}
+
+static void up_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct hup *up = ud;
+    struct task *t = up->reader;
+    size_t max = t->recv_max && t->recv_max < sizeof up_buf ? t->recv_max
+                                                           : sizeof up_buf;
+    ssize_t n = recv(fd, up_buf, max, 0);
+    size_t cap;
+    int nres;
+    (void)mask;
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    ev_del(loop, fd, EV_READABLE);
+    up->reader = NULL;
+    cap = cap_lift(up->hc->h);
+    if (n > 0) {
+        lua_pushlstring(t->co, up_buf, (size_t)n);
+        nres = 1;
+    } else {
+        nres = n == 0 ? lconn_fail(t->co, "closed", 0) : up_ioerr(t->co, errno);
+    }
+    cap_restore(up->hc->h, cap);
+    task_resume(t, up->hc->h->L, nres);
+}
+
+static int up_recv(lua_State *L, struct lconn *u, size_t max,
+                   const char *what, lua_KFunction k) {
+    struct hup *up = u->rt;
+    struct task *t;
+    char name[32];
+    ssize_t n;
+
+    if (max == 0 || max > sizeof up_buf)
+        max = sizeof up_buf;
+    n = recv(up->fd, up_buf, max, 0);
+    if (n > 0) {
+        lua_pushlstring(L, up_buf, (size_t)n);
+        return 1;
+    }
+    if (n == 0)
+        return lconn_fail(L, "closed", 0);
+    if (errno != EAGAIN && errno != EINTR)
+        return up_ioerr(L, errno);
+    snprintf(name, sizeof name, "conn:%s", what);
+    t = task_waiter(L, up->hc, name, " for data");
+    if (up->reader)
+        busy(L, name, "read", "upstream socket");
+    if (ev_add(up->hc->h->loop, up->fd, EV_READABLE, up_read_proc, up) < 0)
+        return up_ioerr(L, errno);
+    up->reader = t;
+    t->up = up;
+    t->recv_max = max;
+    task_park(t, HW_RECV, u->timeout);
+    t->up = up;
+    return lua_yieldk(L, 0, 0, k);
+}
+
+/* Writes what is left of s from *off: 1 when all is out, 0 when the
+ * socket is full, -1 with errno. */
+static int up_write(int fd, const char *s, size_t len, size_t *off) {
+    while (*off < len) {
+        ssize_t n = send(fd, s + *off, len - *off, MSG_NOSIGNAL);
+        if (n >= 0)
+            *off += (size_t)n;
+        else if (errno == EAGAIN)
+            return 0;
+        else if (errno != EINTR)
+            return -1;
+    }
+    return 1;
+}
+
+static void up_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct hup *up = ud;
+    struct task *t = up->writer;
+    lua_State *L = up->hc->h->L;
+    size_t len, cap;
+    const char *s;
+    int r, nres;
+    (void)mask;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->send_ref);
+    s = lua_tolstring(L, -1, &len);
+    r = up_write(fd, s, len, &t->send_off);
+    lua_pop(L, 1);
+    if (r == 0)
+        return;
+    ev_del(loop, fd, EV_WRITABLE);
+    up->writer = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->send_ref);
+    t->send_ref = LUA_NOREF;
+    cap = cap_lift(up->hc->h);
+    if (r > 0) {
+        lua_pushinteger(t->co, (lua_Integer)len);
+        nres = 1;
+    } else {
+        nres = up_ioerr(t->co, errno);
+    }
+    cap_restore(up->hc->h, cap);
+    task_resume(t, L, nres);
+}
+
+static int up_send(lua_State *L, struct lconn *u, const char *s,
+                   size_t len) {
+    struct hup *up = u->rt;
+    struct task *t;
+    size_t off = 0;
+    int r = up_write(up->fd, s, len, &off);
+
+    if (r > 0) {
+        lua_pushinteger(L, (lua_Integer)len);
+        return 1;
+    }
+    if (r < 0)
+        return up_ioerr(L, errno);
+    t = task_waiter(L, up->hc, "conn:send", "");
+    if (up->writer)
+        busy(L, "conn:send", "write", "upstream socket");
+    if (ev_add(up->hc->h->loop, up->fd, EV_WRITABLE, up_write_proc, up) < 0)
+        return up_ioerr(L, errno);
+    up->writer = t;
+    t->send_off = off;
+    t->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* pops the data */
+    task_park(t, HW_SEND, u->timeout);
+    t->up = up;
+    return lua_yield(L, 0);
+}
+
+static int up_sleep(lua_State *L, struct lconn *u, double secs) {
+    return task_sleep(L, ((struct hup *)u->rt)->hc, secs);
+}
+
+/* up:close() and up:reset(), from a running coroutine: one parked on this
+ * socket wakes with nil, "closed", 0. */
+static void up_end(struct lconn *u, int reset) {
+    struct hup *up = u->rt;
+    struct task *r = up->reader, *w = up->writer;
+
+    if (reset) {
+        struct linger lg = {1, 0};
+        setsockopt(up->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    up_abandon(up);
+    if (r)
+        task_wake_closed(r);
+    if (w)
+        task_wake_closed(w);
+}
+
+static void up_close(struct lconn *u) {
+    up_end(u, 0);
+}
+
+static void up_reset(struct lconn *u) {
+    up_end(u, 1);
+}
+
+static void up_shutdown(struct lconn *u) {
+    shutdown(((struct hup *)u->rt)->fd, SHUT_WR);
+}
+
+static const struct lconn_ops up_ops = {
+    up_recv, up_send, up_sleep, up_close, up_shutdown, up_reset,
+    NULL, NULL, NULL            /* lconn raises for timers and spawn */
+};
+
+/* --- connect ----------------------------------------------------------------- */
+
+enum { UP_DONE, UP_PENDING, UP_FAILED };
+
+static void up_connect_proc(ev_loop *loop, int fd, void *ud, int mask);
+
+/* Tries up->cur and the addresses after it until one connects or is in
+ * progress. */
+static int up_try(struct hup *up) {
+    for (; up->cur; up->cur = up->cur->ai_next) {
+        const struct addrinfo *ai = up->cur;
+        int one = 1;
+
+        net_format_addr(ai->ai_addr, up->addr, sizeof up->addr);
+        up->fd = socket(ai->ai_family,
+                        ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+        if (up->fd < 0) {
+            up->err = errno;
+            continue;
+        }
+        setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(up->fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            return UP_DONE;
+        if (errno == EINPROGRESS &&
+            ev_add(up->hc->h->loop, up->fd, EV_WRITABLE, up_connect_proc,
+                   up) == 0)
+            return UP_PENDING;
+        up->err = errno;
+        close(up->fd);
+        up->fd = -1;
+    }
+    return UP_FAILED;
+}
+
+/* Pushes connect's results on L: the object, or nil, msg, code (up is
+ * gone then). */
+static int up_result(struct hup *up, lua_State *L, int how) {
+    struct hconn *hc = up->hc;
+    char msg[NET_ADDR_LEN + 128];
+    int err = up->err;
+
+    if (how == UP_FAILED) {
+        snprintf(msg, sizeof msg, "connect %s: %s", up->addr, strerror(err));
+        up_abandon(up);
+        return lconn_fail(L, msg, err);
+    }
+    freeaddrinfo(up->ai);
+    up->ai = up->cur = NULL;
+    up->u = lconn_new(L, &up_ops, up, hc->u->id, up->addr, hc->h->inbuf_max);
+    up->u->upstream = 1;
+    lua_pushvalue(L, -1);
+    up->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* The connecting task t goes on with how's results. */
+static void up_resume(struct hup *up, int how) {
+    struct task *t = up->writer;
+    struct handler *h = up->hc->h;
+    size_t cap = cap_lift(h);
+    int n;
+
+    up->writer = NULL;
+    n = up_result(up, t->co, how);
+    cap_restore(h, cap);
+    task_resume(t, h->L, n);
+}
+
+static void up_connect_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct hup *up = ud;
+    socklen_t len = sizeof up->err;
+    int how;
+    (void)mask;
+
+    ev_del(loop, fd, EV_WRITABLE);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &up->err, &len) < 0)
+        up->err = errno;
+    if (up->err == 0) {
+        how = UP_DONE;
+    } else {
+        close(fd);
+        up->fd = -1;
+        up->cur = up->cur->ai_next;
+        if ((how = up_try(up)) == UP_PENDING)
+            return;
+    }
+    up_resume(up, how);
+}
+
+/* Lookups that ended: the parked connects go on. */
+static void res_pipe_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct hres *r;
+    (void)loop; (void)ud; (void)mask;
+
+    while (read(fd, &r, sizeof r) == (ssize_t)sizeof r) {
+        struct hup *up = r->up;
+        int rc = gai_error(&r->cb), how;
+
+        if (up == NULL) {
+            if (rc == 0)
+                freeaddrinfo(r->cb.ar_result);
+            free(r);
+            continue;
+        }
+        up->res = NULL;
+        if (rc != 0) {
+            struct task *t = up->writer;
+            char msg[300];
+            size_t cap = cap_lift(up->hc->h);
+            snprintf(msg, sizeof msg, "resolve %s: %s", r->host,
+                     rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+            up->writer = NULL;
+            up_abandon(up);
+            int n = lconn_fail(t->co, msg, rc);
+            cap_restore(t->hc->h, cap);
+            free(r);
+            task_resume(t, t->hc->h->L, n);
+            continue;
+        }
+        up->ai = up->cur = r->cb.ar_result;
+        free(r);
+        if ((how = up_try(up)) != UP_PENDING)
+            up_resume(up, how);
+    }
+}
+
+/* Runs in getaddrinfo_a's thread. */
+static void res_notify(union sigval v) {
+    struct hres *r = v.sival_ptr;
+
+    while (write(res_pipe[1], &r, sizeof r) < 0 && errno == EINTR)
+        ;
+}
+
+static int res_start(struct hup *up, const char *host, const char *serv) {
+    struct sigevent sev;
+    struct gaicb *list[1];
+    size_t hlen = strlen(host);
+    struct hres *r;
+
+    if (res_pipe[0] < 0) {
+        if (pipe2(res_pipe, O_CLOEXEC) < 0)
+            return -1;
+        fcntl(res_pipe[0], F_SETFL, O_NONBLOCK);
+        if (ev_add(up->hc->h->loop, res_pipe[0], EV_READABLE, res_pipe_proc,
+                   NULL) < 0)
+            return -1;
+    }
+    if ((r = calloc(1, sizeof *r + hlen + 1)) == NULL)
+        return -1;
+    memcpy(r->host, host, hlen + 1);
+    memcpy(r->serv, serv, strlen(serv) + 1);
+    r->hints.ai_family = AF_UNSPEC;
+    r->hints.ai_socktype = SOCK_STREAM;
+    r->hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG;
+    r->cb.ar_name = r->host;
+    r->cb.ar_service = r->serv;
+    r->cb.ar_request = &r->hints;
+    r->up = up;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD;
+    sev.sigev_notify_function = res_notify;
+    sev.sigev_value.sival_ptr = r;
+    list[0] = &r->cb;
+    if (getaddrinfo_a(GAI_NOWAIT, list, 1, &sev) != 0) {
+        free(r);
+        return -1;
+    }
+    up->res = r;
+    return 0;
+}
+
+/* echohost.socket.connect(host, port [, timeout]) in a handler. */
+static int ev_connect(lua_State *L, void *rt, const char *host, int port,
+                      double timeout) {
+    struct addrinfo hints, *ai = NULL;
+    struct task *t = task_of(L);
+    struct hconn *hc;
+    struct hup *up;
+    char serv[8];
+    int rc, how;
+    (void)rt;
+
+    if (t == NULL)
+        return luaL_error(L, "echohost.socket.connect would wait: only a "
+                          "coroutine of the connection (handle, conn:spawn) "
+                          "can wait");
+    hc = t->hc;
+    if (hc->gone || conn_closing(hc->c))
+        return lconn_fail(L, "closed", hc->u->end_code);
+    if (hc->nups >= LCONN_UPSTREAMS_MAX)
+        return luaL_error(L, "too many upstream sockets on this connection "
+                          "(at most %d)", LCONN_UPSTREAMS_MAX);
+    snprintf(serv, sizeof serv, "%d", port);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    rc = getaddrinfo(host, serv, &hints, &ai);
+    if (rc != 0 && rc != EAI_NONAME) {
+        lua_pushfstring(L, "resolve %s: %s", host, gai_strerror(rc));
+        return lconn_fail(L, lua_tostring(L, -1), rc);
+    }
+    if ((up = calloc(1, sizeof *up)) == NULL)
+        return luaL_error(L, "not enough memory");
+    up->hc = hc;
+    up->fd = -1;
+    up->ref = LUA_NOREF;
+    up->next = hc->ups;
+    hc->ups = up;
+    hc->nups++;
+    if (rc == 0) {
+        up->ai = up->cur = ai;
+        how = up_try(up);
+        if (how != UP_PENDING)
+            return up_result(up, L, how);
+    } else if (res_start(up, host, serv) < 0) {
+        up->err = errno;
+        snprintf(up->addr, sizeof up->addr, "%s", host);
+        return up_result(up, L, UP_FAILED);
+    }
+    up->writer = t;
+    task_park(t, HW_CONNECT, timeout);
+    t->up = up;
+    return lua_yield(L, 0);
+}
 
 /* --- the worker's calls --------------------------------------------------- */
 
@@ -419,7 +1034,6 @@ void handler_on_open(struct handler *h, conn *c) {
     }
     hc->h = h;
     hc->c = c;
-    hc->co_ref = hc->send_ref = LUA_NOREF;
     c->hdata = hc;
     cap = cap_lift(h);
     hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)c->id, c->peer,
@@ -435,36 +1049,36 @@ void handler_on_open(struct handler *h, conn *c) {
 void handler_on_data(struct handler *h, conn *c, const char *buf,
                      size_t len) {
     struct hconn *hc = c->hdata;
+    struct task *t;
     size_t took;
 
     if (hc == NULL || conn_closing(c))
         return;
-    if (hc->co == NULL && hc->direct)
-        return;                 /* handle returned: closing */
-    if (hc->co == NULL && h->hs.cur.kind == HK_DIRECT) {
+    if (!hc->direct && h->hs.cur.kind == HK_DIRECT) {
         if (inbuf_append(hc, buf, len) < 0)
             goto nomem;
         co_start(hc);           /* swapped to direct style since open */
         return;
     }
-    if (hc->co == NULL) {
+    if (!hc->direct) {
         if (h->hs.cur.data != LUA_REFNIL)
             call_cb(hc, h->hs.cur.data, buf, len, NULL);
         return;
     }
-    if (hc->wait != HW_RECV) {
-        if (inbuf_append(hc, buf, len) < 0)
+    if ((t = hc->reader) == NULL) {
+        if (hc->ntasks && inbuf_append(hc, buf, len) < 0)
             goto nomem;
-        return;
+        return;                 /* no coroutine left: closing */
     }
+    hc->reader = NULL;
     {
         size_t cap = cap_lift(h);
-        took = recv_push(hc->co, buf, len, hc->recv_max);
+        took = recv_push(t->co, buf, len, t->recv_max);
         cap_restore(h, cap);
     }
     if (took < len && inbuf_append(hc, buf + took, len - took) < 0)
         goto nomem;
-    co_resume(hc, 1);
+    task_resume(t, h->L, 1);
     return;
 nomem:
     log_error("handler: out of memory buffering input of %s", c->peer);
@@ -473,35 +1087,60 @@ nomem:
 
 void handler_on_eof(struct handler *h, conn *c) {
     struct hconn *hc = c->hdata;
+    struct task *t;
     (void)h;
 
     if (hc == NULL)
         return;
     hc->eof = 1;
-    if (hc->co == NULL)
-        conn_close(c);          /* callbacks: nothing more will come */
-    else if (hc->wait == HW_RECV)
-        co_fail(hc, "closed", 0);
+    if ((t = hc->reader) != NULL) {
+        hc->reader = NULL;
+        task_fail(t, "closed", 0);
+    } else if (!hc->direct) {
+        conn_maybe_done(hc);    /* callbacks: nothing more will come */
+    }
 }
 
 void handler_on_drain(struct handler *h, conn *c) {
     struct hconn *hc = c->hdata;
+    struct task *t;
     size_t len, cap;
     const char *s;
     int n;
 
-    if (hc == NULL || hc->co == NULL || hc->wait != HW_SEND)
+    if (hc == NULL || (t = hc->writer) == NULL)
         return;
+    hc->writer = NULL;
     cap = cap_lift(h);
-    lua_rawgeti(hc->co, LUA_REGISTRYINDEX, hc->send_ref);
-    s = lua_tolstring(hc->co, -1, &len);
-    n = send_push(hc->co, hc, s, len);
-    lua_rotate(hc->co, -(n + 1), -1);
-    lua_pop(hc->co, 1);                         /* the data */
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->send_ref);
+    s = lua_tolstring(t->co, -1, &len);
+    n = send_push(t->co, hc, s, len);
+    lua_rotate(t->co, -(n + 1), -1);
+    lua_pop(t->co, 1);                          /* the data */
     cap_restore(h, cap);
-    luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
-    hc->send_ref = LUA_NOREF;
-    co_resume(hc, n);
+    luaL_unref(h->L, LUA_REGISTRYINDEX, t->send_ref);
+    t->send_ref = LUA_NOREF;
+    task_resume(t, h->L, n);
+}
+
+/* The connection ended: its upstreams close, then every parked coroutine
+ * gets nil, "closed", code and runs on (its waits now fail at once). */
+static void conn_gone_tasks(struct hconn *hc, int code) {
+    struct task *t;
+
+    while (hc->ups) {
+        if (hc->ups->u)
+            lconn_gone(hc->h->L, hc->ups->u, code);
+        up_abandon(hc->ups);
+    }
+    for (;;) {
+        for (t = hc->tasks; t && t->wait == HW_NONE; t = t->next)
+            ;
+        if (t == NULL)
+            break;
+        task_unpark(t);
+        task_fail(t, "closed", code);
+    }
 }
 
 const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
@@ -517,21 +1156,12 @@ const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
     /* first: the timers go, and whatever the handler does from here on
      * (a parked coroutine resumed, on_close) sees a closed connection */
     lconn_gone(h->L, hc->u, lconn_reason_code(reason));
-    if (hc->timer) {
-        ev_timer_del(h->loop, hc->timer);
-        hc->timer = 0;
-    }
-    if (hc->co && hc->wait != HW_NONE) {
-        if (hc->send_ref != LUA_NOREF) {
-            luaL_unref(h->L, LUA_REGISTRYINDEX, hc->send_ref);
-            hc->send_ref = LUA_NOREF;
-        }
-        co_fail(hc, "closed", hc->u->end_code);
-    } else if (!hc->direct && h->hs.cur.kind == HK_CALLBACKS &&
-               h->hs.cur.close != LUA_REFNIL) {
+    conn_gone_tasks(hc, hc->u->end_code);
+    if (!hc->direct && h->hs.cur.kind == HK_CALLBACKS &&
+        h->hs.cur.close != LUA_REFNIL)
         call_cb(hc, h->hs.cur.close, NULL, 0, reason);
-    }
-    co_end(hc);
+    while (hc->tasks)           /* none is left: each ran to its end */
+        task_end(hc->tasks);
     luaL_unref(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     if (hc->memfault)
         lua_gc(h->L, LUA_GCCOLLECT);
@@ -579,6 +1209,8 @@ struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
     h->loop = loop;
     h->cfg = cfg;
     h->inbuf_max = cfg->high_water ? cfg->high_water : 256 * 1024;
+    *(struct task **)lua_getextraspace(h->L) = NULL;
+    lconn_set_runtime(h->L, ev_connect, h);
     lua_settop(h->L, 0);
     lua_pushcfunction(h->L, lhost_msghandler);     /* index 1, for call_cb */
     return h;

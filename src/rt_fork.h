@@ -12,10 +12,11 @@ struct rtfork_tally {
     const char *reason;         /* the close reason */
 };
 
-/* In the child: serves fd (blocking) with the handler hs the server process
- * loaded before the fork, until the connection ends. SIGTERM (the drain
- * deadline) ends it with on_close "shutdown". Fills t; returns the exit
- * status: 0, or 1 after a handler error. */
+/* In the child: serves fd with the handler hs the server process loaded
+ * before the fork, until the connection ends and its coroutines returned
+ * (one ppoll loop over what they wait for; the upstreams it opens close
+ * with it). SIGTERM (the drain deadline) ends it with on_close "shutdown".
+ * Fills t; returns the exit status: 0, or 1 after a handler error. */
 int rtfork_serve(struct hstate *hs, int fd, const char *peer,
                  struct rtfork_tally *t);
 

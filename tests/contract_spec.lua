@@ -624,7 +624,8 @@ end
       { c = "a", ending = "closed", rest = "" },
     },
     log = "error",
-    log_has = { "conn:sleep would wait: only a handle(conn) coroutine can wait" } },
+    log_has = { "conn:sleep would wait: only a coroutine of the connection "
+      .. "(handle, conn:spawn) can wait" } },
 
   { name = "a table with both handle and callbacks stops the start",
     raw = true,
@@ -636,6 +637,230 @@ end
     raw = true,
     handler = "return function(conn, data)\n  return data +\nend\n",
     load_error = "FILE:3: unexpected symbol near 'end'" },
+
+  -- Coroutines of a connection (conn:spawn) -------------------------------
+
+  { name = "spawn runs its function at once, until it waits; the connection closes "
+      .. "after every coroutine",
+    handler = [[
+return { handle = function(conn)
+  local order = {}
+  conn:spawn(function(tag)
+    order[#order + 1] = tag
+    conn:sleep(0.05)
+    conn:send("late\n")
+  end, "spawned")
+  order[#order + 1] = "handle"
+  conn:send(table.concat(order, ",") .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "spawned,handle\nlate\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "a callback spawns a coroutine that waits; the client's EOF closes after it",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    conn:spawn(function()
+      conn:sleep(0.1)
+      conn:send("later:" .. data)
+    end)
+    return "now:" .. data
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x", eof = true },
+      { c = "a", ending = "closed", rest = "now:xlater:x" },
+    },
+    reasons = { a = "eof" } },
+
+  { name = "at most 64 coroutines on a connection, handle included",
+    handler = [[
+return { handle = function(conn)
+  local n = 0
+  local ok, err = pcall(function()
+    for _ = 1, 64 do
+      conn:spawn(function() conn:sleep(30) end)
+      n = n + 1
+    end
+  end)
+  conn:send(n .. " " .. tostring(err):match("too many.*") .. "\n")
+  conn:close()
+end }
+]],
+    steps = {
+      { c = "a", expect = "63 too many coroutines on this connection (at most 64)\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "an error in a spawned coroutine ends the connection with reason error",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    conn:spawn(function() error("boom in " .. data) end)
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "error" },
+    log = "error", log_has = { "boom in x" } },
+
+  { name = "a client reset gives every parked coroutine nil, 'closed', 104",
+    handler = [[
+return { handle = function(conn)
+  local got = {}
+  local function note(what, ...)
+    got[#got + 1] = what .. " " .. table.concat({ tostring(select(1, ...)),
+      tostring(select(2, ...)), tostring(select(3, ...)) }, " ")
+    if #got == 2 then
+      table.sort(got)
+      rec(conn, table.concat(got, "; "))
+    end
+  end
+  conn:spawn(function() note("sleep", conn:sleep(30)) end)
+  note("recv", conn:recv())
+end }
+]],
+    steps = {
+      { c = "a", open = true },
+      { c = "a", check = "open" },
+      { c = "a", reset = true },
+    },
+    records = { a = { "recv nil closed 104; sleep nil closed 104" } } },
+
+  { name = "one coroutine at a time waits to read the conn",
+    handler = [[
+return { handle = function(conn)
+  conn:spawn(function()
+    local data = conn:recv()
+    conn:send("spawned got " .. data .. "\n")
+  end)
+  local ok, err = pcall(conn.recv, conn)
+  conn:send(tostring(err):match("conn:recv: .*") .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "conn:recv: another coroutine is waiting to read this connection\n" },
+      { c = "a", send = "x", expect = "spawned got x\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  -- Upstream sockets (echohost.socket.connect in a handler) -----------------
+
+  { name = "a proxy passes bytes both ways through an upstream, and the half-close",
+    upstreams = { up = "return function(conn, data) return data:upper() end\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+local function pump(from, to)
+  for data in function() return from:recv() end do to:send(data) end
+  to:shutdown("send")
+end
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  conn:spawn(pump, up, conn)
+  pump(conn, up)
+end }
+]],
+    steps = {
+      { c = "a", send = "abc", expect = "ABC" },
+      { c = "a", send = "de", expect = "DE" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "an upstream's reset reaches the coroutine reading it as nil, 'closed', 104",
+    upstreams = { up = "return { handle = function(conn) conn:recv(); conn:reset() end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  up:send(conn:recv())
+  local data, msg, code = up:recv()
+  conn:send(table.concat({ tostring(data), msg, code }, " ") .. "\n")
+  conn:reset()
+end }
+]],
+    steps = {
+      { c = "a", send = "x", expect = "nil closed 104\n" },
+      { c = "a", ending = "reset", rest = "" },
+    } },
+
+  { name = "framed receive on an upstream socket",
+    upstreams = { up = "return function(conn, data) return 'one\\r\\ntwo\\n3456' end\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  up:send(conn:recv())
+  local a, b, c = up:receive("*l"), up:receive("*l"), up:receive(4)
+  local peer = up.peer == require("echohost.settings").up and "peer" or up.peer
+  conn:send(table.concat({ a, b, c, peer }, "|") .. "\n")
+  up:close()
+end }
+]],
+    steps = {
+      { c = "a", send = "go", expect = "one|two|3456|peer\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "a refused connect gives nil, 'connect ADDR: Connection refused', 111",
+    handler = [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local up, msg, code = socket.connect("127.0.0.1", 1, 2)
+  conn:send(table.concat({ tostring(up), msg, code }, " ") .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "nil connect 127.0.0.1:1: Connection refused 111\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "connect in a callback raises: only a coroutine can wait",
+    handler = [[
+local socket = require "echohost.socket"
+return {
+  on_data = function(conn, data) socket.connect("127.0.0.1", 1) end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "error" },
+    log = "error",
+    log_has = { "echohost.socket.connect would wait: only a coroutine of the connection "
+      .. "(handle, conn:spawn) can wait" } },
+
+  { name = "the blocking functions of echohost.socket raise in a handler",
+    handler = [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local ok, err = pcall(socket.listen)
+  conn:send(tostring(err):match("echohost.socket.*") .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "echohost.socket.listen is not available in a handler\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "connect while the handler loads stops the start",
+    raw = true,
+    handler = "require('echohost.socket').connect('127.0.0.1', 1)\nreturn function() end\n",
+    load_error = "FILE:1: echohost.socket.connect is not available while a handler loads" },
 }
 
 local INTERPRETERS = {

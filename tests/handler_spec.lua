@@ -116,8 +116,8 @@ local cases = {
     } },
   { name = "recv outside a handle coroutine raises", source = recv_outside,
     steps = {
-      { send = "x", expect = "conn:recv would wait: only a handle(conn) coroutine can "
-          .. "wait for data\n" },
+      { send = "x", expect = "conn:recv would wait: only a coroutine of the connection "
+          .. "(handle, conn:spawn) can wait for data\n" },
       { eof = true, expect = "", closed = true },
     } },
   { name = "an error closes the connection", source = fault_fn,

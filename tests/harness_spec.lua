@@ -4,6 +4,10 @@
 -- harness and the servers: handler_spec.lua.)
 local harness = require "echohost.harness"
 
+-- The waiting rule's message (a pattern): "conn:recv would wait: " .. this
+-- .. " for data".
+local WAIT_RULE = "only a coroutine of the connection %(handle, conn:spawn%) can wait"
+
 -- A direct-style handler that records each recv and send result in
 -- conn.state.log as "recv nil closed 104" / "send 1".
 local function recorder(sends)
@@ -341,8 +345,7 @@ describe("harness framed receive", function()
     }) do
       local r = harness.run({ on_data = function(c) return call(c) end }, { "a\n" })
       assert.equal("error", r.reason)
-      assert.matches("conn:" .. what .. " would wait: only a handle%(conn%) coroutine can wait "
-        .. "for data", r.error)
+      assert.matches("conn:" .. what .. " would wait: " .. WAIT_RULE .. " for data", r.error)
     end
   end)
 
@@ -445,7 +448,7 @@ describe("harness shutdown, reset and sleep", function()
   it("sleep in a callback raises; after the end it returns nil, 'closed', 0", function()
     local r = harness.run({ on_data = function(conn) conn:sleep(1) end }, { "a" })
     assert.equal("error", r.reason)
-    assert.matches("conn:sleep would wait: only a handle%(conn%) coroutine can wait", r.error)
+    assert.matches("conn:sleep would wait: " .. WAIT_RULE, r.error)
     local h = harness.open({ on_data = function(conn)
       conn:close()
       conn.state.got = { conn:sleep(1) }
@@ -757,8 +760,7 @@ describe("harness timers", function()
         conn:send("after")
       end })
       assert.equal("error", h:reason())
-      assert.matches("conn:" .. verb .. " would wait: only a handle%(conn%) coroutine can wait",
-        h.error)
+      assert.matches("conn:" .. verb .. " would wait: " .. WAIT_RULE, h.error)
       assert.equal("", h:sent())
       h = harness.open({ on_open = function(conn)
         conn:after(0.1, function(c) c[verb](c, 1) end)
@@ -767,5 +769,651 @@ describe("harness timers", function()
       assert.equal("error", h:reason())
       assert.matches("conn:" .. verb .. " would wait", h.error)
     end
+  end)
+end)
+
+-- Coroutines of a connection (conn:spawn) -----------------------------------
+
+describe("harness coroutines", function()
+  it("a spawned coroutine runs at once until it first waits, then its spawner goes on",
+    function()
+      local h = harness.open({ handle = function(conn)
+        local log = {}
+        conn.state.log = log
+        log[#log + 1] = "handle"
+        local ok = conn:spawn(function(a, b)
+          log[#log + 1] = "spawned " .. a .. b
+          local data = conn:recv()
+          log[#log + 1] = "spawned got " .. data
+        end, "x", "y")
+        log[#log + 1] = "handle goes on " .. tostring(ok)
+        conn:sleep(1)
+        log[#log + 1] = "handle slept"
+      end })
+      -- the spawned one reads the client: the clock waits, and so does the sleep
+      assert.same({ "handle", "spawned xy", "handle goes on true" }, h.conn.state.log)
+      assert.same({ false, 0 }, { h:closed(), h:clock() })
+      h:input("z")
+      assert.same({ "spawned got z", "handle slept" }, { table.unpack(h.conn.state.log, 4) })
+      assert.same({ true, "closed", 1 }, { h:closed(), h:reason(), h:clock() })
+    end)
+
+  it("runs what is runnable in FIFO order, sleeps by their deadline, equals in parking order",
+    function()
+      local h = harness.open({ handle = function(conn)
+        for _, t in ipairs({ { "a", 2 }, { "b", 1 }, { "c", 1 }, { "d", 0 } }) do
+          conn:spawn(function(name, secs)
+            conn:sleep(secs)
+            conn:send(name)
+          end, t[1], t[2])
+        end
+        conn:send("h")
+      end })
+      assert.same({ "hdbca", 2, "closed" }, { h:sent(), h:clock(), h:reason() })
+    end)
+
+  it("every form may spawn: a callback, a per-message function, a timer", function()
+    local h = harness.open(function(conn, data)
+      conn:spawn(function()
+        conn:sleep(0.5)
+        conn:send(data:upper())
+      end)
+    end)
+    assert.equal("", h:input("ab"))               -- on_data is how it waits for the client
+    assert.equal("AB", h:advance(0.5))
+    h = harness.open({ on_open = function(conn)
+      conn:after(1, function(c)
+        c:spawn(function() c:sleep(1); c:send("late") end)
+      end)
+    end })
+    assert.same({ "", "late", 2 }, { h:advance(1.5), h:advance(0.5), h:clock() })
+  end)
+
+  it("a sleep moves the clock by itself only while nothing waits for the client", function()
+    local h = harness.open({ handle = function(conn)
+      conn:spawn(function()
+        while true do
+          conn:sleep(1)
+          if not conn:send("t") then return end
+        end
+      end)
+      conn:send("got " .. conn:recv())
+      conn:close()
+    end })
+    assert.same({ "", 0 }, { h:sent(), h:clock() })  -- handle reads: the ticker waits
+    assert.equal("ttt", h:advance(3.5))
+    assert.equal("got x", h:input("x"))
+    assert.same({ "closed", 3.5 }, { h:reason(), h:clock() })
+  end)
+
+  it("a step that would move the clock without end raises", function()
+    local saved = harness.STEP_EVENTS
+    harness.STEP_EVENTS = 50
+    local ok, err = pcall(harness.open, { handle = function(conn)
+      while true do conn:sleep(1) end
+    end })
+    harness.STEP_EVENTS = saved
+    assert.is_false(ok)
+    assert.matches("harness: a step moved the clock 50 times by itself", err)
+  end)
+
+  it("h:advance times a settimeout wait out at its deadline, the clock then at it", function()
+    local h
+    h = harness.open({ handle = function(conn)
+      conn:settimeout(1)
+      local r = { conn:recv() }
+      conn:send(("%s %s %s at %s"):format(r[1], r[2], r[3], h and h:clock()))
+    end })
+    assert.equal("", h:advance(0.5))
+    assert.equal("nil timeout 110 at 1.0", h:advance(0.7))
+    assert.same({ "closed", 1.2 }, { h:reason(), h:clock() })
+  end)
+
+  it("allows 64 coroutines with handle, 64 spawned in callbacks; the 65th raises", function()
+    local h = harness.open({ handle = function(conn)
+      for _ = 1, 63 do conn:spawn(function() conn:sleep(10) end) end
+      local ok, err = pcall(conn.spawn, conn, print)
+      conn:send(tostring(ok) .. " " .. err:match("too many.*") .. "\n")
+      conn:recv()                                 -- waits: the sleeps stay parked
+      conn.state.again = conn:spawn(function() end)
+    end })
+    assert.equal("false too many coroutines on this connection (at most 64)\n", h:sent())
+    h:advance(10)                                 -- 63 return: room again
+    assert.equal("open", h:ending())
+    h:input("x")
+    assert.same({ true, "closed" }, { h.conn.state.again, h:reason() })
+    local r = harness.run({ on_open = function(conn)
+      for _ = 1, 65 do conn:spawn(function() conn:sleep(1) end) end
+    end }, {})
+    assert.equal("error", r.reason)
+    assert.matches("too many coroutines on this connection %(at most 64%)", r.error)
+  end)
+
+  it("an error in a spawned coroutine ends the connection with 'error', logged", function()
+    local why
+    local h = harness.open({ on_open = function(conn)
+      conn:spawn(function()
+        conn:sleep(1)
+        error("boom")
+      end)
+    end, on_close = function(_, reason) why = reason end })
+    assert.equal("open", h:ending())
+    h:advance(1)
+    assert.same({ "error", "error", 1 }, { h:reason(), why, #h.log })
+    assert.matches("boom\nstack traceback:", h.error)
+  end)
+
+  it("direct style closes once handle and every spawned coroutine returned", function()
+    local h = harness.open({ handle = function(conn)
+      conn:spawn(function() conn:send(conn:recv()) end)
+    end })
+    assert.same({ false, "a", "closed" }, { h:closed(), h:input("a"), h:reason() })
+    h = harness.open({ handle = function(conn)
+      conn:spawn(function() conn:recv(); conn:recv() end)
+    end })
+    h:input("a")
+    h:eof()
+    assert.equal("eof", h:reason())
+  end)
+
+  it("callbacks close after the client's EOF once every spawned coroutine returned", function()
+    local h = harness.open({ on_data = function(conn, data)
+      conn:spawn(function() conn:sleep(1); conn:send(data:upper()) end)
+    end })
+    assert.equal("", h:input("a"))
+    assert.same({ "A", true, "eof", 1 }, { h:eof(), h:closed(), h:reason(), h:clock() })
+  end)
+
+  it("at the end, parked coroutines get nil, 'closed', code and run on; later waits too",
+    function()
+      local function parked()
+        return { handle = function(conn)
+          local got = {}
+          conn.state.got = got
+          conn:spawn(function()
+            got.sleep = { conn:sleep(30) }
+            got.again = { conn:sleep(1) }
+          end)
+          got.recv = { conn:recv() }
+          got.after = { conn:receive("*l") }
+        end }
+      end
+      local h = harness.open(parked())
+      h:reset()
+      assert.same({ sleep = { nil, "closed", 104 }, again = { nil, "closed", 104 },
+                    recv = { nil, "closed", 104 }, after = { nil, "closed", 104 } },
+        h.conn.state.got)
+      h = harness.open(parked())
+      h:shutdown()
+      assert.same({ nil, "closed", 0 }, h.conn.state.got.sleep)
+      assert.equal(0, h:clock())
+    end)
+
+  it("conn:close() by one coroutine wakes the others with nil, 'closed', 0", function()
+    local h = harness.open({ handle = function(conn)
+      conn:spawn(function() conn.state.sleep = { conn:sleep(30) } end)
+      conn:spawn(function() conn.state.recv = { conn:recv() } end)
+      conn:close()
+    end })
+    assert.same({ { nil, "closed", 0 }, { nil, "closed", 0 }, "closed" },
+      { h.conn.state.sleep, h.conn.state.recv, h:reason() })
+  end)
+
+  it("one coroutine at a time reads the conn", function()
+    local h = harness.open({ handle = function(conn)
+      conn:spawn(function() conn:send("spawned got " .. conn:recv()) end)
+      local ok, err = pcall(conn.recv, conn)
+      conn:send(tostring(ok) .. " " .. err:match("conn:recv: .*") .. "\n")
+    end })
+    assert.equal("false conn:recv: another coroutine is waiting to read this connection\n",
+      h:sent())
+    assert.equal("spawned got x", h:input("x"))
+  end)
+
+  it("the waiting rule: a callback cannot wait; a coroutine of callbacks reads no conn data",
+    function()
+      local r = harness.run({ on_open = function(conn)
+        conn:spawn(function() conn:recv() end)
+      end }, {})
+      assert.equal("error", r.reason)
+      assert.matches("conn:recv: the data of this connection goes to on_data", r.error)
+      r = harness.run(function(conn) conn:receive(3) end, { "ab" })
+      assert.matches("conn:receive would wait: " .. WAIT_RULE .. " for data", r.error)
+      local h = harness.open({ handle = function(conn)   -- a coroutine of its own
+        conn.state.got = { coroutine.wrap(function() return pcall(conn.sleep, conn, 1) end)() }
+      end })
+      assert.is_false(h.conn.state.got[1])
+      assert.matches("conn:sleep would wait: " .. WAIT_RULE .. "$", h.conn.state.got[2])
+    end)
+
+  it("spawn: misuse raises; on a closed connection nil, 'closed', 0", function()
+    local c = harness.open(function() end).conn
+    assert.has_error(function() c:spawn(42) end,
+      "bad argument #1 to 'spawn' (function expected, got number)")
+    local h = harness.open({ on_data = function(conn)
+      conn:close()
+      conn.state.got = { conn:spawn(print) }
+    end })
+    h:input("x")
+    assert.same({ nil, "closed", 0 }, h.conn.state.got)
+  end)
+
+  it("a coroutine that yields outside a wait is a fault", function()
+    local r = harness.run({ handle = function(conn)
+      conn:spawn(function() coroutine.yield(1) end)
+      conn:recv()
+    end }, {})
+    assert.same({ "error", "handle yielded outside conn:recv/conn:send" }, { r.reason, r.error })
+  end)
+end)
+
+-- Upstream sockets (opts.upstreams, echohost.socket.connect) -------------------
+
+describe("harness upstream sockets", function()
+  local util = require "helpers.util"
+  local dir
+  setup(function()
+    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
+    assert(dir and dir:match("^/tmp/echohost%-harness%."))
+  end)
+  teardown(function()
+    if dir and not os.getenv("KEEP_TMP") then
+      os.execute("rm -rf '" .. dir .. "'")
+    end
+  end)
+  local function write(name, text)
+    local path = dir .. "/" .. name
+    util.spit(path, text)
+    return path
+  end
+
+  -- README's proxy, to 127.0.0.1:7 (loaded from a path: echohost.socket is provided).
+  local PROXY = [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", 7))
+  conn:spawn(function()
+    for data in function() return up:recv() end do conn:send(data) end
+    conn:shutdown("send")
+  end)
+  for data in function() return conn:recv() end do up:send(data) end
+  up:shutdown("send")
+end }
+]]
+
+  -- A proxy that passes a reset on as a reset (scripts/proxy.lua's pump).
+  local RESET_PROXY = [[
+local socket = require "echohost.socket"
+local function pump(from, to)
+  while true do
+    local data, _, code = from:recv()
+    if not data then
+      if code == 104 then to:reset() else to:shutdown("send") end
+      return
+    end
+    to:send(data)
+  end
+end
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", 7))
+  conn:spawn(pump, up, conn)
+  pump(conn, up)
+end }
+]]
+
+  local ECHO = function(_, data) return data end
+
+  local function lines(text)
+    local t = {}
+    for l in (text .. "\n"):gmatch("(.-)\n") do t[#t + 1] = l end
+    return t
+  end
+
+  it("a proxy passes bytes both ways, and the client's half-close reaches the upstream",
+    function()
+      local h = harness.open(write("proxy.lua", PROXY), { upstreams = { ["127.0.0.1:7"] = ECHO } })
+      assert.equal(1, #h.upstreams)
+      local inst = h.upstreams[1]
+      assert.same({ "127.0.0.1:7", "127.0.0.1:50001", "fn", "127.0.0.1:7", h.conn.id },
+        { inst.address, inst.conn.peer, inst.kind, inst.socket.peer, inst.socket.id })
+      assert.equal("abc", h:input("abc"))
+      assert.equal("de", h:input("de"))
+      assert.same({ "abcde", "open" }, { inst:sent(), inst:ending() })
+      assert.equal("", h:eof())
+      assert.same({ "eof", "eof", "closed" }, { inst:reason(), h:reason(), h:ending() })
+    end)
+
+  it("the upstream's half-close reaches the client, which may still send", function()
+    local up = { handle = function(conn)
+      conn:send("hello")
+      conn:shutdown("send")
+      conn.state.got = conn:receive("*a")
+    end }
+    local h = harness.open(write("proxy.lua", PROXY), { upstreams = { ["127.0.0.1:7"] = up } })
+    assert.same({ "hello", "closed", false }, { h:sent(), h:ending(), h:closed() })
+    assert.equal("", h:input("more"))
+    h:eof()
+    assert.same({ "more", "eof", "eof" },
+      { h.upstreams[1].conn.state.got, h.upstreams[1]:reason(), h:reason() })
+  end)
+
+  it("passes resets on: the upstream's to the client, the client's to the upstream", function()
+    local resetter = { handle = function(conn) conn:recv(); conn:reset() end }
+    local h = harness.open(write("rproxy.lua", RESET_PROXY),
+      { upstreams = { ["127.0.0.1:7"] = resetter } })
+    h:input("x")
+    assert.same({ "reset", "closed", "reset" }, { h:ending(), h:reason(), h.upstreams[1]:ending() })
+    -- the client's reset ends the connection: its upstream sockets close first (EOF)
+    local recv
+    local reader = { ["127.0.0.1:7"] = { handle = function(conn) recv = { conn:recv() } end } }
+    h = harness.open(write("rproxy.lua", RESET_PROXY), { upstreams = reader })
+    h:reset()
+    assert.same({ "reset", "eof", { nil, "closed", 0 } },
+      { h:reason(), h.upstreams[1]:reason(), recv })
+    h = harness.open({ handle = function(conn)           -- up:reset(): the instance's reset
+      local up = assert(harness.socket.connect("127.0.0.1", 7))
+      conn:recv()
+      up:reset()
+      conn:recv()
+    end }, { upstreams = reader })
+    h:input("x")
+    assert.same({ "reset", { nil, "closed", 104 }, "open" },
+      { h.upstreams[1]:reason(), recv, h:ending() })
+  end)
+
+  it("gives a reset upstream's reader nil, 'closed', 104 for recv and send, bytes dropped",
+    function()
+      local p = write("rst.lua", [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", 7))
+  up:send("go")
+  local r, s = { up:recv() }, { up:send("x") }
+  conn:send(table.concat({ tostring(r[1]), r[2], r[3], tostring(s[1]), s[2], s[3] }, " "))
+end }
+]])
+      local h = harness.open(p, { upstreams = { ["127.0.0.1:7"] = function(conn)
+        conn:send("dropped")
+        conn:reset()
+      end } })
+      assert.equal("nil closed 104 nil closed 104", h:sent())
+    end)
+
+  it("a slow upstream: its sleep shows on the virtual clock", function()
+    local slow = { handle = function(conn)
+      for data in function() return conn:recv() end do
+        conn:sleep(2)
+        conn:send(data)
+      end
+    end }
+    local h = harness.open(write("proxy.lua", PROXY), { upstreams = { ["127.0.0.1:7"] = slow } })
+    assert.equal("", h:input("x"))                 -- the proxy's handle reads the client
+    assert.equal("", h:advance(1.9))
+    assert.same({ "x", 2 }, { h:advance(0.1), h:clock() })
+    local ask = write("ask.lua", [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", 7))
+  up:send(conn:receive("*l") .. "\n")
+  conn:send("answer " .. up:receive("*l"))
+end }
+]])
+    h = harness.open(ask, { upstreams = { ["127.0.0.1:7"] = slow } })
+    assert.same({ "answer q", 2, "closed" }, { h:input("q\n"), h:clock(), h:reason() })
+    assert.equal("eof", h.upstreams[1]:reason())   -- closed with its connection
+  end)
+
+  it("refuses an address not in opts.upstreams: nil, 'connect HOST:PORT: ...', 111", function()
+    local p = write("refused.lua", [[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  for _, a in ipairs({ { "127.0.0.1", 9 }, { "::1", 9 }, { "localhost", "9000" } }) do
+    local up, msg, code = socket.connect(a[1], a[2], 1)
+    conn:send(("%s %s %s\n"):format(up and up.peer, msg, code))
+  end
+end }
+]])
+    local r = harness.run(p, {}, { upstreams = { ["localhost:9000"] = ECHO } })
+    assert.equal("nil connect 127.0.0.1:9: Connection refused 111\n"
+      .. "nil connect [::1]:9: Connection refused 111\n"
+      .. "localhost:9000 nil nil\n", r.sent)
+    assert.equal("localhost:9000", r.upstreams[1].address)
+  end)
+
+  it("raises on misuse", function()
+    local p = write("misuse.lua", [[
+local socket = require "echohost.socket"
+local function msg(f, ...)
+  local ok, err = pcall(f, ...)
+  return ok and "no error" or err:gsub("^[^:]*:%d+: ", "")
+end
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", "7"))
+  local out = {
+    msg(socket.listen), msg(socket.open_socket, "127.0.0.1", 0),
+    msg(up.after, up, 1, print), msg(up.every, up, 1, print), msg(up.spawn, up, print),
+    msg(socket.connect, "127.0.0.1", 0), msg(socket.connect, "127.0.0.1", 1.5),
+    msg(socket.connect, "127.0.0.1", "x"), msg(socket.connect, "127.0.0.1", 7, -1),
+    msg(socket.connect, nil, 7),
+  }
+  conn:spawn(function() up:recv() end)
+  out[#out + 1] = msg(up.recv, up)
+  conn:send(table.concat(out, "\n"))
+end }
+]])
+    local h = harness.open(p, { upstreams = { ["127.0.0.1:7"] = ECHO } })
+    assert.same({
+      "echohost.socket.listen is not available in a handler",
+      "echohost.socket.open_socket is not available in a handler",
+      "after is not available on an upstream socket: timers and coroutines belong to the "
+        .. "client's conn",
+      "every is not available on an upstream socket: timers and coroutines belong to the "
+        .. "client's conn",
+      "spawn is not available on an upstream socket: timers and coroutines belong to the "
+        .. "client's conn",
+      "bad argument #2 to 'connect' (port out of range 1..65535)",
+      "bad argument #2 to 'connect' (number has no integer representation)",
+      "bad argument #2 to 'connect' (number expected, got string)",
+      "bad argument #3 to 'connect' (expected seconds (>= 0))",
+      "bad argument #1 to 'connect' (string expected, got nil)",
+      "conn:recv: another coroutine is waiting to read this upstream socket",
+    }, lines(h:sent()))
+  end)
+
+  it("connect raises at load time and outside a coroutine of the connection", function()
+    local ok, err = pcall(harness.open, write("atload.lua",
+      "require('echohost.socket').connect('127.0.0.1', 7)\nreturn function() end\n"))
+    assert.is_false(ok)
+    assert.equal(dir .. "/atload.lua:1: echohost.socket.connect is not available while a "
+      .. "handler loads", err)
+    local r = harness.run(write("cb.lua", [[
+local socket = require "echohost.socket"
+return { on_open = function(conn)
+  conn:after(1, function() socket.connect("127.0.0.1", 7) end)
+  socket.connect("127.0.0.1", 7)
+end }
+]]), {}, { upstreams = { ["127.0.0.1:7"] = ECHO } })
+    assert.equal("error", r.reason)
+    assert.matches("cb.lua:4: echohost.socket.connect would wait: only a coroutine of the "
+      .. "connection %(handle, conn:spawn%) can wait", r.error)
+  end)
+
+  it("a callbacks handler connects from a spawned coroutine (harness.socket for values)",
+    function()
+      local h = harness.open({ on_data = function(conn, data)
+        conn:spawn(function()
+          local up = assert(harness.socket.connect("127.0.0.1", 7))
+          up:send(data)
+          conn:send("via upstream: " .. up:recv())
+          up:close()
+        end)
+      end }, { upstreams = { ["127.0.0.1:7"] = function(_, d) return d:upper() end } })
+      assert.equal("via upstream: HI", h:input("hi"))
+      assert.same({ "eof", "open" }, { h.upstreams[1]:reason(), h:ending() })
+    end)
+
+  it("holds at most 64 upstream sockets; a closed one does not count", function()
+    local h = harness.open({ handle = function(conn)
+      local ups = {}
+      for i = 1, 64 do ups[i] = assert(harness.socket.connect("127.0.0.1", 7)) end
+      local ok, err = pcall(harness.socket.connect, "127.0.0.1", 7)
+      conn:send(tostring(ok) .. " " .. err:match("too many.*") .. "\n")
+      ups[1]:close()
+      conn:send(tostring(harness.socket.connect("127.0.0.1", 7)))
+    end }, { upstreams = { ["127.0.0.1:7"] = ECHO } })
+    assert.equal("false too many upstream sockets on this connection (at most 64)\n"
+      .. "echohost.conn " .. (h.conn.id) .. " (127.0.0.1:7)", h:sent())
+    assert.equal(65, #h.upstreams)
+    assert.equal("127.0.0.1:50065", h.upstreams[65].conn.peer)
+  end)
+
+  it("closes the upstream sockets when the connection ends: the instances see EOF", function()
+    local seen = {}
+    local up = { on_data = function() end, on_close = function(conn, why)
+      seen[#seen + 1] = conn.peer .. " " .. why
+    end }
+    local h = harness.open({ handle = function(conn)
+      local a = assert(harness.socket.connect("127.0.0.1", 7))
+      assert(harness.socket.connect("127.0.0.1", 7))
+      conn.state.a = a
+      conn:spawn(function() conn.state.got = { a:recv() } end)
+      conn:recv()
+    end }, { upstreams = { ["127.0.0.1:7"] = up } })
+    h:reset()
+    assert.same({ "127.0.0.1:50001 eof", "127.0.0.1:50002 eof" }, seen)
+    assert.same({ { nil, "closed", 104 }, { nil, "closed", 104 } },
+      { h.conn.state.got, { h.conn.state.a:send("x") } })
+  end)
+
+  it("after up:close() the instance sees EOF; a send to an ended instance gives 104", function()
+    local h = harness.open({ handle = function(conn)
+      local up = assert(harness.socket.connect("127.0.0.1", 7))
+      conn.state.r1 = { up:recv(), select(3, up:recv()) }   -- then its EOF
+      conn.state.s1 = { up:send("x") }
+      local up2 = assert(harness.socket.connect("127.0.0.1", 8))
+      up2:close()
+      conn.state.s2 = { up2:send("y") }
+    end }, { upstreams = {
+      ["127.0.0.1:7"] = { handle = function(conn) conn:send("bye") end },
+      ["127.0.0.1:8"] = { handle = function(conn)
+        conn.state.got = { conn:recv() }
+        conn.state.sent = { conn:send("dropped") }
+      end },
+    } })
+    assert.same({ { "bye", 0 }, { nil, "closed", 104 }, { nil, "closed", 0 } },
+      { h.conn.state.r1, h.conn.state.s1, h.conn.state.s2 })
+    local inst = h.upstreams[2]
+    assert.same({ { nil, "closed", 0 }, { 7 }, "eof" },
+      { inst.conn.state.got, inst.conn.state.sent, inst:reason() })
+  end)
+
+  it("an upstream handler is loaded in open: a refused one raises there", function()
+    local ok, err = pcall(harness.open, ECHO,
+      { upstreams = { ["127.0.0.1:7"] = { on_dat = print } } })
+    assert.same({ false, "upstream 127.0.0.1:7: returned a table without handle, on_open, "
+      .. "on_data or on_close" }, { ok, err })
+    ok, err = pcall(harness.open, ECHO, { upstreams = { ["127.0.0.1:7"] = dir .. "/nope.lua" } })
+    assert.is_false(ok)
+    assert.matches("^" .. dir:gsub("%p", "%%%0") .. "/nope.lua: cannot open", err)
+    assert.has_error(function() harness.open(ECHO, { upstreams = "127.0.0.1:7" }) end,
+      "bad option 'upstreams' to 'open' (table expected, got string)")
+  end)
+
+  it("an instance answers queries, keeps its address's log, and has no steps", function()
+    local p = write("uplog.lua", "local log = require 'echohost.log'\nlog.info('up')\n"
+      .. "return function(_, d) if d == 'boom' then error('boom') end return d end\n")
+    local h = harness.open({ handle = function(conn)
+      local up = assert(harness.socket.connect("127.0.0.1", 7))
+      up:send(conn:recv())
+      conn:recv()
+    end }, { upstreams = { ["127.0.0.1:7"] = p } })
+    h:input("boom")
+    local inst = h.upstreams[1]
+    assert.same({ "error", { "info: handler " .. p .. ":2: up" }, 1, {} },
+      { inst:reason(), inst.logs, #inst.log, h.log })
+    assert.matches("boom", inst.error)
+    assert.has_error(function() inst:input("x") end,
+      "bad self to 'input' (an upstream instance: its client is the handler's upstream socket)")
+    assert.equal(inst:clock(), h:clock())
+  end)
+end)
+
+-- The shared dictionary (echohost.shared, opts.shared) -----------------------
+
+describe("harness shared dictionary", function()
+  local util = require "helpers.util"
+  local dir, counter
+  setup(function()
+    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
+    counter = dir .. "/counter.lua"
+    util.spit(counter, [[
+local shared = require "echohost.shared"
+return function(conn, data)
+  local cmd, key, ttl = data:match("^(%a+) (%w+) ?(%d*)$")
+  if cmd == "incr" then
+    return tostring(shared:incr(key, 1, 0, tonumber(ttl)))
+  end
+  return tostring(shared:get(key))
+end
+]])
+  end)
+  teardown(function()
+    if dir and not os.getenv("KEEP_TMP") then
+      os.execute("rm -rf '" .. dir .. "'")
+    end
+  end)
+
+  it("two opens sharing opts.shared see each other's writes", function()
+    local d = harness.shared(64 * 1024)
+    local a, b = harness.open(counter, { shared = d }), harness.open(counter, { shared = d })
+    assert.same({ "1", "2", "3", "3" },
+      { a:input("incr n"), b:input("incr n"), a:input("incr n"), b:input("get n") })
+    assert.same({ 3, d, 65536 }, { d:get("n"), a.shared, d:capacity() })
+  end)
+
+  it("gives each open a fresh 1 MiB dictionary by default", function()
+    local a, b = harness.open(counter), harness.open(counter)
+    assert.same({ "1", "1", 1048576 }, { a:input("incr n"), b:input("incr n"),
+                                         a.shared:capacity() })
+    assert.are_not.equal(a.shared, b.shared)
+  end)
+
+  it("TTLs follow the virtual clock: h:advance and sleeps of every open using it", function()
+    local d = harness.shared()
+    local a, b = harness.open(counter, { shared = d }), harness.open(counter, { shared = d })
+    a:input("incr k 5")
+    a:advance(4)
+    assert.same({ "1", 1 }, { b:input("get k"), d:ttl("k") })
+    b:advance(1)                                   -- the dictionary's clock is at 5 now
+    assert.same({ "nil", 4, 1 }, { a:input("get k"), a:clock(), b:clock() })
+    local h = harness.open({ handle = function(conn)
+      d:set("s", "x", 2)
+      conn:sleep(2)
+      conn:send(tostring(d:get("s")))
+    end }, { shared = d })
+    assert.equal("nil", h:sent())
+  end)
+
+  it("the upstream instances of an open share its dictionary", function()
+    local p = dir .. "/up.lua"
+    util.spit(p, "local shared = require 'echohost.shared'\n"
+      .. "return function(_, d) shared:set('seen', d) end\n")
+    local h
+    h = harness.open({ handle = function(conn)
+      local up = assert(harness.socket.connect("127.0.0.1", 7))
+      up:send(conn:recv())
+      conn:recv()
+      conn:send(tostring(h.shared:get("seen")))
+    end }, { upstreams = { ["127.0.0.1:7"] = p } })
+    h:input("hi")
+    assert.equal("hi", h:input("again"))
+  end)
+
+  it("raises on a bad size or an opts.shared not made by harness.shared", function()
+    assert.has_error(function() harness.shared("lots") end,
+      "bad argument #1 to 'shared' (a size in bytes expected, got 'lots')")
+    assert.equal(4096, harness.shared("4k"):capacity())
+    assert.has_error(function() harness.open(print, { shared = {} }) end,
+      "bad option 'shared' to 'open' (a dictionary of harness.shared expected, got table)")
   end)
 end)

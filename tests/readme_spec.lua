@@ -8,7 +8,10 @@
 --               text, and a trailing "  -- note" is not part of it.
 --   repl        "> line" is typed at `echohost --repl` (piped); the other
 --               lines are its output ("$ " and the greeting excepted).
---   handlers    each "return ..." is a handler file: the harness runs it.
+--   handlers [upstream HOST:PORT FILE]
+--               each "return ..." (with the top-level "local" lines before
+--               it) is a handler file: the harness runs it, with FILE as
+--               the upstream at HOST:PORT.
 --   serve H:P   runs the block as a server; a client gets "hi" echoed at H:P.
 -- An indented block that looks like Lua and has no marker fails the spec,
 -- so a new example cannot go untested.
@@ -139,10 +142,23 @@ describe("README.md examples", function()
       end)
     elseif b.kind == "handlers" then
       it("line " .. b.line .. ": each handler loads and serves under the harness", function()
-        local chunks = {}
+        -- a handler: a top-level "return", after the top-level locals
+        -- before it (handler bodies are indented)
+        local chunks, pending = {}, ""
         for _, l in ipairs(lines_of(b.text)) do
-          if l:match("^return") then chunks[#chunks + 1] = "" end
-          chunks[#chunks] = chunks[#chunks] .. l .. "\n"
+          if l:match("^return") then
+            chunks[#chunks + 1], pending = pending, ""
+          end
+          if l:match("^local ") or #chunks == 0 then
+            pending = pending .. l .. "\n"
+          else
+            chunks[#chunks] = chunks[#chunks] .. l .. "\n"
+          end
+        end
+        local opts = {}
+        local addr, file = (b.arg or ""):match("^upstream (%S+) (%S+)$")
+        if addr then
+          opts.upstreams = { [addr] = file }
         end
         local n, paths = 0, {}
         finally(function()      -- busted keeps one finally() per test
@@ -151,7 +167,7 @@ describe("README.md examples", function()
         for _, chunk in ipairs(chunks) do
           local path = util.write_tmp(chunk)
           paths[#paths + 1] = path
-          local r = harness.run(path, { "ab", harness.CLOSE })
+          local r = harness.run(path, { "ab", harness.CLOSE }, opts)
           assert.is_nil(r.error, chunk)
           assert.is_true(#r.sent > 0, chunk)
           n = n + 1

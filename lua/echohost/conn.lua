@@ -17,11 +17,14 @@
 --                     bytes, or nil, "closed", code (EOF: 0; a reset:
 --                     104), nil, "timeout", 110, nil, message, errno; or
 --                     false when it would have to wait where no coroutine
---                     can (the conn raises "conn:<what> would wait: ...")
---   send(data)        #data, or nil, message, code
+--                     of the connection runs (the conn raises
+--                     M.would_wait("conn:<what>", true)), or false, message
+--                     (the conn raises message: M.busy(...), ...)
+--   send(data)        #data, or nil, message, code; false[, message] as recv
+--                     (a send that would wait: M.would_wait("conn:send"))
 --   sleep(secs)       true after secs; nil, "closed", code if the
---                     connection ended meanwhile; false where no coroutine
---                     can wait (the conn raises "conn:sleep would wait: ...")
+--                     connection ended meanwhile; false[, message] as recv
+--                     (M.would_wait("conn:sleep"))
 --   close()           flush, then close
 --   shutdown()        flush, then shut the sending side (FIN)
 --   reset()           close at once (an RST where the interpreter can),
@@ -31,6 +34,11 @@
 --                     secs from now; false, message where the interpreter
 --                     has no timers (the conn raises message)
 --   disarm(t)         optional: t is cancelled before it fired
+--   spawn(fn, ...)    conn:spawn: run fn(...) as a new coroutine of the
+--                     connection, at once until it first waits or returns;
+--                     true, or false, message (the conn raises message:
+--                     M.too_many_tasks(), or "not available" where the
+--                     interpreter has no coroutines)
 --
 -- Timers (README "Timers"): conn:after(secs, fn), conn:every(secs, fn) and
 -- timer:cancel() are here, with their checks, the limit of M.TIMERS_MAX
@@ -42,17 +50,71 @@
 -- seconds later (an every that was not cancelled meanwhile), else t is
 -- released (tostring: "cancelled").
 --
+-- Upstream sockets (README "Coroutines of a connection and upstream
+-- sockets"): new(ops, { upstream = true, ... }) makes the conn object of an
+-- upstream socket: the same verbs, but after, every and spawn raise
+-- M.upstream_only(name) (after their argument checks). The handler-facing
+-- "echohost.socket" of a Lua interpreter is M.socket_module(connect):
+-- connect(host, port [, timeout]) checks its arguments (M.check_connect)
+-- and calls connect(host, port, timeout, address) (address: M.address),
+-- whose results it returns; every other function of echohost.socket raises
+-- "echohost.socket.<name> is not available in a handler". The messages of
+-- connect's misuse are M.CONNECT_AT_LOAD and M.would_wait(M.CONNECT), and
+-- M.too_many_upstreams().
+--
 -- new(ops, opts) -> conn, core. opts: id, peer, state (default {}),
 -- high_water (the longest frame of receive; default M.HIGH_WATER, the
--- server's --high-water default). core is the interpreter's view: its
--- fields timeout, closed (conn:close() or conn:reset()), wshut
--- (conn:shutdown()), ended, code, buf (bytes read past a frame), state,
--- timers (the armed timer records, in arming order).
+-- server's --high-water default), upstream (see above). core is the
+-- interpreter's view: its fields timeout, closed (conn:close() or
+-- conn:reset()), wshut (conn:shutdown()), ended, code, buf (bytes read past
+-- a frame), state, timers (the armed timer records, in arming order),
+-- upstream.
 local M = {}
 
 M.HIGH_WATER = 256 * 1024
 M.DELIM_MAX = 256
 M.TIMERS_MAX = 64                   -- armed timers per connection
+M.TASKS_MAX = 64                    -- coroutines per connection, handle included
+M.UPSTREAMS_MAX = 64                -- open upstream sockets per connection
+M.CONNECT_TIMEOUT = 60              -- seconds, socket.connect's default
+
+-- The messages every interpreter shares ------------------------------------
+
+M.WAIT_RULE = "only a coroutine of the connection (handle, conn:spawn) can wait"
+M.CONNECT = "echohost.socket.connect"
+M.CONNECT_AT_LOAD = "echohost.socket.connect is not available while a handler loads"
+
+-- "conn:recv would wait: only a coroutine of the connection (handle,
+-- conn:spawn) can wait for data" (what: "conn:recv"; for_data: the suffix).
+function M.would_wait(what, for_data)
+  return ("%s would wait: %s%s"):format(what, M.WAIT_RULE, for_data and " for data" or "")
+end
+
+-- "conn:recv: another coroutine is waiting to read this connection" (dir:
+-- "read" or "write"; obj: "connection" or "upstream socket").
+function M.busy(what, dir, obj)
+  return ("%s: another coroutine is waiting to %s this %s"):format(what, dir, obj)
+end
+
+-- A conn:recv of a callbacks (or per-message) handler's conn that would wait:
+-- the data goes to on_data.
+function M.to_on_data(what)
+  return ("%s: the data of this connection goes to on_data"):format(what)
+end
+
+function M.too_many_tasks()
+  return ("too many coroutines on this connection (at most %d)"):format(M.TASKS_MAX)
+end
+
+function M.too_many_upstreams()
+  return ("too many upstream sockets on this connection (at most %d)"):format(M.UPSTREAMS_MAX)
+end
+
+-- name: "after", "every", "spawn".
+function M.upstream_only(name)
+  return ("%s is not available on an upstream socket: timers and coroutines belong to "
+    .. "the client's conn"):format(name)
+end
 
 local WOULD_WAIT = {}               -- a frame read that may not wait
 
@@ -142,6 +204,8 @@ local function arm(self, what, secs, fn)
     error("bad argument #1 to 'after' (expected seconds >= 0)", 3)
   elseif type(fn) ~= "function" then
     error(("bad argument #2 to '%s' (function expected, got %s)"):format(what, type(fn)), 3)
+  elseif c.upstream then
+    error(M.upstream_only(what), 3)
   end
   if done(c) then
     return nil, "closed", c.code
@@ -225,7 +289,7 @@ local function receive(c, kind, arg, what)
     end
     local data, err, code = c.ops.recv(c.high_water - #c.buf, what)
     if data == false then
-      return WOULD_WAIT
+      return WOULD_WAIT, err
     elseif data then
       c.buf = c.buf .. data
     elseif err == "closed" then
@@ -240,8 +304,10 @@ local function receive(c, kind, arg, what)
   end
 end
 
-local function wait_error(what)
-  return ("conn:%s would wait: only a handle(conn) coroutine can wait for data"):format(what)
+-- The message of an op that returned false (and maybe its message): what
+-- ("recv") would wait.
+local function wait_error(what, msg, for_data)
+  return msg or M.would_wait("conn:" .. what, for_data)
 end
 
 -- The results of a frame read by what ("receive", "receiveuntil"); raises
@@ -249,7 +315,7 @@ end
 local function framed(c, kind, arg, what)
   local r = table.pack(receive(c, kind, arg, what))
   if r[1] == WOULD_WAIT then
-    error(wait_error(what), 3)
+    error(wait_error(what, r[2], true), 3)
   end
   return table.unpack(r, 1, r.n)
 end
@@ -266,7 +332,7 @@ function Conn:recv(max)
   end
   local r = table.pack(c.ops.recv(max or 0, "recv"))
   if r[1] == false then
-    error(wait_error("recv"), 2)
+    error(wait_error("recv", r[2], true), 2)
   end
   return table.unpack(r, 1, r.n)
 end
@@ -310,7 +376,11 @@ function Conn:send(data)
   elseif c.wshut then
     return nil, "closed", 0
   end
-  return c.ops.send(data)
+  local r = table.pack(c.ops.send(data))
+  if r[1] == false then
+    error(wait_error("send", r[2]), 2)
+  end
+  return table.unpack(r, 1, r.n)
 end
 
 -- close and reset: the handler ends the connection through ops[op], once.
@@ -359,7 +429,7 @@ function Conn:sleep(secs)
   end
   local r = table.pack(c.ops.sleep(secs))
   if r[1] == false then
-    error("conn:sleep would wait: only a handle(conn) coroutine can wait", 2)
+    error(wait_error("sleep", r[2]), 2)
   end
   return table.unpack(r, 1, r.n)
 end
@@ -372,6 +442,24 @@ function Conn:settimeout(t)
   c.timeout = t
   if c.ops.settimeout then
     c.ops.settimeout(t)
+  end
+  return true
+end
+
+-- conn:spawn(fn, ...): true, or nil, "closed", code once the connection is
+-- closed; the interpreter runs fn (ops.spawn).
+function Conn:spawn(fn, ...)
+  local c = core_of(self)
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'spawn' (function expected, got %s)"):format(type(fn)), 2)
+  elseif c.upstream then
+    error(M.upstream_only("spawn"), 2)
+  elseif done(c) then
+    return closed(c)
+  end
+  local ok, err = c.ops.spawn(fn, ...)
+  if ok == false then
+    error(err, 2)
   end
   return true
 end
@@ -402,8 +490,70 @@ function M.new(ops, opts)
   opts = opts or {}
   local c = { ops = ops, id = opts.id, peer = opts.peer, state = opts.state or {},
               high_water = opts.high_water or M.HIGH_WATER, buf = "",
-              closed = false, wshut = false, ended = false, code = 0, timers = {} }
+              closed = false, wshut = false, ended = false, code = 0, timers = {},
+              upstream = opts.upstream and true or false }
   return setmetatable({ _c = c }, conn_mt), c
+end
+
+-- The handler's echohost.socket ----------------------------------------------
+
+-- "host:port", an IPv6 host in brackets ("[::1]:7").
+function M.address(host, port)
+  if host:find(":", 1, true) then
+    return ("[%s]:%d"):format(host, port)
+  end
+  return ("%s:%d"):format(host, port)
+end
+
+-- connect's arguments, checked as luaL_check* does (a numeric string is a
+-- number): host, port (an integer), timeout (seconds). Raises at the
+-- handler's call (level: that of connect's caller, for error).
+function M.check_connect(host, port, timeout, level)
+  if type(host) ~= "string" and type(host) ~= "number" then
+    error(("bad argument #1 to 'connect' (string expected, got %s)"):format(type(host)), level)
+  end
+  local p = tonumber(port)
+  if type(port) ~= "number" and type(port) ~= "string" or not p then
+    error(("bad argument #2 to 'connect' (number expected, got %s)"):format(type(port)), level)
+  elseif not math.tointeger(p) then
+    error("bad argument #2 to 'connect' (number has no integer representation)", level)
+  end
+  p = math.tointeger(p)
+  if p < 1 or p > 65535 then
+    error("bad argument #2 to 'connect' (port out of range 1..65535)", level)
+  end
+  local t = timeout
+  if t == nil then
+    t = M.CONNECT_TIMEOUT
+  else
+    t = tonumber(t)
+    if not t then
+      error(("bad argument #3 to 'connect' (number expected, got %s)"):format(type(timeout)), level)
+    elseif not (t >= 0 and t <= 1e7) then
+      error("bad argument #3 to 'connect' (expected seconds (>= 0))", level)
+    end
+  end
+  return tostring(host), p, t
+end
+
+-- The functions of echohost.socket a handler may not call (they would block).
+M.SOCKET_BLOCKING = { "accept", "accept_connection", "close", "close_socket", "fileno",
+                      "listen", "open_socket", "peername", "recv", "send", "settimeout",
+                      "shutdown", "sockname" }
+
+-- The echohost.socket of a handler; see the header.
+function M.socket_module(connect)
+  local mod = {}
+  function mod.connect(host, port, timeout)
+    local h, p, t = M.check_connect(host, port, timeout, 3)
+    return connect(h, p, t, M.address(h, p))
+  end
+  for _, name in ipairs(M.SOCKET_BLOCKING) do
+    mod[name] = function()
+      error(("echohost.socket.%s is not available in a handler"):format(name), 2)
+    end
+  end
+  return mod
 end
 
 return M

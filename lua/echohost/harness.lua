@@ -1,7 +1,9 @@
 -- The in-memory interpreter of handlers: runs a handler file (or value)
 -- against scripted client events, with no sockets, under the contract of
 -- README "Handlers" (the loader, the conn results, the close reasons, the
--- budget and the memory cap), and reports what it sent and how it ended.
+-- budget and the memory cap, the coroutines of a connection, upstream
+-- sockets, the shared dictionary), and reports what it sent and how it
+-- ended. It is the reference interpreter: deterministic, on a virtual clock.
 --
 --   local harness = require "echohost.harness"
 --   local r = harness.run("scripts/upper.lua", {"ab", "c", harness.CLOSE})
@@ -29,6 +31,14 @@
 --             string keys (default {}); each open loads a fresh copy, which
 --             the handler may modify without the caller or another open
 --             seeing it. Another key or value raises.
+--     upstreams  { ["127.0.0.1:9000"] = handler, ["[::1]:7"] = handler, ... }:
+--             the servers echohost.socket.connect reaches (below); each
+--             handler a path or a value, loaded (or checked) once, in open,
+--             with the open's budget and memory cap (a refused one raises
+--             the loader's message; a value is named 'upstream ADDRESS')
+--     shared  the echohost.shared of this open: a dictionary made by
+--             harness.shared(size), to share one between opens (default: a
+--             fresh harness.shared(), 1 MiB, per open)
 --   A handler loaded from a path also gets require("echohost.log"): error,
 --   warn, info, debug(fmt, ...) (string.format; fmt as is when alone), each
 --   appending one line to h.logs, the server's log line without its
@@ -36,23 +46,92 @@
 --   the caller's ("warn: handler scripts/x.lua:4: saw 3 bytes"); every level
 --   is kept (the server's --log-level does not apply). A fmt that is not a
 --   string raises "file:line: bad argument #1 to 'warn' (string expected,
---   got nil)". (A handler value was made outside the loader: it gets neither
---   module.)
+--   got nil)". It also gets require("echohost.socket") (harness.socket) and
+--   require("echohost.shared") (h.shared). A handler value was made outside
+--   the loader: it gets none of these modules, and uses harness.socket and
+--   a dictionary of its own (opts.shared) instead.
 --   on_open runs (or handle starts) in open. The conn is echohost.conn
---   (lua/echohost/conn.lua) over the harness's operations; conn:sleep is
---   virtual: it returns at once and advances h:clock(), firing the timers
---   (conn:after, conn:every) due on the way before it returns. A timer's
---   fn(conn) runs like a callback (budget, memory cap, may not wait; an
---   error ends the connection with "error" and is logged in h.log).
+--   (lua/echohost/conn.lua) over the harness's operations.
+--
+-- Coroutines and the virtual clock. handle and every coroutine of
+-- conn:spawn(fn, ...) are tasks of one scheduler per open, shared by the
+-- connection and its upstream instances. A spawned task runs at once until
+-- it first waits or returns (then its spawner goes on); a task waits in
+-- recv, receive, receiveuntil (on the conn or an upstream socket) and in
+-- sleep; the harness's sends never wait (no output backpressure: the
+-- one-writer rule never triggers here), nor does connect. Each step runs
+-- every runnable task, callback and delivery in FIFO order until none is
+-- left, closes the connections whose close is due (conn:close(); handle and
+-- every spawned task returned; the client's EOF and every spawned task
+-- returned, for callbacks), and then, while some task sleeps and nothing
+-- waits for the harness's client (the open's connection is ended, or got
+-- the client's EOF, or is direct style with no task reading its conn: a
+-- callbacks or per-message connection waits for the client through
+-- on_data), moves the clock to the earliest event and goes on; a step that
+-- does so more than harness.STEP_EVENTS (100000) times raises "harness: a
+-- step moved the clock 100000 times by itself ...". Events, in time order
+-- (timers before waits at the same time; each kind in the order armed or
+-- parked):
+-- a timer of any connection (conn:after, conn:every: fn(conn) runs like a
+-- callback: budget, memory cap, may not wait; an error ends the connection
+-- with "error" and is logged in h.log), a sleep's end (true), a settimeout
+-- deadline (the clock when the wait began plus the timeout: nil,
+-- "timeout", 110), and an idle_timeout or shutdown_at deadline of a sleep.
+-- So a lone handle that sleeps returns within the step, h:clock() moved,
+-- while a task that sleeps beside one reading the client (or in a callbacks
+-- handler) waits for h:advance: a server's client would be sending
+-- meanwhile. A connection that ends wakes its parked tasks with nil,
+-- "closed", code (its upstream sockets close first); they run on and their
+-- later waits return the same at once; then on_close runs.
+--
+-- Upstream sockets. In a handler, echohost.socket.connect(host, port [,
+-- timeout]) to an address of opts.upstreams ("host:port" as given; an IPv6
+-- host in brackets; port an integer or a numeric string) succeeds at once,
+-- with no virtual delay (timeout is checked, then unused): the result is an
+-- upstream socket (an echohost.conn: peer "host:port", id the connection's),
+-- and the harness runs an instance of that address's handler as another
+-- connection of this open (its own conn, peer "127.0.0.1:" .. (50000 + n)
+-- for the open's n-th instance, its own reason and on_close; the same
+-- scheduler, clock and echohost.shared; no idle_timeout or shutdown_at).
+-- Any other address gives nil, "connect HOST:PORT: Connection refused", 111
+-- (names are not resolved). Bytes move at once, each send one chunk (a
+-- callbacks instance gets one on_data per up:send), and in order with the
+-- rest of that direction: up:send(d) returns #d and the instance gets d;
+-- up:shutdown("send") and up:close() are the instance's client EOF (after a
+-- close, what the instance sends is dropped: its sends still return #d);
+-- up:reset() resets the instance (reason "reset"). What the instance sends
+-- arrives at the socket at once; its conn:shutdown("send") and its end are
+-- the socket's EOF (up:recv: nil, "closed", 0 once the bytes are read), its
+-- conn:reset() a reset (recv and send: nil, "closed", 104; unread bytes
+-- dropped), and a send after the instance ended gives nil, "closed", 104.
+-- When the handler's connection ends, its upstream sockets are closed (the
+-- instances see EOF). connect at load time raises "echohost.socket.connect
+-- is not available while a handler loads", outside a task "echohost.socket.
+-- connect would wait: only a coroutine of the connection (handle,
+-- conn:spawn) can wait"; the 65th open socket of a connection raises "too
+-- many upstream sockets on this connection (at most 64)". The other
+-- functions of harness.socket raise "echohost.socket.listen is not
+-- available in a handler" (each its own name).
+--
+-- The shared dictionary. harness.shared([size]) -> a dictionary
+-- (lua/echohost/dict.lua, capacity size bytes: a number, or a string with
+-- k, m or g; default harness.SHARED_SIZE = 1 MiB) with a virtual clock of
+-- its own, starting at 0, that moves forward by as much as the clock of
+-- every open using it moves: its TTLs follow h:advance and sleeps.
+--
 -- Steps of h, each returning what the handler sent during it:
---   h:input(data)  the client sends data (ignored once the connection ended)
+--   h:input(data)  the client sends data (ignored once the connection ended
+--                  or after h:eof)
 --   h:eof()        the client shuts its side down: a waiting recv gets
 --                  nil, "closed", 0; a function or callbacks handler closes
---   h:timeout()    a settimeout passes: a waiting recv gets nil, "timeout", 110
---   h:advance(secs)  the virtual clock moves by secs (>= 0), firing every
---                  timer due on the way, in due order (equals in arming
---                  order); a parked handle coroutine stays parked. The
---                  idle_timeout and shutdown_at deadlines apply to sleeps only
+--                  once no spawned task is left
+--   h:timeout()    a settimeout passes: every read of the conn or of one of
+--                  its upstream sockets that waits with a timeout gets
+--                  nil, "timeout", 110, whatever its deadline
+--   h:advance(secs)  the clock moves by secs (>= 0), the events due on the
+--                  way happening in order (see above): timers fire, waits
+--                  whose settimeout deadline passes time out; a task parked
+--                  in recv without a timeout stays parked
 --   h:reset()      the client resets (RST): reason "reset"; recv and send
 --                  get nil, "closed", 104
 --   h:idle()       the idle timeout: reason "timeout"; nil, "closed", 0
@@ -60,16 +139,23 @@
 --   h:finish([how]) ends the connection if it is still open, as the client
 --                  would: how = "eof" (default), "reset", "timeout" (idle) or
 --                  "shutdown"; returns the reason
+-- (The steps other than advance raise on an upstream instance: its client
+-- is the handler's socket.)
 -- A connection ends once, with a reason of README's table ("eof", "closed",
 -- "error", "reset", "timeout", "shutdown"); on_close(conn, reason) runs then.
 -- Queries: h:sent() (all bytes so far), h:closed() (whether it ended),
 -- h:ending() (what the client's reads end with: "open", "closed" after the
 -- end or the handler's conn:shutdown("send"), "reset" after conn:reset()),
--- h:clock() (the virtual seconds slept since open),
+-- h:clock() (the virtual seconds since open),
 -- h:reason() (nil while open), h.error (the first error, with its
 -- traceback), h.log (the errors the server would log, in order; not the
 -- handler's own lines, which are h.logs, in order), h.conn,
--- h.kind ("fn", "callbacks", "direct"), h.modules (local modules loaded).
+-- h.kind ("fn", "callbacks", "direct"), h.modules (local modules loaded),
+-- h.shared (the dictionary), h.upstreams (every upstream instance of this
+-- open, in connect order). An instance answers the same queries (h:sent()
+-- is what it sent to the socket), and has inst.address ("127.0.0.1:9000")
+-- and inst.socket (the handler's upstream socket); inst.log and inst.logs
+-- are its address's (one server's log, shared by its instances).
 --
 -- harness.run(handler, inputs [, opts]): open, then each input in turn
 -- (a string: h:input; harness.CLOSE: h:eof; harness.TIMEOUT: h:timeout;
@@ -79,7 +165,7 @@
 -- { sent = all bytes, chunks = each send, closed = whether it ended before
 -- finish, reason = how it ended, error = the first error or nil, log = the
 -- errors logged, logs = the lines of echohost.log (h.logs), state =
--- conn.state }.
+-- conn.state, upstreams = h.upstreams }.
 local conn = require "echohost.conn"
 local loader = require "echohost.loader"
 
@@ -88,8 +174,12 @@ local M = {}
 M.BUDGET = 100000000                -- the server's --lua-budget default
 M.MEM = 64 * 1024 * 1024            -- the server's --lua-mem default
 M.HIGH_WATER = conn.HIGH_WATER      -- the server's --high-water default
+M.SHARED_SIZE = 1024 * 1024         -- the server's --shared-size default
+M.PEER = "127.0.0.1:40000"          -- conn.peer by default
+M.UPSTREAM_PORT = 50000             -- an instance's peer: 127.0.0.1:(this + n)
+M.STEP_EVENTS = 100000              -- events a step may move the clock to by itself
 
-local ECONNRESET, ETIMEDOUT = 104, 110   -- Linux errnos, as the server reports them
+local ECONNRESET, ETIMEDOUT, ECONNREFUSED = 104, 110, 111   -- Linux errnos
 local NOMEM = "not enough memory"
 
 local function marker(name)
@@ -116,7 +206,9 @@ function M.advance(secs)
   return setmetatable({ secs = secs }, ADVANCE)
 end
 
-local WAIT = {}                     -- what a parked handle coroutine yields
+local WAIT = {}                     -- what a parking task yields
+local CURRENT                       -- the task running now (nil: none)
+local LOADING = 0                   -- > 0 while a handler loads
 
 -- Running handler code: the budget, the memory cap, errors -------------------
 
@@ -205,55 +297,292 @@ local function fault(self, err)
   end_conn(self, "error")
 end
 
--- Resumes a parked handle coroutine with why ("data", "eof", "timeout",
--- "gone"); records its fault.
-local function resume(self, ...)
-  local co = self.s.co
-  if coroutine.status(co) ~= "suspended" then
-    return
-  end
-  local hook, step = make_hook(self)
-  if hook then
-    debug.sethook(co, hook, "", step)
-  end
-  local ok, what = coroutine.resume(co, ...)
-  if hook then
-    debug.sethook(co)
-  end
-  if not ok then
-    fault(self, traceback(what, co))
-  elseif coroutine.status(co) == "suspended" and what ~= WAIT then
-    fault(self, "handle yielded outside conn:recv/conn:send")
+-- The scheduler: jobs, tasks, waits, the virtual clock ------------------------
+
+-- Event times are integer nanoseconds, so that every(0.1) is due at 0.3
+-- exactly as after(0.3) is; the clock itself is in seconds.
+local function ns(secs)
+  return math.floor(secs * 1e9 + 0.5)
+end
+
+local TIMER, WAITING = 0, 1         -- event classes: timers first at equal times
+
+local function new_world()
+  return { clock = 0.0, queue = {}, qhead = 1, qtail = 0, seq = 0, conns = {}, waits = {},
+           instances = {}, servers = {}, nports = 0 }
+end
+
+local function next_seq(W)
+  W.seq = W.seq + 1
+  return W.seq
+end
+
+-- Jobs run in FIFO order: deliveries, callbacks, resumes of woken tasks.
+local function enqueue(W, job)
+  W.qtail = W.qtail + 1
+  W.queue[W.qtail] = job
+end
+
+local function run_queue(W)
+  while W.qhead <= W.qtail do
+    local job = W.queue[W.qhead]
+    W.queue[W.qhead] = nil
+    W.qhead = W.qhead + 1
+    job()
   end
 end
 
--- The connection ends (once): a parked coroutine sees it, on_close runs.
-function end_conn(self, reason)
-  local s = self.s
-  if s.reason then
+-- Moves the clock forward to t (seconds), and a harness.shared clock by as much.
+local function set_clock(W, t)
+  if t > W.clock then
+    if W.shared_clock then
+      W.shared_clock.now = W.shared_clock.now + (t - W.clock)
+    end
+    W.clock = t
+  end
+end
+
+-- Takes the task t off its wait (the object it reads stays claimed by t
+-- until it runs: see wait_for).
+local function unpark(t)
+  local w = t.wait
+  if not w then
     return
   end
-  s.reason, s.code = reason, reason == "reset" and ECONNRESET or 0
-  conn.gone(s.core, s.code)
-  if self.kind == "direct" and s.parked then
-    resume(self, "gone")
-  elseif self.kind == "callbacks" and self.h.on_close then
-    local ok, err = call(self, self.h.on_close, self.conn, reason)
-    if not ok then
-      record(self, err)
+  t.wait = nil
+  local waits = t.self.world.waits
+  for i, x in ipairs(waits) do
+    if x == w then
+      table.remove(waits, i)
+      break
     end
   end
 end
 
--- After each step: a close by the handler (or handle returning) ends the
--- connection once the step's output is out.
-local function settle(self)
-  local s = self.s
-  if s.reason then
+local function task_end(t)
+  local tasks = t.self.s.tasks
+  for i, x in ipairs(tasks) do
+    if x == t then
+      table.remove(tasks, i)
+      break
+    end
+  end
+  t.dead = true
+  unpark(t)
+  if t.claim and t.claim.reader == t then
+    t.claim.reader = nil
+  end
+end
+
+-- Resumes the task t with ...; records its fault.
+local function resume_task(t, ...)
+  if t.dead then
     return
   end
-  if s.closing or (self.kind == "direct" and coroutine.status(s.co) == "dead") then
-    end_conn(self, (s.eof and not s.rst) and "eof" or "closed")
+  local self, co = t.self, t.co
+  local hook, step = make_hook(self)
+  if hook then
+    debug.sethook(co, hook, "", step)
+  end
+  local prev = CURRENT
+  CURRENT = t
+  local ok, what = coroutine.resume(co, ...)
+  CURRENT = prev
+  if hook then
+    debug.sethook(co)
+  end
+  if not ok then
+    task_end(t)
+    fault(self, traceback(what, co))
+  elseif coroutine.status(co) == "dead" then
+    task_end(t)
+  elseif what ~= WAIT then
+    task_end(t)
+    fault(self, "handle yielded outside conn:recv/conn:send")
+  end
+end
+
+-- A new task of self running fn (started by resume_task).
+local function new_task(self, fn)
+  local t = { self = self, co = coroutine.create(fn) }
+  local tasks = self.s.tasks
+  tasks[#tasks + 1] = t
+  return t
+end
+
+-- conn:spawn: a new task, run at once until it first waits or returns.
+local function spawn(self, fn, ...)
+  if #self.s.tasks >= conn.TASKS_MAX then
+    return false, conn.too_many_tasks()
+  end
+  resume_task(new_task(self, fn), ...)
+  return true
+end
+
+-- Wakes the parked task t (nil: none): it resumes with why ("wake",
+-- "timeout", "done", "gone") in a job.
+local function wake(t, why)
+  if t and t.wait then
+    unpark(t)
+    enqueue(t.self.world, function() resume_task(t, why) end)
+  end
+end
+
+-- Parks the running task t on w = { obj = what it reads (nil: a sleep),
+-- at = its deadline in seconds (nil: none), why = the reason a sleep's
+-- deadline ends the connection with (nil: none) }; returns why it woke.
+-- t claims obj (obj.reader) until it runs again.
+local function wait_for(t, w)
+  local W = t.self.world
+  w.t, w.class, w.seq = t, WAITING, next_seq(W)
+  if w.at then
+    w.due = ns(w.at)
+    W.waits[#W.waits + 1] = w
+  end
+  if w.obj then
+    w.obj.reader, t.claim = t, w.obj
+  end
+  t.wait = w
+  local why = coroutine.yield(WAIT)
+  if w.obj and w.obj.reader == t then
+    w.obj.reader, t.claim = nil, nil
+  end
+  return why
+end
+
+local function before(a, b)
+  if a.due ~= b.due then
+    return a.due < b.due
+  elseif a.class ~= b.class then
+    return a.class < b.class
+  end
+  return a.seq < b.seq
+end
+
+-- The earliest event of W (a timer record or a wait with a deadline), or nil.
+local function next_event(W)
+  local first
+  for _, self in ipairs(W.conns) do
+    for _, t in ipairs(self.s.core.timers) do
+      if not first or before(t, first) then
+        first = t
+      end
+    end
+  end
+  for _, w in ipairs(W.waits) do
+    if not first or before(w, first) then
+      first = w
+    end
+  end
+  return first
+end
+
+-- Runs the timer t like a callback: the budget, the memory cap; an error
+-- ends the connection with "error". It may not wait (no task runs it).
+local function fire_timer(t)
+  local self = t.owner
+  local ok, err = call(self, t.fn, t.conn)
+  if not ok then
+    fault(self, err)
+  end
+  if conn.timer_done(t) then
+    t.due = t.due + math.max(1, ns(t.period))
+  end
+end
+
+-- The clock moves to the event e, which happens.
+local function fire(W, e)
+  if e.class == TIMER then
+    set_clock(W, e.due / 1e9)
+    return fire_timer(e)
+  end
+  set_clock(W, e.at)
+  if e.why then                     -- idle_timeout, shutdown_at: wakes e.t "gone"
+    end_conn(e.t.self, e.why)
+  else
+    wake(e.t, e.obj and "timeout" or "done")
+  end
+end
+
+local settle
+
+-- Runs every job, then closes what is due, until nothing is left to run.
+local function drain(W)
+  repeat
+    run_queue(W)
+    for _, self in ipairs(W.conns) do
+      settle(self)
+    end
+  until W.qhead > W.qtail
+end
+
+local function sleeping(W)
+  for _, w in ipairs(W.waits) do
+    if not w.obj then
+      return true
+    end
+  end
+  return false
+end
+
+-- Whether the open's connection waits for the harness's client: it is
+-- open, the client has not shut its side, and a task reads the conn
+-- (direct style) or on_data is how it waits (callbacks, per message).
+local function client_waits(W)
+  local self = W.client
+  local s = self and self.s
+  if not s or s.reason or s.eof then
+    return false
+  end
+  return self.kind ~= "direct" or s.reader ~= nil
+end
+
+-- A step's end: runs W until nothing is left to run; while some task
+-- sleeps and nothing waits for the client, the clock moves to each event
+-- in turn (at most M.STEP_EVENTS times).
+local function run_world(W)
+  drain(W)
+  local n = 0
+  while sleeping(W) and not client_waits(W) do
+    n = n + 1
+    if n > M.STEP_EVENTS then
+      error(("harness: a step moved the clock %d times by itself (a task that sleeps in a "
+        .. "loop?); the clock stays at %s"):format(M.STEP_EVENTS, W.clock), 0)
+    end
+    fire(W, next_event(W))
+    drain(W)
+  end
+end
+
+-- h:advance: the clock moves by secs, each event due on the way happening.
+local function advance_world(W, secs)
+  local to = W.clock + secs
+  local limit = ns(to)
+  drain(W)
+  while true do
+    local e = next_event(W)
+    if not e or e.due > limit then
+      break
+    end
+    fire(W, e)
+    drain(W)
+  end
+  set_clock(W, to)
+  run_world(W)
+end
+
+-- Connections: output, input, the end --------------------------------------
+
+-- The bytes a connection sends: to the harness's client (s.chunks), and
+-- for an instance to the handler's upstream socket too (dropped once the
+-- handler closed it).
+local function output(self, data)
+  local s = self.s
+  s.chunks[#s.chunks + 1] = data
+  local u = s.up
+  if u and not conn.done(u.core) then
+    u.inbuf = u.inbuf .. data
+    wake(u.reader, "wake")
   end
 end
 
@@ -266,110 +595,190 @@ local function reply(self, ok, r)
     return fault(self, ("handler returned a %s (expected a string or nil)"):format(type(r)))
   end
   if r and #r > 0 and not (self.s.reason or self.s.rst or self.s.core.wshut) then
-    self.s.chunks[#self.s.chunks + 1] = r
+    output(self, r)
   end
 end
 
--- Timers on the virtual clock ------------------------------------------------
-
--- Timer times are integer nanoseconds, so that every(0.1) is due at 0.3
--- exactly as after(0.3) is.
-local function ns(secs)
-  return math.floor(secs * 1e9 + 0.5)
-end
-
--- The armed timer of self due first (the first armed among equals), or nil.
-local function earliest(self)
-  local first
-  for _, t in ipairs(self.s.core.timers) do
-    if not first or t.due < first.due then
-      first = t
-    end
-  end
-  return first
-end
-
--- Runs the timer t like a callback: the budget, the memory cap; an error
--- ends the connection with "error". It may not wait (s.in_timer).
-local function fire(self, t)
+-- The client sends data to self: a direct-style connection buffers it for
+-- its readers, a callbacks one calls on_data (in a job, in order).
+local function deliver(self, data)
   local s = self.s
-  s.in_timer = true
-  local ok, err = call(self, t.fn, t.conn)
-  s.in_timer = false
-  if not ok then
-    fault(self, err)
+  if s.reason or s.eof then
+    return
+  elseif self.kind == "direct" then
+    s.inbuf = s.inbuf .. data
+    return wake(s.reader, "wake")
   end
-  if conn.timer_done(t) then
-    t.due = t.due + math.max(1, ns(t.period))
+  local on_data = self.h.on_data
+  if on_data then
+    enqueue(self.world, function()
+      if not (s.reason or conn.done(s.core)) then
+        reply(self, call(self, on_data, self.conn, data))
+      end
+    end)
   end
 end
 
--- Moves the clock to `to` (seconds), firing on the way every timer due by
--- then, in due order, the clock at each one's time; stops at a timer that
--- closed or ended the connection.
-local function advance_to(self, to)
-  local s, limit = self.s, ns(to)
-  while true do
-    local t = earliest(self)
-    if not t or t.due > limit then
-      break
-    end
-    s.clock = math.max(s.clock, t.due / 1e9)
-    fire(self, t)
-    if conn.done(s.core) then
-      return
+-- The client shuts its side down.
+local function client_eof(self)
+  local s = self.s
+  if not (s.reason or s.eof) then
+    s.eof = true
+    wake(s.reader, "wake")
+  end
+end
+
+-- The handler's connection self ended: its upstream sockets close, each
+-- instance sees EOF.
+local function close_upstreams(self)
+  local s = self.s
+  for _, u in ipairs(s.ups) do
+    if not conn.done(u.core) then
+      conn.gone(u.core, s.code)
+      wake(u.reader, "gone")
+      enqueue(self.world, function() client_eof(u.inst) end)
     end
   end
-  s.clock = math.max(s.clock, to)
+end
+
+-- An instance self ended: its client's socket reads EOF, or a reset.
+local function tell_socket(self)
+  local s, u = self.s, self.s.up
+  if u then
+    if s.rst then
+      u.rst = true
+    else
+      u.eof = true
+    end
+    wake(u.reader, "wake")
+  end
+end
+
+-- The connection ends (once): its timers go, its upstream sockets close,
+-- its parked tasks wake with nil, "closed", code, then on_close runs.
+function end_conn(self, reason)
+  local s = self.s
+  if s.reason then
+    return
+  end
+  s.reason, s.code = reason, reason == "reset" and ECONNRESET or 0
+  conn.gone(s.core, s.code)
+  close_upstreams(self)
+  tell_socket(self)
+  for _, t in ipairs(s.tasks) do
+    wake(t, "gone")
+  end
+  local on_close = self.kind == "callbacks" and self.h.on_close
+  if on_close then
+    enqueue(self.world, function()
+      local ok, err = call(self, on_close, self.conn, reason)
+      if not ok then
+        record(self, err)
+      end
+    end)
+  end
+end
+
+-- Between jobs: a close by the handler ends the connection once the output
+-- is out; so does the last task returning (direct style), or the client's
+-- EOF once no spawned task is left (callbacks, per message).
+function settle(self)
+  local s = self.s
+  if s.reason then
+    return
+  end
+  if s.closing or (#s.tasks == 0 and (self.kind == "direct" or s.eof)) then
+    end_conn(self, (s.eof and not s.rst) and "eof" or "closed")
+  end
 end
 
 -- The conn object: echohost.conn over the harness's operations ------------
 
--- The earliest virtual deadline of self within secs of now (opts.idle_timeout
--- from the sleep's start, opts.shutdown_at): its clock time and the reason
--- it ends the connection with, or nil.
-local function deadline(self, secs)
-  local s, t, why = self.s, nil, nil
+-- The running task if it is a coroutine of self that may wait now, else nil.
+local function waiter(self)
+  local t = CURRENT
+  if t and t.self == self and coroutine.running() == t.co then
+    return t
+  end
+  return nil
+end
+
+-- Takes up to max bytes (0: all) of obj.inbuf.
+local function take(obj, max)
+  local n = max > 0 and math.min(max, #obj.inbuf) or #obj.inbuf
+  local data = obj.inbuf:sub(1, n)
+  obj.inbuf = obj.inbuf:sub(n + 1)
+  return data
+end
+
+-- The deadline of a wait with settimeout secs (nil: none).
+local function timeout_at(self, secs)
+  return secs and self.world.clock + secs or nil
+end
+
+-- The end of a sleep of secs begun now, in clock seconds, and the reason
+-- it ends the connection with when opts.idle_timeout (from now) or
+-- opts.shutdown_at comes first (nil: it returns true).
+local function sleep_deadline(self, secs)
+  local now = self.world.clock
+  local at, why = now + secs, nil
   if self.idle_timeout and self.idle_timeout < secs then
-    t, why = s.clock + self.idle_timeout, "timeout"
+    at, why = now + self.idle_timeout, "timeout"
   end
-  if self.shutdown_at and self.shutdown_at < s.clock + secs
-      and (not t or self.shutdown_at < t) then
-    t, why = math.max(s.clock, self.shutdown_at), "shutdown"
+  if self.shutdown_at and self.shutdown_at < now + secs and (not why or self.shutdown_at < at) then
+    at, why = math.max(now, self.shutdown_at), "shutdown"
   end
-  return t, why
+  return at, why
+end
+
+-- conn:sleep (and up:sleep, core: the upstream's) of a task of self.
+local function sleep(self, core, secs)
+  local t = waiter(self)
+  if not t then
+    return false
+  end
+  local at, why = sleep_deadline(self, secs)
+  if wait_for(t, { at = at, why = why }) == "done" then
+    return true
+  end
+  return nil, "closed", core.code
+end
+
+-- A read by what of the conn of self: what the client sent, up to max (0:
+-- all); parks the task.
+local function conn_recv(self, max, what)
+  local s = self.s
+  while true do
+    if s.reason then
+      return nil, "closed", s.code
+    elseif #s.inbuf > 0 then
+      return take(s, max)
+    elseif s.eof then
+      return nil, "closed", 0
+    end
+    local t = waiter(self)
+    if not t then
+      return false
+    elseif self.kind ~= "direct" then
+      return false, conn.to_on_data("conn:" .. what)
+    elseif s.reader and s.reader ~= t then
+      return false, conn.busy("conn:" .. what, "read", "connection")
+    end
+    if wait_for(t, { obj = s, at = timeout_at(self, s.core.timeout) }) == "timeout" then
+      return nil, "timeout", ETIMEDOUT
+    end
+  end
 end
 
 local function ops_of(self)
-  local s = self.s
+  local s, W = self.s, self.world
   local ops = {}
-  -- What the client sent, up to max (0: all); parks a handle coroutine.
-  function ops.recv(max)
-    while true do
-      if s.reason then
-        return nil, "closed", s.code
-      elseif #s.inbuf > 0 then
-        break
-      elseif s.eof then
-        return nil, "closed", 0
-      elseif coroutine.running() ~= s.co or s.in_timer then
-        return false
-      end
-      s.parked = true
-      local why = coroutine.yield(WAIT)
-      s.parked = false
-      if why == "timeout" and s.core.timeout then
-        return nil, "timeout", ETIMEDOUT
-      end
-    end
-    local n = max > 0 and math.min(max, #s.inbuf) or #s.inbuf
-    local data = s.inbuf:sub(1, n)
-    s.inbuf = s.inbuf:sub(n + 1)
-    return data
+  function ops.recv(max, what)
+    return conn_recv(self, max, what)
   end
   function ops.send(data)
     if #data > 0 then
-      s.chunks[#s.chunks + 1] = data
+      output(self, data)
     end
     return #data
   end
@@ -378,32 +787,195 @@ local function ops_of(self)
   end
   function ops.shutdown()
     s.wshut = true                  -- the client reads EOF after what was sent
+    if s.up then
+      s.up.eof = true
+      wake(s.up.reader, "wake")
+    end
   end
-  function ops.reset()
+  function ops.reset()               -- an instance's RST reaches the socket at once
     s.closing, s.rst = true, true
+    if s.up then
+      s.up.rst = true
+      wake(s.up.reader, "wake")
+    end
   end
-  -- Virtual time: returns at once; the clock advances by secs, or to a
-  -- deadline that ends the connection first, firing the timers due on the
-  -- way (one that closes the connection ends the sleep: nil, "closed").
   function ops.sleep(secs)
-    if coroutine.running() ~= s.co or s.in_timer then
-      return false
-    end
-    local t, why = deadline(self, secs)
-    advance_to(self, t or s.clock + secs)
-    if conn.done(s.core) then
-      return nil, "closed", s.core.code
-    elseif t then
-      s.clock = t
-      end_conn(self, why)
-      return nil, "closed", s.code
-    end
-    return true
+    return sleep(self, s.core, secs)
   end
   function ops.arm(t, secs)
-    t.due = ns(s.clock) + ns(secs)
+    t.due, t.class, t.seq, t.owner = ns(W.clock) + ns(secs), TIMER, next_seq(W), self
+  end
+  function ops.spawn(fn, ...)
+    return spawn(self, fn, ...)
   end
   return ops
+end
+
+-- Upstream sockets -----------------------------------------------------------
+
+-- u: the handler's side of a virtual TCP connection to an instance: owner
+-- (the handler's connection), inst, inbuf (what the instance sent, unread),
+-- eof, rst (the instance shut its side, reset), reader, core, conn.
+
+-- A read by what of the upstream socket u.
+local function up_recv(u, max, what)
+  while true do
+    local c = u.core
+    if conn.done(c) then
+      return nil, "closed", c.code
+    elseif u.rst then
+      return nil, "closed", ECONNRESET
+    elseif #u.inbuf > 0 then
+      return take(u, max)
+    elseif u.eof then
+      return nil, "closed", 0
+    end
+    local t = waiter(u.owner)
+    if not t then
+      return false
+    elseif u.reader and u.reader ~= t then
+      return false, conn.busy("conn:" .. what, "read", "upstream socket")
+    end
+    if wait_for(t, { obj = u, at = timeout_at(u.owner, c.timeout) }) == "timeout" then
+      return nil, "timeout", ETIMEDOUT
+    end
+  end
+end
+
+-- Something reaches the instance, in a job (in order with the rest).
+local function to_instance(u, fn)
+  enqueue(u.owner.world, function() fn(u.inst) end)
+end
+
+local function up_ops(u)
+  local ops = {}
+  function ops.recv(max, what)
+    return up_recv(u, max, what)
+  end
+  function ops.send(data)
+    if u.rst or u.inst.s.reason then
+      return nil, "closed", ECONNRESET
+    end
+    if #data > 0 then
+      to_instance(u, function(inst) deliver(inst, data) end)
+    end
+    return #data
+  end
+  function ops.close()
+    to_instance(u, client_eof)
+    wake(u.reader, "gone")
+  end
+  function ops.shutdown()
+    to_instance(u, client_eof)
+  end
+  function ops.reset()
+    to_instance(u, function(inst) end_conn(inst, "reset") end)
+    wake(u.reader, "gone")
+  end
+  function ops.sleep(secs)
+    return sleep(u.owner, u.core, secs)
+  end
+  return ops
+end
+
+-- The upstream sockets self holds (not closed).
+local function held(self)
+  local n = 0
+  for _, u in ipairs(self.s.ups) do
+    if not conn.done(u.core) then
+      n = n + 1
+    end
+  end
+  return n
+end
+
+local new_harness, attach, start
+
+-- A new instance of the server srv (at addr) and the socket of self to it.
+local function open_upstream(self, srv, addr)
+  local W = self.world
+  W.nports = W.nports + 1
+  local inst = new_harness(W, self.cfg, srv)
+  inst.address = addr
+  local u = { owner = self, inst = inst, inbuf = "", eof = false, rst = false }
+  u.conn, u.core = conn.new(up_ops(u), { id = self.s.core.id, peer = addr,
+    high_water = self.high_water, upstream = true })
+  attach(inst, srv.h, ("127.0.0.1:%d"):format(M.UPSTREAM_PORT + W.nports))
+  inst.s.up, inst.socket = u, u.conn
+  self.s.ups[#self.s.ups + 1] = u
+  W.instances[#W.instances + 1] = inst
+  start(inst)
+  return u.conn
+end
+
+-- echohost.socket.connect in a handler (after conn.socket_module's checks).
+local function connect(_, _, _, addr)
+  if LOADING > 0 then
+    error(conn.CONNECT_AT_LOAD, 2)
+  end
+  local t = CURRENT
+  if not t or coroutine.running() ~= t.co then
+    error(conn.would_wait(conn.CONNECT), 2)
+  end
+  local self = t.self
+  if self.s.reason or conn.done(self.s.core) then
+    return nil, "closed", self.s.core.code
+  elseif held(self) >= conn.UPSTREAMS_MAX then
+    error(conn.too_many_upstreams(), 2)
+  end
+  local srv = self.world.servers[addr]
+  if not srv then
+    return nil, ("connect %s: Connection refused"):format(addr), ECONNREFUSED
+  end
+  return open_upstream(self, srv, addr)
+end
+
+-- The echohost.socket of handlers (provided to those loaded from a path).
+M.socket = conn.socket_module(connect)
+
+-- The shared dictionary ------------------------------------------------------
+
+local CLOCKS = setmetatable({}, { __mode = "k" })   -- dictionary -> { now = seconds }
+
+local SUFFIX = { k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 }
+
+local function bytes(size)
+  if math.type(size) == "integer" then
+    return size
+  end
+  local n, suffix = tostring(size):match("^(%d+)([kmgKMG]?)$")
+  if type(size) ~= "string" or not n then
+    error(("bad argument #1 to 'shared' (a size in bytes expected, got %s)"):format(
+      type(size) == "string" and ("'" .. size .. "'") or type(size)), 3)
+  end
+  return math.tointeger(n) * (SUFFIX[suffix:lower()] or 1)
+end
+
+-- A dictionary of size bytes on a virtual clock of its own; see the header.
+function M.shared(size)
+  local capacity = bytes(size or M.SHARED_SIZE)
+  local clock = { now = 0 }
+  local d = require("echohost.dict").new(capacity, function() return clock.now end)
+  CLOCKS[d] = clock
+  return d
+end
+
+-- opts.shared, or a fresh dictionary (nil while lua/echohost/dict.lua is
+-- missing: then handlers get no echohost.shared).
+local function shared_of(d)
+  if d == nil then
+    local ok, got = pcall(M.shared)
+    if ok then
+      return got
+    elseif tostring(got):find("module 'echohost.dict' not found", 1, true) then
+      return nil
+    end
+    error(got, 0)
+  elseif not CLOCKS[d] then
+    error(("bad option 'shared' to 'open' (a dictionary of harness.shared expected, got %s)")
+      :format(type(d)), 3)
+  end
+  return d
 end
 
 -- A harness connection ------------------------------------------------------
@@ -433,26 +1005,23 @@ local function settings_of(settings)
   return settings
 end
 
--- The modules the harness provides to a handler it loads.
-local function provided(self, settings)
-  local logs = self.logs
+-- The modules the harness provides to a handler it loads (its lines go to logs).
+local function provided(W, logs, settings)
   return { [loader.SETTINGS] = settings,
-           ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end) }
+           ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end),
+           ["echohost.socket"] = M.socket,
+           ["echohost.shared"] = W.shared }
 end
 
--- Opens a connection to handler (a path or a value); see the header.
-function M.open(handler, opts)
-  opts = opts or {}
-  local settings = settings_of(opts.settings)
-  collectgarbage()
-  local self = setmetatable({ budget = limit(opts.budget, M.BUDGET),
-                              mem = limit(opts.mem, M.MEM),
-                              idle_timeout = opts.idle_timeout, shutdown_at = opts.shutdown_at,
-                              base = collectgarbage("count") * 1024, log = {}, logs = {} }, H)
+-- The loaded handler (a path, loaded under self's limits, or a value named
+-- name), or a raise with the loader's message.
+local function load_handler(self, handler, name, modules)
   local h, err
   if type(handler) == "string" then
     local ok
-    ok, h, err = guarded(self, nil, loader.load, handler, provided(self, settings))
+    LOADING = LOADING + 1
+    ok, h, err = guarded(self, nil, loader.load, handler, modules)
+    LOADING = LOADING - 1
     if not ok then                  -- raised past the loader's pcall
       err = (type(h) == "string" and h or "error"):match("^[^\n]*")
       h = nil
@@ -461,119 +1030,173 @@ function M.open(handler, opts)
       end
     end
   else
-    h, err = loader.check(handler, "handler")
+    h, err = loader.check(handler, name)
   end
   if not h then
     error(err, 0)
   end
-  next_id = next_id + 1
-  local s = { inbuf = "", chunks = {}, closing = false, eof = false, parked = false,
-              clock = 0 }
-  self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
-  self.conn, s.core = conn.new(ops_of(self), { id = next_id,
-    peer = opts.peer or "127.0.0.1:40000", high_water = opts.high_water or M.HIGH_WATER })
-  s.state = s.core.state
-  if h.kind == "direct" then
-    s.co = coroutine.create(h.handle)
-    resume(self, self.conn)
-  elseif h.on_open then
-    reply(self, call(self, h.on_open, self.conn))
+  return h
+end
+
+-- opts.upstreams: each address's server { h, logs, log } in W.servers.
+local function load_upstreams(self, upstreams)
+  if upstreams == nil then
+    return
+  elseif type(upstreams) ~= "table" then
+    error(("bad option 'upstreams' to 'open' (table expected, got %s)"):format(type(upstreams)), 3)
   end
-  settle(self)
+  local W = self.world
+  for addr, handler in pairs(upstreams) do
+    if type(addr) ~= "string" then
+      error(("bad option 'upstreams' to 'open' (\"host:port\" keys expected, got %s)")
+        :format(type(addr)), 3)
+    end
+    local srv = { logs = {}, log = {} }
+    srv.h = load_handler(self, handler, "upstream " .. addr, provided(W, srv.logs, {}))
+    W.servers[addr] = srv
+  end
+end
+
+-- A harness object of W (the client's, or an instance of the server srv).
+function new_harness(W, cfg, srv)
+  return setmetatable({ world = W, cfg = cfg, budget = limit(cfg.budget, M.BUDGET),
+                        mem = limit(cfg.mem, M.MEM), high_water = cfg.high_water or M.HIGH_WATER,
+                        idle_timeout = not srv and cfg.idle_timeout or nil,
+                        shutdown_at = not srv and cfg.shutdown_at or nil,
+                        base = collectgarbage("count") * 1024,
+                        log = srv and srv.log or {}, logs = srv and srv.logs or {},
+                        shared = W.shared, upstreams = W.instances }, H)
+end
+
+-- self serves a connection from peer with the loaded handler h.
+function attach(self, h, peer)
+  next_id = next_id + 1
+  local s = { inbuf = "", chunks = {}, closing = false, eof = false, tasks = {}, ups = {} }
+  self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
+  self.conn, s.core = conn.new(ops_of(self), { id = next_id, peer = peer,
+    high_water = self.high_water })
+  s.state = s.core.state
+  local conns = self.world.conns
+  conns[#conns + 1] = self
+end
+
+-- The connection opens: handle starts, or on_open runs (in a job).
+function start(self)
+  local h = self.h
+  if self.kind == "direct" then
+    local t = new_task(self, h.handle)
+    enqueue(self.world, function() resume_task(t, self.conn) end)
+  elseif h.on_open then
+    enqueue(self.world, function()
+      if not self.s.reason then
+        reply(self, call(self, h.on_open, self.conn))
+      end
+    end)
+  end
+end
+
+-- Opens a connection to handler (a path or a value); see the header.
+function M.open(handler, opts)
+  opts = opts or {}
+  local settings = settings_of(opts.settings)
+  local W = new_world()
+  W.shared = shared_of(opts.shared)
+  W.shared_clock = W.shared and CLOCKS[W.shared]
+  collectgarbage()
+  local self = new_harness(W, opts)
+  W.client = self
+  local h = load_handler(self, handler, "handler", provided(W, self.logs, settings))
+  load_upstreams(self, opts.upstreams)
+  attach(self, h, opts.peer or M.PEER)
+  start(self)
+  run_world(W)
   return self
 end
 
-local function take_sent(self, from)
+-- Steps ----------------------------------------------------------------------
+
+local function client_only(self, name)
+  if self.s.up then
+    error(("bad self to '%s' (an upstream instance: its client is the handler's upstream "
+      .. "socket)"):format(name), 3)
+  end
+end
+
+-- Runs fn(self, ...), then the world; returns what self sent meanwhile.
+local function step(self, fn, ...)
+  local from = #self.s.chunks + 1
+  fn(self, ...)
+  run_world(self.world)
   return table.concat(self.s.chunks, "", from)
 end
 
 -- The client sends data; returns what the handler sent in response.
 function H:input(data)
-  local s, from = self.s, #self.s.chunks + 1
   if type(data) ~= "string" then
     error(("bad argument #1 to 'input' (string expected, got %s)"):format(type(data)), 2)
   end
-  if s.reason or s.eof then
-    return ""
-  end
-  if self.kind == "direct" then
-    s.inbuf = s.inbuf .. data
-    if s.parked then
-      resume(self, "data")
-    end
-  elseif self.h.on_data then
-    reply(self, call(self, self.h.on_data, self.conn, data))
-  end
-  settle(self)
-  return take_sent(self, from)
+  client_only(self, "input")
+  return step(self, deliver, data)
 end
 
 -- The client shuts down its side; returns what the handler sent then.
 function H:eof()
-  local s, from = self.s, #self.s.chunks + 1
-  if s.reason or s.eof then
-    return ""
-  end
-  s.eof = true
-  if self.kind ~= "direct" then
-    end_conn(self, "eof")             -- nothing more will come: close
-  elseif s.parked then
-    resume(self, "eof")
-  end
-  settle(self)
-  return take_sent(self, from)
+  client_only(self, "eof")
+  return step(self, client_eof)
 end
 
--- Time passes: a recv waiting with a timeout returns nil, "timeout", 110.
+-- A settimeout passes: every read of the conn or of its upstream sockets
+-- waiting with a timeout returns nil, "timeout", 110.
+local function time_out(self)
+  for _, t in ipairs(self.s.tasks) do
+    local w = t.wait
+    if w and w.obj and w.at then
+      wake(t, "timeout")
+    end
+  end
+end
+
 function H:timeout()
-  local s, from = self.s, #self.s.chunks + 1
-  if not s.reason and s.parked then
-    resume(self, "timeout")
-  end
-  settle(self)
-  return take_sent(self, from)
+  client_only(self, "timeout")
+  return step(self, time_out)
 end
 
--- Time passes: the clock moves by secs, firing the timers due on the way
--- (in due order; those due at the same time in the order they were armed).
+-- Time passes: the clock moves by secs, every event due on the way happens.
 function H:advance(secs)
   check_secs(secs, "advance")
-  local s, from = self.s, #self.s.chunks + 1
-  local to = s.clock + secs
-  advance_to(self, to)
-  s.clock = math.max(s.clock, to)
-  settle(self)
-  return take_sent(self, from)
+  return step(self, function() advance_world(self.world, secs) end)
 end
 
-local function ended_by(reason)
+local function ended_by(reason, name)
   return function(self)
-    local from = #self.s.chunks + 1
-    end_conn(self, reason)
-    return take_sent(self, from)
+    client_only(self, name)
+    return step(self, end_conn, reason)
   end
 end
 
-H.reset = ended_by("reset")         -- the client resets the connection
-H.idle = ended_by("timeout")        -- --idle-timeout passes
-H.shutdown = ended_by("shutdown")   -- the server's drain deadline
+H.reset = ended_by("reset", "reset")         -- the client resets the connection
+H.idle = ended_by("timeout", "idle")         -- --idle-timeout passes
+H.shutdown = ended_by("shutdown", "shutdown") -- the server's drain deadline
 
 local FINISH = { eof = H.eof, reset = H.reset, timeout = H.idle, shutdown = H.shutdown }
 
 -- Ends the connection if it is still open (how: see the header); returns
 -- the reason it ended with.
 function H:finish(how)
-  local step = FINISH[how or "eof"]
-  if not step then
+  local fn = FINISH[how or "eof"]
+  if not fn then
     error(("bad argument #1 to 'finish' (eof, reset, timeout or shutdown expected, got %s)")
       :format(tostring(how)), 2)
   end
+  client_only(self, "finish")
   if not self.s.reason then
-    step(self)
-    end_conn(self, how or "eof")      -- a handle that is still running
+    fn(self)
+    step(self, end_conn, how or "eof")   -- a task that is still running
   end
   return self.s.reason
 end
+
+-- Queries --------------------------------------------------------------------
 
 -- Everything sent so far.
 function H:sent()
@@ -604,10 +1227,9 @@ function H:ending()
   return "open"
 end
 
--- The virtual clock: the seconds slept (conn:sleep) and advanced
--- (h:advance) since open.
+-- The virtual clock: the seconds since open (sleeps, h:advance).
 function H:clock()
-  return self.s.clock
+  return self.world.clock
 end
 
 local STEPS = { [M.CLOSE] = H.eof, [M.TIMEOUT] = H.timeout, [M.RESET] = H.reset,
@@ -634,7 +1256,8 @@ function M.run(handler, inputs, opts)
   local closed = h:closed()
   h:finish()
   return { sent = h:sent(), chunks = h.s.chunks, closed = closed, reason = h:reason(),
-           error = h.error, log = h.log, logs = h.logs, state = h.s.state }
+           error = h.error, log = h.log, logs = h.logs, state = h.s.state,
+           upstreams = h.upstreams }
 end
 
 return M

@@ -24,11 +24,30 @@
 -- (after the same argument checks as elsewhere; on a closed connection they
 -- still give nil, "closed", 0).
 --
+-- conn:spawn raises "conn:spawn is not available under tcp_srv" (after its
+-- argument check; nil, "closed", 0 on a closed connection): the child has
+-- one coroutine, its own.
+--
 -- A handler loaded from a path gets require("echohost.settings"), a copy
--- of opts.settings (a table of strings; default {}), and
+-- of opts.settings (a table of strings; default {}),
 -- require("echohost.log"): error, warn, info, debug(fmt, ...), each writing
 -- one line to stderr, "<level>: handler <file>:<line>: <message>" (the
--- harness's h.logs line; echohost.loader.logger).
+-- harness's h.logs line; echohost.loader.logger), and
+-- require("echohost.socket") with connect only (echohost.conn's
+-- socket_module; the other functions raise "echohost.socket.listen is not
+-- available in a handler"). connect(host, port [, timeout]) in handle(conn)
+-- is echohost.socket.connect, blocking (its results on failure: nil,
+-- "connect 127.0.0.1:9: Connection refused", 111, ...), and its socket the
+-- echohost.conn of an upstream (peer "host:port", id the child's pid):
+-- blocking recv, receive, receiveuntil, send (nil, "closed", 104 once the
+-- upstream went away), shutdown("send"), close, reset (a plain close, as
+-- for the conn), sleep, settimeout (none by default: connect's timeout
+-- bounds the connect only); after, every and spawn raise. In a callback (or
+-- a per-message function) connect raises "echohost.socket.connect would
+-- wait: only a coroutine of the connection (handle, conn:spawn) can wait",
+-- at load time "echohost.socket.connect is not available while a handler
+-- loads"; at most 64 per connection. The child closes them when the
+-- connection ends. (A handler value gets the ordinary echohost.socket.)
 local socket = require "echohost.socket"
 local proc = require "echohost.proc"
 local glue = require "echohost.glue"
@@ -163,12 +182,104 @@ local function ops_of(s)
   function ops.arm()                -- no event loop here: see the header
     return false, "timers are not available under tcp_srv"
   end
+  function ops.spawn()              -- nor a scheduler of coroutines
+    return false, "conn:spawn is not available under tcp_srv"
+  end
   return ops
+end
+
+-- The operations of an upstream socket u.sock (blocking, as the conn's).
+local function up_ops(u)
+  local ops = {}
+  function ops.recv(max)
+    if u.eof then
+      return nil, "closed", 0
+    end
+    local data, err, code = u.sock:recv(max ~= 0 and math.min(max, RECV_MAX) or nil)
+    if data then
+      return data
+    elseif err == "closed" and code == 0 then
+      u.eof = true
+    end
+    return nil, err, code
+  end
+  function ops.send(data)
+    local n, err, code = u.sock:send(data)
+    if n then
+      return n
+    elseif err == "closed" then     -- EPIPE or ECONNRESET: the upstream is gone
+      return nil, "closed", ECONNRESET
+    end
+    return nil, err, code
+  end
+  function ops.close()
+    u.sock:close()
+  end
+  function ops.shutdown()
+    u.sock:shutdown("send")
+  end
+  ops.reset = ops.close             -- no SO_LINGER: see the header
+  function ops.sleep(secs)
+    return pause(secs)
+  end
+  function ops.settimeout(t)
+    u.sock:settimeout(t)
+  end
+  return ops
+end
+
+local CHILD                         -- the child's connection state (nil: no child)
+
+-- The upstream sockets of s still open.
+local function held(s)
+  local n = 0
+  for _, u in ipairs(s.ups) do
+    if not conn_api.done(u.core) then
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- echohost.socket.connect in a handler (after conn_api.socket_module's checks).
+local function connect(host, port, timeout, addr)
+  local s = CHILD
+  if not s then
+    error(conn_api.CONNECT_AT_LOAD, 2)
+  elseif s.in_callback or not s.direct then
+    error(conn_api.would_wait(conn_api.CONNECT), 2)
+  elseif conn_api.done(s.core) then
+    return nil, "closed", s.core.code
+  elseif held(s) >= conn_api.UPSTREAMS_MAX then
+    error(conn_api.too_many_upstreams(), 2)
+  end
+  local sock, err, code = socket.connect(host, port, timeout)
+  if not sock then
+    return nil, err, code
+  end
+  sock:settimeout(nil)              -- the timeout bounded the connect only
+  local u = { sock = sock, eof = false }
+  u.conn, u.core = conn_api.new(up_ops(u), { id = s.core.id, peer = addr,
+    high_water = s.core.high_water, upstream = true })
+  s.ups[#s.ups + 1] = u
+  return u.conn
+end
+
+local handler_socket = conn_api.socket_module(connect)
+
+-- Closes the upstream sockets of s still open (the connection ended).
+local function close_ups(s)
+  for _, u in ipairs(s.ups) do
+    if not conn_api.done(u.core) then
+      conn_api.gone(u.core, 0)
+      u.sock:close()
+    end
+  end
 end
 
 local function new_conn(sock, high_water)
   local host, port = sock:peername()
-  local s = { sock = sock }
+  local s = { sock = sock, ups = {} }
   local c
   c, s.core = conn_api.new(ops_of(s), { id = proc.getpid(), high_water = high_water,
     peer = host and (host .. ":" .. tostring(port)) or "?" })
@@ -181,6 +292,7 @@ end
 local function shut(s)
   s.closing = true
   conn_api.gone(s.core, s.reset and ECONNRESET or 0)
+  close_ups(s)
   if not s.shut then
     s.shut = true
     s.sock:close()
@@ -260,6 +372,7 @@ end
 local function child(srv, client, h, opts)
   srv:close()
   local c, s = new_conn(client, opts.high_water)
+  s.direct, CHILD = h.kind == "direct", s
   local ok, err
   if h.kind == "direct" then
     ok, err = xpcall(h.handle, debug.traceback, c)
@@ -346,7 +459,8 @@ local function provided(settings)
       3)
   end
   return { [loader.SETTINGS] = settings or {},
-           ["echohost.log"] = loader.logger(function(_, line) io.stderr:write(line, "\n") end) }
+           ["echohost.log"] = loader.logger(function(_, line) io.stderr:write(line, "\n") end),
+           ["echohost.socket"] = handler_socket }
 end
 
 -- tcp_srv(host, port, handler [, opts]): opens host:port, listens and

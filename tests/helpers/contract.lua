@@ -23,6 +23,13 @@
 --                                 -- after "<level>: ": the server's line after
 --                                 -- its "time [pid] ", the harness's h.logs
 --     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path)
+--     upstreams = { up = "lua source" }   -- upstream servers the handler
+--                                 -- reaches through require("echohost.settings").up
+--                                 -- ("HOST:PORT"): the servers' driver starts an
+--                                 -- event server on that handler file (no
+--                                 -- prelude) and passes --set up=127.0.0.1:PORT;
+--                                 -- the harness gets opts.upstreams with it at
+--                                 -- 127.0.0.1:(9001, 9002, ...)
 --   }
 --
 -- Steps (c names a connection, opened at its first step):
@@ -86,8 +93,21 @@ end
 
 -- The scenario's directory: its files, written afresh before each run (a
 -- reload step rewrites them), an empty records file, no flags.
+-- The names of sc.upstreams, sorted (the order of their addresses).
+function M.upstream_names(sc)
+  local names = {}
+  for name in pairs(sc.upstreams or {}) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  return names
+end
+
 function M.prepare(sc, dir)
   local file = dir .. "/handler.lua"
+  for name, text in pairs(sc.upstreams or {}) do
+    write_file(dir .. "/" .. name .. ".lua", text)
+  end
   local records = dir .. "/records"
   os.execute("rm -f '" .. dir .. "'/flag-*")
   for name, text in pairs(sc.files or {}) do
@@ -324,6 +344,19 @@ function M.run_harness(sc, dir)
           opts[k] = v
         end
         opts.peer = "127.0.0.1:" .. (40001 + #order)
+        local n = 0
+        for _, up in ipairs(M.upstream_names(sc)) do
+          n = n + 1
+          local addr = "127.0.0.1:" .. (9000 + n)
+          opts.upstreams = opts.upstreams or {}
+          opts.upstreams[addr] = dir .. "/" .. up .. ".lua"
+          local settings = {}
+          for k, v in pairs(opts.settings or {}) do
+            settings[k] = v
+          end
+          settings[up] = addr
+          opts.settings = settings
+        end
         c = { name = name, h = harness.open(file, opts), pos = 0 }
         conns[name], peers[opts.peer] = c, name
         order[#order + 1] = c
@@ -495,6 +528,14 @@ function M.run_server(model, sc, dir)
     local at = err:find(file .. ":", 1, true)
     return { load_error = at and err:sub(at):match("^[^\n]*") or ("no file:line: " .. err) }
   end
+  local ups = {}
+  for _, name in ipairs(M.upstream_names(sc)) do
+    local up = util.start({ "--workers", "1", "--listen", "127.0.0.1:0",
+                            "--handler", dir .. "/" .. name .. ".lua" })
+    ups[#ups + 1] = up
+    args[#args + 1] = "--set"
+    args[#args + 1] = name .. "=127.0.0.1:" .. up.port
+  end
   local srv = util.start(args)
   local obs, conns, order, peers = new_obs(), {}, {}, {}
   local reloads = 0
@@ -591,6 +632,9 @@ function M.run_server(model, sc, dir)
   parse_records(obs, records, peers)
   srv.stop()
   os.remove(srv.server.log_path)
+  for _, up in ipairs(ups) do
+    up.stop()
+  end
   return obs, text
 end
 

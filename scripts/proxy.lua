@@ -1,0 +1,52 @@
+-- A TCP proxy: every client gets its own connection to the upstream, and
+-- bytes flow both ways at once, with half-close and backpressure kept.
+--
+--   echohost --handler scripts/proxy.lua --set upstream=127.0.0.1:7000
+--
+-- settings: upstream = HOST:PORT (or [v6]:PORT), connect_timeout = seconds
+-- (default 5). A client whose upstream cannot be reached is closed, and the
+-- reason is logged at warn.
+local socket = require "echohost.socket"
+local settings = require "echohost.settings"
+local log = require "echohost.log"
+
+local target = settings.upstream or "127.0.0.1:7"
+local host, port = target:match("^%[(.+)%]:(%d+)$")
+if not host then
+  host, port = target:match("^(.+):(%d+)$")
+end
+assert(host, "upstream=HOST:PORT expected, got " .. target)
+port = tonumber(port)
+local connect_timeout = tonumber(settings.connect_timeout or "5")
+
+-- Copies from one side to the other until from ends, then passes the end
+-- on: EOF as a half-close, a reset as a reset.
+local function pump(from, to)
+  while true do
+    local data, _, code = from:recv()
+    if not data then
+      if code == 104 then
+        to:reset()
+      else
+        to:shutdown("send")
+      end
+      return
+    end
+    if not to:send(data) then
+      from:reset()
+      return
+    end
+  end
+end
+
+return {
+  handle = function(conn)
+    local up, err = socket.connect(host, port, connect_timeout)
+    if not up then
+      log.warn("%s: upstream %s: %s", conn.peer, target, err)
+      return
+    end
+    conn:spawn(pump, up, conn)
+    pump(conn, up)
+  end,
+}
