@@ -61,7 +61,7 @@ OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN)) \
 # Lua C modules also built as shared objects for a stock lua5.4:
 # build/lua/echohost/<name>.so, found through package.cpath "build/lua/?.so"
 # (not build/echohost/: that is the binary).
-SO_socket := src/lsocket.c
+SO_socket := src/lsocket.c src/net.c
 SO_proc   := src/lproc.c
 SO_shared := src/lshared.c src/shdict.c
 SO_glue   := $(GLUE_SRC)

@@ -5,6 +5,12 @@
 #include "llog.h"
 #include "log.h"
 
+static llog_conn_fn *conn_of;
+
+void llog_set_conn(llog_conn_fn *fn) {
+    conn_of = fn;
+}
+
 /* Upvalue 1: the level; 2: the prefix ("handler " in a handler). */
 static int log_write(lua_State *L) {
     int level = (int)lua_tointeger(L, lua_upvalueindex(1));
@@ -24,8 +30,14 @@ static int log_write(lua_State *L) {
     }
     msg = lua_tostring(L, -1);
     luaL_where(L, 1);                           /* "file:line: " */
-    log_msg(level, "%s%s%s", lua_tostring(L, lua_upvalueindex(2)),
-            lua_tostring(L, -1), msg);
+    lua_Integer id = conn_of ? conn_of(L) : 0;
+    if (id)
+        log_msg(level, "%s%sconn %lld: %s",
+                lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, -1),
+                (long long)id, msg);
+    else
+        log_msg(level, "%s%s%s", lua_tostring(L, lua_upvalueindex(2)),
+                lua_tostring(L, -1), msg);
     return 0;
 }
 

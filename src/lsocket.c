@@ -1,13 +1,11 @@
 /* echohost.socket: blocking TCP sockets for Lua (IPv4 and IPv6), the Socket
  * module of the original Coq echo server plus connect, shutdown, timeouts. */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,11 +14,12 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "net.h"
+
 #define SOCK_META "echohost.socket"
 #define SOCK_RECV_DEFAULT 4096          /* bytes one recv() asks for */
 #define SOCK_RECV_MAX (64 * 1024 * 1024)
 #define SOCK_BACKLOG 128
-#define SOCK_ADDR_LEN (INET6_ADDRSTRLEN + 8)    /* "[addr]:port" */
 
 struct sock {
     int fd;                     /* -1 once closed */
@@ -63,12 +62,6 @@ static int sock_fail(lua_State *L, const char *what, int err) {
     return 3;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Waits until fd is ready for events or the deadline (< 0: none) passes.
  * 0 when ready (or when there is no deadline: the blocking call then
  * waits itself), -1 with errno ETIMEDOUT or poll's error. */
@@ -78,7 +71,7 @@ static int sock_wait(int fd, short events, double deadline) {
     if (deadline < 0)
         return 0;
     for (;;) {
-        double left = deadline - now_seconds();
+        double left = deadline - net_now();
         int ms = left <= 0 ? 0 : (int)ceil(left * 1000);
         int n = poll(&p, 1, ms);
         if (n > 0)
@@ -93,27 +86,7 @@ static int sock_wait(int fd, short events, double deadline) {
 }
 
 static double sock_deadline(const struct sock *s) {
-    return s->timeout < 0 ? -1 : now_seconds() + s->timeout;
-}
-
-/* "127.0.0.1:8888" or "[::1]:8888" into buf. */
-static void addr_format(const struct sockaddr *sa, char *buf, size_t len) {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        port = ntohs(in->sin_port);
-        snprintf(buf, len, "%s:%d", host, port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        port = ntohs(in6->sin6_port);
-        snprintf(buf, len, "[%s]:%d", host, port);
-    } else {
-        snprintf(buf, len, "?");
-    }
+    return s->timeout < 0 ? -1 : net_now() + s->timeout;
 }
 
 /* Pushes host, port, family ("inet" or "inet6") of an address. */
@@ -143,25 +116,19 @@ static int addr_push(lua_State *L, const struct sockaddr_storage *ss) {
 static struct addrinfo *check_resolve(lua_State *L, int lo, int passive) {
     const char *host = luaL_checkstring(L, 1);
     lua_Integer port = luaL_checkinteger(L, 2);
-    struct addrinfo hints, *res = NULL;
-    char serv[8];
+    struct addrinfo *res = NULL;
+    char err[NET_ERR_LEN];
     int rc;
 
     if (port < lo || port > 65535)
         luaL_argerror(L, 2, lo == 0 ? "port out of range 0..65535"
                                     : "port out of range 1..65535");
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-    snprintf(serv, sizeof serv, "%d", (int)port);
-    rc = getaddrinfo(host, serv, &hints, &res);
+    rc = net_resolve(err, host, (int)port, passive ? NET_RES_PASSIVE : 0,
+                     &res);
     if (rc != 0) {
-        int err = rc == EAI_SYSTEM ? errno : rc;
         lua_pushnil(L);
-        lua_pushfstring(L, "resolve %s: %s", host,
-                        rc == EAI_SYSTEM ? strerror(err) : gai_strerror(rc));
-        lua_pushinteger(L, err);
+        lua_pushstring(L, err);
+        lua_pushinteger(L, rc == EAI_SYSTEM ? errno : rc);
         return NULL;
     }
     return res;
@@ -176,10 +143,8 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
     int one = 1, fd = -1, err = EADDRNOTAVAIL;
 
     for (ai = res; ai; ai = ai->ai_next) {
-        addr_format(ai->ai_addr, where, len);
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-        if (fd < 0) {
+        net_format_addr(ai->ai_addr, where, len);
+        if ((fd = net_socket(ai, 0)) < 0) {
             err = errno;
             continue;
         }
@@ -198,8 +163,8 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
 static int sock_open_socket(lua_State *L) {
     struct sock *s = newsock(L);      /* first: a raise leaks nothing */
     struct addrinfo *res = check_resolve(L, 0, 1);
-    char where[SOCK_ADDR_LEN + 8];
-    char addr[SOCK_ADDR_LEN];
+    char where[NET_ADDR_LEN + 8];
+    char addr[NET_ADDR_LEN];
     int err;
 
     if (res == NULL)
@@ -214,18 +179,12 @@ static int sock_open_socket(lua_State *L) {
     return 1;
 }
 
-/* Connects fd to ai's address within the deadline (< 0: none); a blocking
- * connect interrupted by a signal goes on in the background, so it is
- * waited for the same way. 0 or -1 with errno. */
-static int connect_wait(int fd, const struct addrinfo *ai, double deadline) {
+/* Waits for fd's connect in progress, until the deadline (< 0: none).
+ * 0 or -1 with errno. */
+static int connect_wait(int fd, double deadline) {
     struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int err = 0;
-    socklen_t len = sizeof err;
+    int err;
 
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-        return 0;
-    if (errno != EINPROGRESS && errno != EINTR)
-        return -1;
     if (deadline >= 0) {
         if (sock_wait(fd, POLLOUT, deadline) < 0)
             return -1;
@@ -234,23 +193,22 @@ static int connect_wait(int fd, const struct addrinfo *ai, double deadline) {
             if (errno != EINTR)
                 return -1;
     }
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    if ((err = net_connect_result(fd)) != 0) {
+        errno = err;
         return -1;
-    errno = err;
-    return err ? -1 : 0;
+    }
+    return 0;
 }
 
-/* One socket of ai's family connected within the deadline; -1 with errno.
- * With a deadline the connect is non-blocking; the socket is blocking after. */
+/* One socket connected to ai within the deadline (< 0: none), blocking
+ * once connected; -1 with errno. */
 static int connect_one(const struct addrinfo *ai, double deadline) {
-    int nb = deadline < 0 ? 0 : SOCK_NONBLOCK;
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | nb,
-                    ai->ai_protocol);
+    int fd, rc = net_connect_start(ai, &fd);
 
-    if (fd < 0)
+    if (rc < 0)
         return -1;
-    if (connect_wait(fd, ai, deadline) < 0
-        || (nb && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)) {
+    if ((rc == 1 && connect_wait(fd, deadline) < 0)
+        || net_nonblock(NULL, fd, 0) < 0) {
         int err = errno;
         close(fd);
         errno = err;
@@ -266,7 +224,7 @@ static int sock_connect(lua_State *L) {
     double timeout = luaL_optnumber(L, 3, -1);
     struct addrinfo *res, *ai;
     struct sock *s;
-    char addr[SOCK_ADDR_LEN] = "?", where[SOCK_ADDR_LEN + 8];
+    char addr[NET_ADDR_LEN] = "?", where[NET_ADDR_LEN + 8];
     double deadline;
     int err = EADDRNOTAVAIL;
 
@@ -277,7 +235,7 @@ static int sock_connect(lua_State *L) {
     s->timeout = timeout < 0 ? -1 : timeout;
     deadline = sock_deadline(s);
     for (ai = res; ai && s->fd < 0; ai = ai->ai_next) {
-        addr_format(ai->ai_addr, addr, sizeof addr);
+        net_format_addr(ai->ai_addr, addr, sizeof addr);
         if ((s->fd = connect_one(ai, deadline)) < 0)
             err = errno;
     }

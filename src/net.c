@@ -1,5 +1,6 @@
-/* Sockets without Lua: TCP listen and accept, options and address text,
- * errors written into a caller buffer [Redis anet.c]. */
+/* Sockets without Lua, the one OS socket layer: resolving, listen and
+ * accept, non-blocking connect, options, address text, the monotonic
+ * clock; errors written into a caller buffer [Redis anet.c]. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "net.h"
@@ -42,36 +44,86 @@ int net_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
     return n < 0 || (size_t)n >= len ? NET_ERR : NET_OK;
 }
 
-static struct addrinfo *net_resolve(char *err, const char *host, int port,
-                                    int passive) {
-    struct addrinfo hints, *res;
+double net_now(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void net_hints(struct addrinfo *hints, int flags) {
+    memset(hints, 0, sizeof *hints);
+    hints->ai_family = AF_UNSPEC;
+    hints->ai_socktype = SOCK_STREAM;
+    hints->ai_flags = AI_NUMERICSERV
+                      | (flags & NET_RES_PASSIVE ? AI_PASSIVE : 0)
+                      | (flags & NET_RES_NUMERIC ? AI_NUMERICHOST : 0)
+                      | (flags & NET_RES_ADDRCONFIG ? AI_ADDRCONFIG : 0);
+}
+
+int net_resolve(char *err, const char *host, int port, int flags,
+                struct addrinfo **res) {
+    struct addrinfo hints;
     char service[8];
     int rv;
 
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    net_hints(&hints, flags);
     snprintf(service, sizeof service, "%d", port);
-    rv = getaddrinfo(host, service, &hints, &res);
+    rv = getaddrinfo(host, service, &hints, res);
     if (rv != 0) {
-        net_set_error(err, "resolve '%s': %s", host,
-                      rv == EAI_SYSTEM ? strerror(errno) : gai_strerror(rv));
-        return NULL;
+        int e = errno;
+        net_set_error(err, "resolve %s: %s", host,
+                      rv == EAI_SYSTEM ? strerror(e) : gai_strerror(rv));
+        errno = e;
     }
-    return res;
+    return rv;
+}
+
+int net_socket(const struct addrinfo *ai, int flags) {
+    int type = ai->ai_socktype | SOCK_CLOEXEC;
+
+    if (flags & NET_NONBLOCK)
+        type |= SOCK_NONBLOCK;
+    return socket(ai->ai_family, type, ai->ai_protocol);
 }
 
 static int set_int_opt(int fd, int level, int name, int value) {
     return setsockopt(fd, level, name, &value, sizeof value);
 }
 
+/* A non-blocking connect interrupted by a signal goes on in the
+ * background, as one in progress. */
+int net_connect_start(const struct addrinfo *ai, int *fd) {
+    int e;
+
+    if ((*fd = net_socket(ai, NET_NONBLOCK)) < 0)
+        return NET_ERR;
+    set_int_opt(*fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    if (connect(*fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        return 0;
+    if (errno == EINPROGRESS || errno == EINTR)
+        return 1;
+    e = errno;
+    close(*fd);
+    *fd = -1;
+    errno = e;
+    return NET_ERR;
+}
+
+int net_connect_result(int fd) {
+    int e = 0;
+    socklen_t len = sizeof e;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0)
+        return errno;
+    return e;
+}
+
 /* SO_REUSEPORT lets a second server on the port share its traffic, so a
  * group's first socket first proves the port free: a plain bind (with
  * SO_REUSEADDR, so TIME_WAIT does not count) fails on anyone listening. */
 static int port_free(const struct addrinfo *ai) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+    int fd = net_socket(ai, 0);
     int rc = -1;
 
     if (fd < 0)
@@ -91,13 +143,10 @@ static int server_one(char *err, const struct addrinfo *ai, int backlog,
                       int flags) {
     char where[NET_ADDR_LEN];
     const char *what = "socket";
-    int type = ai->ai_socktype | SOCK_CLOEXEC;
     int fd;
 
-    if (flags & NET_NONBLOCK)
-        type |= SOCK_NONBLOCK;
     net_format_addr(ai->ai_addr, where, sizeof where);
-    fd = socket(ai->ai_family, type, ai->ai_protocol);
+    fd = net_socket(ai, flags & NET_NONBLOCK);
     if (fd < 0)
         goto err;
     what = "setsockopt";
@@ -131,7 +180,7 @@ int net_tcp_server(char *err, const char *host, int port, int backlog,
     struct addrinfo *res, *ai;
     int fd = NET_ERR;
 
-    if ((res = net_resolve(err, host, port, 1)) == NULL)
+    if (net_resolve(err, host, port, NET_RES_PASSIVE, &res) != 0)
         return NET_ERR;
     /* the first address that binds wins; err keeps the first failure */
     for (ai = res; ai != NULL && fd < 0; ai = ai->ai_next)

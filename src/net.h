@@ -1,9 +1,12 @@
-/* Sockets without Lua: TCP listen and accept, options, address text
- * [Redis anet.h]. Errors go into a caller buffer char err[NET_ERR_LEN]. */
+/* Sockets without Lua, the one OS socket layer [Redis anet.h]: resolving,
+ * TCP listen and accept, non-blocking connect, options, address text and
+ * the monotonic clock of deadlines. Errors go into a caller buffer char
+ * err[NET_ERR_LEN] (may be NULL). */
 #ifndef ECHOHOST_NET_H
 #define ECHOHOST_NET_H
 
 #include <stddef.h>
+#include <netdb.h>
 #include <sys/socket.h>
 
 #define NET_OK 0
@@ -11,11 +14,38 @@
 #define NET_ERR_LEN 256
 #define NET_ADDR_LEN 64         /* "[ffff:...:ffff]:65535" fits */
 
-/* flags of net_tcp_server */
+/* flags of net_tcp_server and net_socket */
 #define NET_NONBLOCK 1          /* the returned socket is non-blocking */
 #define NET_REUSEPORT 2         /* SO_REUSEPORT: share the port */
 #define NET_FREE 4              /* with REUSEPORT: fail if anyone else
                                    listens there (a plain bind first) */
+
+/* flags of net_resolve and net_hints */
+#define NET_RES_PASSIVE 1       /* addresses to bind (AI_PASSIVE) */
+#define NET_RES_NUMERIC 2       /* a numeric host only: never a lookup */
+#define NET_RES_ADDRCONFIG 4    /* only families configured here */
+
+/* CLOCK_MONOTONIC in seconds: the clock of every deadline. */
+double net_now(void);
+
+/* Fills hints for TCP on host:port with a numeric port, any family. */
+void net_hints(struct addrinfo *hints, int flags);
+/* getaddrinfo of host and port: 0 with *res the caller's to free, or the
+ * EAI_* code with err filled as "resolve nosuch.invalid: Name or service
+ * not known" (for EAI_SYSTEM, errno names the reason and is kept). */
+int net_resolve(char *err, const char *host, int port, int flags,
+                struct addrinfo **res);
+
+/* A close-on-exec socket of ai's family and type (flags: NET_NONBLOCK), or
+ * NET_ERR with errno. */
+int net_socket(const struct addrinfo *ai, int flags);
+/* A non-blocking close-on-exec socket with TCP_NODELAY into *fd, its
+ * connect to ai started: 0 when connected, 1 in progress (wait for it
+ * writable, then net_connect_result), NET_ERR with errno (no socket). */
+int net_connect_start(const struct addrinfo *ai, int *fd);
+/* The outcome of a connect that finished (fd became writable): 0 or the
+ * errno it failed with. */
+int net_connect_result(int fd);
 
 /* A TCP socket bound to host:port (numeric or a name; port 0 picks one)
  * and listening with backlog, SO_REUSEADDR and TCP_NODELAY set (accepted

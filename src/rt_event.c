@@ -4,8 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +17,7 @@
 #include "hload.h"
 #include "lconn.h"
 #include "lhost.h"
+#include "llog.h"
 #include "log.h"
 #include "net.h"
 
@@ -127,6 +126,8 @@ static int send_reply(struct hconn *hc, lua_State *L) {
     return 0;
 }
 
+static struct hconn *in_callback;   /* whose callback or timer runs now */
+
 /* Calls registry function ref(conn [, data]) and sends what it returns. */
 static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
                     const char *reason) {
@@ -147,8 +148,11 @@ static void call_cb(struct hconn *hc, int ref, const char *buf, size_t len,
     cap_restore(h, cap);
     hload_budget(L, h->cfg->lua_budget);
     hc->in_call = 1;
+    struct hconn *outer = in_callback;
+    in_callback = hc;
     /* eh_pcall, with its message handler kept at index 1 (handler_create) */
     int status = lua_pcall(L, nargs, 1, 1);
+    in_callback = outer;
     hc->in_call = 0;
     if (status != LUA_OK) {
         fault(hc, L, status);
@@ -179,6 +183,16 @@ struct task {
 
 static struct task *task_of(lua_State *L) {
     return *(struct task **)lua_getextraspace(L);
+}
+
+/* For echohost.log: the connection of the running coroutine, else of the
+ * running callback. */
+static lua_Integer conn_now(lua_State *L) {
+    struct task *t = task_of(L);
+
+    if (t)
+        return t->hc->u->id;
+    return in_callback ? in_callback->u->id : 0;
 }
 
 static void task_end(struct task *t) {
@@ -543,7 +557,9 @@ static long ev_timer_fire(ev_loop *loop, long long id, void *ud) {
     cap_restore(h, cap);
     hload_budget(L, h->cfg->lua_budget);
     hc->in_call = 1;
+    in_callback = hc;
     status = lua_pcall(L, n, 0, 1);     /* message handler at index 1 */
+    in_callback = NULL;
     hc->in_call = 0;
     if (status != LUA_OK)
         fault(hc, L, status);
@@ -804,25 +820,19 @@ static void up_connect_proc(ev_loop *loop, int fd, void *ud, int mask);
 static int up_try(struct hup *up) {
     for (; up->cur; up->cur = up->cur->ai_next) {
         const struct addrinfo *ai = up->cur;
-        int one = 1;
+        int rc;
 
         net_format_addr(ai->ai_addr, up->addr, sizeof up->addr);
-        up->fd = socket(ai->ai_family,
-                        ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        ai->ai_protocol);
-        if (up->fd < 0) {
-            up->err = errno;
-            continue;
-        }
-        setsockopt(up->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(up->fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        rc = net_connect_start(ai, &up->fd);    /* errno kept for up->err */
+        if (rc == 0)
             return UP_DONE;
-        if (errno == EINPROGRESS &&
+        if (rc == 1 &&
             ev_add(up->hc->h->loop, up->fd, EV_WRITABLE, up_connect_proc,
                    up) == 0)
             return UP_PENDING;
         up->err = errno;
-        close(up->fd);
+        if (up->fd >= 0)
+            close(up->fd);
         up->fd = -1;
     }
     return UP_FAILED;
@@ -864,14 +874,11 @@ static void up_resume(struct hup *up, int how) {
 
 static void up_connect_proc(ev_loop *loop, int fd, void *ud, int mask) {
     struct hup *up = ud;
-    socklen_t len = sizeof up->err;
     int how;
     (void)mask;
 
     ev_del(loop, fd, EV_WRITABLE);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &up->err, &len) < 0)
-        up->err = errno;
-    if (up->err == 0) {
+    if ((up->err = net_connect_result(fd)) == 0) {
         how = UP_DONE;
     } else {
         close(fd);
@@ -904,7 +911,7 @@ static void res_pipe_proc(ev_loop *loop, int fd, void *ud, int mask) {
             char msg[300];
             size_t cap = cap_lift(up->hc->h);
             snprintf(msg, sizeof msg, "resolve %s: %s", r->host,
-                     rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+                     gai_strerror(rc));   /* errno is the lookup thread's */
             up->writer = NULL;
             up_abandon(up);
             int n = lconn_fail(t->co, msg, rc);
@@ -946,9 +953,7 @@ static int res_start(struct hup *up, const char *host, const char *serv) {
         return -1;
     memcpy(r->host, host, hlen + 1);
     memcpy(r->serv, serv, strlen(serv) + 1);
-    r->hints.ai_family = AF_UNSPEC;
-    r->hints.ai_socktype = SOCK_STREAM;
-    r->hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG;
+    net_hints(&r->hints, NET_RES_ADDRCONFIG);
     r->cb.ar_name = r->host;
     r->cb.ar_service = r->serv;
     r->cb.ar_request = &r->hints;
@@ -969,11 +974,11 @@ static int res_start(struct hup *up, const char *host, const char *serv) {
 /* echohost.socket.connect(host, port [, timeout]) in a handler. */
 static int ev_connect(lua_State *L, void *rt, const char *host, int port,
                       double timeout) {
-    struct addrinfo hints, *ai = NULL;
+    struct addrinfo *ai = NULL;
     struct task *t = task_of(L);
     struct hconn *hc;
     struct hup *up;
-    char serv[8];
+    char serv[8], err[NET_ERR_LEN];
     int rc, how;
     (void)rt;
 
@@ -988,15 +993,9 @@ static int ev_connect(lua_State *L, void *rt, const char *host, int port,
         return luaL_error(L, "too many upstream sockets on this connection "
                           "(at most %d)", LCONN_UPSTREAMS_MAX);
     snprintf(serv, sizeof serv, "%d", port);
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    rc = getaddrinfo(host, serv, &hints, &ai);
-    if (rc != 0 && rc != EAI_NONAME) {
-        lua_pushfstring(L, "resolve %s: %s", host, gai_strerror(rc));
-        return lconn_fail(L, lua_tostring(L, -1), rc);
-    }
+    rc = net_resolve(err, host, port, NET_RES_NUMERIC, &ai);
+    if (rc != 0 && rc != EAI_NONAME)    /* EAI_NONAME: a name to look up */
+        return lconn_fail(L, err, rc);
     if ((up = calloc(1, sizeof *up)) == NULL)
         return luaL_error(L, "not enough memory");
     up->hc = hc;
@@ -1211,6 +1210,7 @@ struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
     h->inbuf_max = cfg->high_water ? cfg->high_water : 256 * 1024;
     *(struct task **)lua_getextraspace(h->L) = NULL;
     lconn_set_runtime(h->L, ev_connect, h);
+    llog_set_conn(conn_now);
     lua_settop(h->L, 0);
     lua_pushcfunction(h->L, lhost_msghandler);     /* index 1, for call_cb */
     return h;

@@ -20,6 +20,7 @@
 #include "hload.h"
 #include "lconn.h"
 #include "lhost.h"
+#include "llog.h"
 #include "log.h"
 #include "net.h"
 #include "rt_fork.h"
@@ -111,15 +112,8 @@ static void frt_sigterm(int sig) {
     frt_stop = 1;
 }
 
-static double mono_now(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static double deadline(double secs) {
-    return secs < 0 ? -1 : mono_now() + secs;
+    return secs < 0 ? -1 : net_now() + secs;
 }
 
 /* The earlier of two deadlines (< 0: none). */
@@ -129,7 +123,7 @@ static double earlier(double a, double b) {
 
 /* ppoll's timeout until the deadline next (< 0: none: NULL). */
 static struct timespec *until_ts(struct timespec *ts, double next) {
-    double t = next - mono_now();
+    double t = next - net_now();
 
     if (next < 0)
         return NULL;
@@ -405,7 +399,7 @@ static int side_read(lua_State *L, struct frt *f, struct fside *s,
         return lconn_fail(L, "closed", lconn_reason_code(f->end));
     }
     if (s->up == NULL) {
-        f->active = mono_now();
+        f->active = net_now();
         f->bytes_in += (uint64_t)n;
         if (n == 0)
             f->eof = 1;
@@ -427,7 +421,7 @@ static int side_write(struct frt *f, struct fside *s, const char *p,
         if (n < 0 && errno != EINTR)
             return -1;
         if (n > 0 && s->up == NULL) {
-            f->active = mono_now();
+            f->active = net_now();
             f->bytes_out += (uint64_t)n;
         }
         if (n > 0)
@@ -457,7 +451,7 @@ static int frt_wait_out(struct frt *f, double until) {
     struct timespec ts;
 
     for (;;) {
-        double now = mono_now();
+        double now = net_now();
         double idle = f->idle > 0 ? f->active + f->idle : -1;
         if (frt_stop)
             frt_end(f, "shutdown");
@@ -579,7 +573,7 @@ static int f_sleep(lua_State *L, struct lconn *u, double secs) {
     struct ftask *t = task_waiter(L, "conn:sleep", "");
     (void)u;
 
-    task_park(t, NULL, 0, mono_now() + secs);
+    task_park(t, NULL, 0, net_now() + secs);
     return lua_yieldk(L, 0, 0, sleep_k);
 }
 
@@ -655,7 +649,7 @@ static void f_reset(struct lconn *u) {
 
 static void f_timer_arm(struct lconn *u, struct ltimer *t, double secs) {
     (void)u;
-    t->due = mono_now() + secs;     /* the loop fires it */
+    t->due = net_now() + secs;     /* the loop fires it */
 }
 
 static void f_timer_disarm(struct lconn *u, struct ltimer *t) {
@@ -773,22 +767,17 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx);
 static int connect_next(lua_State *L, struct ftask *t, struct fup *up) {
     for (; up->cur; up->cur = up->cur->ai_next) {
         const struct addrinfo *ai = up->cur;
+        int rc;
+
         net_format_addr(ai->ai_addr, up->addr, sizeof up->addr);
-        up->side.fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK
-                             | SOCK_CLOEXEC, ai->ai_protocol);
-        if (up->side.fd < 0) {
-            up->err = errno;
-            continue;
-        }
-        if (connect(up->side.fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        rc = net_connect_start(ai, &up->side.fd);  /* errno: up->err */
+        if (rc == 0)
             return connect_done(L, up);
-        if (errno == EINPROGRESS) {
+        if (rc == 1) {
             task_park(t, &up->side, POLLOUT, t->until);
             return lua_yieldk(L, 0, 0, connect_k);
         }
         up->err = errno;
-        close(up->side.fd);
-        up->side.fd = -1;
     }
     return connect_fail(L, up);
 }
@@ -796,8 +785,7 @@ static int connect_next(lua_State *L, struct ftask *t, struct fup *up) {
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
     struct ftask *t = task_resumed(L);
     struct fup *up = t->up;
-    int e = 0;
-    socklen_t len = sizeof e;
+    int e;
     (void)status; (void)ctx;
 
     if (t->why == R_CLOSED)     /* the connection ended: up is released */
@@ -806,9 +794,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
         up->err = ETIMEDOUT;
         return connect_fail(L, up);
     }
-    if (getsockopt(up->side.fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0)
-        e = errno;
-    if (e == 0)
+    if ((e = net_connect_result(up->side.fd)) == 0)
         return connect_done(L, up);
     up->err = e;
     close(up->side.fd);
@@ -817,14 +803,11 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
     return connect_next(L, t, up);
 }
 
-/* nil, "resolve <host>: <reason>", a negative EAI_* (or errno). */
-static int resolve_fail(lua_State *L, const char *host, int rc) {
-    int e = rc == EAI_SYSTEM ? errno : rc;
-
+/* nil, err ("resolve <host>: <reason>"), a negative EAI_* (or errno). */
+static int resolve_fail(lua_State *L, const char *err, int rc) {
     lua_pushnil(L);
-    lua_pushfstring(L, "resolve %s: %s", host,
-                    rc == EAI_SYSTEM ? strerror(e) : gai_strerror(rc));
-    lua_pushinteger(L, e);
+    lua_pushstring(L, err);
+    lua_pushinteger(L, rc == EAI_SYSTEM ? errno : rc);
     return 3;
 }
 
@@ -834,9 +817,9 @@ static int f_connect(lua_State *L, void *rt, const char *host, int port,
                      double timeout) {
     struct frt *f = rt;
     struct ftask *t = task_waiter(L, "echohost.socket.connect", "");
-    struct addrinfo hints = {0}, *res;
+    struct addrinfo *res;
     struct fup *up = f->ups;
-    char serv[8];
+    char err[NET_ERR_LEN];
     int rc;
 
     if (f->end || f->u->closed)
@@ -844,12 +827,8 @@ static int f_connect(lua_State *L, void *rt, const char *host, int port,
     if (f->nups >= LCONN_UPSTREAMS_MAX)
         return luaL_error(L, "too many upstream sockets on this connection "
                           "(at most %d)", LCONN_UPSTREAMS_MAX);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(serv, sizeof serv, "%d", port);
-    if ((rc = getaddrinfo(host, serv, &hints, &res)) != 0)
-        return resolve_fail(L, host, rc);
+    if ((rc = net_resolve(err, host, port, 0, &res)) != 0)
+        return resolve_fail(L, err, rc);
     while (up->in_use)
         up++;
     up->in_use = 1;
@@ -858,7 +837,7 @@ static int f_connect(lua_State *L, void *rt, const char *host, int port,
     up->err = EADDRNOTAVAIL;
     strcpy(up->addr, "?");
     t->up = up;
-    t->until = mono_now() + timeout;
+    t->until = net_now() + timeout;
     return connect_next(L, t, up);
 }
 
@@ -971,7 +950,7 @@ static void frt_input(struct frt *f) {
         frt_ioerr(f, errno);
     if (n < 0)
         return;
-    f->active = mono_now();
+    f->active = net_now();
     f->bytes_in += (uint64_t)n;
     if (n == 0)
         f->eof = 1;
@@ -1020,7 +999,7 @@ static void frt_poll(struct frt *f) {
         if (r & (POLLOUT | POLLHUP | POLLERR))
             task_wake(ps[i]->writer, R_READY, 0);
     }
-    now = mono_now();
+    now = net_now();
     for (int i = 0; i < LCONN_TASKS_MAX; i++) {
         struct ftask *t = &f->tasks[i];
         if (t->co && t->until >= 0 && now >= t->until)
@@ -1050,7 +1029,7 @@ static void frt_run(struct frt *f) {
             frt_close(f);
             continue;
         }
-        now = mono_now();
+        now = net_now();
         if (frt_fire_due(f, now))
             continue;
         if (f->end == NULL && f->idle > 0 && now >= f->active + f->idle) {
@@ -1080,7 +1059,7 @@ static void frt_init(struct frt *f, struct hstate *hs, int fd) {
     f->budget = hs->cfg->lua_budget;
     f->mem = hs->cfg->lua_mem_limit;
     f->idle = hs->cfg->idle_timeout;
-    f->active = mono_now();
+    f->active = net_now();
     f->cs.fd = fd;
     for (int i = 0; i < LCONN_TASKS_MAX; i++)
         f->tasks[i].f = f;
@@ -1090,6 +1069,12 @@ static void frt_init(struct frt *f, struct hstate *hs, int fd) {
         f->ups[i].side.up = &f->ups[i];
         f->ups[i].ref = LUA_NOREF;
     }
+}
+
+/* For echohost.log: the child serves one connection. */
+static lua_Integer frt_conn_id(lua_State *L) {
+    (void)L;
+    return child.u ? child.u->id : 0;
 }
 
 int rtfork_serve(struct hstate *hs, int fd, const char *peer,
@@ -1114,6 +1099,7 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer,
                                                          now on copy it */
     lhost_set_mem_limit(f->L, 0);
     lconn_set_runtime(f->L, f_connect, f);
+    llog_set_conn(frt_conn_id);
     f->u = lconn_new(f->L, &fork_ops, f, (lua_Integer)getpid(), peer,
                      hs->cfg->high_water);
     f->conn_ref = luaL_ref(f->L, LUA_REGISTRYINDEX);

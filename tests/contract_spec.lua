@@ -594,7 +594,7 @@ end
       { c = "a", eof = true },
       { c = "a", ending = "closed", rest = "" },
     },
-    log = "warn", log_lines = { "warn: handler FILE:4: saw 3 bytes" } },
+    log = "warn", log_lines = { "warn: handler FILE:4: conn ID: saw 3 bytes" } },
 
   { name = "a frame over --high-water gives nil, 'too long', 0 and keeps its bytes",
     handler = [[

@@ -522,17 +522,21 @@ describe("harness settings and logs", function()
         .. "end\n")
       local h = harness.open(p)
       assert.equal("abc", h:input("abc"))
+      -- at load time no connection; in a call, the connection's id
+      local id = h.conn.id
       assert.same({ "info: handler " .. p .. ":2: loaded",
-                    "warn: handler " .. p .. ":4: saw 3 bytes",
-                    "error: handler " .. p .. ":5: bad",
-                    "debug: handler " .. p .. ":5: 50%" }, h.logs)
+                    "warn: handler " .. p .. ":4: conn " .. id .. ": saw 3 bytes",
+                    "error: handler " .. p .. ":5: conn " .. id .. ": bad",
+                    "debug: handler " .. p .. ":5: conn " .. id .. ": 50%" }, h.logs)
       assert.same({}, h.log)                       -- not errors of the connection
       assert.equal("open", h:ending())
       local r = harness.run(p, { "hi", harness.CLOSE })
+      local at = r.logs[2] and r.logs[2]:match(": conn (%d+): ")
+      assert.is_truthy(at, r.logs[2])
       assert.same({ "info: handler " .. p .. ":2: loaded",
-                    "warn: handler " .. p .. ":4: saw 2 bytes",
-                    "error: handler " .. p .. ":5: bad",
-                    "debug: handler " .. p .. ":5: 50%" }, r.logs)
+                    "warn: handler " .. p .. ":4: conn " .. at .. ": saw 2 bytes",
+                    "error: handler " .. p .. ":5: conn " .. at .. ": bad",
+                    "debug: handler " .. p .. ":5: conn " .. at .. ": 50%" }, r.logs)
       assert.same({ {}, "eof" }, { r.log, r.reason })
     end)
 
@@ -544,7 +548,9 @@ describe("harness settings and logs", function()
       .. "  helper.note(conn:recv())\n"
       .. "end }\n")
     local r = harness.run(p, { "x" })
-    assert.same({ "info: handler " .. dir .. "/helper.lua:2: note x" }, r.logs)
+    assert.equal(1, #r.logs)
+    local at = dir:gsub("%p", "%%%0") .. "/helper.lua:2: "
+    assert.matches("^info: handler " .. at .. "conn %d+: note x$", r.logs[1])
   end)
 
   it("raises on misuse: an error of the handler, logged in h.log, not h.logs", function()

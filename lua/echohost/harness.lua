@@ -257,6 +257,14 @@ local function traceback(e, co)
   return debug.traceback(e, 2)
 end
 
+-- The harness or upstream instance whose handler code runs now (its
+-- conn's id goes into echohost.log's lines).
+local ACTIVE
+
+local function active_conn_id()
+  return ACTIVE and ACTIVE.conn and ACTIVE.conn.id
+end
+
 -- pcall or xpcall(f, ...) under the hook of self; restores the caller's hook.
 local function guarded(self, msgh, f, ...)
   local hook, step = make_hook(self)
@@ -265,11 +273,14 @@ local function guarded(self, msgh, f, ...)
     debug.sethook(hook, "", step)
   end
   local r
+  local outer = ACTIVE
+  ACTIVE = self
   if msgh then
     r = table.pack(xpcall(f, msgh, ...))
   else
     r = table.pack(pcall(f, ...))
   end
+  ACTIVE = outer
   if hook and type(old[1]) == "function" then
     debug.sethook(table.unpack(old, 1, old.n))
   elseif hook then
@@ -384,10 +395,10 @@ local function resume_task(t, ...)
   if hook then
     debug.sethook(co, hook, "", step)
   end
-  local prev = CURRENT
-  CURRENT = t
+  local prev, outer = CURRENT, ACTIVE
+  CURRENT, ACTIVE = t, self
   local ok, what = coroutine.resume(co, ...)
-  CURRENT = prev
+  CURRENT, ACTIVE = prev, outer
   if hook then
     debug.sethook(co)
   end
@@ -1008,7 +1019,8 @@ end
 -- The modules the harness provides to a handler it loads (its lines go to logs).
 local function provided(W, logs, settings)
   return { [loader.SETTINGS] = settings,
-           ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end),
+           ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end,
+                                            active_conn_id),
            ["echohost.socket"] = M.socket,
            ["echohost.shared"] = W.shared }
 end

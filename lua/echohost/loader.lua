@@ -30,11 +30,13 @@
 --   (dir/name.lua, dir/name/init.lua: a fresh load, in its own env, once per
 --   cache), then the ordinary require, except that "echohost.proc" comes
 --   back with exit and fork that raise, and "os" is the env's os.
--- loader.logger(write): the "echohost.log" of a Lua interpreter (the harness,
---   tcp_srv), the twin of src/llog.c: functions error, warn, info, debug,
---   each (fmt, ...), the message string.format(fmt, ...) (fmt as is when it
---   comes alone); each calls write(level, line) with the line
---   "<level>: handler <file>:<line>: <message>", file:line the caller's
+-- loader.logger(write [, conn_id]): the "echohost.log" of a Lua interpreter
+--   (the harness, tcp_srv), the twin of src/llog.c: functions error, warn,
+--   info, debug, each (fmt, ...), the message string.format(fmt, ...) (fmt
+--   as is when it comes alone); each calls write(level, line) with the line
+--   "<level>: handler <file>:<line>: <message>", the message after
+--   "conn <id>: " when conn_id() gives the id of the connection whose code
+--   runs (nil: none, as at load time), file:line the caller's
 --   (debug.getinfo(2, "Sl"): short_src, currentline; "" when it has none, as
 --   luaL_where). A fmt that is not a string (or a number) raises
 --   "file:line: bad argument #1 to 'info' (string expected, got nil)".
@@ -159,7 +161,7 @@ end
 -- The log functions of a Lua interpreter; see the header.
 local LEVELS = { "error", "warn", "info", "debug" }
 
-function M.logger(write)
+function M.logger(write, conn_id)
   local log = {}
   for _, level in ipairs(LEVELS) do
     log[level] = function(...)
@@ -172,6 +174,10 @@ function M.logger(write)
       local info = debug.getinfo(2, "Sl")
       local at = (info and info.currentline > 0)
         and ("%s:%d:"):format(info.short_src, info.currentline) or ""
+      local id = conn_id and conn_id()
+      if id then
+        msg = ("conn %d: %s"):format(id, msg)
+      end
       write(level, ("%s: handler %s %s"):format(level, at, msg))
     end
   end
