@@ -223,6 +223,42 @@ describe("echohost.tcp_srv", function()
       { tcp_srv.tcp_srv("127.0.0.1", 0, "no/such.lua") })
   end)
 
+  it("gives a handler loaded from a path a blocking upstream; conn:spawn raises there", function()
+    local up, up_port = listener()
+    local upstream = spawn(function()         -- one client: upper-cases one read
+      local c = assert(up:accept_connection())
+      c:send(assert(c:recv()):upper())
+      c:close()
+    end)
+    up:close()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(([[
+local socket = require "echohost.socket"
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", %d))
+  up:send(conn:recv())
+  local reply = up:receive("*a")
+  local ok, err = pcall(conn.spawn, conn, function() end)
+  conn:send(reply .. "|" .. tostring(ok) .. "|" .. tostring(err):match("conn:spawn.*"))
+end }
+]]):format(up_port))
+    f:close()
+    local client
+    local ok = tcp_srv.tcp_srv("127.0.0.1", 0, path, {
+      max_accepts = 1,
+      on_listen = function(srv)
+        client = connect(select(2, srv:sockname()))
+        client:send("through")
+      end,
+    })
+    os.remove(path)
+    assert.is_true(ok)
+    assert.equal("THROUGH|false|conn:spawn is not available under tcp_srv", client:recv())
+    client:close()
+    assert.same({ "exited", 0, upstream }, { proc.waitpid(upstream) })
+  end)
+
   it("returns nil, message, EADDRINUSE when the port is taken", function()
     local srv, port = listener()
     finally(function() srv:close() end)
