@@ -14,6 +14,22 @@ int lconn_fail(lua_State *L, const char *msg, int code) {
     return 3;
 }
 
+int lconn_would_wait(lua_State *L, const char *what, const char *for_) {
+    return luaL_error(L, "%s would wait: only a coroutine of the connection "
+                      "(handle, conn:spawn) can wait%s", what, for_);
+}
+
+int lconn_busy(lua_State *L, const char *what, const char *dir,
+               const char *obj) {
+    return luaL_error(L, "%s: another coroutine is waiting to %s this %s",
+                      what, dir, obj);
+}
+
+int lconn_too_many(lua_State *L, const char *kind, int max) {
+    return luaL_error(L, "too many %s on this connection (at most %d)", kind,
+                      max);
+}
+
 int lconn_reason_code(const char *reason) {
     return strcmp(reason, "reset") == 0 ? ECONNRESET : 0;
 }
@@ -96,8 +112,7 @@ static int lconn_timer(lua_State *L) {
     if (done(u))
         return lconn_fail(L, "closed", u->end_code);
     if (u->ntimers >= LCONN_TIMERS_MAX)
-        return luaL_error(L, "too many timers on this connection (at most %d)",
-                          LCONN_TIMERS_MAX);
+        return lconn_too_many(L, "timers", LCONN_TIMERS_MAX);
     t = lua_newuserdatauv(L, sizeof *t, 1);
     memset(t, 0, sizeof *t);
     t->fn_ref = t->self_ref = LUA_NOREF;

@@ -102,6 +102,16 @@ void lconn_set_runtime(lua_State *L, lconn_connect_fn fn, void *rt);
 #define LCONN_UPSTREAMS_MAX 64      /* open upstream sockets per conn */
 #define LCONN_TASKS_MAX 64          /* coroutines per conn, handle included */
 
+/* The runtimes' raises, one wording for all: what ("conn:recv") would
+ * wait outside a coroutine of the connection (for_: " for data" or "");
+ * another coroutine waits on the same object (dir "read"/"write", obj
+ * "connection"/"upstream socket"); the connection has max of kind
+ * ("coroutines") already. Each raises; the int return is for tail calls. */
+int lconn_would_wait(lua_State *L, const char *what, const char *for_);
+int lconn_busy(lua_State *L, const char *what, const char *dir,
+               const char *obj);
+int lconn_too_many(lua_State *L, const char *kind, int max);
+
 /* I/O failure results, the one helper for every runtime: nil, msg, code.
  * Returns 3. */
 int lconn_fail(lua_State *L, const char *msg, int code);

@@ -204,6 +204,12 @@ int net_accept(int lfd, char *peer, size_t peerlen) {
     return fd < 0 ? NET_ERR : fd;
 }
 
+void net_abort(int fd) {
+    struct linger lg = {1, 0};
+
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
 int net_nonblock(char *err, int fd, int on) {
     int fl = fcntl(fd, F_GETFL);
 

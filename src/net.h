@@ -59,6 +59,8 @@ int net_tcp_server(char *err, const char *host, int port, int backlog,
 int net_accept(int lfd, char *peer, size_t peerlen);
 
 int net_nonblock(char *err, int fd, int on);
+/* SO_LINGER 0: the close that follows sends an RST, dropping unsent data. */
+void net_abort(int fd);
 
 /* "127.0.0.1:53412" or "[::1]:53412" into buf; NET_OK or NET_ERR. */
 int net_format_addr(const struct sockaddr *sa, char *buf, size_t len);

@@ -392,15 +392,8 @@ static struct task *task_waiter(lua_State *L, struct hconn *hc,
     struct task *t = task_of(L);
 
     if (t == NULL || t->hc != hc)
-        luaL_error(L, "%s would wait: only a coroutine of the connection "
-                   "(handle, conn:spawn) can wait%s", what, for_);
+        lconn_would_wait(L, what, for_);
     return t;
-}
-
-static void busy(lua_State *L, const char *what, const char *dir,
-                 const char *obj) {
-    luaL_error(L, "%s: another coroutine is waiting to %s this %s", what, dir,
-               obj);
 }
 
 /* --- input buffer (bytes that arrived while the coroutine was elsewhere) -- */
@@ -467,7 +460,7 @@ static int ev_recv(lua_State *L, struct lconn *u, size_t max,
         return luaL_error(L, "%s: the data of this connection goes to "
                           "on_data", name);
     if (hc->reader)
-        busy(L, name, "read", "connection");
+        lconn_busy(L, name, "read", "connection");
     hc->reader = t;
     t->recv_max = max;
     task_park(t, HW_RECV, u->timeout);
@@ -492,7 +485,7 @@ static int ev_send(lua_State *L, struct lconn *u, const char *s,
         conn_closing(hc->c))
         return send_push(L, hc, s, len);
     if (hc->writer)
-        busy(L, "conn:send", "write", "connection");
+        lconn_busy(L, "conn:send", "write", "connection");
     hc->writer = t;
     t->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* pops the data */
     task_park(t, HW_SEND, u->timeout);
@@ -523,8 +516,7 @@ static int ev_spawn(lua_State *L, struct lconn *u) {
     struct hconn *hc = u->rt;
 
     if (hc->ntasks >= LCONN_TASKS_MAX)
-        return luaL_error(L, "too many coroutines on this connection (at "
-                          "most %d)", LCONN_TASKS_MAX);
+        return lconn_too_many(L, "coroutines", LCONN_TASKS_MAX);
     if (task_start(hc, L, lua_gettop(L) - 2) == NULL)
         return luaL_error(L, "not enough memory");
     lua_pushboolean(L, 1);
@@ -689,11 +681,10 @@ static int up_recv(lua_State *L, struct lconn *u, size_t max,
     snprintf(name, sizeof name, "conn:%s", what);
     t = task_waiter(L, up->hc, name, " for data");
     if (up->reader)
-        busy(L, name, "read", "upstream socket");
+        lconn_busy(L, name, "read", "upstream socket");
     if (ev_add(up->hc->h->loop, up->fd, EV_READABLE, up_read_proc, up) < 0)
         return up_ioerr(L, errno);
     up->reader = t;
-    t->up = up;
     t->recv_max = max;
     task_park(t, HW_RECV, u->timeout);
     t->up = up;
@@ -760,7 +751,7 @@ static int up_send(lua_State *L, struct lconn *u, const char *s,
         return up_ioerr(L, errno);
     t = task_waiter(L, up->hc, "conn:send", "");
     if (up->writer)
-        busy(L, "conn:send", "write", "upstream socket");
+        lconn_busy(L, "conn:send", "write", "upstream socket");
     if (ev_add(up->hc->h->loop, up->fd, EV_WRITABLE, up_write_proc, up) < 0)
         return up_ioerr(L, errno);
     up->writer = t;
@@ -781,10 +772,8 @@ static void up_end(struct lconn *u, int reset) {
     struct hup *up = u->rt;
     struct task *r = up->reader, *w = up->writer;
 
-    if (reset) {
-        struct linger lg = {1, 0};
-        setsockopt(up->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
+    if (reset)
+        net_abort(up->fd);
     up_abandon(up);
     if (r)
         task_wake_closed(r);
@@ -983,15 +972,12 @@ static int ev_connect(lua_State *L, void *rt, const char *host, int port,
     (void)rt;
 
     if (t == NULL)
-        return luaL_error(L, "echohost.socket.connect would wait: only a "
-                          "coroutine of the connection (handle, conn:spawn) "
-                          "can wait");
+        return lconn_would_wait(L, "echohost.socket.connect", "");
     hc = t->hc;
     if (hc->gone || conn_closing(hc->c))
         return lconn_fail(L, "closed", hc->u->end_code);
     if (hc->nups >= LCONN_UPSTREAMS_MAX)
-        return luaL_error(L, "too many upstream sockets on this connection "
-                          "(at most %d)", LCONN_UPSTREAMS_MAX);
+        return lconn_too_many(L, "upstream sockets", LCONN_UPSTREAMS_MAX);
     snprintf(serv, sizeof serv, "%d", port);
     rc = net_resolve(err, host, port, NET_RES_NUMERIC, &ai);
     if (rc != 0 && rc != EAI_NONAME)    /* EAI_NONAME: a name to look up */

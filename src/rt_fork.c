@@ -200,15 +200,13 @@ static struct ftask *task_waiter(lua_State *L, const char *what,
     struct ftask *t = task_of(L);
 
     if (t == NULL)
-        luaL_error(L, "%s would wait: only a coroutine of the connection "
-                   "(handle, conn:spawn) can wait%s", what, for_);
+        lconn_would_wait(L, what, for_);
     return t;
 }
 
 static int busy(lua_State *L, const char *what, int write,
                 const struct fside *s) {
-    return luaL_error(L, "%s: another coroutine is waiting to %s this %s",
-                      what, write ? "write" : "read",
+    return lconn_busy(L, what, write ? "write" : "read",
                       s->up ? "upstream socket" : "connection");
 }
 
@@ -639,9 +637,8 @@ static void f_shutdown(struct lconn *u) {
 
 static void f_reset(struct lconn *u) {
     struct frt *f = u->rt;
-    struct linger lg = {1, 0};
 
-    setsockopt(f->cs.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    net_abort(f->cs.fd);
     close(f->cs.fd);
     f->cs.fd = -1;
     frt_end(f, "closed");
@@ -661,8 +658,7 @@ static int f_spawn(lua_State *L, struct lconn *u) {
     int n;
 
     if (f->ntasks >= LCONN_TASKS_MAX)
-        return luaL_error(L, "too many coroutines on this connection (at "
-                          "most %d)", LCONN_TASKS_MAX);
+        return lconn_too_many(L, "coroutines", LCONN_TASKS_MAX);
     n = lua_gettop(L) - 2;                  /* fn at 2, its arguments */
     task_resume(task_new(f, L, n), L, n);   /* until it waits or returns */
     lua_pushboolean(L, 1);
@@ -717,9 +713,8 @@ static void up_shutdown(struct lconn *u) {
 
 static void up_reset(struct lconn *u) {
     struct fup *up = u->rt;
-    struct linger lg = {1, 0};
 
-    setsockopt(up->side.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    net_abort(up->side.fd);
     up_release(up, 0);
 }
 
@@ -825,8 +820,7 @@ static int f_connect(lua_State *L, void *rt, const char *host, int port,
     if (f->end || f->u->closed)
         return lconn_fail(L, "closed", f->u->end_code);
     if (f->nups >= LCONN_UPSTREAMS_MAX)
-        return luaL_error(L, "too many upstream sockets on this connection "
-                          "(at most %d)", LCONN_UPSTREAMS_MAX);
+        return lconn_too_many(L, "upstream sockets", LCONN_UPSTREAMS_MAX);
     if ((rc = net_resolve(err, host, port, 0, &res)) != 0)
         return resolve_fail(L, err, rc);
     while (up->in_use)

@@ -191,11 +191,9 @@ void conn_shutdown_send(conn *c) {
 }
 
 void conn_reset(conn *c) {
-    struct linger lg = {1, 0};
-
     if (c->flags & CONN_DEAD)
         return;
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    net_abort(c->fd);
     conn_kill(c, R_CLOSED);     /* the close in worker_after sends the RST */
 }
 

@@ -28,6 +28,28 @@ local function recorder(sends)
   end }
 end
 
+-- A scratch directory for the describe block that calls it (made in setup,
+-- removed in teardown): write(name, text) -> path, and dir() -> its path.
+local function scratch()
+  local util = require "helpers.util"
+  local dir
+  setup(function()
+    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
+    assert(dir and dir:match("^/tmp/echohost%-harness%."))
+  end)
+  teardown(function()
+    if dir and not os.getenv("KEEP_TMP") then
+      os.execute("rm -rf '" .. dir .. "'")
+    end
+  end)
+  local function write(name, text)
+    local path = dir .. "/" .. name
+    util.spit(path, text)
+    return path
+  end
+  return write, function() return dir end
+end
+
 describe("harness close reasons", function()
   local function on_close_reason(handler, inputs)
     local got
@@ -461,22 +483,7 @@ end)
 -- Handler settings and logging (echohost.settings, echohost.log) -----------
 
 describe("harness settings and logs", function()
-  local util = require "helpers.util"
-  local dir
-  setup(function()
-    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
-    assert(dir and dir:match("^/tmp/echohost%-harness%."))
-  end)
-  teardown(function()
-    if dir and not os.getenv("KEEP_TMP") then
-      os.execute("rm -rf '" .. dir .. "'")
-    end
-  end)
-  local function write(name, text)
-    local path = dir .. "/" .. name
-    util.spit(path, text)
-    return path
-  end
+  local write, dir = scratch()
 
   it("gives the handler opts.settings, nil for a missing key, {} by default", function()
     local p = write("greet.lua", "local s = require 'echohost.settings'\n"
@@ -549,7 +556,7 @@ describe("harness settings and logs", function()
       .. "end }\n")
     local r = harness.run(p, { "x" })
     assert.equal(1, #r.logs)
-    local at = dir:gsub("%p", "%%%0") .. "/helper.lua:2: "
+    local at = dir():gsub("%p", "%%%0") .. "/helper.lua:2: "
     assert.matches("^info: handler " .. at .. "conn %d+: note x$", r.logs[1])
   end)
 
@@ -1016,22 +1023,7 @@ end)
 -- Upstream sockets (opts.upstreams, echohost.socket.connect) -------------------
 
 describe("harness upstream sockets", function()
-  local util = require "helpers.util"
-  local dir
-  setup(function()
-    dir = util.tmpdir("/tmp/echohost-harness.XXXXXX")
-    assert(dir and dir:match("^/tmp/echohost%-harness%."))
-  end)
-  teardown(function()
-    if dir and not os.getenv("KEEP_TMP") then
-      os.execute("rm -rf '" .. dir .. "'")
-    end
-  end)
-  local function write(name, text)
-    local path = dir .. "/" .. name
-    util.spit(path, text)
-    return path
-  end
+  local write, dir = scratch()
 
   -- README's proxy, to 127.0.0.1:7 (loaded from a path: echohost.socket is provided).
   local PROXY = [[
@@ -1230,7 +1222,7 @@ end }
     local ok, err = pcall(harness.open, write("atload.lua",
       "require('echohost.socket').connect('127.0.0.1', 7)\nreturn function() end\n"))
     assert.is_false(ok)
-    assert.equal(dir .. "/atload.lua:1: echohost.socket.connect is not available while a "
+    assert.equal(dir() .. "/atload.lua:1: echohost.socket.connect is not available while a "
       .. "handler loads", err)
     local r = harness.run(write("cb.lua", [[
 local socket = require "echohost.socket"
@@ -1318,9 +1310,9 @@ end }
       { upstreams = { ["127.0.0.1:7"] = { on_dat = print } } })
     assert.same({ false, "upstream 127.0.0.1:7: returned a table without handle, on_open, "
       .. "on_data or on_close" }, { ok, err })
-    ok, err = pcall(harness.open, ECHO, { upstreams = { ["127.0.0.1:7"] = dir .. "/nope.lua" } })
+    ok, err = pcall(harness.open, ECHO, { upstreams = { ["127.0.0.1:7"] = dir() .. "/nope.lua" } })
     assert.is_false(ok)
-    assert.matches("^" .. dir:gsub("%p", "%%%0") .. "/nope.lua: cannot open", err)
+    assert.matches("^" .. dir():gsub("%p", "%%%0") .. "/nope.lua: cannot open", err)
     assert.has_error(function() harness.open(ECHO, { upstreams = "127.0.0.1:7" }) end,
       "bad option 'upstreams' to 'open' (table expected, got string)")
   end)

@@ -353,6 +353,16 @@ local function set_clock(W, t)
   end
 end
 
+-- Removes the first x from the list (order kept).
+local function remove_value(list, x)
+  for i, v in ipairs(list) do
+    if v == x then
+      table.remove(list, i)
+      return
+    end
+  end
+end
+
 -- Takes the task t off its wait (the object it reads stays claimed by t
 -- until it runs: see wait_for).
 local function unpark(t)
@@ -361,23 +371,11 @@ local function unpark(t)
     return
   end
   t.wait = nil
-  local waits = t.self.world.waits
-  for i, x in ipairs(waits) do
-    if x == w then
-      table.remove(waits, i)
-      break
-    end
-  end
+  remove_value(t.self.world.waits, w)
 end
 
 local function task_end(t)
-  local tasks = t.self.s.tasks
-  for i, x in ipairs(tasks) do
-    if x == t then
-      table.remove(tasks, i)
-      break
-    end
-  end
+  remove_value(t.self.s.tasks, t)
   t.dead = true
   unpark(t)
   if t.claim and t.claim.reader == t then
