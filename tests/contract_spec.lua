@@ -52,6 +52,26 @@ end
 local helper_v1 = 'return { tag = function(s) return "v1:" .. s end }\n'
 local helper_v2 = 'return { tag = function(s) return "v2:" .. s:upper() end }\n'
 
+-- A per-message handler of the shared dictionary: one command per message.
+local SHARED_CMDS = [[
+local shared = require "echohost.shared"
+return function(conn, data)
+  local cmd, key, arg = data:match("^(%a+) (%w+) ?(.*)$")
+  if cmd == "incr" then return tostring(shared:incr(key, 1, 0)) .. "\n" end
+  if cmd == "setex" then return tostring(shared:set(key, "v", tonumber(arg))) .. "\n" end
+  if cmd == "get" then
+    local v = shared:get(key)
+    return tostring(type(v) == "string" and #v > 1 and #v or v) .. "\n"
+  end
+  if cmd == "big" then
+    local ok, err = shared:set(key, ("x"):rep(tonumber(arg)))
+    return tostring(ok) .. " " .. tostring(err) .. "\n"
+  end
+  if cmd == "del" then return tostring(shared:delete(key)) .. "\n" end
+  if cmd == "bad" then return shared:get("") end
+end
+]]
+
 local BIG = string.rep("abcdefghijklmnop", 4096)   -- 64 KiB, replied upper-cased
 
 -- Steps of a connection b that round-trips twice around a fault of a (the
@@ -861,6 +881,44 @@ end }
     raw = true,
     handler = "require('echohost.socket').connect('127.0.0.1', 1)\nreturn function() end\n",
     load_error = "FILE:1: echohost.socket.connect is not available while a handler loads" },
+
+  -- The shared dictionary (echohost.shared) ---------------------------------
+
+  { name = "the shared dictionary: one connection's writes are the other's reads, TTLs expire",
+    handler = SHARED_CMDS,
+    steps = {
+      { c = "a", send = "incr n", expect = "1\n" },
+      { c = "b", send = "incr n", expect = "2\n" },
+      { c = "a", send = "get n", expect = "2\n" },
+      { c = "a", send = "setex t 0.2", expect = "true\n" },
+      { c = "b", send = "get t", expect = "v\n" },
+      { wait = 0.5 },
+      { c = "b", send = "get t", expect = "nil\n" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    } },
+
+  { name = "a full shared dictionary refuses a write with nil, 'no memory' and evicts nothing",
+    handler = SHARED_CMDS, shared_size = "4k",
+    steps = {
+      { c = "a", send = "big k 4000", expect = "true nil\n" },   -- 4056 of 4096 bytes
+      { c = "a", send = "big j 100", expect = "nil no memory\n" },
+      { c = "a", send = "get k", expect = "4000\n" },
+      { c = "a", send = "del k", expect = "true\n" },
+      { c = "a", send = "big j 100", expect = "true nil\n" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "misuse of the shared dictionary raises: an empty key",
+    handler = SHARED_CMDS,
+    steps = {
+      { c = "a", send = "bad x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "bad argument #1 to 'get' (key of 1..250 bytes expected)" } },
 }
 
 local INTERPRETERS = {

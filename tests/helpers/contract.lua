@@ -24,6 +24,10 @@
 --                                 -- after "<level>: ": the server's line after
 --                                 -- its "time [pid] ", the harness's h.logs
 --     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path)
+--     shared_size = "4k",         -- the shared dictionary's capacity (the
+--                                 -- servers' --shared-size; the harness: one
+--                                 -- harness.shared(size) for every connection
+--                                 -- of the run, as the servers have one)
 --     upstreams = { up = "lua source" }   -- upstream servers the handler
 --                                 -- reaches through require("echohost.settings").up
 --                                 -- ("HOST:PORT"): the servers' driver starts an
@@ -337,6 +341,7 @@ function M.run_harness(sc, dir)
       return { load_error = tostring(err) }
     end)
   end
+  local dict = harness.shared(sc.shared_size)
   local r = guarded(function()
     local obs, conns, order, peers = new_obs(), {}, {}, {}
     local function conn(name)
@@ -347,6 +352,7 @@ function M.run_harness(sc, dir)
           opts[k] = v
         end
         opts.peer = "127.0.0.1:" .. (40001 + #order)
+        opts.shared = dict
         local n = 0
         for _, up in ipairs(M.upstream_names(sc)) do
           n = n + 1
@@ -514,6 +520,10 @@ end
 function M.run_server(model, sc, dir)
   local file, records = M.prepare(sc, dir)
   local args = { "--model", model, "--workers", "1", "--handler", file }
+  if sc.shared_size then
+    args[#args + 1] = "--shared-size"
+    args[#args + 1] = sc.shared_size
+  end
   for _, a in ipairs(sc.args or {}) do
     args[#args + 1] = a
   end
