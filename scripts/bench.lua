@@ -151,9 +151,9 @@ end
 
 -- Starts CMD in the background (env: a string of VAR=value words), output
 -- to LOGFILE; returns its pid.
-local function spawn(cmd, env, logfile)
+local function spawn(cmd, env, logfile, cpu)
   local line = string.format("(ulimit -n $(ulimit -Hn) 2>/dev/null; %s exec %s) "
-    .. ">%s 2>&1 </dev/null & echo $!", env or "", pinned(SERVER_CPU, cmd),
+    .. ">%s 2>&1 </dev/null & echo $!", env or "", pinned(cpu or SERVER_CPU, cmd),
     sh_quote(logfile))
   return tonumber(capture(line))
 end
@@ -206,8 +206,20 @@ local function echohost(args)
   end
 end
 
+-- The proxies forward to one backend, a C echo started once for the whole
+-- run (pinned with the client: both proxies pay for it alike).
+local backend = {}
+
+local function proxy_lua()
+  return ECHOHOST .. " --workers 1 --listen 127.0.0.1:0 --max-conns 20000 --idle-timeout 0 "
+    .. "--drain-timeout 1 --handler " .. ROOT .. "/scripts/proxy.lua --set upstream=127.0.0.1:"
+    .. backend.port
+end
+
 -- name: key; title: table row; cmd(port, cfg): command line (port given only
--- when fixed_port); available(): nil or the reason it cannot run.
+-- when fixed_port); available(): nil or the reason it cannot run; configs:
+-- the only configurations it runs (default: all); proxy: behind it is the
+-- backend.
 local SERVERS = {
   { name = "refecho", title = "refecho (reference)",
     cmd = function() return BUILD .. "/refecho" end,
@@ -233,6 +245,14 @@ local SERVERS = {
     env = function(port, cfg)
       return string.format("BENCH_PORT=%d BENCH_DIR=%s BENCH_MSG_SIZE=%d",
         port, sh_quote(SCRIPTS), cfg.size)
+    end },
+  { name = "proxy_lua", title = "echohost scripts/proxy.lua → C echo", cmd = proxy_lua,
+    echohost = true, proxy = true, configs = { rr50 = true, stream = true } },
+  { name = "haproxy_tcp", title = "HAProxy TCP proxy → C echo", fixed_port = true,
+    tool = "haproxy", proxy = true, configs = { rr50 = true, stream = true },
+    cmd = function() return "haproxy -db -f " .. SCRIPTS .. "/haproxy_tcp.cfg" end,
+    env = function(port)
+      return string.format("BENCH_PORT=%d BENCH_UPSTREAM=127.0.0.1:%d", port, backend.port)
     end },
 }
 
@@ -339,6 +359,7 @@ end
 -- NOISY of a CPU is repeated (at most RETRIES times, within the time budget)
 -- and the quietest attempt kept.
 local function measure(s, cfg, round)
+  if s.configs and not s.configs[cfg.name] then return end
   local r = measure_once(s, cfg)
   local tries = 0
   while r and cfg.mode ~= "idle" and noise_of(r) > NOISY and tries < RETRIES
@@ -380,6 +401,14 @@ local function run_all()
       servers[#servers + 1] = s
     end
   end
+  local proxies = false
+  for _, s in ipairs(servers) do proxies = proxies or s.proxy end
+  if proxies then
+    local logfile = OUT .. "/backend.log"
+    backend.pid = spawn(echohost("")(), "", logfile, CLIENT_CPU)
+    backend.port = assert(wait_ready(backend.pid, logfile))
+    log("backend of the proxies: C echo on port %d", backend.port)
+  end
   -- refecho, then two servers, refecho, two servers, ..., refecho
   local order = {}
   for i, s in ipairs(servers) do
@@ -395,6 +424,7 @@ local function run_all()
       for _, s in ipairs(order) do measure(s, cfg, round) end
     end
   end
+  stop(backend.pid)
   local f = io.popen(pinned(SERVER_CPU, BENCH) .. " -m fork -d 1 -l fork")
   results.fork = parse_json_line(f:read("a"))
   f:close()
@@ -490,6 +520,8 @@ local TARGETS = {
   { "fork model", "fork", "connrate", "ratio", ">=", 0.25 },
   { "C echo", "c_echo", "idle", "rss", "<=", 1024 },
   { "Lua coroutine", "lua_co", "idle", "rss", "<=", 4096 },
+  -- the same proxying, side by side: the base is HAProxy, not refecho
+  { "proxy.lua", "proxy_lua", "rr50", "peer", ">=", 1.0, base = "haproxy_tcp" },
 }
 
 local function config_title(cname)
@@ -503,6 +535,10 @@ local function target_value(t)
   local cfg
   for _, c in ipairs(CONFIGS) do if c.name == cname then cfg = c end end
   if kind == "cpu" then return ratio(sname, cname, "server_cpu_us_per_msg") end
+  if kind == "peer" then
+    local v, base = med(sname, cname, metric_of(cfg)), med(t.base, cname, metric_of(cfg))
+    return v and base and v / base or nil
+  end
   return ratio(sname, cname, metric_of(cfg))
 end
 
@@ -517,6 +553,8 @@ local function targets_table(out)
       what = string.format("%s: RSS per idle connection ≤ %d B", t[1], t[6])
     elseif t[4] == "cpu" then
       what = string.format("%s: server CPU/msg on %s ≤ %.2f× ref", t[1], config_title(t[3]), t[6])
+    elseif t[4] == "peer" then
+      what = string.format("%s: %s ≥ %.2f× %s", t[1], config_title(t[3]), t[6], t.base)
     else
       what = string.format("%s: %s ≥ %.2f× ref", t[1], config_title(t[3]), t[6])
     end

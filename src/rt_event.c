@@ -65,6 +65,7 @@ struct hup {
     struct addrinfo *ai, *cur;  /* connecting: the addresses, the one tried */
     struct hres *res;           /* a name lookup in flight */
     int err;                    /* the last connect's errno */
+    int drained;                /* the last read left the socket empty */
     char addr[NET_ADDR_LEN];    /* the address tried last */
     struct hup *next;
 };
@@ -635,19 +636,25 @@ static int up_ioerr(lua_State *L, int e) {
     return lconn_fail(L, "closed", e == EPIPE ? ECONNRESET : e);
 }
 
+/* The socket stays watched after a read (a proxy reads again at once: no
+ * epoll_ctl per message); it is let go when it fires with no reader. */
 static void up_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
     struct hup *up = ud;
     struct task *t = up->reader;
-    size_t max = t->recv_max && t->recv_max < sizeof up_buf ? t->recv_max
-                                                           : sizeof up_buf;
-    ssize_t n = recv(fd, up_buf, max, 0);
-    size_t cap;
+    size_t max, cap;
+    ssize_t n;
     int nres;
     (void)mask;
 
+    if (t == NULL) {
+        ev_del(loop, fd, EV_READABLE);
+        return;
+    }
+    max = t->recv_max ? t->recv_max : sizeof up_buf;
+    n = recv(fd, up_buf, max, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
-    ev_del(loop, fd, EV_READABLE);
+    up->drained = n > 0 && (size_t)n < max;
     up->reader = NULL;
     cap = cap_lift(up->hc->h);
     if (n > 0) {
@@ -669,15 +676,20 @@ static int up_recv(lua_State *L, struct lconn *u, size_t max,
 
     if (max == 0 || max > sizeof up_buf)
         max = sizeof up_buf;
-    n = recv(up->fd, up_buf, max, 0);
-    if (n > 0) {
-        lua_pushlstring(L, up_buf, (size_t)n);
-        return 1;
+    /* after a short read the socket is most likely empty: epoll tells when
+     * it is not, and a recv that would fail is saved */
+    if (!up->drained) {
+        n = recv(up->fd, up_buf, max, 0);
+        if (n > 0) {
+            up->drained = (size_t)n < max;
+            lua_pushlstring(L, up_buf, (size_t)n);
+            return 1;
+        }
+        if (n == 0)
+            return lconn_fail(L, "closed", 0);
+        if (errno != EAGAIN && errno != EINTR)
+            return up_ioerr(L, errno);
     }
-    if (n == 0)
-        return lconn_fail(L, "closed", 0);
-    if (errno != EAGAIN && errno != EINTR)
-        return up_ioerr(L, errno);
     snprintf(name, sizeof name, "conn:%s", what);
     t = task_waiter(L, up->hc, name, " for data");
     if (up->reader)
