@@ -116,6 +116,7 @@ $(foreach m,$(LUAMODS),$(eval $(BUILD)/lua/echohost/$(m).so: $(SO_$(m))))
 $(BUILD)/lua/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
 
 $(BUILD)/echohost-bench: src/bench.c src/bench_proc.c src/bench_proc.h
+	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c,$^) -lm -lpthread $(EXTRA_LDFLAGS)
 
@@ -132,6 +133,7 @@ $(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
 glue-test: $(GLUE_TESTS)
 
 $(BUILD)/refecho: src/refecho.c
+	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
 
