@@ -24,6 +24,7 @@ struct eh_config {
     long lua_budget;            /* VM instructions per callback/resume; 0 = none */
     int access_log;             /* one line per connection when it ends */
     size_t shared_size;         /* bytes of the shared dictionary */
+    size_t pubsub_size;         /* bytes of the pubsub ring */
     const char **settings;      /* --set KEY=VALUE, as given (argv) */
     int nsettings;
 };

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 
 #include "lconn.h"
+#include "lpubsub.h"
 
 int lconn_fail(lua_State *L, const char *msg, int code) {
     lua_pushnil(L);
@@ -91,8 +92,9 @@ int lconn_timer_done(lua_State *L, struct ltimer *t) {
 }
 
 static int upstream_only(lua_State *L, const char *what) {
-    return luaL_error(L, "%s is not available on an upstream socket: timers "
-                      "and coroutines belong to the client's conn", what);
+    return luaL_error(L, "%s is not available on an upstream socket: timers, "
+                      "coroutines and subscriptions belong to the client's "
+                      "conn", what);
 }
 
 /* conn:after(secs, fn), conn:every(secs, fn): upvalue 2 is 1 for every. */
@@ -161,8 +163,10 @@ static void timer_createmeta(lua_State *L) {
 }
 
 void lconn_gone(lua_State *L, struct lconn *u, int code) {
-    if (u->ops)
+    if (u->ops) {
         timers_cancel(L, u);
+        lpubsub_cancel_all(L, u);
+    }
     u->ops = NULL;
     u->rt = NULL;
     if (!u->closed)
@@ -428,6 +432,7 @@ static int conn_end(lua_State *L, int reset) {
 
     if (!done(u)) {
         timers_cancel(L, u);
+        lpubsub_cancel_all(L, u);
         u->closed = 1;
         u->end_code = 0;
         if (reset)
@@ -453,6 +458,25 @@ static int lconn_spawn(lua_State *L) {
     if (done(u))
         return lconn_fail(L, "closed", u->end_code);
     return u->ops->spawn(L, u);
+}
+
+/* conn:subscribe(channel, fn): the subscription, nil, "closed", code once
+ * the connection is closed, or nil and the bus's message. */
+static int lconn_subscribe(lua_State *L) {
+    struct lconn *u = checkconn(L);
+    size_t len;
+
+    luaL_argcheck(L, lua_type(L, 2) == LUA_TSTRING &&
+                  (lua_tolstring(L, 2, &len), len >= 1 && len <= 250), 2,
+                  "channel of 1..250 bytes expected");
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (u->upstream)
+        return upstream_only(L, "subscribe");
+    if (done(u))
+        return lconn_fail(L, "closed", u->end_code);
+    if (u->nsubs >= LCONN_SUBS_MAX)
+        return lconn_too_many(L, "subscriptions", LCONN_SUBS_MAX);
+    return lpubsub_subscribe(L, u);
 }
 
 static int lconn_settimeout(lua_State *L) {
@@ -521,6 +545,7 @@ static const luaL_Reg lconn_methods[] = {
     {"shutdown", lconn_shutdown},
     {"sleep", lconn_sleep},
     {"spawn", lconn_spawn},
+    {"subscribe", lconn_subscribe},
     {NULL, NULL}
 };
 
@@ -550,6 +575,7 @@ void lconn_createmeta(lua_State *L) {
     lua_setfield(L, -2, "__index");             /* mt.__index = lconn_index */
     lua_pop(L, 1);
     timer_createmeta(L);
+    lpubsub_createmeta(L);
 }
 
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,

@@ -11,9 +11,11 @@
 #define LCONN_NAME "echohost.conn"
 #define LCONN_TIMER "echohost.timer"
 #define LCONN_TIMERS_MAX 64         /* armed timers per connection */
+#define LCONN_SUBS_MAX 64           /* subscriptions per connection */
 
 struct lconn;
 struct ltimer;
+struct lsub;
 
 /* What a runtime does for the conn object, only while the connection is
  * open and not closed by the handler. recv, send and sleep push their
@@ -36,6 +38,10 @@ struct lconn_ops {
     /* conn:spawn(fn, ...): fn at index 2, its arguments above; runs it as
      * a new coroutine of the connection and pushes spawn's results. */
     int (*spawn)(lua_State *L, struct lconn *u);
+    /* A message for the subscription s of u: the runtime calls its
+     * function like a timer's (lpubsub_push, the call). */
+    void (*deliver)(struct lconn *u, struct lsub *s, const char *ch,
+                    size_t chlen, const char *msg, size_t len);
 };
 
 /* A timer of conn:after/conn:every: the "echohost.timer" userdata. */
@@ -67,8 +73,11 @@ struct lconn {
     size_t fcount;                  /* its byte count (receive(n)) */
     struct ltimer *timers;          /* armed, in arming order */
     int ntimers;
+    struct lsub *subs;              /* conn:subscribe's, active */
+    int nsubs;
     int upstream;                   /* an upstream socket: no timers, no
-                                       spawn (they are the client conn's) */
+                                       spawn, no subscriptions (they are
+                                       the client conn's) */
 };
 
 /* Creates the metatable in L (once per state). */

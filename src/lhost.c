@@ -15,6 +15,7 @@ struct lhost_mem {
 int luaopen_echohost_glue(lua_State *L);
 int luaopen_echohost_log(lua_State *L);
 int luaopen_echohost_proc(lua_State *L);
+int luaopen_echohost_pubsub(lua_State *L);
 int luaopen_echohost_shared(lua_State *L);
 int luaopen_echohost_socket(lua_State *L);
 
@@ -23,6 +24,7 @@ static const luaL_Reg preloaded[] = {
     {"echohost.glue", luaopen_echohost_glue},
     {"echohost.log", luaopen_echohost_log},
     {"echohost.proc", luaopen_echohost_proc},
+    {"echohost.pubsub", luaopen_echohost_pubsub},
     {"echohost.shared", luaopen_echohost_shared},
     {"echohost.socket", luaopen_echohost_socket},
     {NULL, NULL}

@@ -9,9 +9,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bus.h"
 #include "config.h"
 #include "hload.h"
 #include "log.h"
+#include "lpubsub.h"
 #include "lshared.h"
 #include "repl.h"
 #include "script.h"
@@ -49,6 +51,8 @@ static void usage(FILE *f) {
 "                        0=off)\n"
 "  --shared-size BYTES   capacity of the shared dictionary, echohost.shared\n"
 "                        (default 1m, 4k..1g)\n"
+"  --pubsub-size BYTES   ring of echohost.pubsub's messages, shared by every\n"
+"                        process (default 1m, 4k..1g)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
 "  --access-log          log one line per connection when it ends\n"
 "  BYTES is a count, or one with a suffix k, m or g (times 1024, 1024^2,\n"
@@ -92,6 +96,7 @@ void config_defaults(struct eh_config *c) {
     c->lua_mem_limit = 64 * 1024 * 1024;
     c->lua_budget = 100000000;
     c->shared_size = LSHARED_DEFAULT;
+    c->pubsub_size = LPUBSUB_DEFAULT;
 }
 
 /* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888". 0 or -1. */
@@ -197,7 +202,7 @@ enum {
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
-    OPT_SHARED_SIZE
+    OPT_SHARED_SIZE, OPT_PUBSUB_SIZE
 };
 
 static const struct option options[] = {
@@ -216,6 +221,7 @@ static const struct option options[] = {
     {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
     {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
     {"shared-size", required_argument, NULL, OPT_SHARED_SIZE},
+    {"pubsub-size", required_argument, NULL, OPT_PUBSUB_SIZE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"script", required_argument, NULL, OPT_SCRIPT},
     {"repl", no_argument, NULL, OPT_REPL},
@@ -333,6 +339,12 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             if (c->shared_size < SHDICT_MIN || c->shared_size > SHDICT_MAX)
                 return usage_error("bad --shared-size '%s' (want 4k..1g)", a);
             break;
+        case OPT_PUBSUB_SIZE:
+            if (bytes_arg("pubsub-size", a, 0, &c->pubsub_size))
+                return 2;
+            if (c->pubsub_size < BUS_MIN || c->pubsub_size > BUS_MAX)
+                return usage_error("bad --pubsub-size '%s' (want 4k..1g)", a);
+            break;
         case OPT_LOG_LEVEL:
             if ((log_level = log_parse_level(a)) < 0)
                 return usage_error("bad --log-level '%s' "
@@ -369,7 +381,8 @@ int main(int argc, char **argv) {
     if (rc != 0)
         return rc < 0 ? 0 : rc;
     /* before anything forks: every worker and child shares this one */
-    if (lshared_init(cli.cfg.shared_size, err, sizeof err) < 0) {
+    if (lshared_init(cli.cfg.shared_size, err, sizeof err) < 0 ||
+        lpubsub_init(cli.cfg.pubsub_size, err, sizeof err) < 0) {
         fprintf(stderr, "%s: %s\n", progname, err);
         return 1;
     }

@@ -16,6 +16,7 @@
 #include "conn.h"
 #include "hload.h"
 #include "lconn.h"
+#include "lpubsub.h"
 #include "lhost.h"
 #include "llog.h"
 #include "log.h"
@@ -534,19 +535,14 @@ static void ev_reset(struct lconn *u) {
 
 static void ev_timer_arm(struct lconn *u, struct ltimer *t, double secs);
 
-/* A timer of conn:after/every fell due: its function runs like a callback
+/* Calls the function below the n arguments that push pushed, with the cap
+ * lifted while they were pushed, like a callback whose results go unused
  * (budget, memory cap, a fault closes the connection). */
-static long ev_timer_fire(ev_loop *loop, long long id, void *ud) {
-    struct ltimer *t = ud;
-    struct hconn *hc = t->u->rt;
+static void call_pushed(struct hconn *hc, int n, size_t cap) {
     struct handler *h = hc->h;
     lua_State *L = h->L;
-    size_t cap = cap_lift(h);
-    int n, status;
-    (void)loop; (void)id;
+    int status;
 
-    t->rt_id = 0;               /* this ev timer ends: EV_NOMORE */
-    n = lconn_timer_push(L, t);
     cap_restore(h, cap);
     hload_budget(L, h->cfg->lua_budget);
     hc->in_call = 1;
@@ -558,6 +554,18 @@ static long ev_timer_fire(ev_loop *loop, long long id, void *ud) {
         fault(hc, L, status);
     else if (hc->close_after)
         conn_close(hc->c);
+}
+
+/* A timer of conn:after/every fell due: its function runs like a callback. */
+static long ev_timer_fire(ev_loop *loop, long long id, void *ud) {
+    struct ltimer *t = ud;
+    struct hconn *hc = t->u->rt;
+    lua_State *L = hc->h->L;
+    size_t cap = cap_lift(hc->h);
+    (void)loop; (void)id;
+
+    t->rt_id = 0;               /* this ev timer ends: EV_NOMORE */
+    call_pushed(hc, lconn_timer_push(L, t), cap);
     if (lconn_timer_done(L, t))
         ev_timer_arm(t->u, t, t->period);
     return EV_NOMORE;
@@ -577,9 +585,35 @@ static void ev_timer_disarm(struct lconn *u, struct ltimer *t) {
     t->rt_id = 0;
 }
 
+/* A message for one of the conn's subscriptions: its function runs like
+ * a timer's. */
+static void ev_deliver(struct lconn *u, struct lsub *s, const char *ch,
+                       size_t chlen, const char *msg, size_t len) {
+    struct hconn *hc = u->rt;
+    size_t cap = cap_lift(hc->h);
+
+    call_pushed(hc, lpubsub_push(hc->h->L, s, ch, chlen, msg, len), cap);
+}
+
+static ev_loop *bell_loop;      /* the worker's: its handlers share it */
+
+static void bell_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    (void)loop; (void)fd; (void)ud; (void)mask;
+    lpubsub_dispatch();
+}
+
+static void bell_add(int fd) {
+    if (ev_add(bell_loop, fd, EV_READABLE, bell_proc, NULL) < 0)
+        log_error("pubsub: cannot watch the doorbell: %s", strerror(errno));
+}
+
+static void bell_del(int fd) {
+    ev_del(bell_loop, fd, EV_READABLE);
+}
+
 static const struct lconn_ops ev_ops = {
     ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset,
-    ev_timer_arm, ev_timer_disarm, ev_spawn
+    ev_timer_arm, ev_timer_disarm, ev_spawn, ev_deliver
 };
 
 /* --- upstream sockets ------------------------------------------------------ */
@@ -807,7 +841,8 @@ static void up_shutdown(struct lconn *u) {
 
 static const struct lconn_ops up_ops = {
     up_recv, up_send, up_sleep, up_close, up_shutdown, up_reset,
-    NULL, NULL, NULL            /* lconn raises for timers and spawn */
+    NULL, NULL, NULL, NULL      /* lconn raises for timers, spawn and
+                                   subscribe */
 };
 
 /* --- connect ----------------------------------------------------------------- */
@@ -1209,6 +1244,8 @@ struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
     *(struct task **)lua_getextraspace(h->L) = NULL;
     lconn_set_runtime(h->L, ev_connect, h);
     llog_set_conn(conn_now);
+    bell_loop = loop;
+    lpubsub_set_watch(bell_add, bell_del);
     lua_settop(h->L, 0);
     lua_pushcfunction(h->L, lhost_msghandler);     /* index 1, for call_cb */
     return h;

@@ -19,6 +19,7 @@
 
 #include "hload.h"
 #include "lconn.h"
+#include "lpubsub.h"
 #include "lhost.h"
 #include "llog.h"
 #include "log.h"
@@ -26,7 +27,7 @@
 #include "rt_fork.h"
 
 #define FORK_READ_MAX 65536
-#define FORK_POLL_MAX (1 + LCONN_UPSTREAMS_MAX)
+#define FORK_POLL_MAX (2 + LCONN_UPSTREAMS_MAX)  /* + the pubsub doorbell */
 
 enum { W_TIMEOUT = -2, W_END = -3 };    /* frt_write_block, besides 0 */
 enum { R_READY, R_TIMEOUT, R_CLOSED };  /* why a parked task resumes */
@@ -665,9 +666,23 @@ static int f_spawn(lua_State *L, struct lconn *u) {
     return 1;
 }
 
+static void f_deliver(struct lconn *u, struct lsub *s, const char *ch,
+                      size_t chlen, const char *msg, size_t len) {
+    struct frt *f = u->rt;
+    lua_State *L = f->L;
+    int n;
+
+    lhost_set_mem_limit(L, 0);  /* pushes are unprotected: see rt_event.c */
+    n = lpubsub_push(L, s, ch, chlen, msg, len);
+    lhost_set_mem_limit(L, f->mem);
+    hload_budget(L, f->budget);
+    if (eh_pcall(L, n, 0) != LUA_OK)
+        frt_fault(f);
+}
+
 static const struct lconn_ops fork_ops = {
     f_recv, f_send, f_sleep, f_close, f_shutdown, f_reset,
-    f_timer_arm, f_timer_disarm, f_spawn
+    f_timer_arm, f_timer_disarm, f_spawn, f_deliver
 };
 
 /* --- upstream sockets ----------------------------------------------------- */
@@ -721,7 +736,7 @@ static void up_reset(struct lconn *u) {
 /* lconn raises for timers and spawn on an upstream before these. */
 static const struct lconn_ops up_ops = {
     up_recv, up_send, f_sleep, up_close, up_shutdown, up_reset,
-    NULL, NULL, NULL
+    NULL, NULL, NULL, NULL
 };
 
 /* The connect failed with up->err at up->addr (as echohost.socket's). */
@@ -972,6 +987,7 @@ static void frt_poll(struct frt *f) {
     struct timespec ts;
     double next = frt_next_due(f), now;
     int n, input = !f->direct && !f->eof && f->end == NULL;
+    int bell = lpubsub_fd(), nsides;
 
     if (f->idle > 0 && f->end == NULL)
         next = earlier(next, f->active + f->idle);
@@ -979,12 +995,17 @@ static void frt_poll(struct frt *f) {
     for (int i = 0; i < LCONN_UPSTREAMS_MAX; i++)
         if (f->ups[i].in_use)
             n = poll_add(p, ps, n, &f->ups[i].side, 0);
+    nsides = n;
+    if (bell >= 0)
+        p[n++] = (struct pollfd){.fd = bell, .events = POLLIN};
     if (ppoll(p, (nfds_t)n, until_ts(&ts, next), &f->waitmask) < 0) {
         if (errno != EINTR)
             frt_ioerr(f, errno);
         return;
     }
-    for (int i = 0; i < n; i++) {
+    if (nsides < n && p[nsides].revents)
+        lpubsub_dispatch();
+    for (int i = 0; i < nsides; i++) {
         short r = p[i].revents;
         if ((r & (POLLIN | POLLHUP | POLLERR)) && ps[i]->reader)
             task_wake(ps[i]->reader, R_READY, 0);
