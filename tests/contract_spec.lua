@@ -72,6 +72,41 @@ return function(conn, data)
 end
 ]]
 
+-- A per-message handler of publish/subscribe: one command per message.
+local PUBSUB_CMDS = [[
+local pubsub = require "echohost.pubsub"
+local function show(c, msg, ch) c:send(ch .. ":" .. msg .. "\n") end
+return function(conn, data)
+  local cmd, ch, arg = data:match("^(%a+) ?(%S*) ?(.*)$")
+  if cmd == "sub" then
+    conn.state[ch] = conn:subscribe(ch, show)
+    return "subscribed " .. ch .. "\n"
+  elseif cmd == "subs" then
+    for i = 1, tonumber(arg) do conn:subscribe(ch .. i, show) end
+    return "ok\n"
+  elseif cmd == "pub" then
+    return tostring(pubsub.publish(ch, arg)) .. "\n"
+  elseif cmd == "big" then
+    return tostring(pubsub.publish(ch, ("x"):rep(tonumber(arg)))) .. "\n"
+  elseif cmd == "max" then
+    return tostring(pubsub.message_max()) .. "\n"
+  elseif cmd == "cancel" then
+    local s = conn.state[ch]
+    return tostring(s:cancel()) .. " " .. tostring(s) .. " " .. tostring(s:cancel()) .. "\n"
+  elseif cmd == "faulty" then
+    conn:subscribe(ch, function() error("boom in " .. ch) end)
+    return "subscribed " .. ch .. "\n"
+  elseif cmd == "late" then
+    conn:close()
+    rec(conn, "subscribe", conn:subscribe(ch, show))
+  elseif cmd == "badsub" then
+    conn:subscribe("", show)
+  elseif cmd == "badpub" then
+    pubsub.publish(ch, 42)
+  end
+end
+]]
+
 local BIG = string.rep("abcdefghijklmnop", 4096)   -- 64 KiB, replied upper-cased
 
 -- Steps of a connection b that round-trips twice around a fault of a (the
@@ -919,6 +954,89 @@ end }
       { c = "a", ending = "closed", rest = "" },
     },
     log = "error", log_has = { "bad argument #1 to 'get' (key of 1..250 bytes expected)" } },
+
+  -- Publish and subscribe (echohost.pubsub, conn:subscribe) ----------------
+
+  { name = "a message reaches every subscriber of its channel, after the publisher's reply",
+    handler = PUBSUB_CMDS,
+    steps = {
+      { c = "a", send = "sub news", expect = "subscribed news\n" },
+      { c = "b", send = "sub news", expect = "subscribed news\n" },
+      { c = "c", send = "sub other", expect = "subscribed other\n" },
+      { c = "a", send = "pub news hello world", expect = "true\nnews:hello world\n" },
+      { c = "b", expect = "news:hello world\n" },
+      { c = "c", check = "open" },
+      { c = "c", send = "pub news 2", expect = "true\n" },
+      { c = "a", expect = "news:2\n" },
+      { c = "b", expect = "news:2\n" },
+      { c = "c", send = "pub other 3", expect = "true\nother:3\n" },
+      { c = "a", check = "open" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+      { c = "c", eof = true },
+      { c = "c", ending = "closed", rest = "" },
+    } },
+
+  { name = "a cancelled subscription and a closed connection get nothing",
+    handler = PUBSUB_CMDS,
+    steps = {
+      { c = "a", send = "sub x", expect = "subscribed x\n" },
+      { c = "b", send = "sub x", expect = "subscribed x\n" },
+      { c = "a", send = "cancel x",
+        expect = "true echohost.subscription (cancelled) true\n" },
+      { c = "b", send = "pub x m", expect = "true\nx:m\n" },
+      { c = "a", check = "open" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+      { c = "a", send = "pub x n", expect = "true\n" },
+      { c = "a", send = "sub x", expect = "subscribed x\n" },
+      { c = "a", send = "pub x o", expect = "true\nx:o\n" },
+      { c = "a", send = "late x" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "subscribe nil closed 0" } } },
+
+  { name = "a subscription's error ends its connection only; the others still get the message",
+    handler = PUBSUB_CMDS,
+    steps = {
+      { c = "a", send = "faulty f", expect = "subscribed f\n" },
+      { c = "b", send = "sub f", expect = "subscribed f\n" },
+      { c = "b", send = "pub f hi", expect = "true\nf:hi\n" },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", send = "pub f again", expect = "true\nf:again\n" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "boom in f" } },
+
+  { name = "the longest message follows --pubsub-size; a longer one raises",
+    handler = PUBSUB_CMDS, pubsub_size = "4k",
+    steps = {
+      { c = "a", send = "max", expect = "758\n" },
+      { c = "a", send = "sub b", expect = "subscribed b\n" },
+      { c = "a", send = "big b 758", expect = "true\nb:" .. ("x"):rep(758) .. "\n" },
+      { c = "a", send = "big b 759" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "message too large (at most 758 bytes)" } },
+
+  { name = "misuse of publish/subscribe raises: a bad channel, a message that is not a string, "
+      .. "the 65th subscription",
+    handler = PUBSUB_CMDS,
+    steps = {
+      { c = "a", send = "badsub" },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", send = "badpub ch" },
+      { c = "b", ending = "closed", rest = "" },
+      { c = "c", send = "subs s 64", expect = "ok\n" },
+      { c = "c", send = "subs t 1" },
+      { c = "c", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "bad argument #1 to 'subscribe' (channel of 1..250 bytes expected)",
+                               "bad argument #2 to 'publish' (string expected, got number)",
+                               "too many subscriptions on this connection (at most 64)" } },
 }
 
 local INTERPRETERS = {

@@ -1190,6 +1190,7 @@ return { handle = function(conn)
   local out = {
     msg(socket.listen), msg(socket.open_socket, "127.0.0.1", 0),
     msg(up.after, up, 1, print), msg(up.every, up, 1, print), msg(up.spawn, up, print),
+    msg(up.subscribe, up, "ch", print),
     msg(socket.connect, "127.0.0.1", 0), msg(socket.connect, "127.0.0.1", 1.5),
     msg(socket.connect, "127.0.0.1", "x"), msg(socket.connect, "127.0.0.1", 7, -1),
     msg(socket.connect, nil, 7),
@@ -1203,12 +1204,14 @@ end }
     assert.same({
       "echohost.socket.listen is not available in a handler",
       "echohost.socket.open_socket is not available in a handler",
-      "after is not available on an upstream socket: timers and coroutines belong to the "
-        .. "client's conn",
-      "every is not available on an upstream socket: timers and coroutines belong to the "
-        .. "client's conn",
-      "spawn is not available on an upstream socket: timers and coroutines belong to the "
-        .. "client's conn",
+      "after is not available on an upstream socket: timers, coroutines and subscriptions "
+        .. "belong to the client's conn",
+      "every is not available on an upstream socket: timers, coroutines and subscriptions "
+        .. "belong to the client's conn",
+      "spawn is not available on an upstream socket: timers, coroutines and subscriptions "
+        .. "belong to the client's conn",
+      "subscribe is not available on an upstream socket: timers, coroutines and subscriptions "
+        .. "belong to the client's conn",
       "bad argument #2 to 'connect' (port out of range 1..65535)",
       "bad argument #2 to 'connect' (number has no integer representation)",
       "bad argument #2 to 'connect' (number expected, got string)",

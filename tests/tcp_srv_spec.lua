@@ -188,7 +188,8 @@ describe("echohost.tcp_srv", function()
     for _, c in ipairs({ eof, close, err }) do c:close() end
   end)
 
-  it("has no timers: conn:after and conn:every raise, argument checks first", function()
+  it("has no timers and no bus: conn:after, conn:every and conn:subscribe raise, argument "
+    .. "checks first", function()
     local srv, port = listener()
     local log = os.tmpname()
     finally(function() os.remove(log) end)
@@ -198,8 +199,12 @@ describe("echohost.tcp_srv", function()
         local ok, err = pcall(conn[call[1]], conn, call[2], print)
         got[#got + 1] = ok and "no raise" or (tostring(err):gsub("^[^:]*:%d+: ", ""))
       end
+      local ok, err = pcall(conn.subscribe, conn, "ch", print)
+      got[#got + 1] = ok and "no raise" or (tostring(err):gsub("^[^:]*:%d+: ", ""))
       conn:close()
       local r = table.pack(conn:after(1, print))
+      got[#got + 1] = ("%s %s %s"):format(r[1], r[2], r[3])
+      r = table.pack(conn:subscribe("ch", print))
       got[#got + 1] = ("%s %s %s"):format(r[1], r[2], r[3])
       local f = assert(io.open(log, "w"))
       f:write(table.concat(got, "\n"))
@@ -215,6 +220,8 @@ describe("echohost.tcp_srv", function()
     assert.equal("timers are not available under tcp_srv\n"
       .. "timers are not available under tcp_srv\n"
       .. "bad argument #1 to 'every' (expected seconds > 0)\n"
+      .. "conn:subscribe is not available under tcp_srv\n"
+      .. "nil closed 0\n"
       .. "nil closed 0", text)
   end)
 

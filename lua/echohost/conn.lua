@@ -39,6 +39,13 @@
 --                     true, or false, message (the conn raises message:
 --                     M.too_many_tasks(), or "not available" where the
 --                     interpreter has no coroutines)
+--   subscribe(r)      conn:subscribe: the subscription record r (r.channel,
+--                     r.fn, r.conn) gets the messages published on
+--                     r.channel from now on; the interpreter calls
+--                     r.fn(r.conn, message, channel) like a timer's function
+--                     while r.core is set; true, or false, message (the conn
+--                     raises message: no pubsub in this interpreter)
+--   unsubscribe(r)    r is cancelled (conn:cancel, close, reset, the end)
 --
 -- Timers (README "Timers"): conn:after(secs, fn), conn:every(secs, fn) and
 -- timer:cancel() are here, with their checks, the limit of M.TIMERS_MAX
@@ -74,6 +81,7 @@ local M = {}
 M.HIGH_WATER = 256 * 1024
 M.DELIM_MAX = 256
 M.TIMERS_MAX = 64                   -- armed timers per connection
+M.SUBS_MAX = 64                     -- subscriptions per connection
 M.TASKS_MAX = 64                    -- coroutines per connection, handle included
 M.UPSTREAMS_MAX = 64                -- open upstream sockets per connection
 M.CONNECT_TIMEOUT = 60              -- seconds, socket.connect's default
@@ -112,7 +120,8 @@ end
 
 -- name: "after", "every", "spawn".
 function M.upstream_only(name)
-  return ("%s is not available on an upstream socket: timers and coroutines belong to "
+  return ("%s is not available on an upstream socket: timers, coroutines and subscriptions "
+    .. "belong to "
     .. "the client's conn"):format(name)
 end
 
@@ -160,10 +169,16 @@ local function cancel(t)
   end
 end
 
--- Every timer of c: at close, reset and when the connection ends.
+local unsubscribe
+
+-- Every timer and subscription of c: at close, reset and when the
+-- connection ends.
 local function cancel_all(c)
   while c.timers[1] do
     cancel(c.timers[1])
+  end
+  while c.subs[1] do
+    unsubscribe(c.subs[1])
   end
 end
 
@@ -227,6 +242,69 @@ end
 
 function Conn:every(secs, fn)
   return arm(self, "every", secs, fn)
+end
+
+-- Subscriptions --------------------------------------------------------------
+
+local Sub = {}
+local sub_mt = { __name = "echohost.subscription", __index = Sub }
+
+function unsubscribe(r)
+  local c = r.core
+  if not c then
+    return
+  end
+  for i, u in ipairs(c.subs) do
+    if u == r then
+      table.remove(c.subs, i)
+      break
+    end
+  end
+  r.core = nil
+  c.ops.unsubscribe(r)
+end
+
+function Sub:cancel()
+  local r = getmetatable(self) == sub_mt and rawget(self, "_r")
+  if not r then
+    error(("bad argument #1 to 'cancel' (echohost.subscription expected, got %s)")
+      :format(type(self)), 2)
+  end
+  unsubscribe(r)
+  return true
+end
+
+function sub_mt.__tostring(self)
+  return rawget(self, "_r").core and "echohost.subscription (active)"
+    or "echohost.subscription (cancelled)"
+end
+
+function sub_mt.__newindex()
+  error("echohost.subscription fields are read-only", 2)
+end
+
+-- conn:subscribe(channel, fn): the subscription, or nil, "closed", code
+-- once the connection is closed.
+function Conn:subscribe(channel, fn)
+  local c = core_of(self)
+  if type(channel) ~= "string" or #channel < 1 or #channel > 250 then
+    error("bad argument #1 to 'subscribe' (channel of 1..250 bytes expected)", 2)
+  elseif type(fn) ~= "function" then
+    error(("bad argument #2 to 'subscribe' (function expected, got %s)"):format(type(fn)), 2)
+  elseif c.upstream then
+    error(M.upstream_only("subscribe"), 2)
+  elseif done(c) then
+    return nil, "closed", c.code
+  elseif #c.subs >= M.SUBS_MAX then
+    error(("too many subscriptions on this connection (at most %d)"):format(M.SUBS_MAX), 2)
+  end
+  local r = { channel = channel, fn = fn, conn = self, core = c }
+  local ok, err = c.ops.subscribe(r)
+  if ok == false then
+    error(err, 2)
+  end
+  c.subs[#c.subs + 1] = r
+  return setmetatable({ _r = r }, sub_mt)
 end
 
 -- The connection ended (once): later calls report code (0, or 104 after a
@@ -490,7 +568,7 @@ function M.new(ops, opts)
   opts = opts or {}
   local c = { ops = ops, id = opts.id, peer = opts.peer, state = opts.state or {},
               high_water = opts.high_water or M.HIGH_WATER, buf = "",
-              closed = false, wshut = false, ended = false, code = 0, timers = {},
+              closed = false, wshut = false, ended = false, code = 0, timers = {}, subs = {},
               upstream = opts.upstream and true or false }
   return setmetatable({ _c = c }, conn_mt), c
 end

@@ -39,6 +39,9 @@
 --     shared  the echohost.shared of this open: a dictionary made by
 --             harness.shared(size), to share one between opens (default: a
 --             fresh harness.shared(), 1 MiB, per open)
+--     bus     the echohost.pubsub bus of this open: one made by
+--             harness.bus(size), to share one between opens (default: a
+--             fresh harness.bus(), 1 MiB, per open); see "The bus" below
 --   A handler loaded from a path also gets require("echohost.log"): error,
 --   warn, info, debug(fmt, ...) (string.format; fmt as is when alone), each
 --   appending one line to h.logs, the server's log line without its
@@ -47,7 +50,8 @@
 --   is kept (the server's --log-level does not apply). A fmt that is not a
 --   string raises "file:line: bad argument #1 to 'warn' (string expected,
 --   got nil)". It also gets require("echohost.socket") (harness.socket) and
---   require("echohost.shared") (h.shared). A handler value was made outside
+--   require("echohost.shared") (h.shared) and require("echohost.pubsub")
+--   (the bus's publish and message_max). A handler value was made outside
 --   the loader: it gets none of these modules, and uses harness.socket and
 --   a dictionary of its own (opts.shared) instead.
 --   on_open runs (or handle starts) in open. The conn is echohost.conn
@@ -118,6 +122,17 @@
 -- k, m or g; default harness.SHARED_SIZE = 1 MiB) with a virtual clock of
 -- its own, starting at 0, that moves forward by as much as the clock of
 -- every open using it moves: its TTLs follow h:advance and sleeps.
+--
+-- The bus. harness.bus([size]) -> the twin of the server's pubsub ring
+-- (lua/echohost/bus.lua; size as --pubsub-size, default 1 MiB, which sets
+-- the longest message). conn:subscribe(channel, fn) of any open using it
+-- gets the messages published on channel afterwards by any of them: each
+-- is a job of the subscriber's scheduler, fn(conn, message, channel) run
+-- like a timer's function (skipped if cancelled meanwhile). The
+-- publisher's own world runs it within the step; after the step, every
+-- other world that got messages is run in turn, in the order they got
+-- their first, until none has any left (more than harness.STEP_EVENTS
+-- such runs raise). No message is ever lost.
 --
 -- Steps of h, each returning what the handler sent during it:
 --   h:input(data)  the client sends data (ignored once the connection ended
@@ -207,6 +222,7 @@ function M.advance(secs)
 end
 
 local WAIT = {}                     -- what a parking task yields
+local deliver_message
 local CURRENT                       -- the task running now (nil: none)
 local LOADING = 0                   -- > 0 while a handler loads
 
@@ -496,6 +512,26 @@ local function fire_timer(t)
   end
   if conn.timer_done(t) then
     t.due = t.due + math.max(1, ns(t.period))
+  end
+end
+
+-- A message for the subscription r of self: a job of self's world that
+-- runs r.fn like a timer's (it is skipped if r was cancelled meanwhile);
+-- the world is run after the publishing step (run_pending).
+function deliver_message(self, r, msg, ch)
+  local W = self.world
+  enqueue(W, function()
+    if r.core then
+      local ok, err = call(self, r.fn, r.conn, msg, ch)
+      if not ok then
+        fault(self, err)
+      end
+    end
+  end)
+  local bus = W.bus
+  if not bus.pending[W] then
+    bus.pending[W] = true
+    bus.pending[#bus.pending + 1] = W
   end
 end
 
@@ -817,6 +853,14 @@ local function ops_of(self)
   function ops.spawn(fn, ...)
     return spawn(self, fn, ...)
   end
+  function ops.subscribe(r)
+    r.deliver = function(msg, ch) deliver_message(self, r, msg, ch) end
+    W.bus:subscribe(r)
+    return true
+  end
+  function ops.unsubscribe(r)
+    W.bus:unsubscribe(r)
+  end
   return ops
 end
 
@@ -948,13 +992,13 @@ local CLOCKS = setmetatable({}, { __mode = "k" })   -- dictionary -> { now = sec
 
 local SUFFIX = { k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 }
 
-local function bytes(size)
+local function bytes(size, fname)
   if math.type(size) == "integer" then
     return size
   end
   local n, suffix = tostring(size):match("^(%d+)([kmgKMG]?)$")
   if type(size) ~= "string" or not n then
-    error(("bad argument #1 to 'shared' (a size in bytes expected, got %s)"):format(
+    error(("bad argument #1 to '%s' (a size in bytes expected, got %s)"):format(fname or "shared",
       type(size) == "string" and ("'" .. size .. "'") or type(size)), 3)
   end
   return math.tointeger(n) * (SUFFIX[suffix:lower()] or 1)
@@ -985,6 +1029,45 @@ local function shared_of(d)
       :format(type(d)), 3)
   end
   return d
+end
+
+-- The message bus -----------------------------------------------------------
+
+local BUSES = setmetatable({}, { __mode = "k" })    -- the buses of harness.bus
+
+-- A bus of size bytes (the longest message follows from it); see the header.
+function M.bus(size)
+  local b = require("echohost.bus").new(size and bytes(size, "bus") or nil)
+  b.pending = {}                    -- the worlds with deliveries to run
+  BUSES[b] = true
+  return b
+end
+
+-- opts.bus, or a fresh bus.
+local function bus_of(b)
+  if b == nil then
+    return M.bus()
+  elseif not BUSES[b] then
+    error(("bad option 'bus' to 'open' (a bus of harness.bus expected, got %s)")
+      :format(type(b)), 3)
+  end
+  return b
+end
+
+-- After a step of W: runs every world that got messages meanwhile, in the
+-- order they got their first, until none has any left.
+local function run_pending(W, run)
+  local bus, n = W.bus, 0
+  while bus and bus.pending[1] do
+    local V = table.remove(bus.pending, 1)
+    bus.pending[V] = nil
+    n = n + 1
+    if n > M.STEP_EVENTS then
+      error(("harness: a step delivered messages to %d worlds in turn (handlers that "
+        .. "publish to each other forever?)"):format(M.STEP_EVENTS), 0)
+    end
+    run(V)
+  end
 end
 
 -- A harness connection ------------------------------------------------------
@@ -1020,7 +1103,8 @@ local function provided(W, logs, settings)
            ["echohost.log"] = loader.logger(function(_, line) logs[#logs + 1] = line end,
                                             active_conn_id),
            ["echohost.socket"] = M.socket,
-           ["echohost.shared"] = W.shared }
+           ["echohost.shared"] = W.shared,
+           ["echohost.pubsub"] = W.bus and W.bus:module() }
 end
 
 -- The loaded handler (a path, loaded under self's limits, or a value named
@@ -1112,6 +1196,7 @@ function M.open(handler, opts)
   local W = new_world()
   W.shared = shared_of(opts.shared)
   W.shared_clock = W.shared and CLOCKS[W.shared]
+  W.bus = bus_of(opts.bus)
   collectgarbage()
   local self = new_harness(W, opts)
   W.client = self
@@ -1120,6 +1205,7 @@ function M.open(handler, opts)
   attach(self, h, opts.peer or M.PEER)
   start(self)
   run_world(W)
+  run_pending(W, run_world)
   return self
 end
 
@@ -1137,6 +1223,7 @@ local function step(self, fn, ...)
   local from = #self.s.chunks + 1
   fn(self, ...)
   run_world(self.world)
+  run_pending(self.world, run_world)
   return table.concat(self.s.chunks, "", from)
 end
 

@@ -26,7 +26,8 @@
 --
 -- conn:spawn raises "conn:spawn is not available under tcp_srv" (after its
 -- argument check; nil, "closed", 0 on a closed connection): the child has
--- one coroutine, its own.
+-- one coroutine, its own. conn:subscribe raises "conn:subscribe is not
+-- available under tcp_srv" the same way: no bus joins its processes.
 --
 -- A handler loaded from a path gets require("echohost.settings"), a copy
 -- of opts.settings (a table of strings; default {}),
@@ -184,6 +185,9 @@ local function ops_of(s)
   end
   function ops.spawn()              -- nor a scheduler of coroutines
     return false, "conn:spawn is not available under tcp_srv"
+  end
+  function ops.subscribe()          -- nor a bus between its processes
+    return false, "conn:subscribe is not available under tcp_srv"
   end
   return ops
 end

@@ -28,6 +28,9 @@
 --                                 -- servers' --shared-size; the harness: one
 --                                 -- harness.shared(size) for every connection
 --                                 -- of the run, as the servers have one)
+--     pubsub_size = "4k",         -- the pubsub bus's capacity (--pubsub-size;
+--                                 -- the harness: one harness.bus(size) for
+--                                 -- every connection of the run)
 --     upstreams = { up = "lua source" }   -- upstream servers the handler
 --                                 -- reaches through require("echohost.settings").up
 --                                 -- ("HOST:PORT"): the servers' driver starts an
@@ -342,6 +345,7 @@ function M.run_harness(sc, dir)
     end)
   end
   local dict = harness.shared(sc.shared_size)
+  local bus = harness.bus(sc.pubsub_size)
   local r = guarded(function()
     local obs, conns, order, peers = new_obs(), {}, {}, {}
     local function conn(name)
@@ -353,6 +357,7 @@ function M.run_harness(sc, dir)
         end
         opts.peer = "127.0.0.1:" .. (40001 + #order)
         opts.shared = dict
+        opts.bus = bus
         local n = 0
         for _, up in ipairs(M.upstream_names(sc)) do
           n = n + 1
@@ -520,6 +525,10 @@ end
 function M.run_server(model, sc, dir)
   local file, records = M.prepare(sc, dir)
   local args = { "--model", model, "--workers", "1", "--handler", file }
+  if sc.pubsub_size then
+    args[#args + 1] = "--pubsub-size"
+    args[#args + 1] = sc.pubsub_size
+  end
   if sc.shared_size then
     args[#args + 1] = "--shared-size"
     args[#args + 1] = sc.shared_size
