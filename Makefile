@@ -78,8 +78,9 @@ TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
 TESTBIN := $(BUILD)/tests/ptyrun
 # C tests of the glue runtime (tests/glue/test_*.c), run by tests/suites/glue.sh.
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
+BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
 GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
-all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS)
+all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) $(BUS_TEST)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -132,6 +133,11 @@ $(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
 	    $(EXTRA_LDFLAGS)
 glue-test: $(GLUE_TESTS)
 
+$(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h tests/glue/check.h
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) -lpthread $(EXTRA_LDFLAGS)
+
 $(BUILD)/refecho: src/refecho.c
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
@@ -170,6 +176,7 @@ asan: deps-check
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
 	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
 	    build/asan/tests/ptyrun $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
+	    $(patsubst $(BUILD)/%,build/asan/%,$(BUS_TEST)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(TOOLBIN))
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
