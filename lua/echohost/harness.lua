@@ -181,6 +181,26 @@
 -- finish, reason = how it ended, error = the first error or nil, log = the
 -- errors logged, logs = the lines of echohost.log (h.logs), state =
 -- conn.state, upstreams = h.upstreams }.
+--
+-- harness.explore(handler, input, check [, opts]): runs handler over the
+-- ways TCP may cut the string input and end the connection, calling
+-- check(result) after each run (result: what harness.run returns, plus
+-- schedule, the inputs given to run; cuts, the byte offsets after which
+-- the input was cut; event, how the client ended: "eof" after the whole
+-- input, or "eof", "reset" or "timeout" at offset at; a timeout is
+-- followed by the rest of the input and an EOF). A run fails when check
+-- raises (assert) or returns false[, message]. The schedules, smallest
+-- first: the whole input then EOF; at each offset 0..#input, an EOF, a
+-- reset and a timeout, after the prefix in one chunk and again after it
+-- byte by byte; then every set of cuts for an input of at most
+-- opts.all_max (harness.EXPLORE_ALL = 12) bytes, else every single cut,
+-- every double cut (a sample when they are too many: opts.max_runs,
+-- harness.EXPLORE_RUNS = 10000, bounds the runs) and opts.random
+-- (harness.EXPLORE_RANDOM = 200) random sets of cuts (seeded by opts.seed,
+-- default 1, so a failure repeats). opts.open: the options of each
+-- harness.run. Returns true, the number of runs; or false and a report:
+-- how many runs failed, the smallest failing schedule (fewest inputs,
+-- then the first generated) and check's message for it.
 local conn = require "echohost.conn"
 local loader = require "echohost.loader"
 
@@ -1355,6 +1375,171 @@ function M.run(handler, inputs, opts)
   return { sent = h:sent(), chunks = h.s.chunks, closed = closed, reason = h:reason(),
            error = h.error, log = h.log, logs = h.logs, state = h.s.state,
            upstreams = h.upstreams }
+end
+
+-- Exploring schedules ---------------------------------------------------------
+
+M.EXPLORE_ALL = 12                  -- inputs of at most this many bytes: every cut
+M.EXPLORE_RUNS = 10000              -- runs at most
+M.EXPLORE_RANDOM = 200              -- random sets of cuts of a longer input
+
+-- The chunks of s cut after each offset of cuts (sorted, 1 .. #s - 1).
+local function cut(s, cuts, out)
+  local from = 1
+  for _, p in ipairs(cuts) do
+    out[#out + 1] = s:sub(from, p)
+    from = p + 1
+  end
+  if from <= #s then
+    out[#out + 1] = s:sub(from)
+  end
+  return out
+end
+
+local function every_byte(n)
+  local cuts = {}
+  for p = 1, n - 1 do
+    cuts[p] = p
+  end
+  return cuts
+end
+
+local EVENTS = { eof = M.CLOSE, reset = M.RESET }
+
+-- The inputs of run() for the schedule sc over input.
+local function schedule_inputs(input, sc)
+  local items = cut(input:sub(1, sc.at), sc.cuts, {})
+  if sc.event == "timeout" then
+    items[#items + 1] = M.TIMEOUT
+    if sc.at < #input then
+      items[#items + 1] = input:sub(sc.at + 1)
+    end
+    items[#items + 1] = M.CLOSE
+  else
+    items[#items + 1] = EVENTS[sc.event]
+  end
+  return items
+end
+
+-- The k-subsets of 1..n, in lexicographic order, each passed to fn; stops
+-- when fn returns false.
+local function subsets(n, k, fn)
+  local idx = {}
+  for i = 1, k do
+    idx[i] = i
+  end
+  while true do
+    if fn(table.move(idx, 1, k, 1, {})) == false then
+      return
+    end
+    local i = k
+    while i >= 1 and idx[i] == n - k + i do
+      i = i - 1
+    end
+    if i < 1 then
+      return
+    end
+    idx[i] = idx[i] + 1
+    for j = i + 1, k do
+      idx[j] = idx[j - 1] + 1
+    end
+  end
+end
+
+-- The schedules of explore over an input of n bytes, smallest first.
+local function schedules(n, opts)
+  local out, max = {}, opts.max_runs or M.EXPLORE_RUNS
+  local function add(sc)
+    if #out < max then
+      out[#out + 1] = sc
+      return true
+    end
+    return false
+  end
+  local all = n <= (opts.all_max or M.EXPLORE_ALL)
+  add({ cuts = {}, event = "eof", at = n })
+  for _, bytewise in ipairs({ false, true }) do
+    for at = 0, n do
+      for _, event in ipairs({ "eof", "reset", "timeout" }) do
+        -- the whole input then EOF: above, and byte by byte among all cuts
+        if not (event == "eof" and at == n and (all or not bytewise)) then
+          add({ cuts = bytewise and every_byte(at) or {}, event = event, at = at })
+        end
+      end
+    end
+  end
+  for k = 1, all and n - 1 or 2 do
+    local room = max - #out
+    local count, stride = 0, 1
+    if k == 2 and not all then     -- a sample of the double cuts, spread evenly
+      local total = (n - 1) * (n - 2) // 2
+      stride = math.max(1, math.ceil(total / math.max(1, room - (opts.random
+        or M.EXPLORE_RANDOM))))
+    end
+    subsets(n - 1, k, function(cuts)
+      count = count + 1
+      if (count - 1) % stride == 0 then
+        return add({ cuts = cuts, event = "eof", at = n })
+      end
+    end)
+  end
+  if not all then
+    local rng = opts.seed or 1
+    local function random(m)        -- a small LCG: the same on every Lua
+      rng = (rng * 1103515245 + 12345) % 2147483648
+      return rng % m + 1
+    end
+    for _ = 1, opts.random or M.EXPLORE_RANDOM do
+      local set, cuts = {}, {}
+      for _ = 1, random(math.min(n - 1, 16)) do
+        set[random(n - 1)] = true
+      end
+      for p in pairs(set) do
+        cuts[#cuts + 1] = p
+      end
+      table.sort(cuts)
+      if not add({ cuts = cuts, event = "eof", at = n }) then
+        break
+      end
+    end
+  end
+  return out
+end
+
+local function show_item(item)
+  return type(item) == "string" and ("%q"):format(item):gsub("\\\n", "\\n") or tostring(item)
+end
+
+function M.explore(handler, input, check, opts)
+  if type(input) ~= "string" then
+    error(("bad argument #2 to 'explore' (string expected, got %s)"):format(type(input)), 2)
+  elseif type(check) ~= "function" then
+    error(("bad argument #3 to 'explore' (function expected, got %s)"):format(type(check)), 2)
+  end
+  opts = opts or {}
+  local failed, smallest = 0, nil
+  local list = schedules(#input, opts)
+  for _, sc in ipairs(list) do
+    local items = schedule_inputs(input, sc)
+    local r = M.run(handler, items, opts.open)
+    r.schedule, r.cuts, r.event, r.at = items, sc.cuts, sc.event, sc.at
+    local ok, res, msg = pcall(check, r)
+    if not ok or res == false then
+      failed = failed + 1
+      if not smallest or #items < #smallest.items then
+        smallest = { items = items, msg = tostring(ok and (msg or "check returned false") or res) }
+      end
+    end
+  end
+  if failed == 0 then
+    return true, #list
+  end
+  local shown = {}
+  for i, item in ipairs(smallest.items) do
+    shown[i] = show_item(item)
+  end
+  return false, ("explore: %d of %d runs failed; the smallest schedule: %s\n%s"):format(
+    failed, #list, table.concat(shown, ", "), smallest.msg)
 end
 
 return M
