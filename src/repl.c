@@ -41,6 +41,7 @@ struct repl {
 };
 
 struct repl_input {
+    lua_State *L;               /* prompts and completion, or NULL */
     int tty;
     int cancelled;              /* the last read was ended by Ctrl-C */
     char *history;              /* file, or NULL: not a terminal, or not
@@ -422,6 +423,106 @@ static void repl_history_save(struct repl_input *in) {
         repl_history_lost(in, err);
 }
 
+/* --- completion and prompts ------------------------------------------------ */
+
+static struct repl_input *repl_completing;  /* the terminal's input */
+/* a word to complete may hold "." and ":" ("glue.list.co", "s:up") */
+static char repl_word_breaks[] = " \t\n\"'`@$><=;|&{}()[],+-*/%^#~";
+static char **repl_matches;                 /* the completions, NULL-ended */
+
+/* pretty.complete(text, _G) into repl_matches. */
+static int repl_complete_l(lua_State *L) {
+    const char *text = lua_touserdata(L, 1);
+    lua_Integer n;
+
+    lua_getfield(L, LUA_REGISTRYINDEX, "echohost.repl.pretty");
+    lua_getfield(L, -1, "complete");
+    lua_pushstring(L, text);
+    lua_pushglobaltable(L);
+    lua_call(L, 2, 1);
+    n = luaL_len(L, -1);
+    repl_matches = calloc((size_t)n + 1, sizeof *repl_matches);
+    for (lua_Integer i = 0; repl_matches && i < n; i++) {
+        lua_geti(L, -1, i + 1);
+        repl_matches[i] = strdup(luaL_checkstring(L, -1));
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+static void repl_matches_free(void) {
+    for (size_t i = 0; repl_matches && repl_matches[i]; i++)
+        free(repl_matches[i]);
+    free(repl_matches);
+    repl_matches = NULL;
+}
+
+/* readline's generator: the state-th completion (readline frees it). */
+static char *repl_match(const char *text, int state) {
+    static size_t next;
+    (void)text;
+
+    if (state == 0)
+        next = 0;
+    if (repl_matches == NULL || repl_matches[next] == NULL)
+        return NULL;
+    return strdup(repl_matches[next++]);
+}
+
+static char **repl_complete(const char *text, int start, int end) {
+    lua_State *L = repl_completing ? repl_completing->L : NULL;
+    int top;
+    (void)start; (void)end;
+
+    rl_attempted_completion_over = 1;       /* never file names */
+    if (L == NULL)
+        return NULL;
+    repl_matches_free();
+    top = lua_gettop(L);
+    lua_pushcfunction(L, repl_complete_l);
+    lua_pushlightuserdata(L, (void *)text);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+        repl_matches_free();
+    lua_settop(L, top);
+    rl_completion_append_character = '\0';  /* "glue." goes on */
+    return rl_completion_matches(text, repl_match);
+}
+
+void repl_input_use_state(struct repl_input *in, lua_State *L) {
+    in->L = L;
+}
+
+/* tostring(_PROMPT or _PROMPT2) [lua.c get_prompt], protected. */
+static int repl_prompt_l(lua_State *L) {
+    int more = (int)lua_toboolean(L, 1);
+
+    if (lua_getglobal(L, more ? "_PROMPT2" : "_PROMPT") == LUA_TNIL)
+        lua_pushstring(L, more ? REPL_PROMPT2 : REPL_PROMPT);
+    else
+        luaL_tolstring(L, -1, NULL);
+    return 1;
+}
+
+/* The prompt, copied to buf (a value of _PROMPT that fails tostring
+ * gives the default). */
+static const char *repl_prompt(struct repl_input *in, int more, char *buf,
+                               size_t len) {
+    lua_State *L = in->L;
+    const char *p = more ? REPL_PROMPT2 : REPL_PROMPT;
+    int top;
+
+    if (L == NULL)
+        return p;
+    top = lua_gettop(L);
+    lua_pushcfunction(L, repl_prompt_l);
+    lua_pushboolean(L, more);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1))
+        p = lua_tostring(L, -1);
+    snprintf(buf, len, "%s", p);
+    lua_settop(L, top);
+    return buf;
+}
+
 struct repl_input *repl_input_open(const char *history) {
     struct repl_input *in = calloc(1, sizeof *in);
 
@@ -431,6 +532,9 @@ struct repl_input *repl_input_open(const char *history) {
     if (!in->tty)
         return in;
     in->history = repl_history_path(history);
+    repl_completing = in;
+    rl_attempted_completion_function = repl_complete;
+    rl_completer_word_break_characters = repl_word_breaks;
     using_history();
     stifle_history(REPL_HISTORY_MAX);
     if (in->history && repl_history_create(in->history) < 0)
@@ -467,6 +571,7 @@ static void repl_prompt_sigint(int sig) {
  * and a chunk in progress, are dropped instead of the process. */
 char *repl_input_read(struct repl_input *in, int more) {
     struct sigaction sa, old;
+    char prompt[256];
     char *line;
 
     in->cancelled = 0;
@@ -477,7 +582,7 @@ char *repl_input_read(struct repl_input *in, int more) {
     sa.sa_handler = repl_prompt_sigint;         /* no SA_RESTART */
     sigaction(SIGINT, &sa, &old);
     repl_prompt_intr = 0;
-    line = readline(more ? REPL_PROMPT2 : REPL_PROMPT);
+    line = readline(repl_prompt(in, more, prompt, sizeof prompt));
     sigaction(SIGINT, &old, NULL);
     if (line == NULL && repl_prompt_intr) {
         putchar('\n');
@@ -503,6 +608,9 @@ int repl_input_cancelled(const struct repl_input *in) {
 void repl_input_close(struct repl_input *in) {
     if (in == NULL)
         return;
+    if (repl_completing == in)
+        repl_completing = NULL;
+    repl_matches_free();
     free(in->history);
     free(in);
 }
@@ -534,6 +642,7 @@ static int repl_local(struct repl_input *in) {
         return 1;
     }
     r->sigint = 1;
+    repl_input_use_state(in, L);
     if (repl_input_tty(in))
         printf("echohost REPL, %s; Ctrl-D exits\n", LUA_RELEASE);
     while ((line = repl_input_read(in, more)) != NULL) {
@@ -549,6 +658,7 @@ static int repl_local(struct repl_input *in) {
     if (repl_input_tty(in))
         putchar('\n');
     fflush(stdout);
+    repl_input_use_state(in, NULL);
     repl_free(r);
     lhost_close(L);
     return 0;

@@ -51,6 +51,10 @@ struct repl_input *repl_input_open(const char *history);
  * (or out of memory). more selects the continuation prompt. */
 char *repl_input_read(struct repl_input *in, int more);
 int repl_input_tty(const struct repl_input *in);
+/* The state the prompt belongs to (the local REPL's): its _PROMPT and
+ * _PROMPT2 are the prompts, and Tab completes its globals and fields.
+ * Without one (a control session), "> ", ">> " and no completion. */
+void repl_input_use_state(struct repl_input *in, lua_State *L);
 /* 1 when the last repl_input_read was ended by Ctrl-C: it returned "" and
  * a chunk in progress should be dropped. */
 int repl_input_cancelled(const struct repl_input *in);

@@ -143,10 +143,11 @@ describe("echohost --repl (piped)", function()
     assert.equal('"table"\t"table"\t"table"\ntrue\ttrue\ntrue\n', out)
   end)
 
-  it("prints a glue value as its S-expression", function()
-    local out, err = repl('glue.list.cons(1, glue.list["nil"])\n')
+  it("prints a glue value as its S-expression and its type", function()
+    local out, err = repl('glue.list.cons(1, glue.list["nil"])\n'
+      .. 'glue.bool.true_, true, glue.list.nil_\n')
     assert.equal("", err)
-    assert.equal("(cons 1 nil)\n", out)
+    assert.equal("(cons 1 nil) : list int\ntrue : bool\ttrue\tnil : list _\n", out)
   end)
 
   it("prints glue values inside tables as S-expressions", function()
@@ -210,6 +211,38 @@ describe("echohost --repl (terminal)", function()
       PROMPT,
       "send 3 + 4\\r",
       "expect 7\\r\\n",
+      PROMPT,
+      "send \\x04",
+    }, "\n") .. "\n", history)
+    assert.is_true(ok, out)
+    assert.truthy(out:find("[exit 0]", 1, true), out)
+  end)
+
+  it("completes globals, fields and methods with Tab; _PROMPT and _PROMPT2 are the prompts",
+    function()
+    local ok, out = pty(table.concat({
+      PROMPT,
+      "send string.for\\t(\"<%d>\", 7)\\r",    -- string.format
+      "expect <7>",
+      PROMPT,
+      "send s = \"ab\"\\r",
+      PROMPT,
+      "send s:upp\\t()\\r",                    -- a string's method: s:upper
+      "expect \"AB\"",
+      PROMPT,
+      "send glue.list.con\\t(1, glue.list.nil_)\\r",
+      "expect (cons 1 nil) : list int",
+      PROMPT,
+      "send _PROMPT = \"lua> \"\\r",
+      "expect lua> ",
+      "send _PROMPT2 = setmetatable({}, { __tostring = function() return \"more? \" end })\\r",
+      "expect lua> ",
+      "send (1 +\\r",
+      "expect more? ",
+      "send 2)\\r",
+      "expect 3\\r\\n",
+      "expect lua> ",
+      "send _PROMPT = setmetatable({}, { __tostring = error })\\r",   -- tostring fails
       PROMPT,
       "send \\x04",
     }, "\n") .. "\n", history)

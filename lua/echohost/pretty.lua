@@ -184,9 +184,79 @@ function render(v, depth, path, indent)
   return tostring(v)
 end
 
--- One value as the REPL shows a result.
+-- One value as the REPL shows a result: a glue value with its type
+-- ("(cons 1 nil) : list int"), so that the glue constructors nil, true
+-- and false are not taken for Lua's.
 function M.format(v)
-  return render(v, 0, {}, "")
+  local s = render(v, 0, {}, "")
+  if glue and type(glue.typeof) == "function" and is_glue(v) then
+    local ok, ty = pcall(glue.typeof, v)
+    if ok and type(ty) == "string" then
+      s = s .. " : " .. ty
+    end
+  end
+  return s
+end
+
+-- Completion at the prompt ---------------------------------------------------
+
+M.max_completions = 500
+
+-- The table whose keys follow v's "." or ":": v itself if a table, and the
+-- __index table of its metatable (a string's methods, a userdata's).
+local function key_sources(v)
+  local out = {}
+  if type(v) == "table" then
+    out[1] = v
+  end
+  local mt = getmetatable(v)
+  local index = type(mt) == "table" and rawget(mt, "__index")
+  if type(index) == "table" then
+    out[#out + 1] = index
+  end
+  return out
+end
+
+-- v.k without running metamethods other than an __index table.
+local function peek(v, k)
+  for _, t in ipairs(key_sources(v)) do
+    local got = rawget(t, k)
+    if got ~= nil then
+      return got
+    end
+  end
+  return nil
+end
+
+-- The completions of text (a name, or a path "a.b.c", "s:up") from env:
+-- every name the last part begins with, as text would read, sorted.
+function M.complete(text, env)
+  local head, sep, last = text:match("^([%w_.]*)([.:])([%w_]*)$")
+  local v = env
+  if head then
+    for part in (head .. "."):gmatch("([^.]*)%.") do
+      if not is_name(part) then
+        return {}
+      end
+      v = peek(v, part)
+    end
+  elseif text:match("^[%w_]*$") then
+    head, sep, last = "", "", text
+  else
+    return {}
+  end
+  local seen, out = {}, {}
+  for _, t in ipairs(v ~= nil and key_sources(v) or {}) do
+    for k in next, t do
+      if is_name(k) and not seen[k] and k:sub(1, #last) == last
+        and #out < M.max_completions then
+        seen[k] = true
+        out[#out + 1] = head .. sep .. k
+      end
+    end
+  end
+  table.sort(out)
+  return out
 end
 
 -- The results of one evaluation, tab-separated as lua.c prints them.
