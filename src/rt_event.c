@@ -398,6 +398,28 @@ static struct task *task_waiter(lua_State *L, struct hconn *hc,
     return t;
 }
 
+/* The task that may park in conn:<what> for data, else a raise: outside a
+ * coroutine of the connection, for a callbacks connection (on_data gets
+ * its data), or while reader waits already. The name is formatted only to
+ * raise: this runs once per message. */
+static struct task *recv_waiter(lua_State *L, struct hconn *hc,
+                                const char *what, struct task *reader,
+                                const char *obj, int on_data) {
+    struct task *t = task_of(L);
+    char name[32];
+
+    if (t != NULL && t->hc == hc && !on_data && reader == NULL)
+        return t;
+    snprintf(name, sizeof name, "conn:%s", what);
+    if (t == NULL || t->hc != hc)
+        lconn_would_wait(L, name, " for data");
+    if (on_data)
+        luaL_error(L, "%s: the data of this connection goes to on_data",
+                   name);
+    lconn_busy(L, name, "read", obj);
+    return NULL;
+}
+
 /* --- input buffer (bytes that arrived while the coroutine was elsewhere) -- */
 
 static int inbuf_append(struct hconn *hc, const char *p, size_t n) {
@@ -443,7 +465,6 @@ static int ev_recv(lua_State *L, struct lconn *u, size_t max,
                    const char *what, lua_KFunction k) {
     struct hconn *hc = u->rt;
     struct task *t;
-    char name[32];
 
     if (hc->ilen > hc->ioff) {
         hc->ioff += recv_push(L, hc->ibuf + hc->ioff, hc->ilen - hc->ioff,
@@ -456,13 +477,7 @@ static int ev_recv(lua_State *L, struct lconn *u, size_t max,
     }
     if (hc->eof || conn_closing(hc->c) || hc->gone)
         return lconn_fail(L, "closed", 0);
-    snprintf(name, sizeof name, "conn:%s", what);
-    t = task_waiter(L, hc, name, " for data");
-    if (!hc->direct)
-        return luaL_error(L, "%s: the data of this connection goes to "
-                          "on_data", name);
-    if (hc->reader)
-        lconn_busy(L, name, "read", "connection");
+    t = recv_waiter(L, hc, what, hc->reader, "connection", !hc->direct);
     hc->reader = t;
     t->recv_max = max;
     task_park(t, HW_RECV, u->timeout);
@@ -705,7 +720,6 @@ static int up_recv(lua_State *L, struct lconn *u, size_t max,
                    const char *what, lua_KFunction k) {
     struct hup *up = u->rt;
     struct task *t;
-    char name[32];
     ssize_t n;
 
     if (max == 0 || max > sizeof up_buf)
@@ -724,10 +738,7 @@ static int up_recv(lua_State *L, struct lconn *u, size_t max,
         if (errno != EAGAIN && errno != EINTR)
             return up_ioerr(L, errno);
     }
-    snprintf(name, sizeof name, "conn:%s", what);
-    t = task_waiter(L, up->hc, name, " for data");
-    if (up->reader)
-        lconn_busy(L, name, "read", "upstream socket");
+    t = recv_waiter(L, up->hc, what, up->reader, "upstream socket", 0);
     if (ev_add(up->hc->h->loop, up->fd, EV_READABLE, up_read_proc, up) < 0)
         return up_ioerr(L, errno);
     up->reader = t;
