@@ -6,10 +6,22 @@
 #include <stddef.h>
 
 enum eh_model { EH_MODEL_EVENT, EH_MODEL_FORK };
+enum eh_listen_kind { EH_LISTEN_TCP, EH_LISTEN_UDP };
 
-struct eh_config {
+#define EH_LISTEN_MAX 16        /* --listen given at most this often */
+#define EH_UDP_RATE 1000        /* --udp-rate default, datagrams/s */
+
+/* One --listen: "127.0.0.1:8888", "[::1]:7", "*:7", "udp://127.0.0.1:7". */
+struct eh_listen {
+    enum eh_listen_kind kind;
     char host[256];             /* "127.0.0.1", "::1", "0.0.0.0" */
     int port;                   /* 0: the kernel picks, the log says which */
+};
+
+struct eh_config {
+    struct eh_listen listen[EH_LISTEN_MAX];     /* in command-line order */
+    int nlisten;                /* 1..EH_LISTEN_MAX */
+    long udp_rate;              /* datagrams/s per source address; 0 = off */
     int workers;                /* event model: worker processes */
     enum eh_model model;
     int max_conns;              /* per worker (event) / live children (fork) */

@@ -16,15 +16,18 @@ struct worker;
 struct handler;
 struct hstate;
 struct conn_out;                /* output queue, private to worker.c */
+struct worker_lsock;
 
 typedef struct conn {
     int fd;
     uint64_t id;                /* unique within the server run */
     char peer[64];              /* "127.0.0.1:53412", "[::1]:53412" */
+    const char *listener;       /* its listener's name: "127.0.0.1:8888" */
     struct worker *w;
     void *hdata;                /* owned by the handler runtime */
     /* the fields below are private to worker.c */
     struct conn_out *out;
+    struct worker_lsock *ls;    /* the listener that accepted it */
     unsigned flags;
     long long idle_timer;
     long long last_active_ms;

@@ -17,18 +17,32 @@
 #include "log.h"
 #include "net.h"
 #include "rt_fork.h"
+#include "udp.h"
 #include "watch.h"
 
 #define ACCEPT_MAX 16
 #define CHILD_BUF (64 * 1024)
 #define KILL_GRACE_MS 1000        /* SIGTERM to a child, then SIGKILL */
 
+struct forksrv;
+
+/* A listener: accepting (TCP) or echoing here (UDP). */
+struct flisten {
+    struct forksrv *fs;
+    struct forksrv_listen l;    /* l.fd -1 once draining */
+    struct udp_echo *udp;
+    struct udp_stats udp_stats;
+};
+
 struct forksrv {
     const struct eh_config *cfg;
     struct hstate *hs;          /* the loaded handler, or NULL: C echo */
     struct watch *watch;        /* --watch */
     ev_loop *loop;
-    int lfd;                    /* -1 once draining */
+    struct flisten ls[EH_LISTEN_MAX];
+    int nls;
+    uint16_t udp_ports[EH_LISTEN_MAX];  /* the loop guard's own ports */
+    int nudp;
     int sigfd;
     pid_t *kids;                /* live children, unordered */
     int nkids, capkids;
@@ -96,7 +110,7 @@ static int echo_blocking(const struct eh_config *cfg, int fd,
  * flush): it frees nothing it inherited and leaves by _exit, so no atexit
  * handler, destructor or stdio cleanup touches memory. */
 static void child_run(struct forksrv *fs, pid_t parent, int fd,
-                      const char *peer) {
+                      const char *peer, const char *listener) {
     const struct eh_config *cfg = fs->cfg;
     struct rtfork_tally t = {0, 0, "closed"};
     long long started = ev_now_ms();
@@ -106,7 +120,8 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent)
         _exit(1);
-    close(fs->lfd);
+    for (int i = 0; i < fs->nls; i++)
+        close(fs->ls[i].l.fd);
     close(fs->sigfd);
     close(ev_fd(fs->loop));
     signal(SIGINT, SIG_IGN);
@@ -121,8 +136,8 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
         status = echo_blocking(cfg, fd, &t);
     }
     if (cfg->access_log)
-        log_notice("access: id=%d peer=%s in=%llu out=%llu ms=%lld "
-                   "reason=%s", (int)getpid(), peer,
+        log_notice("access: id=%d peer=%s listener=%s in=%llu out=%llu "
+                   "ms=%lld reason=%s", (int)getpid(), peer, listener,
                    (unsigned long long)t.bytes_in,
                    (unsigned long long)t.bytes_out, ev_now_ms() - started,
                    t.reason);
@@ -164,7 +179,8 @@ static int reject_log_due(struct forksrv *fs) {
 
 static void reap(struct forksrv *fs);
 
-static void serve(struct forksrv *fs, int fd, const char *peer) {
+static void serve(struct forksrv *fs, int fd, const char *peer,
+                  const char *listener) {
     pid_t parent = getpid(), pid;
 
     if (fs->nkids >= fs->cfg->max_conns)
@@ -178,7 +194,7 @@ static void serve(struct forksrv *fs, int fd, const char *peer) {
     }
     pid = fork();
     if (pid == 0)
-        child_run(fs, parent, fd, peer);
+        child_run(fs, parent, fd, peer, listener);
     close(fd);
     if (pid < 0) {
         if (reject_log_due(fs))
@@ -191,15 +207,16 @@ static void serve(struct forksrv *fs, int fd, const char *peer) {
 }
 
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
-    struct forksrv *fs = ud;
+    struct flisten *fl = ud;
+    struct forksrv *fs = fl->fs;
     char peer[NET_ADDR_LEN];
 
     (void)loop;
     (void)mask;
-    for (int i = 0; i < ACCEPT_MAX && fs->lfd >= 0; i++) {
+    for (int i = 0; i < ACCEPT_MAX && fl->l.fd >= 0; i++) {
         int fd = net_accept(lfd, peer, sizeof peer);
         if (fd >= 0) {
-            serve(fs, fd, peer);
+            serve(fs, fd, peer, fl->l.name);
             continue;
         }
         if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO &&
@@ -258,6 +275,21 @@ static long deadline_proc(ev_loop *loop, long long id, void *ud) {
     return EV_NOMORE;
 }
 
+static void close_listeners(struct forksrv *fs) {
+    for (int i = 0; i < fs->nls; i++) {
+        struct flisten *fl = &fs->ls[i];
+        if (fl->l.fd < 0)
+            continue;
+        if (fl->udp)
+            udp_echo_stop(fl->udp);
+        else
+            ev_del(fs->loop, fl->l.fd, EV_READABLE);
+        fl->udp = NULL;
+        close(fl->l.fd);
+        fl->l.fd = -1;
+    }
+}
+
 /* First SIGTERM/SIGINT: stop accepting, let children finish until the
  * deadline. A second one: kill them now. */
 static void stop(struct forksrv *fs, int sig) {
@@ -270,9 +302,7 @@ static void stop(struct forksrv *fs, int sig) {
     fs->draining = 1;
     log_info("%s: draining %d children (at most %g s)", strsignal(sig),
              fs->nkids, fs->cfg->drain_timeout);
-    ev_del(fs->loop, fs->lfd, EV_READABLE);
-    close(fs->lfd);
-    fs->lfd = -1;
+    close_listeners(fs);
     if (fs->nkids == 0) {
         ev_stop(fs->loop);
         return;
@@ -327,19 +357,42 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
     }
 }
 
-int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs) {
+/* Accepting on each TCP socket, echoing on each UDP one. 0 or -1. */
+static int open_listeners(struct forksrv *fs) {
+    for (int i = 0; i < fs->nls; i++) {
+        struct flisten *fl = &fs->ls[i];
+        struct udp_opts o = {
+            .name = fl->l.name, .rate = fs->cfg->udp_rate,
+            .own_ports = fs->udp_ports, .nown = fs->nudp,
+            .stats = &fl->udp_stats};
+        if (fl->l.kind == EH_LISTEN_UDP)
+            fl->udp = udp_echo_start(fs->loop, fl->l.fd, &o);
+        if (fl->l.kind == EH_LISTEN_UDP ? fl->udp == NULL
+            : ev_add(fs->loop, fl->l.fd, EV_READABLE, accept_proc, fl) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
+                 int n, struct hstate *hs) {
     struct forksrv fs;
     int rc = 0;
 
     memset(&fs, 0, sizeof fs);
     fs.cfg = cfg;
     fs.hs = hs;
-    fs.lfd = lfd;
+    for (int i = 0; i < n && i < EH_LISTEN_MAX; i++) {
+        fs.ls[fs.nls].fs = &fs;
+        fs.ls[fs.nls++].l = ls[i];
+        if (ls[i].kind == EH_LISTEN_UDP)
+            fs.udp_ports[fs.nudp++] = (uint16_t)net_sock_port(NULL, ls[i].fd);
+    }
     fs.loop = ev_create(64);
     fs.sigfd = server_signalfd();
     if (fs.loop == NULL || fs.sigfd < 0 ||
         ev_add(fs.loop, fs.sigfd, EV_READABLE, signal_proc, &fs) < 0 ||
-        ev_add(fs.loop, lfd, EV_READABLE, accept_proc, &fs) < 0) {
+        open_listeners(&fs) < 0) {
         log_error("fork server: %s", strerror(errno));
         rc = 1;
     } else if (hs && cfg->watch && fork_watch(&fs) < 0) {
@@ -349,8 +402,7 @@ int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs) {
     }
     kill_kids(&fs);
     watch_stop(fs.watch);
-    if (fs.lfd >= 0)
-        close(fs.lfd);
+    close_listeners(&fs);
     if (fs.sigfd >= 0)
         close(fs.sigfd);
     ev_destroy(fs.loop);

@@ -7,11 +7,20 @@
 
 struct hstate;
 
-/* Accepts on lfd (listening, non-blocking; owned from now on) and forks a
+/* A bound socket: TCP listening, or UDP. */
+struct forksrv_listen {
+    enum eh_listen_kind kind;
+    int fd;                     /* non-blocking */
+    const char *name;           /* "127.0.0.1:8888", "udp://[::1]:7" */
+};
+
+/* Accepts on the n TCP sockets of ls (owned from now on) and forks a
  * child per connection until SIGTERM/SIGINT; each child serves with hs (the
  * handler loaded here, reloaded on SIGHUP and --watch) or echoes in C (hs
- * NULL). Returns the exit status. */
-int forksrv_main(const struct eh_config *cfg, int lfd, struct hstate *hs);
+ * NULL). UDP sockets are echoed in C by this process. Returns the exit
+ * status. */
+int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
+                 int n, struct hstate *hs);
 
 /* server.c: blocks SIGTERM, SIGINT, SIGHUP, SIGCHLD and returns a
  * non-blocking signalfd for them, or -1 with errno. */

@@ -32,7 +32,11 @@ static void usage(FILE *f) {
 "\n"
 "server options:\n"
 "  --listen ADDR:PORT    address to serve (default 127.0.0.1:8888; [::1]:PORT\n"
-"                        for IPv6; port 0 picks a free port and logs it)\n"
+"                        for IPv6, *:PORT for every IPv4 address, udp://ADDR:PORT\n"
+"                        for UDP echo; port 0 picks a free port and logs it);\n"
+"                        repeatable (at most 16)\n"
+"  --udp-rate N          datagrams/s answered per source address, per worker\n"
+"                        and UDP listener (default 1000, 0=off)\n"
 "  --workers N           worker processes (default: number of cores)\n"
 "  --model event|fork    event loop (default) or a process per connection\n"
 "  --max-conns N         connections per worker / live children (default 10000)\n"
@@ -85,8 +89,11 @@ void config_defaults(struct eh_config *c) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
 
     memset(c, 0, sizeof *c);
-    strcpy(c->host, "127.0.0.1");
-    c->port = 8888;
+    c->listen[0].kind = EH_LISTEN_TCP;
+    strcpy(c->listen[0].host, "127.0.0.1");
+    c->listen[0].port = 8888;
+    c->nlisten = 1;
+    c->udp_rate = EH_UDP_RATE;
     c->workers = n > 0 ? (int)n : 1;
     c->model = EH_MODEL_EVENT;
     c->max_conns = 10000;
@@ -99,13 +106,20 @@ void config_defaults(struct eh_config *c) {
     c->pubsub_size = LPUBSUB_DEFAULT;
 }
 
-/* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888". 0 or -1. */
-static int parse_listen(const char *s, struct eh_config *c) {
-    const char *colon, *host = s;
+/* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888", each optionally
+ * after "udp://". 0 or -1. */
+static int parse_listen(const char *s, struct eh_listen *l) {
+    const char *colon, *host;
     size_t hlen;
     char *end;
     long port;
 
+    l->kind = EH_LISTEN_TCP;
+    if (strncmp(s, "udp://", 6) == 0) {
+        l->kind = EH_LISTEN_UDP;
+        s += 6;
+    }
+    host = s;
     if (*s == '[') {
         const char *rb = strchr(s, ']');
         if (rb == NULL || rb[1] != ':')
@@ -115,23 +129,45 @@ static int parse_listen(const char *s, struct eh_config *c) {
         colon = rb + 1;
     } else {
         colon = strrchr(s, ':');
-        if (colon == NULL)
-            return -1;
+        if (colon == NULL || memchr(s, '/', colon - s) != NULL)
+            return -1;              /* "tcp://...", "unix:/x": not ours */
         hlen = colon - s;
     }
     errno = 0;
     port = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end || errno || port < 0 || port > 65535)
+    if (colon[1] < '0' || colon[1] > '9' || *end || errno || port < 0 ||
+        port > 65535)
         return -1;
-    if (hlen >= sizeof c->host)
+    if (hlen >= sizeof l->host)
         return -1;
     if (hlen == 0 || (hlen == 1 && *host == '*'))
-        strcpy(c->host, *s == '[' ? "::" : "0.0.0.0");
+        strcpy(l->host, *s == '[' ? "::" : "0.0.0.0");
     else {
-        memcpy(c->host, host, hlen);
-        c->host[hlen] = '\0';
+        memcpy(l->host, host, hlen);
+        l->host[hlen] = '\0';
     }
-    c->port = (int)port;
+    l->port = (int)port;
+    return 0;
+}
+
+/* Adds --listen a (the first one replaces the default): 0, or 2 after the
+ * usage error. */
+static int add_listen(struct eh_config *c, int *given, const char *a) {
+    struct eh_listen l;
+
+    if (parse_listen(a, &l) < 0)
+        return usage_error("bad --listen '%s' (want HOST:PORT, [IPv6]:PORT, "
+                           "*:PORT or udp://HOST:PORT, port 0..65535)", a);
+    if (!*given)
+        c->nlisten = 0;
+    *given = 1;
+    if (c->nlisten == EH_LISTEN_MAX)
+        return usage_error("too many --listen (at most %d)", EH_LISTEN_MAX);
+    for (int i = 0; i < c->nlisten && l.port != 0; i++)
+        if (c->listen[i].kind == l.kind && c->listen[i].port == l.port &&
+            strcmp(c->listen[i].host, l.host) == 0)
+            return usage_error("--listen '%s' given twice", a);
+    c->listen[c->nlisten++] = l;
     return 0;
 }
 
@@ -202,11 +238,12 @@ enum {
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
-    OPT_SHARED_SIZE, OPT_PUBSUB_SIZE
+    OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE
 };
 
 static const struct option options[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
+    {"udp-rate", required_argument, NULL, OPT_UDP_RATE},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"model", required_argument, NULL, OPT_MODEL},
     {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
@@ -239,7 +276,16 @@ struct cli {
     const char *connect;
     const char *history;
     int lua_mem, lua_budget;    /* given on the command line */
+    int listen;                 /* --listen given: the default is gone */
+    int udp_rate;               /* --udp-rate given */
 };
+
+static int has_udp(const struct eh_config *c) {
+    for (int i = 0; i < c->nlisten; i++)
+        if (c->listen[i].kind == EH_LISTEN_UDP)
+            return 1;
+    return 0;
+}
 
 /* Flags that mean nothing without another one are usage errors, not
  * silently ignored: 0 or 2 (reported). */
@@ -259,6 +305,9 @@ static int check_combination(const struct cli *cli) {
     if (cli->lua_mem && !(server && (c->handler || c->control)))
         return usage_error("--lua-mem needs --handler or --control (it caps "
                            "their Lua states)");
+    if (cli->udp_rate && !(server && has_udp(c)))
+        return usage_error("--udp-rate needs a --listen udp://HOST:PORT (it "
+                           "caps what UDP listeners answer)");
     if (c->control && c->model == EH_MODEL_FORK)
         return usage_error("--control needs --model event (the fork model "
                            "has no workers to control)");
@@ -276,8 +325,15 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
         const char *a = optarg;
         switch (opt) {
         case OPT_LISTEN:
-            if (parse_listen(a, c) < 0)
-                return usage_error("bad --listen '%s' (want ADDR:PORT)", a);
+            if (add_listen(c, &cli->listen, a))
+                return 2;
+            break;
+        case OPT_UDP_RATE:
+            if (parse_long(a, 0, 100000000, &n) < 0)
+                return usage_error("bad --udp-rate '%s' (want datagrams/s "
+                                   "0..100000000, 0=off)", a);
+            c->udp_rate = n;
+            cli->udp_rate = 1;
             break;
         case OPT_WORKERS:
             if (parse_long(a, 1, 1024, &n) < 0)

@@ -54,7 +54,7 @@ double net_now(void) {
 void net_hints(struct addrinfo *hints, int flags) {
     memset(hints, 0, sizeof *hints);
     hints->ai_family = AF_UNSPEC;
-    hints->ai_socktype = SOCK_STREAM;
+    hints->ai_socktype = flags & NET_RES_DGRAM ? SOCK_DGRAM : SOCK_STREAM;
     hints->ai_flags = AI_NUMERICSERV
                       | (flags & NET_RES_PASSIVE ? AI_PASSIVE : 0)
                       | (flags & NET_RES_NUMERIC ? AI_NUMERICHOST : 0)
@@ -121,14 +121,17 @@ int net_connect_result(int fd) {
 
 /* SO_REUSEPORT lets a second server on the port share its traffic, so a
  * group's first socket first proves the port free: a plain bind (with
- * SO_REUSEADDR, so TIME_WAIT does not count) fails on anyone listening. */
+ * SO_REUSEADDR for TCP, so TIME_WAIT does not count; not for UDP, where it
+ * would share the port with any socket that set it) fails on anyone
+ * listening. */
 static int port_free(const struct addrinfo *ai) {
     int fd = net_socket(ai, 0);
     int rc = -1;
 
     if (fd < 0)
         return -1;
-    if (set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) == 0 &&
+    if ((ai->ai_socktype == SOCK_DGRAM ||
+         set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) == 0) &&
         (ai->ai_family != AF_INET6 ||
          set_int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1) == 0))
         rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
@@ -138,11 +141,13 @@ static int port_free(const struct addrinfo *ai) {
     return rc;
 }
 
-/* Binds (and listens on) one resolved address. fd, or NET_ERR with err. */
+/* Binds (and for TCP listens on) one resolved address. fd, or NET_ERR
+ * with err. */
 static int server_one(char *err, const struct addrinfo *ai, int backlog,
                       int flags) {
     char where[NET_ADDR_LEN];
     const char *what = "socket";
+    int tcp = ai->ai_socktype == SOCK_STREAM;
     int fd;
 
     net_format_addr(ai->ai_addr, where, sizeof where);
@@ -150,8 +155,8 @@ static int server_one(char *err, const struct addrinfo *ai, int backlog,
     if (fd < 0)
         goto err;
     what = "setsockopt";
-    if (set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0 ||
-        set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, 1) < 0)
+    if (tcp && (set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) < 0 ||
+                set_int_opt(fd, IPPROTO_TCP, TCP_NODELAY, 1) < 0))
         goto err;
     if ((flags & NET_REUSEPORT) &&
         set_int_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1) < 0)
@@ -165,7 +170,7 @@ static int server_one(char *err, const struct addrinfo *ai, int backlog,
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
         goto err;
     what = "listen";
-    if (listen(fd, backlog) < 0)
+    if (tcp && listen(fd, backlog) < 0)
         goto err;
     return fd;
 err:
@@ -175,18 +180,27 @@ err:
     return NET_ERR;
 }
 
-int net_tcp_server(char *err, const char *host, int port, int backlog,
-                   int flags) {
+static int net_server(char *err, const char *host, int port, int backlog,
+                      int flags, int resflags) {
     struct addrinfo *res, *ai;
     int fd = NET_ERR;
 
-    if (net_resolve(err, host, port, NET_RES_PASSIVE, &res) != 0)
+    if (net_resolve(err, host, port, NET_RES_PASSIVE | resflags, &res) != 0)
         return NET_ERR;
     /* the first address that binds wins; err keeps the first failure */
     for (ai = res; ai != NULL && fd < 0; ai = ai->ai_next)
         fd = server_one(ai == res ? err : NULL, ai, backlog, flags);
     freeaddrinfo(res);
     return fd;
+}
+
+int net_tcp_server(char *err, const char *host, int port, int backlog,
+                   int flags) {
+    return net_server(err, host, port, backlog, flags, 0);
+}
+
+int net_udp_server(char *err, const char *host, int port, int flags) {
+    return net_server(err, host, port, 0, flags, NET_RES_DGRAM);
 }
 
 int net_accept(int lfd, char *peer, size_t peerlen) {

@@ -24,11 +24,12 @@
 #define NET_RES_PASSIVE 1       /* addresses to bind (AI_PASSIVE) */
 #define NET_RES_NUMERIC 2       /* a numeric host only: never a lookup */
 #define NET_RES_ADDRCONFIG 4    /* only families configured here */
+#define NET_RES_DGRAM 8         /* UDP (SOCK_DGRAM) instead of TCP */
 
 /* CLOCK_MONOTONIC in seconds: the clock of every deadline. */
 double net_now(void);
 
-/* Fills hints for TCP on host:port with a numeric port, any family. */
+/* Fills hints for TCP (UDP with NET_RES_DGRAM) on host:port with a numeric port, any family. */
 void net_hints(struct addrinfo *hints, int flags);
 /* getaddrinfo of host and port: 0 with *res the caller's to free, or the
  * EAI_* code with err filled as "resolve nosuch.invalid: Name or service
@@ -53,6 +54,10 @@ int net_connect_result(int fd);
  * "bind 127.0.0.1:8888: Address already in use". */
 int net_tcp_server(char *err, const char *host, int port, int backlog,
                    int flags);
+/* A UDP socket bound to host:port as above (flags NET_NONBLOCK,
+ * NET_REUSEPORT, NET_FREE; no SO_REUSEADDR: for UDP it would share the
+ * port). The fd, or NET_ERR with err filled. */
+int net_udp_server(char *err, const char *host, int port, int flags);
 /* accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC, retrying EINTR. The fd, or
  * NET_ERR with errno kept (EAGAIN, EMFILE...) so callers can branch; peer
  * (NET_ADDR_LEN bytes, may be NULL) receives "127.0.0.1:53412". */

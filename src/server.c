@@ -25,13 +25,13 @@
 #define BACKOFF_MAX_MS 5000       /* doubling up to this */
 #define LIVED_LONG_MS 2000        /* lived this long: restart at once */
 #define KILL_GRACE_MS 2000        /* past the drain deadline: SIGKILL */
+#define LISTEN_NAME_LEN (NET_ADDR_LEN + 8)  /* "udp://[::1]:7" */
 
 struct master;
 
 struct slot {
     struct master *m;
     pid_t pid;                  /* 0: not running */
-    int lfd;                    /* its listening socket (reuseport mode) */
     long long started;          /* ev_now_ms() at fork */
     int starts;
     int fails;                  /* quick deaths in a row: the backoff */
@@ -46,6 +46,12 @@ struct master {
     int nslots;
     struct slot *slots;
     struct worker_stats *stats; /* shared mapping, one per slot */
+    int nls;                    /* listeners (--listen) */
+    struct worker_listener *ls; /* nls x nslots: slot i's are ls[i*nls..] */
+    char (*names)[LISTEN_NAME_LEN];     /* nls: what each really is */
+    struct listener_stats *lstats;      /* shared, as ls */
+    uint16_t udp_ports[EH_LISTEN_MAX];  /* of the UDP listeners */
+    int nudp;
     struct control *ctl;        /* --control socket, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
     struct watch *watch;        /* --watch */
@@ -58,42 +64,79 @@ struct master {
 
 /* --- listening --------------------------------------------------------- */
 
-/* Reuseport mode (the default; ECHOHOST_ACCEPT=exclusive selects the other):
- * one listening socket per worker slot, all SO_REUSEPORT on the same port
- * (the first learns the port when it is 0). The master keeps them open, so a
- * dead worker's queued connections wait for its replacement. Exclusive
- * mode: one socket that every worker polls with EPOLLEXCLUSIVE. */
-static int master_listen(struct master *m, char *addr, size_t len) {
-    const struct eh_config *cfg = m->cfg;
+/* A socket for l, non-blocking (flags: NET_REUSEPORT, NET_FREE). The fd,
+ * or NET_ERR with err. */
+static int listen_one(char *err, const struct eh_listen *l, int flags) {
+    if (l->kind == EH_LISTEN_UDP)
+        return net_udp_server(err, l->host, l->port, NET_NONBLOCK | flags);
+    return net_tcp_server(err, l->host, l->port, BACKLOG,
+                          NET_NONBLOCK | flags);
+}
+
+/* "127.0.0.1:8888" or "udp://[::1]:7": the address fd really has. */
+static int listen_name(char *err, const struct eh_listen *l, int fd,
+                       char *buf, size_t len) {
+    const char *scheme = l->kind == EH_LISTEN_UDP ? "udp://" : "";
+    size_t n = strlen(scheme);
+
+    memcpy(buf, scheme, n);
+    return net_sock_name(err, fd, buf + n, len - n);
+}
+
+/* Listener l for every slot. Reuseport mode (the default;
+ * ECHOHOST_ACCEPT=exclusive selects the other): one socket per worker slot,
+ * all SO_REUSEPORT on the same port (the first learns the port when it is
+ * 0). The master keeps them open, so a dead worker's queued connections
+ * (and datagrams) wait for its replacement. Exclusive mode: one socket
+ * that every worker polls with EPOLLEXCLUSIVE. 0 or -1 (logged). */
+static int master_listen_one(struct master *m, int l) {
+    struct eh_listen spec = m->cfg->listen[l];
+    int flags = m->exclusive ? 0 : NET_REUSEPORT;
     char err[NET_ERR_LEN];
-    int port = cfg->port;
-    int flags = NET_NONBLOCK | (m->exclusive ? 0 : NET_REUSEPORT);
 
     for (int i = 0; i < m->nslots; i++) {
-        int fd = net_tcp_server(err, cfg->host, port, BACKLOG,
-                                flags | (i == 0 && port ? NET_FREE : 0));
+        struct worker_listener *wl = &m->ls[i * m->nls + l];
+        int fd = i > 0 && m->exclusive ? m->ls[l].fd
+                 : listen_one(err, &spec, flags |
+                              (i == 0 && spec.port ? NET_FREE : 0));
         if (fd < 0) {
             log_error("%s", err);
             return -1;
         }
-        m->slots[i].lfd = fd;
-        if (i == 0 && (port = net_sock_port(err, fd)) < 0) {
+        wl->kind = spec.kind;
+        wl->fd = fd;
+        wl->name = m->names[l];
+        wl->stats = &m->lstats[i * m->nls + l];
+        if (i == 0 && ((spec.port = net_sock_port(err, fd)) < 0 ||
+                       listen_name(err, &spec, fd, m->names[l],
+                                   LISTEN_NAME_LEN) < 0)) {
             log_error("%s", err);
             return -1;
         }
-        if (m->exclusive)
-            break;
     }
-    for (int i = 1; m->exclusive && i < m->nslots; i++)
-        m->slots[i].lfd = m->slots[0].lfd;
-    return net_sock_name(err, m->slots[0].lfd, addr, len);
+    if (spec.kind == EH_LISTEN_UDP)
+        m->udp_ports[m->nudp++] = (uint16_t)spec.port;
+    return 0;
+}
+
+/* Every --listen; their names, space-separated, into addr (the log's). */
+static int master_listen(struct master *m, char *addr, size_t len) {
+    size_t at = 0;
+
+    for (int l = 0; l < m->nls; l++) {
+        if (master_listen_one(m, l) < 0)
+            return -1;
+        at += snprintf(addr + at, at < len ? len - at : 0, "%s%s",
+                       l ? " " : "", m->names[l]);
+    }
+    return 0;
 }
 
 static void master_close_listeners(struct master *m) {
-    for (int i = 0; i < m->nslots; i++) {
-        if (m->slots[i].lfd >= 0 && (i == 0 || !m->exclusive))
-            close(m->slots[i].lfd);
-        m->slots[i].lfd = -1;
+    for (int i = 0; i < m->nslots * m->nls; i++) {
+        if (m->ls[i].fd >= 0 && (i < m->nls || !m->exclusive))
+            close(m->ls[i].fd);
+        m->ls[i].fd = -1;
     }
 }
 
@@ -108,8 +151,9 @@ static void child_setup(struct master *m, int slot) {
     close(m->sigfd);
     control_after_fork(m->ctl);         /* operators' fds are the master's */
     for (int i = 0; i < m->nslots && !m->exclusive; i++)
-        if (i != slot && m->slots[i].lfd >= 0)
-            close(m->slots[i].lfd);
+        for (int l = 0; l < m->nls && i != slot; l++)
+            if (m->ls[i * m->nls + l].fd >= 0)
+                close(m->ls[i * m->nls + l].fd);
 }
 
 static long restart_proc(ev_loop *loop, long long id, void *ud);
@@ -123,7 +167,10 @@ static void worker_child(struct master *m, int i, int ch[2]) {
     child_setup(m, i);
     ws.slot = i;
     ws.gen = m->starts;
-    ws.lfd = m->slots[i].lfd;
+    ws.listen = &m->ls[i * m->nls];
+    ws.nlisten = m->nls;
+    ws.udp_ports = m->udp_ports;
+    ws.nudp_ports = m->nudp;
     ws.exclusive = m->exclusive;
     ws.ctl_fd = ch[1];
     ws.stats = &m->stats[i];
@@ -239,6 +286,8 @@ static void master_reap(struct master *m) {
                 continue;
             m->stats[i].pid = 0;
             m->stats[i].conns_open = 0;
+            for (int l = 0; l < m->nls; l++)
+                m->lstats[i * m->nls + l].conns_open = 0;
             if (m->ctl)
                 control_set_worker(m->ctl, i, 0, -1);
             if (!m->draining) {
@@ -398,25 +447,35 @@ int server_signalfd(void) {
 
 /* --- master ------------------------------------------------------------ */
 
+/* Zeroed memory shared with the workers forked later, or NULL. */
+static void *shared_alloc(size_t len) {
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    return p == MAP_FAILED ? NULL : p;
+}
+
 static int master_init(struct master *m, char *addr, size_t len) {
     const char *mode = getenv("ECHOHOST_ACCEPT");
 
     m->exclusive = mode != NULL && strcmp(mode, "exclusive") == 0;
     m->nslots = m->cfg->workers;
+    m->nls = m->cfg->nlisten;
     m->pid = getpid();
     m->slots = calloc(m->nslots, sizeof *m->slots);
-    m->stats = mmap(NULL, m->nslots * sizeof *m->stats,
-                    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (m->stats == MAP_FAILED)
-        m->stats = NULL;
-    if (m->slots == NULL || m->stats == NULL) {
+    m->ls = calloc(m->nslots * m->nls, sizeof *m->ls);
+    m->names = calloc(m->nls, sizeof *m->names);
+    m->stats = shared_alloc(m->nslots * sizeof *m->stats);
+    m->lstats = shared_alloc(m->nslots * m->nls * sizeof *m->lstats);
+    if (m->slots == NULL || m->ls == NULL || m->names == NULL ||
+        m->stats == NULL || m->lstats == NULL) {
         log_error("out of memory");
         return -1;
     }
-    for (int i = 0; i < m->nslots; i++) {
+    for (int i = 0; i < m->nslots; i++)
         m->slots[i].m = m;
-        m->slots[i].lfd = -1;
-    }
+    for (int i = 0; i < m->nslots * m->nls; i++)
+        m->ls[i].fd = -1;
     if (master_listen(m, addr, len) < 0)
         return -1;
     m->loop = ev_create(64);
@@ -445,19 +504,23 @@ static void master_fini(struct master *m) {
     watch_stop(m->watch);
     if (m->ctl)
         control_close(m->ctl);
-    if (m->slots)
+    if (m->ls)
         master_close_listeners(m);
     if (m->sigfd >= 0)
         close(m->sigfd);
     ev_destroy(m->loop);
     if (m->stats)
         munmap(m->stats, m->nslots * sizeof *m->stats);
+    if (m->lstats)
+        munmap(m->lstats, m->nslots * m->nls * sizeof *m->lstats);
     free(m->slots);
+    free(m->ls);
+    free(m->names);
 }
 
 static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     struct master m;
-    char addr[NET_ADDR_LEN];
+    char addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
 
     memset(&m, 0, sizeof m);
     m.cfg = cfg;
@@ -493,20 +556,32 @@ static int handler_readable(const struct eh_config *cfg) {
     return 1;
 }
 
+/* Binds every --listen once (no workers to share them). */
 static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
-    char err[NET_ERR_LEN], addr[NET_ADDR_LEN];
-    int lfd = net_tcp_server(err, cfg->host, cfg->port, BACKLOG,
-                             NET_NONBLOCK);
+    static char names[EH_LISTEN_MAX][LISTEN_NAME_LEN];
+    struct forksrv_listen ls[EH_LISTEN_MAX];
+    char err[NET_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
+    size_t at = 0;
+    int n;
 
-    if (lfd < 0 || net_sock_name(err, lfd, addr, sizeof addr) < 0) {
-        log_error("%s", err);
-        if (lfd >= 0)
-            close(lfd);
-        return 1;
+    for (n = 0; n < cfg->nlisten; n++) {
+        const struct eh_listen *l = &cfg->listen[n];
+        ls[n].kind = l->kind;
+        ls[n].name = names[n];
+        if ((ls[n].fd = listen_one(err, l, 0)) < 0 ||
+            listen_name(err, l, ls[n].fd, names[n], sizeof names[n]) < 0) {
+            log_error("%s", err);
+            n += ls[n].fd >= 0;
+            while (n-- > 0)
+                close(ls[n].fd);
+            return 1;
+        }
+        at += snprintf(addr + at, sizeof addr - at, "%s%s", n ? " " : "",
+                       names[n]);
     }
     log_notice("listening on %s (fork model, %s)", addr,
                cfg->handler ? cfg->handler : "C echo");
-    return forksrv_main(cfg, lfd, hs);
+    return forksrv_main(cfg, ls, n, hs);
 }
 
 /* Loads the handler once, before anything listens: a file that does not

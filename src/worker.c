@@ -153,6 +153,7 @@ int conn_send(conn *c, const char *data, size_t len) {
             n = 0;
         }
         w->stats->bytes_out += n;
+        c->ls->l.stats->bytes_out += n;
         c->bytes_out += n;
         if ((size_t)n == len)
             return 0;
@@ -233,6 +234,7 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
         return;
     }
     c->w->stats->bytes_out += n;
+    c->ls->l.stats->bytes_out += n;
     c->bytes_out += n;
     c->last_active_ms = ev_time_ms(loop);
     o->head += n;
@@ -281,6 +283,7 @@ static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
     n = read(fd, w->scratch, room);
     if (n > 0) {
         w->stats->bytes_in += n;
+        c->ls->l.stats->bytes_in += n;
         c->bytes_in += n;
         c->last_active_ms = ev_time_ms(loop);
         if (w->h)
@@ -334,11 +337,13 @@ static void conn_free(struct worker *w, conn *c) {
     if (w->h)
         reason = handler_on_close(w->h, c, reason);
     if (w->cfg->access_log)
-        log_notice("access: id=%llu peer=%s worker=%d in=%llu out=%llu "
-                   "ms=%lld reason=%s", (unsigned long long)c->id, c->peer,
-                   w->slot, (unsigned long long)c->bytes_in,
+        log_notice("access: id=%llu peer=%s listener=%s worker=%d in=%llu "
+                   "out=%llu ms=%lld reason=%s", (unsigned long long)c->id,
+                   c->peer, c->listener, w->slot,
+                   (unsigned long long)c->bytes_in,
                    (unsigned long long)c->bytes_out,
                    ev_time_ms(w->loop) - c->opened_ms, reason);
+    c->ls->l.stats->conns_open--;
     close(c->fd);
     free(c->out);
     free(c);
@@ -359,7 +364,8 @@ static void worker_after(ev_loop *loop, void *ud) {
         ev_stop(loop);
 }
 
-static void conn_create(struct worker *w, int fd, const char *peer) {
+static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
+    struct worker *w = ls->w;
     conn *c = calloc(1, sizeof *c);
 
     if (c == NULL || ev_add(w->loop, fd, EV_READABLE, conn_read_proc, c) < 0) {
@@ -372,6 +378,8 @@ static void conn_create(struct worker *w, int fd, const char *peer) {
     c->fd = fd;
     c->id = ++w->next_id;
     memcpy(c->peer, peer, sizeof c->peer);
+    c->listener = ls->l.name;
+    c->ls = ls;
     c->w = w;
     c->flags = CONN_READING;
     c->last_active_ms = ev_time_ms(w->loop);
@@ -379,6 +387,8 @@ static void conn_create(struct worker *w, int fd, const char *peer) {
     conn_link(&w->conns, c);
     w->stats->accepted++;
     w->stats->conns_open++;
+    ls->l.stats->accepted++;
+    ls->l.stats->conns_open++;
     if (w->h)
         handler_on_open(w->h, c);
 }
@@ -387,30 +397,32 @@ static void conn_create(struct worker *w, int fd, const char *peer) {
 
 static void accept_proc(ev_loop *loop, int fd, void *ud, int mask);
 
-static int accept_start(struct worker *w) {
-    int mask = EV_READABLE | (w->exclusive ? EV_EXCLUSIVE : 0);
+static int accept_start(struct worker_lsock *ls) {
+    int mask = EV_READABLE | (ls->w->exclusive ? EV_EXCLUSIVE : 0);
 
-    if (w->lfd < 0)
+    if (ls->l.fd < 0)
         return 0;
-    return ev_add(w->loop, w->lfd, mask, accept_proc, w);
+    return ev_add(ls->w->loop, ls->l.fd, mask, accept_proc, ls);
 }
 
 static long accept_resume(ev_loop *loop, long long id, void *ud) {
-    struct worker *w = ud;
+    struct worker_lsock *ls = ud;
 
     (void)loop;
     (void)id;
-    if (accept_start(w) < 0)
-        log_error("worker %d: cannot accept: %s", w->slot, strerror(errno));
+    if (accept_start(ls) < 0)
+        log_error("worker %d: cannot accept on %s: %s", ls->w->slot,
+                  ls->l.name, strerror(errno));
     return EV_NOMORE;
 }
 
 /* Stops accepting for a moment: nothing could be accepted and level-
  * triggered readiness would otherwise spin. */
-static void accept_pause(struct worker *w, int err) {
-    log_warn("accept: %s (pausing %d ms)", strerror(err), ACCEPT_PAUSE_MS);
-    ev_del(w->loop, w->lfd, EV_READABLE | EV_EXCLUSIVE);
-    ev_timer_add(w->loop, ACCEPT_PAUSE_MS, accept_resume, w);
+static void accept_pause(struct worker_lsock *ls, int err) {
+    log_warn("accept on %s: %s (pausing %d ms)", ls->l.name, strerror(err),
+             ACCEPT_PAUSE_MS);
+    ev_del(ls->w->loop, ls->l.fd, EV_READABLE | EV_EXCLUSIVE);
+    ev_timer_add(ls->w->loop, ACCEPT_PAUSE_MS, accept_resume, ls);
 }
 
 /* One line a second at most for conditions that can repeat per connection. */
@@ -427,13 +439,14 @@ static int reject_log_due(struct worker *w) {
  * (it sees a close, not a hang), take the spare again [nginx, libuv].
  * 0 if the caller can go on accepting, 1 if the queue is empty (EMFILE
  * comes before EAGAIN: nothing was waiting), -1 if it must pause (errno). */
-static int accept_shed(struct worker *w, int err) {
+static int accept_shed(struct worker_lsock *ls, int err) {
+    struct worker *w = ls->w;
     int fd, accept_err;
 
     if (w->spare_fd < 0)
         return -1;
     close(w->spare_fd);
-    fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+    fd = accept4(ls->l.fd, NULL, NULL, SOCK_CLOEXEC);
     accept_err = errno;
     if (fd >= 0) {
         close(fd);
@@ -451,7 +464,8 @@ static int accept_shed(struct worker *w, int err) {
 }
 
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
-    struct worker *w = ud;
+    struct worker_lsock *ls = ud;
+    struct worker *w = ls->w;
     char peer[NET_ADDR_LEN];
 
     (void)loop;
@@ -464,13 +478,13 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
             if (errno == ECONNABORTED || errno == EPROTO)
                 continue;
             if (errno == EMFILE || errno == ENFILE) {
-                int shed = accept_shed(w, errno);
+                int shed = accept_shed(ls, errno);
                 if (shed == 0)
                     continue;
                 if (shed > 0)
                     return;         /* nothing left to accept */
             }
-            accept_pause(w, errno);
+            accept_pause(ls, errno);
             return;
         }
         if (w->stats->conns_open >= (uint64_t)w->cfg->max_conns) {
@@ -481,7 +495,7 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
                          w->cfg->max_conns, peer);
             continue;
         }
-        conn_create(w, fd, peer);
+        conn_create(ls, fd, peer);
     }
 }
 
@@ -526,6 +540,22 @@ static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
     return EV_NOMORE;
 }
 
+/* Stops accepting and echoing datagrams: closes every listener. */
+static void close_listeners(struct worker *w) {
+    for (int i = 0; i < w->nls; i++) {
+        struct worker_lsock *ls = &w->ls[i];
+        if (ls->l.fd < 0)
+            continue;
+        if (ls->udp)
+            udp_echo_stop(ls->udp);
+        else
+            ev_del(w->loop, ls->l.fd, EV_READABLE | EV_EXCLUSIVE);
+        ls->udp = NULL;
+        close(ls->l.fd);
+        ls->l.fd = -1;
+    }
+}
+
 /* First SIGTERM: stop accepting, let connections finish until the drain
  * deadline. A second one closes everything now. */
 static void worker_drain(struct worker *w) {
@@ -535,11 +565,7 @@ static void worker_drain(struct worker *w) {
         return;
     }
     w->draining = 1;
-    if (w->lfd >= 0) {
-        ev_del(w->loop, w->lfd, EV_READABLE | EV_EXCLUSIVE);
-        close(w->lfd);
-        w->lfd = -1;
-    }
+    close_listeners(w);
     if (w->conns == NULL) {
         ev_stop(w->loop);
         return;
@@ -593,6 +619,44 @@ static int worker_signals(struct worker *w) {
 
 /* --- worker ------------------------------------------------------------ */
 
+/* UDP listeners echo in C whatever --handler says (handlers serve TCP). */
+static int start_udp(struct worker_lsock *ls, const struct worker_start *ws) {
+    struct udp_opts o = {
+        .name = ls->l.name, .rate = ls->w->cfg->udp_rate,
+        .own_ports = ws->udp_ports, .nown = ws->nudp_ports,
+        .exclusive = ws->exclusive, .stats = &ls->l.stats->udp};
+
+    ls->udp = udp_echo_start(ls->w->loop, ls->l.fd, &o);
+    return ls->udp ? 0 : -1;
+}
+
+/* Takes over the master's sockets: accepting on each TCP one, echoing on
+ * each UDP one. 0 or -1 (logged). */
+static int open_listeners(struct worker *w, const struct worker_start *ws) {
+    w->ls = calloc(ws->nlisten, sizeof *w->ls);
+    if (w->ls == NULL) {
+        log_error("worker %d: out of memory", w->slot);
+        return -1;
+    }
+    w->nls = ws->nlisten;
+    for (int i = 0; i < w->nls; i++) {
+        struct worker_lsock *ls = &w->ls[i];
+        ls->w = w;
+        ls->l = ws->listen[i];
+    }
+    for (int i = 0; i < w->nls; i++) {
+        struct worker_lsock *ls = &w->ls[i];
+        int rc = ls->l.kind == EH_LISTEN_UDP ? start_udp(ls, ws)
+                                             : accept_start(ls);
+        if (rc < 0) {
+            log_error("worker %d: %s: %s", w->slot, ls->l.name,
+                      strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int worker_init(struct worker *w, const struct worker_start *ws) {
     w->loop = ev_create(1024);
     w->scratch_len = SCRATCH_LEN;
@@ -606,12 +670,9 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
         log_error("worker %d: %s", w->slot, strerror(errno));
         return 1;
     }
-    w->lfd = ws->lfd;
     w->exclusive = ws->exclusive;
-    if (accept_start(w) < 0) {
-        log_error("worker %d: epoll: %s", w->slot, strerror(errno));
+    if (open_listeners(w, ws) < 0)
         return 1;
-    }
     if (ws->ctl_fd >= 0 && control_worker_attach(w, w->loop, ws->ctl_fd) < 0)
         log_warn("worker %d: control channel: %s", w->slot, strerror(errno));
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -627,8 +688,8 @@ static void worker_fini(struct worker *w) {
         worker_after(w->loop, w);
     if (w->h)
         handler_destroy(w->h);
-    if (w->lfd >= 0)
-        close(w->lfd);
+    close_listeners(w);
+    free(w->ls);
     if (w->spare_fd >= 0)
         close(w->spare_fd);
     if (w->sigfd >= 0)
@@ -645,7 +706,7 @@ int worker_main(const struct eh_config *cfg, const struct worker_start *ws) {
     w.slot = ws->slot;
     w.cfg = cfg;
     w.stats = ws->stats;
-    w.lfd = w.spare_fd = w.sigfd = -1;
+    w.spare_fd = w.sigfd = -1;
     w.next_id = (uint64_t)ws->gen << 40;
     w.stats->pid = getpid();
     w.stats->started_ms = ev_now_ms();

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "conn.h"
 #include "ev.h"
+#include "udp.h"
 
 /* Counters of one worker, written only by that worker. The master maps an
  * array of these shared (MAP_SHARED) before forking, so it can read every
@@ -29,15 +30,42 @@ struct worker_stats {
     uint64_t reloads;           /* handler reloads that succeeded */
 } __attribute__((aligned(128)));    /* one per cache line pair: no sharing */
 
+/* Counters of one listener in one worker slot, in the same shared mapping
+ * as worker_stats (nlisten per slot). */
+struct listener_stats {
+    uint64_t conns_open;        /* TCP: connections now open */
+    uint64_t accepted;
+    uint64_t bytes_in, bytes_out;
+    struct udp_stats udp;       /* UDP: datagrams */
+} __attribute__((aligned(64)));
+
+/* One socket the master bound, as a worker gets it. */
+struct worker_listener {
+    enum eh_listen_kind kind;
+    int fd;                     /* non-blocking; TCP: listening */
+    const char *name;           /* "127.0.0.1:8888", "udp://[::1]:7" */
+    struct listener_stats *stats;   /* this slot's, in the shared mapping */
+};
+
 /* What the master hands a worker it forks. */
 struct worker_start {
     int slot;                   /* 0 .. workers-1 */
     unsigned gen;               /* worker starts before this one (ids) */
-    int lfd;                    /* listening socket, non-blocking */
-    int exclusive;              /* lfd is shared by all workers */
+    const struct worker_listener *listen;   /* nlisten of them */
+    int nlisten;
+    const uint16_t *udp_ports;  /* the UDP listeners' ports (loop guard) */
+    int nudp_ports;
+    int exclusive;              /* the fds are shared by all workers */
     int ctl_fd;                 /* control channel (worker's end), or -1 */
     const struct hstate *handler;   /* loaded by the master, or NULL */
     struct worker_stats *stats; /* this slot in the master's mapping */
+};
+
+/* A listener in the worker: accepting (TCP) or echoing (UDP). */
+struct worker_lsock {
+    struct worker *w;
+    struct worker_listener l;   /* l.fd -1 once draining */
+    struct udp_echo *udp;       /* UDP: the echo on l.fd */
 };
 
 struct worker {
@@ -46,8 +74,9 @@ struct worker {
     ev_loop *loop;
     struct handler *h;          /* NULL: C echo */
     struct worker_stats *stats;
-    int lfd;                    /* -1 once draining */
-    int exclusive;              /* lfd shared with the other workers */
+    struct worker_lsock *ls;    /* its listeners */
+    int nls;
+    int exclusive;              /* their fds shared with the other workers */
     int spare_fd;               /* kept for EMFILE (see accept_proc) */
     int sigfd;
     char *scratch;              /* the one read buffer of this worker */
