@@ -178,8 +178,59 @@ static const char *const cmd_totals[] = {
     "conns", "accepted", "bytes_in", "bytes_out", "errors", "faults", NULL
 };
 
+/* Adds the worker's listener table at idx into the sums at idx + 1 (the
+ * same listener in every worker): numbers added, name and kind copied. */
+static void cmd_add_listener(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pushvalue(L, -2);                   /* key, value, key */
+        if (lua_isinteger(L, -2)) {
+            lua_pushvalue(L, -1);
+            lua_rawget(L, idx + 1);
+            lua_Integer sum = lua_tointeger(L, -1) + lua_tointeger(L, -3);
+            lua_pop(L, 1);
+            lua_pushinteger(L, sum);
+        } else {
+            lua_pushvalue(L, -2);
+        }
+        lua_rawset(L, idx + 1);
+        lua_pop(L, 1);
+    }
+}
+
+/* The listeners of every worker (the sequence at idx), summed: a sequence
+ * of {name, kind, counters...} in --listen order. */
+static void cmd_sum_listeners(lua_State *L, int idx) {
+    lua_Integer n = luaL_len(L, idx);
+
+    idx = lua_absindex(L, idx);
+    lua_newtable(L);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        if (lua_getfield(L, -1, "listeners") == LUA_TTABLE) {
+            for (lua_Integer j = 1; lua_rawgeti(L, -1, j) == LUA_TTABLE;
+                 j++) {
+                if (lua_rawgeti(L, -4, j) != LUA_TTABLE) {
+                    lua_pop(L, 1);
+                    lua_newtable(L);
+                    lua_pushvalue(L, -1);
+                    lua_rawseti(L, -6, j);      /* sums[j] = {} */
+                }
+                lua_pushvalue(L, -2);           /* the worker's, the sums */
+                lua_rotate(L, -2, 1);
+                cmd_add_listener(L, -2);
+                lua_pop(L, 3);
+            }
+            lua_pop(L, 1);                      /* the nil ending it */
+        }
+        lua_pop(L, 2);
+    }
+}
+
 /* stats() -> {pid, operators, conns, accepted, bytes_in, bytes_out, errors,
- * workers = {{slot, pid, conns, ..., handler_version}, ...}} */
+ * listeners = {{name, kind, ...}, ...},
+ * workers = {{slot, pid, conns, ..., handler_version, listeners}, ...}} */
 static int cmd_stats(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
     int operators = 0;
@@ -196,6 +247,8 @@ static int cmd_stats(lua_State *L) {
     lua_setfield(L, -2, "operators");
     lua_pushinteger(L, getpid());
     lua_setfield(L, -2, "pid");
+    cmd_sum_listeners(L, -2);
+    lua_setfield(L, -2, "listeners");
     lua_pushinteger(L, s->ctl->reload_failures ?
                     (lua_Integer)*s->ctl->reload_failures : 0);
     lua_setfield(L, -2, "reload_failures");
@@ -222,7 +275,8 @@ static void cmd_sort(lua_State *L) {
     lua_pop(L, 2);
 }
 
-/* conns() -> {{id, peer, worker, age, bytes_in, bytes_out}, ...} by id. */
+/* conns() -> {{id, peer, listener, worker, age, bytes_in, bytes_out}, ...}
+ * by id. */
 static int cmd_conns(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
     lua_Integer n, j = 0;
@@ -414,13 +468,44 @@ static void cmd_quote(struct cmd_out *o, const char *s) {
     cmd_printf(o, "\"");
 }
 
+/* A listener's counters: {name=,kind="tcp",conns=,...} or the UDP ones. */
+static void cmd_w_listener(const struct worker_lsock *ls, struct cmd_out *o) {
+    const struct listener_stats *st = ls->l.stats;
+    const struct udp_stats *u = &st->udp;
+
+    cmd_printf(o, "{name=");
+    cmd_quote(o, ls->l.name);
+    if (ls->l.kind == EH_LISTEN_TCP) {
+        cmd_printf(o, ",kind=\"tcp\",conns=%llu,accepted=%llu,"
+                   "bytes_in=%llu,bytes_out=%llu},",
+                   (unsigned long long)st->conns_open,
+                   (unsigned long long)st->accepted,
+                   (unsigned long long)st->bytes_in,
+                   (unsigned long long)st->bytes_out);
+        return;
+    }
+    cmd_printf(o, ",kind=\"udp\",datagrams_in=%llu,datagrams_out=%llu,"
+               "bytes_in=%llu,bytes_out=%llu,dropped_guard=%llu,"
+               "dropped_rate=%llu,dropped_full=%llu,truncated=%llu,"
+               "errors=%llu},",
+               (unsigned long long)u->datagrams_in,
+               (unsigned long long)u->datagrams_out,
+               (unsigned long long)u->bytes_in,
+               (unsigned long long)u->bytes_out,
+               (unsigned long long)u->dropped_guard,
+               (unsigned long long)u->dropped_rate,
+               (unsigned long long)u->dropped_full,
+               (unsigned long long)u->truncated,
+               (unsigned long long)u->errors);
+}
+
 static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
     const struct worker_stats *st = w->stats;
 
     cmd_printf(o, "{conns=%llu,accepted=%llu,closed=%llu,rejected=%llu,"
                "bytes_in=%llu,bytes_out=%llu,errors=%llu,faults=%llu,"
                "timeouts=%llu,reloads=%llu,handler_version=%d,lua_mem=%zu,"
-               "uptime=%.3f}",
+               "uptime=%.3f,listeners={",
                (unsigned long long)st->conns_open,
                (unsigned long long)st->accepted,
                (unsigned long long)st->closed,
@@ -434,6 +519,9 @@ static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
                w->h ? handler_version(w->h) : 0,
                w->h ? handler_mem(w->h) : (size_t)0,
                (ev_now_ms() - (long long)st->started_ms) / 1000.0);
+    for (int i = 0; i < w->nls; i++)
+        cmd_w_listener(&w->ls[i], o);
+    cmd_printf(o, "}}");
 }
 
 static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
@@ -449,6 +537,8 @@ static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
         }
         cmd_printf(o, "{id=%llu,peer=", (unsigned long long)c->id);
         cmd_quote(o, c->peer);
+        cmd_printf(o, ",listener=");
+        cmd_quote(o, c->listener);
         cmd_printf(o, ",bytes_in=%llu,bytes_out=%llu,age=%.3f,idle=%.3f,"
                    "pending=%zu},", (unsigned long long)c->bytes_in,
                    (unsigned long long)c->bytes_out,
