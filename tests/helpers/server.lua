@@ -7,6 +7,11 @@
 --                              -- ulimit -n, start wait, environment
 --   finally(function() srv:stop() end)
 --   srv.pid, srv.host, srv.port, srv.addr ("127.0.0.1:40123"), srv.log_path
+--                              (of the first --listen)
+--   srv.listeners              every listener as the log names it, in
+--                              --listen order: {"127.0.0.1:40123",
+--                              "udp://[::1]:39000", ...}
+--   server.split(name)         "udp://[::1]:7" -> "udp", "::1", 7
 --   srv:log()                  stderr so far (a string)
 --   srv:wait_log(pat, secs)    first capture of pat in the log, or nil
 --   srv:children()             pids whose parent is the server (workers)
@@ -182,10 +187,20 @@ function M.start(args, opts)
     srv:stop()
     error("echohost did not start: " .. log, 2)
   end
+  srv.listeners = {}
+  for name in srv:log():match("listening on (.-) %("):gmatch("%S+") do
+    srv.listeners[#srv.listeners + 1] = name
+  end
   srv.addr = addr
-  srv.host, srv.port = addr:match("^%[?(.-)%]?:(%d+)$")
-  srv.port = tonumber(srv.port)
+  local _
+  _, srv.host, srv.port = M.split(addr)
   return srv
+end
+
+function M.split(name)
+  local kind, rest = name:match("^(%a+)://(.*)$")
+  local host, port = (rest or name):match("^%[?(.-)%]?:(%d+)$")
+  return kind or "tcp", host, tonumber(port)
 end
 
 function Server:log()

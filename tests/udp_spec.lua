@@ -1,0 +1,405 @@
+-- UDP echo (RFC 862) and several listeners in one server: every size up
+-- to the largest datagram, 100,000 datagrams from 8 sockets, the loop
+-- guard, the rate cap, bad datagrams, TCP and UDP listeners together, and
+-- handler swaps while datagrams flow.
+local server = require "helpers.server"
+local util = require "helpers.util"
+local socket = require "socket"
+
+local BIN = util.realpath(server.BIN)
+local q = server.quote
+
+-- `echohost --repl --connect path` evaluating expr: its output.
+local function ctl(path, expr)
+  local out, err = util.pipe(q(BIN) .. " --repl --connect " .. q(path), expr .. "\n")
+  assert.equal("", err)
+  return out
+end
+
+-- The server's listeners summed over its workers: stats().listeners as a
+-- Lua table (the REPL prints it readably: load it back).
+local function listeners(path)
+  local out = ctl(path, "for _, l in ipairs(stats().listeners) do print(string.format("
+    .. "'{name=%q,kind=%q,dg_in=%d,dg_out=%d,guard=%d,rate=%d,full=%d,errors=%d,"
+    .. "accepted=%d,conns=%d}', l.name, l.kind, l.datagrams_in or 0, l.datagrams_out or 0,"
+    .. " l.dropped_guard or 0, l.dropped_rate or 0, l.dropped_full or 0, l.errors or 0,"
+    .. " l.accepted or 0, l.conns or 0)) end")
+  local t = {}
+  for line in out:gmatch("[^\n]+") do
+    t[#t + 1] = assert(load("return " .. line))()
+  end
+  return t
+end
+
+local function control_path()
+  local dir = util.tmpdir()
+  finally(function() os.execute("rm -rf " .. q(dir)) end)
+  return dir .. "/ctl"
+end
+
+-- A UDP socket of host's family, bound to bind_host:bind_port if given.
+local function udp(host, bind_host, bind_port)
+  local u = assert(host:find(":") and socket.udp6() or socket.udp())
+  if bind_host then
+    assert(u:setsockname(bind_host, bind_port or 0))
+  end
+  return u
+end
+
+-- The listener of srv named kind://host:port: host and port.
+local function target(srv, i)
+  local _, host, port = server.split(srv.listeners[i])
+  return host, port
+end
+
+-- Data for datagram tag: its own text first, so a reply names its request.
+local function payload(tag, n)
+  local head = tag .. ":"
+  local body = server.pattern(n)
+  return (head .. body):sub(1, math.max(n, #head))
+end
+
+-- Sends each datagram of reqs (a list of strings) from the sockets of
+-- socks (request i from socks[(i - 1) % #socks + 1]) to host:port, at most
+-- window per socket in flight. A datagram not answered when nothing
+-- arrives for a while is sent again (UDP may drop); a reply is checked
+-- against its request (named by its text up to the first ":"). Returns
+-- how many requests were answered, how many replies were wrong, how many
+-- were sent again. Bounded: at most 100 rounds of resending.
+local function exchange(socks, host, port, reqs, window)
+  local by_tag, pending, next_req, answered, wrong, resent = {}, {}, {}, 0, 0, 0
+  for i, r in ipairs(reqs) do
+    by_tag[r:match("^[^:]*")] = i
+  end
+  for k, s in ipairs(socks) do
+    s:settimeout(0)
+    pending[k], next_req[k] = {}, k
+  end
+  local function send(k, i)
+    assert(socks[k]:sendto(reqs[i], host, port))
+    pending[k][i] = true
+  end
+  local rounds = 0
+  while answered < #reqs do
+    for k in ipairs(socks) do
+      local n = 0
+      for _ in pairs(pending[k]) do n = n + 1 end
+      while n < window and next_req[k] <= #reqs do
+        send(k, next_req[k])
+        next_req[k], n = next_req[k] + #socks, n + 1
+      end
+    end
+    local ready = socket.select(socks, nil, 0.3)
+    if #ready == 0 then
+      rounds = rounds + 1
+      assert(rounds <= 100, "no progress after 100 rounds of resending")
+      for k in ipairs(socks) do
+        for i in pairs(pending[k]) do
+          send(k, i)
+          resent = resent + 1
+        end
+      end
+    end
+    for _, s in ipairs(ready) do
+      local k
+      for j, x in ipairs(socks) do
+        if x == s then k = j end
+      end
+      while true do
+        local d = s:receive(65536)
+        if not d then break end
+        local i = by_tag[d:match("^[^:]*")]
+        if i == nil or d ~= reqs[i] then
+          wrong = wrong + 1
+        elseif pending[k][i] then
+          pending[k][i] = nil
+          answered = answered + 1
+        end
+      end
+    end
+  end
+  return answered, wrong, resent
+end
+
+-- One request and its reply over u, sent again (bounded) if it is lost.
+local function ask(u, host, port, data)
+  u:settimeout(0.5)
+  for _ = 1, 20 do
+    assert(u:sendto(data, host, port))
+    local got, err = u:receivefrom(65536)
+    if got then
+      return got
+    end
+    assert.equal("timeout", err)
+  end
+  error("no reply to a " .. #data .. "-byte datagram after 20 tries")
+end
+
+describe("UDP echo", function()
+  after_each(server.stop_all)
+
+  for _, case in ipairs({ { "127.0.0.1", 65507 }, { "::1", 65527 } }) do
+    local host, max = case[1], case[2]
+    it("echoes every size from 1 byte to the largest datagram (" .. max .. " bytes) on "
+      .. host, function()
+      local srv = server.start({ "--workers", "2", "--listen",
+        (host:find(":") and "udp://[::1]:0" or "udp://127.0.0.1:0") })
+      local h, port = target(srv, 1)
+      assert.equal(host, h)
+      local u = udp(host)
+      finally(function() u:close() end)
+      local sizes = {}
+      for n = 1, 64 do sizes[#sizes + 1] = n end
+      for b = 7, 16 do
+        sizes[#sizes + 1] = (1 << b) - 1
+        sizes[#sizes + 1] = 1 << b
+        sizes[#sizes + 1] = (1 << b) + 1
+      end
+      for _, n in ipairs({ 1472, 1473, 1500, 8972, 9000, 65000, max - 1, max }) do
+        sizes[#sizes + 1] = n
+      end
+      for _, n in ipairs(sizes) do
+        if n <= max then
+          local data = server.pattern(n)
+          local got = ask(u, host, port, data)
+          assert(got == data, n .. " bytes: the reply differs (" .. #got .. " bytes back)")
+        end
+      end
+      -- max is the largest there is: the kernel refuses one byte more
+      local ok, err = u:sendto(server.pattern(max + 1), host, port)
+      assert.is_nil(ok)
+      assert.matches("too long", err)
+    end)
+  end
+
+  it("answers 100,000 datagrams from 8 sockets, every reply checked", function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "2", "--listen", "udp://127.0.0.1:0",
+      "--udp-rate", "0", "--control", path })
+    local host, port = target(srv, 1)
+    local socks = {}
+    for k = 1, 8 do socks[k] = udp(host) end
+    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    local reqs = {}
+    for i = 1, 100000 do
+      reqs[i] = payload(tostring(i), 8 + i % 57)
+    end
+    local answered, wrong = exchange(socks, host, port, reqs, 16)
+    assert.equal(100000, answered)
+    assert.equal(0, wrong)
+    local l = listeners(path)[1]
+    assert.equal("udp", l.kind)
+    assert.is_true(l.dg_in >= 100000 and l.dg_out >= 100000)
+    assert.equal(0, l.guard)
+    assert.equal(0, l.rate)                 -- --udp-rate 0: no cap
+  end)
+
+  it("answers a zero-length datagram with one, and goes on when peers close before "
+    .. "their reply (ICMP port unreachable)", function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0",
+      "--control", path })
+    local host, port = target(srv, 1)
+    local u = udp(host)
+    finally(function() u:close() end)
+    assert.equal("", ask(u, host, port, ""))
+    for i = 1, 50 do
+      local gone = udp(host)
+      assert(gone:sendto("bye " .. i, host, port))
+      gone:close()
+    end
+    assert.equal("still here", ask(u, host, port, "still here"))
+    assert.equal("", ask(u, host, port, ""))
+    local l = listeners(path)[1]
+    assert.is_true(l.dg_in >= 53)
+    assert.equal(0, l.guard)
+  end)
+end)
+
+describe("the UDP loop guard", function()
+  after_each(server.stop_all)
+
+  it("drops datagrams from echo-like ports (7, 19, 37) and from the server's own UDP ports",
+    function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0",
+      "--listen", "udp://127.0.0.1:0", "--control", path })
+    local host, port = target(srv, 1)
+    local _, own = target(srv, 2)
+    local guarded = {}
+    finally(function() for _, g in ipairs(guarded) do g:close() end end)
+    -- as root: sockets on the echo, chargen and time ports of 127.0.0.1,
+    -- and on the server's own ports of another loopback address
+    for _, bind in ipairs({ { host, 7 }, { host, 19 }, { host, 37 }, { "127.0.0.2", own },
+                            { "127.0.0.2", port } }) do
+      local g = udp(host, bind[1], bind[2])
+      guarded[#guarded + 1] = g
+      assert(g:sendto("loop? " .. bind[2], host, port))
+    end
+    -- one worker, one socket: once the probe is answered, the datagrams
+    -- sent before it were served (or dropped)
+    local probe = udp(host)
+    finally(function() probe:close() end)
+    assert.equal("probe", ask(probe, host, port, "probe"))
+    for _, g in ipairs(guarded) do
+      g:settimeout(0)
+      local got, err = g:receive()
+      assert.is_nil(got)
+      assert.equal("timeout", err)
+    end
+    local l = listeners(path)
+    assert.equal(5, l[1].guard)
+    assert.equal(0, l[2].guard)
+    assert.is_true(l[1].dg_out >= 1 and l[1].dg_out == l[1].dg_in - 5)
+    assert.matches("udp://127%.0%.0%.1:" .. port .. ": dropping datagrams from 127%.0%.0%.1:7 "
+      .. "%(loop guard%)", srv:log())
+  end)
+
+  it("answers at most --udp-rate datagrams per second from one source address", function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0",
+      "--udp-rate", "5", "--control", path })
+    local host, port = target(srv, 1)
+    local u = udp(host)
+    local other = udp(host, "127.0.0.2")    -- another source: its own allowance
+    finally(function() u:close(); other:close() end)
+    local t0 = socket.gettime()
+    for i = 1, 40 do
+      assert(u:sendto("r" .. i, host, port))
+    end
+    assert.equal("probe", ask(other, host, port, "probe"))
+    local elapsed = socket.gettime() - t0
+    u:settimeout(0)
+    local got = {}
+    while true do
+      local d = u:receive()
+      if not d then break end
+      got[#got + 1] = d
+    end
+    -- the first 5 (a full second's allowance), then 5 a second at most
+    assert.is_true(#got >= 5, #got .. " replies")
+    assert.is_true(#got <= 5 + math.ceil(5 * elapsed), #got .. " replies in " .. elapsed .. " s")
+    for i = 1, 5 do
+      assert.equal("r" .. i, got[i])
+    end
+    local l = listeners(path)[1]
+    assert.equal(40 - #got, l.rate)
+    assert.equal(#got + 1, l.dg_out)
+  end)
+end)
+
+describe("several listeners", function()
+  after_each(server.stop_all)
+
+  it("serve TCP and UDP, IPv4 and IPv6, in one server, each named in the log, stats() and "
+    .. "conns()", function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "2", "--listen", "127.0.0.1:0", "--listen",
+      "[::1]:0", "--listen", "udp://127.0.0.1:0", "--listen", "udp://[::1]:0",
+      "--control", path, "--access-log" })
+    assert.equal(4, #srv.listeners)
+    assert.matches("^127%.0%.0%.1:%d+$", srv.listeners[1])
+    assert.matches("^%[::1%]:%d+$", srv.listeners[2])
+    assert.matches("^udp://127%.0%.0%.1:%d+$", srv.listeners[3])
+    assert.matches("^udp://%[::1%]:%d+$", srv.listeners[4])
+    local data = server.pattern(100000)
+    for i = 1, 2 do
+      local host, port = target(srv, i)
+      assert.equal(data, (server.echo(host, port, data)))
+    end
+    for i = 3, 4 do
+      local host, port = target(srv, i)
+      local u = udp(host)
+      assert.equal("hi " .. i, ask(u, host, port, "hi " .. i))
+      u:close()
+    end
+    -- a connection held open on the second: conns() names it
+    local host, port = target(srv, 2)
+    local c = assert(socket.tcp6())
+    finally(function() c:close() end)
+    c:settimeout(5)
+    assert(c:connect(host, port))
+    assert(c:send("x"))
+    assert.equal("x", c:receive(1))
+    assert.truthy(server.wait(function() return ctl(path, "=#conns()") == "1\n" end, 5))
+    assert.equal(srv.listeners[2] .. "\n", ctl(path, "print(conns()[1].listener)"))
+    local l = listeners(path)
+    for i = 1, 4 do
+      assert.equal(srv.listeners[i], l[i].name)
+      assert.equal(i <= 2 and "tcp" or "udp", l[i].kind)
+    end
+    assert.equal(1, l[1].accepted)
+    assert.equal(2, l[2].accepted)
+    assert.equal(1, l[2].conns)
+    assert.is_true(l[3].dg_out >= 1 and l[4].dg_out >= 1)
+    assert.matches("access: id=%d+ peer=127%.0%.0%.1:%d+ listener=" .. srv.listeners[1]:gsub("%.", "%%.")
+      .. " worker=", srv:log())
+  end)
+
+  it("serve TCP and UDP under --model fork", function()
+    local srv = server.start({ "--model", "fork", "--listen", "127.0.0.1:0", "--listen",
+      "udp://127.0.0.1:0", "--listen", "127.0.0.1:0" })
+    assert.equal(3, #srv.listeners)
+    for _, i in ipairs({ 1, 3 }) do
+      local host, port = target(srv, i)
+      assert.equal("fork " .. i, (server.echo(host, port, "fork " .. i)))
+    end
+    local host, port = target(srv, 2)
+    local u = udp(host)
+    finally(function() u:close() end)
+    assert.equal("fork udp", ask(u, host, port, "fork udp"))
+  end)
+
+  it("share a UDP socket among the workers with ECHOHOST_ACCEPT=exclusive", function()
+    local srv = server.start({ "--workers", "2", "--listen", "udp://127.0.0.1:0",
+      "--listen", "127.0.0.1:0", "--udp-rate", "0" }, { env = { ECHOHOST_ACCEPT = "exclusive" } })
+    local host, port = target(srv, 1)
+    local socks = { udp(host), udp(host) }
+    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    local reqs = {}
+    for i = 1, 2000 do reqs[i] = payload(tostring(i), 40) end
+    local answered, wrong = exchange(socks, host, port, reqs, 16)
+    assert.equal(2000, answered)
+    assert.equal(0, wrong)
+    host, port = target(srv, 2)
+    assert.equal("tcp", (server.echo(host, port, "tcp")))
+  end)
+
+  it("lose none while the handler is swapped by SIGHUP as datagrams flow", function()
+    local dir = util.tmpdir()
+    finally(function() os.execute("rm -rf " .. q(dir)) end)
+    local handler = dir .. "/h.lua"
+    util.spit(handler, "return function(conn, data) return data:upper() end\n")
+    local path = dir .. "/ctl"
+    local srv = server.start({ "--workers", "2", "--handler", handler, "--listen",
+      "udp://127.0.0.1:0", "--listen", "127.0.0.1:0", "--udp-rate", "0", "--control", path })
+    local host, port = target(srv, 1)
+    local socks = {}
+    for k = 1, 4 do socks[k] = udp(host) end
+    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    local thost, tport = target(srv, 2)
+    for round = 1, 10 do
+      local reqs = {}
+      for i = 1, 500 do reqs[i] = payload(round .. "-" .. i, 30) end
+      for _, s in ipairs(socks) do s:settimeout(0) end
+      -- the first window goes out, then the swap, then the rest
+      for k = 1, 4 do assert(socks[k]:sendto(reqs[k], host, port)) end
+      assert.is_true(srv:signal("HUP"))
+      local answered, wrong = exchange(socks, host, port, reqs, 16)
+      assert.equal(500, answered)
+      assert.equal(0, wrong)
+      assert.equal("ROUND " .. round, (server.echo(thost, tport, "round " .. round)))
+      -- the master took this SIGHUP before the next (signals do not queue)
+      assert.truthy(server.wait(function()
+        local _, n = srv:log():gsub("SIGHUP: reloading the handler", "")
+        return n == round
+      end, 5))
+    end
+    assert.truthy(server.wait(function()
+      return ctl(path, "=stats().workers[1].reloads + stats().workers[2].reloads") == "20\n"
+    end, 10))
+    local l = listeners(path)
+    assert.equal("udp", l[1].kind)
+    assert.equal(10, l[2].accepted)
+  end)
+end)
