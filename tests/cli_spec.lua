@@ -117,6 +117,63 @@ describe("echohost sizes", function()
   end)
 end)
 
+describe("echohost --listen", function()
+  local bad = { "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
+    "127.0.0.1: 80", "127.0.0.1:+80", "127.0.0.1:80x", "[::1]80", "[::1", "udp://",
+    "udp://127.0.0.1", "udp://127.0.0.1:", "udp://[::1]", "udp:/127.0.0.1:7",
+    "tcp://127.0.0.1:7", "sctp://127.0.0.1:7", "unix:/tmp/x" }
+  for _, a in ipairs(bad) do
+    it("refuses '" .. a .. "' with the forms it takes (exit 2)", function()
+      local code, err = server.run({ "--listen", a }, 5)
+      assert.equal(2, code)
+      assert.equal("echohost: bad --listen '" .. a .. "' (want HOST:PORT, [IPv6]:PORT, "
+        .. "*:PORT or udp://HOST:PORT, port 0..65535)", err:match("^[^\n]*"))
+      assert.matches("Try 'echohost %-%-help'", err)
+    end)
+  end
+
+  it("refuses the same address given twice, and more than 16", function()
+    local code, err = server.run({ "--listen", "udp://127.0.0.1:7000", "--listen",
+      "127.0.0.1:7000", "--listen", "udp://127.0.0.1:7000" }, 5)
+    assert.equal(2, code)
+    assert.equal("echohost: --listen 'udp://127.0.0.1:7000' given twice", err:match("^[^\n]*"))
+    local args = {}
+    for _ = 1, 17 do
+      args[#args + 1] = "--listen"
+      args[#args + 1] = "127.0.0.1:0"
+    end
+    code, err = server.run(args, 5)
+    assert.equal(2, code)
+    assert.equal("echohost: too many --listen (at most 16)", err:match("^[^\n]*"))
+  end)
+
+  it("refuses --udp-rate without a UDP listener, and a bad rate", function()
+    local code, err = server.run({ "--udp-rate", "10" }, 5)
+    assert.equal(2, code)
+    assert.matches("^echohost: %-%-udp%-rate needs a %-%-listen udp://HOST:PORT", err)
+    for _, a in ipairs({ "-1", "x", "1.5", "100000001" }) do
+      code, err = server.run({ "--listen", "udp://127.0.0.1:0", "--udp-rate", a }, 5)
+      assert.equal(2, code)
+      assert.equal("echohost: bad --udp-rate '" .. a .. "' (want datagrams/s 0..100000000, "
+        .. "0=off)", err:match("^[^\n]*"))
+    end
+  end)
+
+  it("a taken port among several: exit 1 naming it, before listening", function()
+    local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0" })
+    finally(function() srv:stop() end)
+    local taken = "udp://127.0.0.1:" .. srv.port
+    for _, model in ipairs({ "event", "fork" }) do
+      local code, err = server.run({ "--model", model, "--listen", "127.0.0.1:0",
+        "--listen", taken }, 5)
+      assert.equal(1, code)
+      assert.truthy(err:find("bind 127.0.0.1:" .. srv.port .. ": Address already in use", 1,
+        true), err)
+      assert.is_nil(err:find("listening on", 1, true))
+    end
+  end)
+end)
+
 describe("echohost start-up failures", function()
   it("a --handler directory: exit 1 with one clear line, before listening", function()
     local dir = util.tmpdir()

@@ -332,8 +332,9 @@ describe("several listeners", function()
     assert.equal(2, l[2].accepted)
     assert.equal(1, l[2].conns)
     assert.is_true(l[3].dg_out >= 1 and l[4].dg_out >= 1)
-    assert.matches("access: id=%d+ peer=127%.0%.0%.1:%d+ listener=" .. srv.listeners[1]:gsub("%.", "%%.")
-      .. " worker=", srv:log())
+    local name = srv.listeners[1]:gsub("%.", "%%.")
+    assert.matches("access: id=%d+ peer=127%.0%.0%.1:%d+ listener=" .. name .. " worker=",
+      srv:log())
   end)
 
   it("serve TCP and UDP under --model fork", function()
