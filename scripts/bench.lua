@@ -174,10 +174,23 @@ local function can_connect(port)
   return ok ~= nil
 end
 
+-- A UDP echo answers a datagram (sent again, bounded, as UDP may drop).
+local function can_echo_udp(port)
+  local u = socket.udp()
+  u:settimeout(0.05)
+  local ok = false
+  for _ = 1, 4 do
+    u:sendto("ready?", "127.0.0.1", port)
+    if u:receive() == "ready?" then ok = true break end
+  end
+  u:close()
+  return ok
+end
+
 -- Waits (bounded) until the server is up: its port is read from its log
 -- ("listening on ADDR:PORT") unless it was given one; returns the port or
 -- nil, reason.
-local function wait_ready(pid, logfile, port)
+local function wait_ready(pid, logfile, port, udp)
   local deadline = socket.gettime() + 8
   while socket.gettime() < deadline do
     if not alive(pid) then
@@ -187,7 +200,7 @@ local function wait_ready(pid, logfile, port)
       local text = read_file(logfile) or ""
       port = tonumber(text:match("listening on [^%s]-:(%d+)"))
     end
-    if port and can_connect(port) then return port end
+    if port and (udp and can_echo_udp or can_connect)(port) then return port end
     socket.sleep(0.05)
   end
   return nil, "not ready after 8 s: " .. (read_file(logfile) or ""):sub(1, 300)
@@ -200,7 +213,11 @@ end
 local lua_handler = ROOT .. "/scripts/echo.lua"
 
 local function echohost(args)
-  return function()
+  return function(_, cfg)
+    if cfg and cfg.udp then       -- C echo on a UDP listener, no rate cap
+      return ECHOHOST .. " --workers 1 --listen udp://127.0.0.1:0 --udp-rate 0 "
+        .. "--drain-timeout 1 " .. args
+    end
     return ECHOHOST .. " --workers 1 --listen 127.0.0.1:0 --max-conns 20000 "
       .. "--idle-timeout 0 --drain-timeout 1 " .. args
   end
@@ -218,14 +235,16 @@ end
 
 -- name: key; title: table row; cmd(port, cfg): command line (port given only
 -- when fixed_port); available(): nil or the reason it cannot run; configs:
--- the only configurations it runs (default: all); proxy: behind it is the
--- backend.
+-- the only configurations it runs (default: all TCP ones, and the UDP ones
+-- with udp); proxy: behind it is the backend.
 local SERVERS = {
-  { name = "refecho", title = "refecho (reference)",
-    cmd = function() return BUILD .. "/refecho" end,
+  { name = "refecho", title = "refecho (reference)", udp = true,
+    cmd = function(_, cfg)
+      return BUILD .. "/refecho" .. (cfg and cfg.udp and " udp://127.0.0.1:0" or "")
+    end,
     available = function() return not exists(BUILD .. "/refecho") and "not built" or nil end },
   { name = "c_echo", title = "echohost C echo",
-    cmd = echohost(""), echohost = true },
+    cmd = echohost(""), echohost = true, udp = true },
   { name = "lua_fn", title = "echohost Lua per-message",
     cmd = echohost("--handler " .. lua_handler), echohost = true },
   { name = "lua_co", title = "echohost Lua coroutine",
@@ -272,6 +291,9 @@ local CONFIGS = {
   -- connect()s of the runs after it (the kernel's port search)
   { name = "connrate", title = "connrate 16×64 B", mode = "connrate", conns = 16, size = 64,
     unit = "conn/s", rst = true },
+  -- 16 UDP sockets, 4 datagrams in flight each: datagrams/s
+  { name = "udp", title = "udp 16×4×64 B", mode = "udp", conns = 16, size = 64, window = 4,
+    unit = "dgram/s", udp = true },
 }
 local IDLE_CFG = { name = "idle", mode = "idle", conns = IDLE_CONNS, size = 64 }
 local MEMORY_SERVERS = { refecho = true, c_echo = true, lua_fn = true, lua_co = true }
@@ -282,7 +304,7 @@ local function start_server(s, cfg)
   local env = s.env and s.env(port, cfg) or ""
   local pid = spawn(s.cmd(port, cfg), env, logfile)
   if not pid then return nil, "spawn failed" end
-  local got, err = wait_ready(pid, logfile, port)
+  local got, err = wait_ready(pid, logfile, port, cfg.udp)
   if not got then
     stop(pid)
     return nil, err
@@ -294,9 +316,9 @@ end
 local function run_client(cfg, pid, port, label)
   local d = cfg.mode == "idle" and 60 or DURATION
   local cmd = string.format("timeout -k 2 %d %s -m %s -c %d -s %d -d %g -W %g -p %d -l %s "
-    .. "%s127.0.0.1:%d 2>>%s", math.ceil(d + WARMUP + 25), pinned(CLIENT_CPU, BENCH), cfg.mode,
-    cfg.conns, cfg.size, d, WARMUP, pid, sh_quote(label), cfg.rst and "--rst " or "", port,
-    sh_quote(OUT .. "/client.log"))
+    .. "%s%s127.0.0.1:%d 2>>%s", math.ceil(d + WARMUP + 25), pinned(CLIENT_CPU, BENCH), cfg.mode,
+    cfg.conns, cfg.size, d, WARMUP, pid, sh_quote(label), cfg.rst and "--rst " or "",
+    cfg.window and ("-w " .. cfg.window .. " ") or "", port, sh_quote(OUT .. "/client.log"))
   local f = io.popen(cmd)
   local line = f:read("a")
   local _, _, code = f:close()
@@ -360,6 +382,7 @@ end
 -- and the quietest attempt kept.
 local function measure(s, cfg, round)
   if s.configs and not s.configs[cfg.name] then return end
+  if cfg.udp and not s.udp then return end
   local r = measure_once(s, cfg)
   local tries = 0
   while r and cfg.mode ~= "idle" and noise_of(r) > NOISY and tries < RETRIES
@@ -378,10 +401,10 @@ local function measure(s, cfg, round)
     log("  %-8s %-9s %6.0f B/conn  (%d conns, %d errors)", s.name, cfg.name,
       r.rss_per_conn_b or -1, r.msgs or 0, r.errors or 0)
   else
-    log("  %-8s %-9s %10.1f msg/s %9.1f MB/s  p50 %7.1f µs  cpu %s µs/msg  err %d mism %d",
+    log("  %-8s %-9s %10.1f msg/s %9.1f MB/s  p50 %7.1f µs  cpu %s µs/msg  err %d mism %d%s",
       s.name, cfg.name, r.msgs_per_s, r.mb_per_s, r.p50_us,
       r.server_cpu_us_per_msg and string.format("%.2f", r.server_cpu_us_per_msg) or "-",
-      r.errors, r.mismatches)
+      r.errors, r.mismatches, r.lost and string.format(" lost %d", r.lost) or "")
   end
   record(s.name, cfg.name, round, r)
 end
@@ -518,6 +541,7 @@ local TARGETS = {
   { "Lua per-message", "lua_fn", "rr50", "ratio", ">=", 0.90 },
   { "Lua coroutine", "lua_co", "rr50", "ratio", ">=", 0.85 },
   { "fork model", "fork", "connrate", "ratio", ">=", 0.25 },
+  { "C echo", "c_echo", "udp", "ratio", ">=", 0.90 },
   { "C echo", "c_echo", "idle", "rss", "<=", 1024 },
   { "Lua coroutine", "lua_co", "idle", "rss", "<=", 4096 },
   -- the same proxying, side by side: the base is HAProxy, not refecho
@@ -613,9 +637,9 @@ local function absolute_lines(out, servers)
   out[#out + 1] = "## Absolute figures (medians)"
   out[#out + 1] = ""
   out[#out + 1] = "| server | rr 1×64 B msg/s | p50 / p99 µs | rr 50×1 KiB msg/s | p99 µs "
-    .. "| stream MB/s | connrate conn/s "
-    .. "| server CPU µs/msg (rr1 / rr50 / stream / connrate) | errors |"
-  out[#out + 1] = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    .. "| stream MB/s | connrate conn/s | udp dgram/s (lost) "
+    .. "| server CPU µs/msg (rr1 / rr50 / stream / connrate / udp) | errors |"
+  out[#out + 1] = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for _, s in ipairs(servers) do
     local errs, cpu = 0, {}
     for _, byc in pairs(results.runs[s.name] or {}) do
@@ -625,10 +649,12 @@ local function absolute_lines(out, servers)
       cpu[#cpu + 1] = fmt(med(s.name, c.name, "server_cpu_us_per_msg"), "%.1f")
     end
     local function m(c, f) return fmt(med(s.name, c, f), "%.0f") end
-    out[#out + 1] = string.format("| %s | %s | %s / %s | %s | %s | %s | %s | %s | %d |", s.title,
-      m("rr1", "msgs_per_s"), m("rr1", "p50_us"), m("rr1", "p99_us"), m("rr50", "msgs_per_s"),
-      m("rr50", "p99_us"), m("stream", "mb_per_s"), m("connrate", "msgs_per_s"),
-      table.concat(cpu, " / "), errs)
+    local udp = med(s.name, "udp", "msgs_per_s") and
+      m("udp", "msgs_per_s") .. " (" .. m("udp", "lost") .. ")" or "–"
+    out[#out + 1] = string.format("| %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %d |",
+      s.title, m("rr1", "msgs_per_s"), m("rr1", "p50_us"), m("rr1", "p99_us"),
+      m("rr50", "msgs_per_s"), m("rr50", "p99_us"), m("stream", "mb_per_s"),
+      m("connrate", "msgs_per_s"), udp, table.concat(cpu, " / "), errs)
   end
 end
 
@@ -675,7 +701,9 @@ local function note_lines(out)
     .. "its workers and children (/proc schedstat, plus reaped children) over the measured "
     .. "window. A run during which other processes took over 30 % of a CPU is repeated (twice "
     .. "at most) and the quietest kept. connrate closes with RST (no TIME_WAIT left to slow the "
-    .. "next runs). HAProxy 2.6's `receive(n)` needs a length, so its "
+    .. "next runs). udp: 16 sockets with 4 datagrams of 64 B in flight each, against refecho's "
+    .. "recvmmsg/sendmmsg echo; a datagram not echoed within 200 ms is counted lost and "
+    .. "replaced. HAProxy 2.6's `receive(n)` needs a length, so its "
     .. "service reads the configured message size."
   out[#out + 1] = ""
 end

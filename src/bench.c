@@ -1,6 +1,6 @@
 /* echohost-bench: epoll load generator for echo servers. Modes rr, stream,
- * connrate and idle; every echoed byte is checked against what was sent;
- * one JSON line per run; any mismatch exits 1. */
+ * connrate, idle and udp; every echoed byte is checked against what was
+ * sent; one JSON line per run; any mismatch exits 1. */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,6 +31,9 @@
 #define BENCH_MAX_PIDS  16
 #define BENCH_CONNECTING 128            /* idle mode: connects in flight */
 #define BENCH_SETTLE_NS 250000000ULL    /* idle mode: pause before RSS */
+#define BENCH_UDP_MAX   65507           /* udp mode: largest datagram */
+#define BENCH_UDP_WINDOW 1024           /* udp mode: most in flight */
+#define BENCH_LOSS_NS   200000000ULL    /* udp: no reply this long: lost */
 
 /* Latency histogram: exact below 128 ns, then 64 buckets per power of two
  * (relative error under 1.6 %), up to 2^63 ns. */
@@ -38,9 +41,11 @@
 #define HIST_HALF    (1 << (HIST_BITS - 1))
 #define HIST_BUCKETS ((64 - HIST_BITS + 1) * HIST_HALF + HIST_HALF)
 
-enum bench_mode { MODE_RR, MODE_STREAM, MODE_CONNRATE, MODE_IDLE, MODE_FORK };
+enum bench_mode {
+    MODE_RR, MODE_STREAM, MODE_CONNRATE, MODE_IDLE, MODE_FORK, MODE_UDP
+};
 static const char *const bench_mode_names[] = {
-    "rr", "stream", "connrate", "idle", "fork", NULL
+    "rr", "stream", "connrate", "idle", "fork", "udp", NULL
 };
 
 enum conn_state { ST_FREE, ST_CONNECTING, ST_OPEN, ST_IDLE, ST_DEAD };
@@ -59,9 +64,14 @@ struct bench_opts {
 
 struct bench_stats {
     uint64_t msgs, errors, mismatches, max_ns;
+    uint64_t lost;                      /* udp: datagrams never echoed */
     uint64_t hist[HIST_BUCKETS];
 };
 
+/* In udp mode a conn is a connected UDP socket: sent is the next datagram's
+ * number, rcvd the number of the next one expected back (the loopback keeps
+ * their order, so a later one back means the ones before were lost),
+ * t_start the time of the last progress, chunk_ts the send times. */
 struct bench_conn {
     int fd, events;
     enum conn_state state;
@@ -355,6 +365,107 @@ static void conn_readable(struct bench_thread *t, struct bench_conn *c) {
     conn_progress(t, c);
 }
 
+/* --- udp mode ------------------------------------------------------------- */
+
+/* Datagram seq of c: its number in 8 bytes, then the pattern. */
+static const unsigned char *udp_body(const struct bench_conn *c,
+                                     uint64_t seq) {
+    return bench_pat + (c->seed + seq * 7919) % BENCH_PAT_LEN;
+}
+
+static void udp_pump(struct bench_thread *t, struct bench_conn *c) {
+    unsigned char *d = (unsigned char *)t->buf;
+    uint64_t now = now_ns();
+
+    while (c->sent - c->rcvd < bo.window) {
+        memcpy(d, &c->sent, 8);
+        memcpy(d + 8, udp_body(c, c->sent) + 8, bo.size - 8);
+        c->chunk_ts[c->sent % bench_nring] = now;
+        c->sent++;                      /* EAGAIN: lost like any other */
+        if (send(c->fd, d, bo.size, MSG_DONTWAIT) < 0 && errno != EAGAIN &&
+            errno != ENOBUFS && errno != EINTR) {
+            conn_fail(t, c, "send", errno);
+            return;
+        }
+    }
+}
+
+static void udp_open(struct bench_thread *t, struct bench_conn *c) {
+    struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
+    int fd = socket(bo.addr.ss_family,
+                    SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    t->opened++;
+    c->state = ST_DEAD;
+    if (fd < 0 || connect(fd, (struct sockaddr *)&bo.addr, bo.addrlen) < 0 ||
+        epoll_ctl(t->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
+        if (fd >= 0) close(fd);
+        t->st.errors++;
+        note_error("udp socket", errno);
+        return;
+    }
+    c->fd = fd;
+    c->events = EPOLLIN;
+    c->sent = c->rcvd = 0;
+    c->seed = (uint32_t)(rng_next(&t->rng) % BENCH_PAT_LEN);
+    c->t_start = now_ns();
+    c->state = ST_OPEN;
+    t->live++;
+    udp_pump(t, c);
+}
+
+static void udp_mismatch(struct bench_thread *t, struct bench_conn *c,
+                         uint64_t seq, size_t n) {
+    if (t->st.mismatches++ == 0)
+        fprintf(stderr, "echohost-bench: mismatch: datagram %llu came back "
+                "with %zu bytes, not the %zu sent\n",
+                (unsigned long long)seq, n, bo.size);
+    conn_close(t, c, ST_DEAD);
+}
+
+static void udp_readable(struct bench_thread *t, struct bench_conn *c) {
+    unsigned char *d = (unsigned char *)t->buf;
+
+    for (int i = 0; i < 64 && c->state == ST_OPEN; i++) {
+        ssize_t n = recv(c->fd, d, BENCH_RBUF, 0);
+        uint64_t seq = 0, now;
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                conn_fail(t, c, "recv", errno);
+            return;
+        }
+        if (n >= 8)
+            memcpy(&seq, d, 8);
+        if (n >= 8 && seq < c->rcvd)
+            continue;                   /* late: already counted lost */
+        if ((size_t)n != bo.size || seq >= c->sent ||
+            memcmp(d + 8, udp_body(c, seq) + 8, bo.size - 8) != 0) {
+            udp_mismatch(t, c, seq, (size_t)n);
+            return;
+        }
+        now = now_ns();
+        t->st.lost += seq - c->rcvd;
+        c->rcvd = seq + 1;
+        c->t_start = now;
+        stats_record(&t->st, now, now - c->chunk_ts[seq % bench_nring]);
+        udp_pump(t, c);
+    }
+}
+
+/* Datagrams with no reply for BENCH_LOSS_NS are lost: send others. */
+static void udp_sweep(struct bench_thread *t, uint64_t now) {
+    for (int i = 0; i < t->nconns; i++) {
+        struct bench_conn *c = &t->conns[i];
+        if (c->state != ST_OPEN || c->sent == c->rcvd ||
+            now - c->t_start < BENCH_LOSS_NS)
+            continue;
+        t->st.lost += c->sent - c->rcvd;
+        c->rcvd = c->sent;
+        c->t_start = now;
+        udp_pump(t, c);
+    }
+}
+
 static void conn_event(struct bench_thread *t, struct bench_conn *c,
                        uint32_t ev) {
     if (c->state == ST_CONNECTING) {
@@ -367,6 +478,10 @@ static void conn_event(struct bench_thread *t, struct bench_conn *c,
         return;
     }
     if (c->state != ST_OPEN) return;
+    if (bo.mode == MODE_UDP) {
+        udp_readable(t, c);
+        return;
+    }
     if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) conn_readable(t, c);
     if (c->state == ST_OPEN && (ev & EPOLLOUT)) conn_pump(t, c);
 }
@@ -393,8 +508,8 @@ static void *thread_run(void *arg) {
     struct epoll_event evs[BENCH_EVENTS];
     uint64_t now;
 
-    if (bo.mode != MODE_IDLE)
-        for (int i = 0; i < t->nconns; i++) conn_open(t, &t->conns[i]);
+    for (int i = 0; bo.mode != MODE_IDLE && i < t->nconns; i++)
+        (bo.mode == MODE_UDP ? udp_open : conn_open)(t, &t->conns[i]);
     while (!thread_done(t, now = now_ns())) {
         int n;
         if (t->id == 0 && !g_cpu[0].taken && now >= g_warm_end)
@@ -404,6 +519,7 @@ static void *thread_run(void *arg) {
             conn_open(t, &t->conns[t->opened]);
         for (int i = 0; bo.mode == MODE_CONNRATE && i < t->nconns; i++)
             if (t->conns[i].state == ST_DEAD) conn_open(t, &t->conns[i]);
+        if (bo.mode == MODE_UDP) udp_sweep(t, now);
         n = epoll_wait(t->ep, evs, BENCH_EVENTS, thread_timeout(t, now));
         for (int i = 0; i < n; i++)
             conn_event(t, evs[i].data.ptr, evs[i].events);
@@ -422,7 +538,7 @@ static int thread_init(struct bench_thread *t, int id, int nconns) {
     if (t->ep < 0 || !t->buf || !t->conns) return -1;
     for (int i = 0; i < nconns; i++) {
         t->conns[i].fd = -1;
-        if (bo.mode != MODE_STREAM) continue;
+        if (bo.mode != MODE_STREAM && bo.mode != MODE_UDP) continue;
         t->conns[i].chunk_ts = calloc(bench_nring, sizeof(uint64_t));
         if (!t->conns[i].chunk_ts) return -1;
     }
@@ -443,6 +559,7 @@ static void stats_merge(struct bench_stats *into, const struct bench_stats *s) {
     into->msgs += s->msgs;
     into->errors += s->errors;
     into->mismatches += s->mismatches;
+    into->lost += s->lost;
     if (s->max_ns > into->max_ns) into->max_ns = s->max_ns;
     for (int i = 0; i < HIST_BUCKETS; i++) into->hist[i] += s->hist[i];
 }
@@ -496,7 +613,8 @@ static void report(const struct bench_stats *st, double secs, long rss0,
     printf(",\"conns\":%d,\"size\":%zu,\"window\":%zu,\"threads\":%d,"
            "\"warmup_s\":%.3f,\"duration_s\":%.3f,\"msgs\":%llu,"
            "\"msgs_per_s\":%.1f,\"mb_per_s\":%.3f", bo.conns, bo.size,
-           bo.mode == MODE_STREAM ? bo.window : 0, bo.threads, bo.warmup,
+           bo.mode == MODE_STREAM || bo.mode == MODE_UDP ? bo.window : 0,
+           bo.threads, bo.warmup,
            secs, (unsigned long long)st->msgs, rate,
            rate * (double)bo.size / 1e6);
     printf(",\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
@@ -506,6 +624,8 @@ static void report(const struct bench_stats *st, double secs, long rss0,
     printf(",\"errors\":%llu,\"mismatches\":%llu",
            (unsigned long long)st->errors,
            (unsigned long long)st->mismatches);
+    if (bo.mode == MODE_UDP)
+        printf(",\"lost\":%llu", (unsigned long long)st->lost);
     report_cpu(st);
     if (bo.mode == MODE_IDLE && rss0 >= 0 && rss1 >= 0 && st->msgs)
         printf(",\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,"
@@ -520,11 +640,13 @@ static void report(const struct bench_stats *st, double secs, long rss0,
 static void usage(void) {
     fprintf(stderr,
 "usage: echohost-bench [options] HOST:PORT\n"
-"  -m, --mode MODE        rr | stream | connrate | idle (default rr);\n"
+"  -m, --mode MODE        rr | stream | connrate | idle | udp (default rr);\n"
 "                         fork: time fork+_exit+waitpid here (no target)\n"
-"  -c, --connections N    concurrent connections (default 1)\n"
-"  -s, --size BYTES       message size; stream: chunk size (default 64)\n"
-"  -w, --window BYTES     stream: bytes in flight per connection (4 x size)\n"
+"  -c, --connections N    concurrent connections (udp: sockets; default 1)\n"
+"  -s, --size BYTES       message size; stream: chunk size; udp: datagram\n"
+"                         size, 8..65507 (default 64)\n"
+"  -w, --window N         stream: bytes in flight per connection (4 x size);\n"
+"                         udp: datagrams in flight per socket, 1..1024 (1)\n"
 "  -d, --duration SECS    measured time; idle: time allowed (default 5)\n"
 "  -W, --warmup SECS      unmeasured time before (default 1; idle: none)\n"
 "  -t, --threads N        client threads, 1 or 2 (default 1)\n"
@@ -636,7 +758,10 @@ static void parse_args(int argc, char **argv) {
         bo.warmup = 0;
     }
     if (bo.threads > bo.conns) bo.threads = bo.conns;
-    if (!bo.window) bo.window = 4 * bo.size;
+    if (bo.mode == MODE_UDP && (bo.size < 8 || bo.size > BENCH_UDP_MAX ||
+                                bo.window > BENCH_UDP_WINDOW))
+        usage();
+    if (!bo.window) bo.window = bo.mode == MODE_UDP ? 1 : 4 * bo.size;
     bo.target = argv[optind];
     parse_target(bo.target);
 }
@@ -690,7 +815,7 @@ static void bench_setup(void) {
     for (size_t i = 0; i < BENCH_PAT_LEN; i++)
         bench_pat[i] = bench_pat[i + BENCH_PAT_LEN] =
             (unsigned char)(rng_next(&s) >> 29);
-    bench_nring = bo.window / bo.size + 2;
+    bench_nring = bo.mode == MODE_UDP ? bo.window : bo.window / bo.size + 2;
 }
 
 static int bench_run(struct bench_thread *th, struct bench_stats *st) {

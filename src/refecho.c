@@ -1,6 +1,8 @@
 /* refecho: the reference echo server of `make bench`. One thread, one epoll,
  * level-triggered, no allocation on the steady path: the floor any event-loop
- * echo must reach. Usage: refecho [HOST:PORT] (default 127.0.0.1:0). */
+ * echo must reach. With udp://HOST:PORT, the floor of a UDP echo: blocking
+ * recvmmsg, then sendmmsg of the batch, nothing else.
+ * Usage: refecho [HOST:PORT | udp://HOST:PORT] (default 127.0.0.1:0). */
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -17,6 +19,8 @@
 #define REF_BUF     (64 * 1024)
 #define REF_EVENTS  256
 #define REF_ACCEPTS 64
+#define REF_BATCH   32                  /* datagrams per recvmmsg */
+#define REF_DGRAM   65536
 
 /* Output that did not fit in the socket: the connection stops reading until
  * it has been written (backpressure, bounded by one read per connection). */
@@ -29,8 +33,9 @@ static struct ref_pending **ref_out;    /* indexed by fd */
 static int ref_maxfd;
 static char ref_buf[REF_BUF];
 
-/* Listens on an IPv4 HOST:PORT; fills the bound address; -1 on failure. */
-static int ref_listen(const char *spec, struct sockaddr_in *bound) {
+/* Listens on an IPv4 HOST:PORT (type SOCK_STREAM) or binds it (SOCK_DGRAM);
+ * fills the bound address; -1 on failure. */
+static int ref_listen(const char *spec, int type, struct sockaddr_in *bound) {
     char host[64] = "127.0.0.1";
     const char *colon = strrchr(spec, ':');
     struct sockaddr_in sa = {.sin_family = AF_INET};
@@ -45,11 +50,13 @@ static int ref_listen(const char *spec, struct sockaddr_in *bound) {
     }
     sa.sin_port = htons((unsigned short)atoi(colon ? colon + 1 : spec));
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) return errno = EINVAL, -1;
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = socket(AF_INET, type | SOCK_CLOEXEC |
+                (type == SOCK_STREAM ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0) return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (type == SOCK_STREAM)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-        listen(fd, SOMAXCONN) < 0 ||
+        (type == SOCK_STREAM && listen(fd, SOMAXCONN) < 0) ||
         getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
         close(fd);
         return -1;
@@ -153,11 +160,47 @@ static void ref_loop(int ep, int lfd) {
     }
 }
 
+/* UDP: each batch straight back; what a full socket does not take is
+ * dropped, as echohost does. */
+static void ref_udp_loop(int fd) {
+    static char bufs[REF_BATCH][REF_DGRAM];
+    static struct sockaddr_in addrs[REF_BATCH];
+    static struct mmsghdr in[REF_BATCH], out[REF_BATCH];
+    static struct iovec iov[REF_BATCH], oiov[REF_BATCH];
+
+    for (;;) {
+        int i, n;
+        for (i = 0; i < REF_BATCH; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = REF_DGRAM;
+            in[i].msg_hdr = (struct msghdr){
+                .msg_name = &addrs[i], .msg_namelen = sizeof addrs[i],
+                .msg_iov = &iov[i], .msg_iovlen = 1};
+        }
+        n = recvmmsg(fd, in, REF_BATCH, MSG_WAITFORONE, NULL);
+        if (n < 0 && errno != EINTR) return;
+        for (i = 0; i < n; i++) {
+            oiov[i].iov_base = bufs[i];
+            oiov[i].iov_len = in[i].msg_len;
+            out[i].msg_hdr = (struct msghdr){
+                .msg_name = &addrs[i], .msg_namelen = in[i].msg_hdr.msg_namelen,
+                .msg_iov = &oiov[i], .msg_iovlen = 1};
+        }
+        for (i = 0; i < n;) {
+            int r = sendmmsg(fd, out + i, (unsigned)(n - i), MSG_DONTWAIT);
+            if (r > 0) i += r;
+            else if (errno != EINTR) break;
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     struct epoll_event ev = {.events = EPOLLIN};
     struct sockaddr_in sa;
     const char *spec = argc > 1 ? argv[1] : "127.0.0.1:0";
-    int ep, lfd = ref_listen(spec, &sa);
+    int udp = strncmp(spec, "udp://", 6) == 0;
+    int ep, lfd = ref_listen(spec + (udp ? 6 : 0),
+                             udp ? SOCK_DGRAM : SOCK_STREAM, &sa);
     long maxfd = sysconf(_SC_OPEN_MAX);
     char host[INET_ADDRSTRLEN];
 
@@ -167,6 +210,14 @@ int main(int argc, char **argv) {
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (udp) {
+        inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host);
+        printf("refecho listening on udp://%s:%d\n", host, ntohs(sa.sin_port));
+        fflush(stdout);
+        ref_udp_loop(lfd);
+        perror("refecho: recvmmsg");
+        return 1;
+    }
     ref_maxfd = (int)(maxfd > 0 ? maxfd : 1024);
     ref_out = calloc((size_t)ref_maxfd, sizeof *ref_out);
     ep = epoll_create1(EPOLL_CLOEXEC);

@@ -89,6 +89,29 @@ while socket.gettime() < stop do
 end
 ]]
 
+-- A UDP echo that flips a byte of every 7th datagram (mode "flip") or drops
+-- every 5th (mode "drop"); exits after 10 s whatever happens.
+local BAD_UDP = [[
+local socket = require "socket"
+local u = assert(socket.udp())
+assert(u:setsockname("127.0.0.1", 0))
+local _, port = u:getsockname()
+io.stdout:write("listening on 127.0.0.1:", port, "\n")
+io.stdout:flush()
+local stop, n = socket.gettime() + 10, 0
+u:settimeout(0.05)
+while socket.gettime() < stop do
+  local d, ip, p = u:receivefrom(65536)
+  if d then
+    n = n + 1
+    if arg[1] == "flip" and n % 7 == 0 then
+      d = d:sub(1, 9) .. string.char(d:byte(10) ~ 1) .. d:sub(11)
+    end
+    if not (arg[1] == "drop" and n % 5 == 0) then u:sendto(d, ip, p) end
+  end
+end
+]]
+
 describe("echohost-bench", function()
   local ref
   setup(function() ref = start(REFECHO) end)
@@ -115,6 +138,40 @@ describe("echohost-bench", function()
       assert.is_true(r.server_cpu_s > 0, "the server did work")
     end)
   end
+
+  it("reports sane JSON in udp mode against refecho's UDP echo", function()
+    local uref = start(REFECHO .. " udp://127.0.0.1:0")
+    finally(function() uref.stop() end)
+    local code, r, stderr = bench("-m udp -c 4 -w 4 -s 100 -d 0.4 -W 0.1 -p " .. uref.pid
+      .. " 127.0.0.1:" .. uref.port)
+    assert.equal(0, code, stderr)
+    assert.equal("udp", r.mode)
+    assert.equal(4, r.window)
+    assert.equal(0, r.mismatches)
+    assert.equal(0, r.errors)
+    assert.is_number(r.lost)
+    assert.is_true(r.msgs > 100, "msgs " .. tostring(r.msgs))
+    assert.near(r.msgs_per_s * 100 / 1e6, r.mb_per_s, 0.01)
+    assert.is_true(r.server_cpu_s > 0, "the server did work")
+  end)
+
+  it("counts lost datagrams apart from corrupted ones in udp mode", function()
+    local script = tmpname()
+    util.spit(script, BAD_UDP)
+    finally(function() os.remove(script) end)
+    local lossy = start("lua5.4 " .. script .. " drop")
+    local code, r, stderr = bench("-m udp -c 2 -s 64 -d 0.5 -W 0 127.0.0.1:" .. lossy.port)
+    lossy.stop()
+    assert.equal(0, code, stderr)
+    assert.equal(0, r.mismatches)
+    assert.is_true(r.lost >= 1 and r.msgs >= 1, "lost " .. tostring(r.lost))
+    local bad = start("lua5.4 " .. script .. " flip")
+    finally(function() bad.stop() end)
+    code, r, stderr = bench("-m udp -c 2 -s 64 -d 0.5 -W 0 127.0.0.1:" .. bad.port)
+    assert.equal(1, code, stderr)
+    assert.is_true(r.mismatches >= 1)
+    assert.matches("mismatch: datagram %d+ came back", stderr)
+  end)
 
   it("measures the server's RSS over idle connections", function()
     local code, r, stderr = bench("-m idle -c 200 -p " .. ref.pid .. " " .. target())
