@@ -40,8 +40,7 @@ BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev
 
 # --- sources ----------------------------------------------------------------
-TOOLS    := src/bench.c src/bench_proc.c src/refecho.c
-HOST_SRC := $(filter-out $(TOOLS),$(wildcard src/*.c))
+HOST_SRC := $(wildcard src/*.c)
 GLUE_SRC := $(wildcard glue/*.c)
 GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
 ifneq ($(wildcard glue/gen.lua),)
@@ -69,8 +68,8 @@ LUAMODS   := $(foreach m,socket proc shared glue,$(if $(wildcard $(firstword $(S
 SOS       := $(foreach m,$(LUAMODS),$(BUILD)/lua/echohost/$(m).so)
 
 BIN   := $(BUILD)/echohost
-TOOLBIN := $(if $(wildcard src/bench.c),$(BUILD)/echohost-bench) \
-           $(if $(wildcard src/refecho.c),$(BUILD)/refecho)
+TOOLBIN := $(if $(wildcard tests/bench/bench.c),$(BUILD)/echohost-bench) \
+           $(if $(wildcard tests/bench/refecho.c),$(BUILD)/refecho)
 
 .PHONY: all run test test-only lint asan asan-test bench bench-quick fuzz \
         clean deps bench-deps install glue-test
@@ -116,7 +115,8 @@ $(BUILD)/lua/echohost/%.so: $(GLUE_GENH) | deps-check
 $(foreach m,$(LUAMODS),$(eval $(BUILD)/lua/echohost/$(m).so: $(SO_$(m))))
 $(BUILD)/lua/echohost/glue.so: $(GLUE_GEN) $(wildcard glue/*.h)
 
-$(BUILD)/echohost-bench: src/bench.c src/bench_proc.c src/bench_proc.h
+$(BUILD)/echohost-bench: tests/bench/bench.c tests/bench/bench_proc.c \
+                         tests/bench/bench_proc.h
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c,$^) -lm -lpthread $(EXTRA_LDFLAGS)
@@ -138,7 +138,7 @@ $(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h tests/glue
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) -lpthread $(EXTRA_LDFLAGS)
 
-$(BUILD)/refecho: src/refecho.c
+$(BUILD)/refecho: tests/bench/refecho.c
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
@@ -183,9 +183,9 @@ asan-test: asan
 
 # --- benchmark, fuzzing ---------------------------------------------------------
 bench: bench-deps all
-	@$(LUA) scripts/bench.lua --build $(BUILD)
+	@$(LUA) tests/bench/bench.lua --build $(BUILD)
 bench-quick: bench-deps all
-	@$(LUA) scripts/bench.lua --build $(BUILD) --quick
+	@$(LUA) tests/bench/bench.lua --build $(BUILD) --quick
 
 fuzz: $(GLUE_GEN)
 	@sh tests/deps.sh $(FUZZ_PKGS)

@@ -2,8 +2,9 @@
 -- against refecho, the echohost variants and the peers, each on a free
 -- loopback port with client and server on different cores; writes
 -- BUILD/bench/results.md, results.json and chart.png, and copies the table and
--- the chart into scripts/bench/.
---   lua5.4 scripts/bench.lua --build build [--quick] [--runs N] [--only a,b]
+-- the chart into tests/bench/results/ (generated output, kept in git so the
+-- README can show the latest run). The peers' files are in tests/bench/peers/.
+--   lua5.4 tests/bench/bench.lua --build build [--quick] [--runs N] [--only a,b]
 local socket = require "socket"
 
 local opts = { build = "build", runs = 4, quick = false }
@@ -23,7 +24,8 @@ end
 local ROOT = io.popen("pwd"):read("l")
 local BUILD = opts.build:sub(1, 1) == "/" and opts.build or ROOT .. "/" .. opts.build
 local OUT = BUILD .. "/bench"
-local SCRIPTS = ROOT .. "/scripts/bench"
+local SCRIPTS = ROOT .. "/tests/bench/peers"
+local RESULTS = ROOT .. "/tests/bench/results"
 local BENCH = BUILD .. "/echohost-bench"
 local ECHOHOST = BUILD .. "/echohost"
 local WARMUP = opts.quick and 0.2 or 0.3
@@ -792,9 +794,9 @@ write_file(OUT .. "/results.json", json_encode({
 }) .. "\n")
 local drew = chart(servers, m)
 if not opts.quick then
-  os.execute(string.format("cp %s %s", sh_quote(OUT .. "/results.md"), sh_quote(SCRIPTS)))
+  os.execute(string.format("cp %s %s", sh_quote(OUT .. "/results.md"), sh_quote(RESULTS)))
   if drew then
-    os.execute(string.format("cp %s %s", sh_quote(OUT .. "/chart.png"), sh_quote(SCRIPTS)))
+    os.execute(string.format("cp %s %s", sh_quote(OUT .. "/chart.png"), sh_quote(RESULTS)))
   end
 end
 io.write(md)
