@@ -206,9 +206,11 @@ void conn_close(conn *c) {
     if (c->flags & (CONN_CLOSING | CONN_DEAD))
         return;
     c->flags |= CONN_CLOSING;
+    if (c->out == NULL) {
+        conn_kill(c, close_reason(c));  /* close() leaves epoll: no DEL */
+        return;
+    }
     conn_update_read(c);
-    if (c->out == NULL)
-        conn_kill(c, close_reason(c));
 }
 
 /* The queue fell to low water after passing high water: read again. */
@@ -256,6 +258,10 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
 
 static void conn_eof(conn *c) {
     c->flags |= CONN_EOF;
+    if (c->w->h == NULL && c->out == NULL) {
+        conn_kill(c, close_reason(c));  /* close() leaves epoll: no DEL */
+        return;
+    }
     conn_update_read(c);
     if (c->w->h)
         handler_on_eof(c->w->h, c);
@@ -391,6 +397,10 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     ls->l.stats->conns_open++;
     if (w->h)
         handler_on_open(w->h, c);
+    /* the client spoke first (RFC 862): its bytes are often there already,
+     * and reading now saves an epoll_wait per connection */
+    if ((c->flags & (CONN_READING | CONN_DEAD)) == CONN_READING)
+        conn_read_proc(w->loop, fd, c, EV_READABLE);
 }
 
 /* --- accepting --------------------------------------------------------- */
