@@ -1,6 +1,7 @@
-/* Control socket, master side: a Unix socket in the master's loop, one REPL
- * session (its own Lua state) per operator, and the functions that reach
- * every worker over a SOCK_SEQPACKET channel (stats, conns, handler). */
+/* Control socket, master side: a Unix socket in the master's loop, a
+ * session process forked for each operator, and the requests of those
+ * sessions relayed to every worker over its SOCK_SEQPACKET channel (stats,
+ * conns, handler); and the operator's client. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -12,18 +13,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-#include <lualib.h>
-
 #include "control.h"
 #include "control_proto.h"
-#include "lhost.h"
 #include "log.h"
+#include "net.h"
 #include "repl.h"
 
-#define CONTROL_IN_MAX (1 << 20)        /* an operator's pending input */
-#define CONTROL_OUT_MAX (8 << 20)       /* output queued for one operator */
-#define CONTROL_EVAL_MS 10000           /* one evaluation in the master */
+#define CONTROL_EVAL_MS 10000           /* one evaluation of a session */
 
 /* --- the socket ----------------------------------------------------------- */
 
@@ -130,6 +126,7 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
     ctl->loop = loop;
     ctl->cfg = cfg;
     ctl->fd = -1;
+    ctl->master = getpid();
     ctl->eval_ms = control_eval_ms();
     if (strlen(cfg->control) >= sizeof ctl->path) {
         snprintf(err, errlen, "control socket %s: path too long",
@@ -154,226 +151,402 @@ err:
     return NULL;
 }
 
-/* --- sessions ------------------------------------------------------------- */
+/* --- buffers -------------------------------------------------------------- */
 
-static void control_sess_free(struct control_sess *s, int unloop) {
-    struct control *ctl = s->ctl;
-
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        ctl->sessions = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    if (unloop) {
-        ev_del(ctl->loop, s->fd, EV_READABLE | EV_WRITABLE);
-        log_info("control: operator gone");
-    }
-    close(s->fd);
-    repl_free(s->r);
-    if (s->L)
-        lhost_close(s->L);
-    free(s->in);
-    free(s->out);
-    free(s);
-}
-
-static int control_grow(char **buf, size_t *cap, size_t need) {
-    size_t ncap = *cap ? *cap : 4096;
+int control_buf_put(struct control_buf *b, const char *data, size_t len) {
+    size_t ncap = b->cap ? b->cap : 4096;
     char *p;
 
-    while (ncap < need)
+    while (ncap < b->len + len)
         ncap *= 2;
-    if (ncap == *cap)
-        return 0;
-    if ((p = realloc(*buf, ncap)) == NULL)
-        return -1;
-    *buf = p;
-    *cap = ncap;
+    if (ncap != b->cap) {
+        if ((p = realloc(b->p, ncap)) == NULL)
+            return -1;
+        b->p = p;
+        b->cap = ncap;
+    }
+    memcpy(b->p + b->len, data, len);
+    b->len += len;
     return 0;
 }
 
-/* Queues one frame for the client: "<type> <len>\n" then the payload. */
-void control_frame(struct control_sess *s, int type, const char *data,
-                          size_t len) {
+int control_buf_msg(struct control_buf *b, const char *data, size_t len) {
     char head[32];
-    int n = snprintf(head, sizeof head, "%c %zu\n", type, len);
+    int n = snprintf(head, sizeof head, "%zu\n", len);
 
-    if (s->closing)
-        return;
-    if (s->outlen + n + len > CONTROL_OUT_MAX ||
-        control_grow(&s->out, &s->outcap, s->outlen + n + len) < 0) {
-        log_warn("control: operator not reading its output, closing");
-        s->closing = 1;
-        return;
+    if (control_buf_put(b, head, (size_t)n) < 0)
+        return -1;
+    return control_buf_put(b, data, len);
+}
+
+int control_buf_next(struct control_buf *b, const char **msg, size_t *len) {
+    const char *start = b->p + b->pos, *nl;
+    size_t have = b->len - b->pos, n = 0;
+
+    if (have == 0)
+        return 0;
+    if ((nl = memchr(start, '\n', have)) == NULL)
+        return have > 20 ? -1 : 0;
+    if (nl == start)
+        return -1;
+    for (const char *c = start; c < nl; c++) {
+        if (*c < '0' || *c > '9' || n > SIZE_MAX / 10 - 10)
+            return -1;
+        n = n * 10 + (size_t)(*c - '0');
     }
-    memcpy(s->out + s->outlen, head, n);
-    memcpy(s->out + s->outlen + n, data, len);
-    s->outlen += n + len;
+    if ((size_t)(nl + 1 - start) + n > have)
+        return 0;
+    *msg = nl + 1;
+    *len = n;
+    b->pos += (size_t)(nl + 1 - start) + n;
+    return 1;
 }
 
-static void control_sess_write(void *ud, int stream, const char *data,
-                               size_t len) {
-    control_frame(ud, stream == REPL_ERR ? CONTROL_FRAME_ERR
-                                         : CONTROL_FRAME_OUT, data, len);
+void control_buf_compact(struct control_buf *b) {
+    memmove(b->p, b->p + b->pos, b->len - b->pos);
+    b->len -= b->pos;
+    b->pos = 0;
 }
 
-static void control_writable(ev_loop *loop, int fd, void *ud, int mask);
+void control_buf_free(struct control_buf *b) {
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
 
-/* Writes what is queued; the rest waits for EV_WRITABLE. -1 when the
- * session is over (and freed). */
-static int control_flush(struct control_sess *s) {
-    while (s->outpos < s->outlen) {
-        ssize_t n = send(s->fd, s->out + s->outpos, s->outlen - s->outpos,
+/* --- session processes ---------------------------------------------------- */
+
+/* The master sees a session as its process and the channel to it; the
+ * operator's Lua runs over there, so nothing it does delays the master. */
+struct control_op {
+    struct control *ctl;
+    pid_t pid;
+    int fd;
+    struct control_buf in, out;
+    struct control_op *prev, *next;
+};
+
+/* A request of a session: relayed to every worker, answered once all of
+ * them replied or CONTROL_REPLY_MS passed. */
+struct control_req {
+    struct control_op *op;      /* NULL once the session is gone */
+    unsigned wseq;              /* the number the workers see */
+    char *text;                 /* the session's "<seq> <command>" */
+    struct control_buf reply;
+    int pending;
+    int oom;                    /* the reply could not be built */
+    struct control_req *next;
+};
+
+static void control_next(struct control *ctl);
+
+static void control_req_free(struct control_req *q) {
+    control_buf_free(&q->reply);
+    free(q->text);
+    free(q);
+}
+
+/* how: OP_FORKED (in a forked child: only close), OP_ENDED (the session
+ * ended), OP_KILL (the master closes: end the session process too). */
+enum { OP_FORKED, OP_ENDED, OP_KILL };
+
+static void control_op_free(struct control_op *op, int how) {
+    struct control *ctl = op->ctl;
+
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        ctl->ops = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    ctl->nops--;
+    if (ctl->cur && ctl->cur->op == op)
+        ctl->cur->op = NULL;
+    for (struct control_req *q = ctl->queue; q; q = q->next)
+        if (q->op == op)
+            q->op = NULL;
+    if (how != OP_FORKED) {
+        ev_del(ctl->loop, op->fd, EV_READABLE | EV_WRITABLE);
+        log_info("control: operator gone");
+    }
+    if (how == OP_KILL)
+        kill(op->pid, SIGKILL);
+    close(op->fd);
+    control_buf_free(&op->in);
+    control_buf_free(&op->out);
+    free(op);
+}
+
+static void control_op_writable(ev_loop *loop, int fd, void *ud, int mask);
+
+/* Sends what is queued for the session; the rest waits for EV_WRITABLE. */
+static void control_op_flush(struct control_op *op) {
+    struct control_buf *b = &op->out;
+
+    while (b->pos < b->len) {
+        ssize_t n = send(op->fd, b->p + b->pos, b->len - b->pos,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (ev_add(s->ctl->loop, s->fd, EV_WRITABLE, control_writable, s)
-                == EV_OK)
-                return 0;
+            if (ev_add(op->ctl->loop, op->fd, EV_WRITABLE,
+                       control_op_writable, op) == EV_OK)
+                return;
         }
         if (n < 0) {
-            control_sess_free(s, 1);
-            return -1;
+            control_op_free(op, OP_ENDED);
+            return;
         }
-        s->outpos += n;
+        b->pos += (size_t)n;
     }
-    s->outpos = s->outlen = 0;
-    ev_del(s->ctl->loop, s->fd, EV_WRITABLE);
-    if (s->closing) {
-        control_sess_free(s, 1);
+    b->pos = b->len = 0;
+    ev_del(op->ctl->loop, op->fd, EV_WRITABLE);
+}
+
+static void control_op_writable(ev_loop *loop, int fd, void *ud, int mask) {
+    (void)loop; (void)fd; (void)mask;
+    control_op_flush(ud);
+}
+
+/* Appends one entry of the reply in flight. */
+static void control_entry(struct control_req *q, int kind, int slot,
+                          pid_t pid, const char *data, size_t len) {
+    char head[64];
+    int n = snprintf(head, sizeof head, "%c %d %d %zu\n", kind, slot,
+                     (int)pid, len);
+
+    if (control_buf_put(&q->reply, head, (size_t)n) < 0 ||
+        control_buf_put(&q->reply, data, len) < 0)
+        q->oom = 1;                     /* said when it is complete */
+}
+
+/* The request in flight is complete: to its session, then the next one. */
+static void control_finish(struct control *ctl) {
+    struct control_req *q = ctl->cur;
+    char rf[32];
+
+    ctl->cur = NULL;
+    if (ctl->cur_timer) {
+        ev_timer_del(ctl->loop, ctl->cur_timer);
+        ctl->cur_timer = 0;
+    }
+    for (int i = 0; i < ctl->nworkers; i++)
+        ctl->workers[i].asked = 0;
+    snprintf(rf, sizeof rf, "%llu", ctl->reload_failures ?
+             (unsigned long long)*ctl->reload_failures : 0ULL);
+    control_entry(q, 'D', ctl->nops, ctl->master, rf, strlen(rf));
+    if (q->op && (q->oom ||
+                  control_buf_msg(&q->op->out, q->reply.p, q->reply.len) < 0))
+        log_warn("control: out of memory answering an operator");
+    else if (q->op)
+        control_op_flush(q->op);
+    control_req_free(q);
+    control_next(ctl);
+}
+
+/* Worker i will not answer the request in flight: why in its entry. 1
+ * when that completes the request (the caller finishes it). */
+static int control_unasked(struct control *ctl, int i, const char *why) {
+    struct control_worker *w = &ctl->workers[i];
+
+    if (ctl->cur == NULL || !w->asked)
+        return 0;
+    w->asked = 0;
+    control_entry(ctl->cur, 'X', i, w->pid, why, strlen(why));
+    return --ctl->cur->pending == 0;
+}
+
+static long control_deadline(ev_loop *loop, long long id, void *ud) {
+    struct control *ctl = ud;
+
+    (void)loop;
+    (void)id;
+    ctl->cur_timer = 0;
+    for (int i = 0; i < ctl->nworkers; i++)
+        control_unasked(ctl, i, "no reply");
+    if (ctl->cur)
+        control_finish(ctl);
+    return EV_NOMORE;
+}
+
+/* The session's "<seq> <command>": the master's part of handler and
+ * reload, then the command to every worker. */
+static void control_start(struct control *ctl, struct control_req *q) {
+    char *cmd = strchr(q->text, ' '), *msg, err[512];
+    int len;
+
+    control_buf_put(&q->reply, q->text, (size_t)(cmd - q->text));
+    control_buf_put(&q->reply, "\n", 1);
+    cmd++;
+    if (ctl->swap && (strcmp(cmd, "reload") == 0 ||
+                      strncmp(cmd, "handler ", 8) == 0) &&
+        ctl->swap(ctl->swap_ud, cmd[0] == 'r' ? NULL : cmd + 8, err,
+                  sizeof err) < 0) {
+        control_entry(q, 'F', 0, 0, err, strlen(err));
+        control_finish(ctl);
+        return;
+    }
+    q->wseq = ++ctl->seq;
+    len = asprintf(&msg, "%u %s", q->wseq, cmd);
+    for (int i = 0; i < ctl->nworkers; i++) {
+        struct control_worker *w = &ctl->workers[i];
+        if (w->fd < 0)
+            continue;
+        if (len < 0 || send(w->fd, msg, (size_t)len,
+                            MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+            const char *why = len < 0 ? "out of memory" : strerror(errno);
+            control_entry(q, 'X', i, w->pid, why, strlen(why));
+            continue;
+        }
+        w->asked = 1;
+        q->pending++;
+    }
+    if (len >= 0)
+        free(msg);
+    if (q->pending == 0) {
+        control_finish(ctl);
+        return;
+    }
+    ctl->cur_timer = ev_timer_add(ctl->loop, CONTROL_REPLY_MS,
+                                  control_deadline, ctl);
+}
+
+/* One request at a time goes to the workers; the others wait in turn. */
+static void control_next(struct control *ctl) {
+    struct control_req *q;
+
+    while (ctl->cur == NULL && (q = ctl->queue) != NULL) {
+        if ((ctl->queue = q->next) == NULL)
+            ctl->queue_tail = NULL;
+        q->next = NULL;
+        if (q->op == NULL) {            /* its session is gone */
+            control_req_free(q);
+            continue;
+        }
+        ctl->cur = q;
+        control_start(ctl, q);
+    }
+}
+
+static void control_enqueue(struct control_op *op, const char *msg,
+                            size_t len) {
+    struct control *ctl = op->ctl;
+    struct control_req *q = calloc(1, sizeof *q);
+
+    if (q == NULL || (q->text = strndup(msg, len)) == NULL ||
+        strlen(q->text) != len || strchr(q->text, ' ') == NULL) {
+        log_warn("control: bad request from an operator's session");
+        if (q)
+            control_req_free(q);
+        return;
+    }
+    q->op = op;
+    if (ctl->queue_tail)
+        ctl->queue_tail->next = q;
+    else
+        ctl->queue = q;
+    ctl->queue_tail = q;
+    control_next(ctl);
+}
+
+static void control_op_readable(ev_loop *loop, int fd, void *ud, int mask) {
+    struct control_op *op = ud;
+    const char *msg;
+    size_t len;
+    char buf[4096];
+    ssize_t n;
+    int rc;
+
+    (void)loop; (void)mask;
+    n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0 || control_buf_put(&op->in, buf, (size_t)n) < 0) {
+        control_op_free(op, OP_ENDED);  /* the session ended */
+        return;
+    }
+    while ((rc = control_buf_next(&op->in, &msg, &len)) == 1)
+        control_enqueue(op, msg, len);
+    if (rc < 0) {
+        log_warn("control: bad request from an operator's session");
+        control_op_free(op, OP_KILL);
+        return;
+    }
+    control_buf_compact(&op->in);
+}
+
+/* A worker's reply to the request in flight (late ones are dropped). */
+static void control_worker_readable(ev_loop *loop, int fd, void *ud,
+                                    int mask) {
+    struct control *ctl = ud;
+    static char buf[CONTROL_MSG_MAX];
+    unsigned long got;
+    char *end;
+    ssize_t n;
+    int i;
+
+    (void)mask;
+    for (i = 0; i < ctl->nworkers && ctl->workers[i].fd != fd; i++)
+        ;
+    n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        ev_del(loop, fd, EV_READABLE);  /* closed when the slot is reset */
+        if (i < ctl->nworkers && control_unasked(ctl, i, "worker gone"))
+            control_finish(ctl);
+        return;
+    }
+    buf[n] = '\0';
+    if (i == ctl->nworkers || ctl->cur == NULL || !ctl->workers[i].asked)
+        return;
+    got = strtoul(buf, &end, 10);
+    if (end == buf || *end != ' ' || got != ctl->cur->wseq)
+        return;
+    end++;
+    ctl->workers[i].asked = 0;
+    control_entry(ctl->cur, 'W', i, ctl->workers[i].pid, end,
+                  (size_t)(n - (end - buf)));
+    if (--ctl->cur->pending == 0)
+        control_finish(ctl);
+}
+
+/* The session process gets fd and one end of a channel; the master keeps
+ * the other. 0, or -1 (fd closed). */
+static int control_fork_session(struct control *ctl, int fd) {
+    struct control_op *op = calloc(1, sizeof *op);
+    int ch[2];
+    pid_t pid;
+
+    if (op == NULL || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+                                 ch) < 0) {
+        free(op);
+        close(fd);
         return -1;
     }
+    if ((pid = fork()) == 0) {
+        close(ch[0]);
+        control_sess_main(ctl, fd, ch[1]);
+    }
+    close(fd);
+    close(ch[1]);
+    if (pid < 0 || net_nonblock(NULL, ch[0], 1) < 0 ||
+        ev_add(ctl->loop, ch[0], EV_READABLE, control_op_readable, op)
+        == EV_ERR) {
+        if (pid > 0)
+            kill(pid, SIGKILL);
+        close(ch[0]);
+        free(op);
+        return -1;
+    }
+    op->ctl = ctl;
+    op->pid = pid;
+    op->fd = ch[0];
+    op->next = ctl->ops;
+    if (op->next)
+        op->next->prev = op;
+    ctl->ops = op;
+    ctl->nops++;
     return 0;
-}
-
-static void control_writable(ev_loop *loop, int fd, void *ud, int mask) {
-    (void)loop; (void)fd; (void)mask;
-    control_flush(ud);
-}
-
-/* Reads what the socket has into s->in. 0 on EOF or error, 1 otherwise. */
-static int control_recv(struct control_sess *s) {
-    for (;;) {
-        ssize_t n;
-        if (s->inlen + 4096 > CONTROL_IN_MAX)
-            return 0;
-        if (control_grow(&s->in, &s->incap, s->inlen + 4096) < 0)
-            return 0;
-        n = recv(s->fd, s->in + s->inlen, s->incap - s->inlen, MSG_DONTWAIT);
-        if (n > 0) {
-            s->inlen += n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-    }
-}
-
-/* The running evaluation asks: did the operator press Ctrl-C (or go)? */
-static int control_interrupted(void *ud) {
-    struct control_sess *s = ud;
-    char *p;
-
-    if (!control_recv(s)) {
-        s->closing = 1;
-        return 1;
-    }
-    if ((p = memchr(s->in, CONTROL_INTR, s->inlen)) != NULL) {
-        memmove(p, p + 1, s->inlen - (p - s->in) - 1);
-        s->inlen--;
-        return 1;
-    }
-    return 0;
-}
-
-static void control_line(struct control_sess *s, char *line, size_t len) {
-    size_t j = 0;
-    int more;
-
-    for (size_t i = 0; i < len; i++)          /* a Ctrl-C between calls */
-        if (line[i] != CONTROL_INTR)
-            line[j++] = line[i];
-    if (j == 0 && len > 0) {          /* "\3\n": Ctrl-C at the prompt */
-        repl_reset(s->r);
-        control_frame(s, CONTROL_FRAME_READY, "", 0);
-        return;
-    }
-    len = j;
-    if (len > 0 && line[0] == CONTROL_META) {  /* "\1<client's cwd>" */
-        if (len - 1 < sizeof s->cwd) {
-            memcpy(s->cwd, line + 1, len - 1);
-            s->cwd[len - 1] = '\0';
-        }
-        return;
-    }
-    more = repl_feed(s->r, line, len) == REPL_MORE;
-    control_frame(s, more ? CONTROL_FRAME_MORE : CONTROL_FRAME_READY, "", 0);
-}
-
-/* Evaluates every complete line received, in order. */
-static void control_lines(struct control_sess *s) {
-    size_t start = 0;
-    char *nl;
-
-    while (!s->closing && start < s->inlen &&
-           (nl = memchr(s->in + start, '\n', s->inlen - start)) != NULL) {
-        size_t len = nl - (s->in + start);
-        char *line = malloc(len + 1);
-        if (line == NULL) {
-            s->closing = 1;
-            break;
-        }
-        memcpy(line, s->in + start, len);
-        line[len] = '\0';
-        start += len + 1;
-        control_line(s, line, len);
-        free(line);
-    }
-    memmove(s->in, s->in + start, s->inlen - start);
-    s->inlen -= start;
-}
-
-static void control_readable(ev_loop *loop, int fd, void *ud, int mask) {
-    struct control_sess *s = ud;
-
-    (void)loop; (void)fd; (void)mask;
-    if (!control_recv(s))
-        s->closing = 1;
-    control_lines(s);
-    if (s->closing && s->outlen == 0) {
-        control_sess_free(s, 1);
-        return;
-    }
-    if (s->closing)
-        ev_del(s->ctl->loop, s->fd, EV_READABLE);
-    control_flush(s);
-}
-
-static struct control_sess *control_sess_new(struct control *ctl, int fd) {
-    struct control_sess *s = calloc(1, sizeof *s);
-
-    if (s == NULL)
-        return NULL;
-    s->ctl = ctl;
-    s->fd = fd;
-    s->L = lhost_newstate(ctl->cfg->lua_mem_limit);
-    if (s->L == NULL ||
-        (s->r = repl_new(s->L, "=control", control_sess_write, s)) == NULL) {
-        if (s->L)
-            lhost_close(s->L);
-        free(s);
-        return NULL;
-    }
-    repl_set_limits(s->r, ctl->eval_ms, control_interrupted);
-    control_openlib(s->L, s);
-    s->next = ctl->sessions;
-    if (s->next)
-        s->next->prev = s;
-    ctl->sessions = s;
-    return s;
 }
 
 /* Mode 0600 keeps others out of the socket; the peer's credentials are
@@ -401,10 +574,9 @@ static int control_peer_ok(int fd) {
 
 static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
     struct control *ctl = ud;
-    struct control_sess *s;
-    char hello[64];
-    int fd, n;
+    int fd;
 
+    (void)loop;
     (void)mask;
     for (int i = 0; i < 16; i++) {
         fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -417,32 +589,31 @@ static void control_accept(ev_loop *loop, int lfd, void *ud, int mask) {
         }
         if (!control_peer_ok(fd))
             continue;
-        if ((s = control_sess_new(ctl, fd)) == NULL ||
-            ev_add(loop, fd, EV_READABLE, control_readable, s) == EV_ERR) {
-            log_warn("control: cannot start a session");
-            if (s)
-                control_sess_free(s, 0);
-            else
-                close(fd);
+        if (control_fork_session(ctl, fd) < 0) {
+            log_warn("control: cannot start a session: %s", strerror(errno));
             continue;
         }
         log_info("control: operator connected");
-        n = snprintf(hello, sizeof hello, "echohost server %d, %d %s",
-                     (int)getpid(), ctl->nworkers,
-                     ctl->nworkers == 1 ? "worker" : "workers");
-        control_frame(s, CONTROL_FRAME_INFO, hello, n);
-        control_frame(s, CONTROL_FRAME_READY, "", 0);
-        control_flush(s);
     }
 }
 
-/* Frees everything; in the master (owner) it also leaves the loop and
- * removes the socket file, which a forked worker must not do. */
+/* Frees everything; in the master (owner) it also leaves the loop, ends
+ * the sessions and removes the socket file, which a forked child must not
+ * do. */
 static void control_free(struct control *ctl, int owner) {
     if (ctl == NULL)
         return;
-    while (ctl->sessions)
-        control_sess_free(ctl->sessions, owner);
+    while (ctl->ops)
+        control_op_free(ctl->ops, owner ? OP_KILL : OP_FORKED);
+    if (ctl->cur)
+        control_req_free(ctl->cur);
+    while (ctl->queue) {
+        struct control_req *q = ctl->queue;
+        ctl->queue = q->next;
+        control_req_free(q);
+    }
+    if (ctl->cur_timer && owner)
+        ev_timer_del(ctl->loop, ctl->cur_timer);
     if (ctl->fd >= 0) {
         if (owner) {
             ev_del(ctl->loop, ctl->fd, EV_READABLE);
@@ -450,9 +621,13 @@ static void control_free(struct control *ctl, int owner) {
         }
         close(ctl->fd);
     }
-    for (int i = 0; i < ctl->nworkers; i++)
-        if (ctl->workers[i].fd >= 0)
-            close(ctl->workers[i].fd);
+    for (int i = 0; i < ctl->nworkers; i++) {
+        if (ctl->workers[i].fd < 0)
+            continue;
+        if (owner)
+            ev_del(ctl->loop, ctl->workers[i].fd, EV_READABLE);
+        close(ctl->workers[i].fd);
+    }
     free(ctl->workers);
     free(ctl);
 }
@@ -471,8 +646,11 @@ int control_channel(int fds[2]) {
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds);
 }
 
-/* Worker slot i is process pid reached through fd; the old fd is closed. */
+/* Worker slot i is process pid reached through fd; the old fd is closed
+ * (and what the request in flight waited from it given up). */
 void control_set_worker(struct control *ctl, int slot, pid_t pid, int fd) {
+    int done;
+
     if (slot >= ctl->nworkers) {
         struct control_worker *w = realloc(ctl->workers,
                                            (slot + 1) * sizeof *w);
@@ -482,14 +660,22 @@ void control_set_worker(struct control *ctl, int slot, pid_t pid, int fd) {
             return;
         }
         for (int i = ctl->nworkers; i <= slot; i++)
-            w[i].pid = 0, w[i].fd = -1;
+            w[i].pid = 0, w[i].fd = -1, w[i].asked = 0;
         ctl->workers = w;
         ctl->nworkers = slot + 1;
     }
-    if (ctl->workers[slot].fd >= 0)
+    done = control_unasked(ctl, slot, "worker gone");
+    if (ctl->workers[slot].fd >= 0) {
+        ev_del(ctl->loop, ctl->workers[slot].fd, EV_READABLE);
         close(ctl->workers[slot].fd);
+    }
     ctl->workers[slot].pid = pid;
     ctl->workers[slot].fd = fd;
+    if (fd >= 0 && ev_add(ctl->loop, fd, EV_READABLE,
+                          control_worker_readable, ctl) == EV_ERR)
+        log_warn("control: worker %d: %s", slot, strerror(errno));
+    if (done)
+        control_finish(ctl);
 }
 
 void control_set_swap(struct control *ctl, control_swap_proc *swap,

@@ -1,7 +1,6 @@
 /* Control commands: stats(), conns(), handler(path), reload() in a control
  * session, asked of every worker over its channel, and the worker's side. */
 #include <errno.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +17,9 @@
 #include "log.h"
 #include "worker.h"
 
-#define CONTROL_REPLY_MS 2000           /* how long the master waits */
 #define CONTROL_CONNS_MAX 500           /* connections listed per worker */
 
-/* --- master: asking the workers ------------------------------------------- */
+/* --- session: asking the workers through the master ---------------------- */
 
 /* Loads one reply's table constructor in an empty environment: a table on
  * the stack, or an error table. */
@@ -42,66 +40,92 @@ static void cmd_parse(lua_State *L, const char *text, size_t len) {
     lua_remove(L, -2);                          /* the source text */
 }
 
-static void cmd_error_entry(lua_State *L, struct control_worker *w,
-                            const char *msg) {
-    lua_newtable(L);
-    lua_pushfstring(L, "worker %d: %s", (int)w->pid, msg);
-    lua_setfield(L, -2, "error");
+/* What the master adds to the workers' replies. */
+struct cmd_answer {
+    lua_Integer operators, pid, reload_failures;
+    int slots;                  /* the highest slot answered, plus one */
+    int refused;                /* the master's error is on the stack */
+};
+
+/* One entry "<kind> <a> <b> <len>\n<len bytes>" at *p: 0 and its fields,
+ * or -1 when malformed. */
+static int cmd_entry(const char **p, const char *end, char *kind,
+                     long long *a, long long *b, const char **data,
+                     size_t *len) {
+    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    char head[96];
+    size_t hl;
+
+    if (nl == NULL || (hl = (size_t)(nl - *p)) >= sizeof head)
+        return -1;
+    memcpy(head, *p, hl);
+    head[hl] = '\0';
+    if (sscanf(head, "%c %lld %lld %zu", kind, a, b, len) != 4 ||
+        *len > (size_t)(end - nl - 1))
+        return -1;
+    *data = nl + 1;
+    *p = nl + 1 + *len;
+    return 0;
 }
 
-/* Receives what worker w sent: 1 when its reply (to seq) is on the stack,
- * 0 for a late reply to an older request (dropped). */
-static int cmd_recv(lua_State *L, struct control_worker *w, unsigned seq,
-                    char *buf) {
-    ssize_t n = recv(w->fd, buf, CONTROL_MSG_MAX, MSG_DONTWAIT);
-    char *end;
-    unsigned long got;
-
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0;
-    if (n <= 0) {
-        cmd_error_entry(L, w, "worker gone");
-        return 1;
-    }
-    got = strtoul(buf, &end, 10);
-    if (end == buf || *end != ' ' || got != seq)
-        return 0;
-    end++;
-    cmd_parse(L, end, n - (end - buf));
-    return 1;
-}
-
-static void cmd_set_worker(lua_State *L, struct control *ctl, int slot) {
+static void cmd_set_worker(lua_State *L, lua_Integer slot, lua_Integer pid) {
     lua_pushinteger(L, slot);
     lua_setfield(L, -2, "slot");
-    lua_pushinteger(L, ctl->workers[slot].pid);
+    lua_pushinteger(L, pid);
     lua_setfield(L, -2, "pid");
 }
 
-/* Sends "<seq> <req>" to every worker. Fills pfd/slot with those that
- * were sent to; the rest get an error entry in the table on top. */
-static int cmd_send(lua_State *L, struct control *ctl, unsigned seq,
-                    const char *req, struct pollfd *pfd, int *slot) {
-    const char *msg = lua_pushfstring(L, "%d %s", (int)seq, req);
-    size_t len = strlen(msg);
-    int left = 0;
+/* The entries of an answer (string at the top) into the table below it,
+ * one per worker at [slot + 1]; fills a. */
+static void cmd_entries(lua_State *L, struct cmd_answer *a) {
+    size_t len;
+    const char *p = lua_tolstring(L, -1, &len), *end = p + len, *data;
+    long long x, y;
+    char kind;
 
-    for (int i = 0; i < ctl->nworkers; i++) {
-        struct control_worker *w = &ctl->workers[i];
-        if (w->fd < 0)
-            continue;
-        if (send(w->fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-            cmd_error_entry(L, w, strerror(errno));
-            cmd_set_worker(L, ctl, i);
-            lua_rawseti(L, -3, i + 1);
-            continue;
+    while (p < end && cmd_entry(&p, end, &kind, &x, &y, &data, &len) == 0) {
+        if (kind == 'D') {
+            a->operators = x;
+            a->pid = y;
+            a->reload_failures = strtoll(data, NULL, 10);
+        } else if (kind == 'F' && !a->refused) {
+            lua_pushlstring(L, data, len);
+            lua_replace(L, -3);                 /* where the table was */
+            a->refused = 1;
+        } else if ((kind == 'W' || kind == 'X') && !a->refused && x >= 0 &&
+                   x < 1 << 20) {
+            if (kind == 'W') {
+                cmd_parse(L, data, len);
+            } else {
+                lua_newtable(L);
+                lua_pushfstring(L, "worker %d: %s", (int)y,
+                                lua_pushlstring(L, data, len));
+                lua_remove(L, -2);
+                lua_setfield(L, -2, "error");
+            }
+            cmd_set_worker(L, x, y);
+            lua_rawseti(L, -3, x + 1);
+            if (x + 1 > a->slots)
+                a->slots = (int)(x + 1);
         }
-        pfd[left].fd = w->fd;
-        pfd[left].events = POLLIN;
-        slot[left++] = i;
     }
-    lua_pop(L, 1);
-    return left;
+}
+
+static void cmd_compact(lua_State *L, int n);
+
+/* Asks every worker (through the master) and leaves a sequence with one
+ * table per worker: its reply with slot and pid added, or {error = ...};
+ * or, when the master refused (a handler that does not load), its
+ * message, with a->refused set. */
+static void cmd_ask(lua_State *L, struct control_sess *s, const char *req,
+                    struct cmd_answer *a) {
+    memset(a, 0, sizeof *a);
+    lua_newtable(L);
+    control_sess_ask(L, s, req);
+    cmd_entries(L, a);
+    lua_pop(L, 1);                              /* the answer */
+    if (!a->refused)
+        cmd_compact(L, a->slots);
 }
 
 /* The per-slot table on top, without the empty slots, as a sequence. */
@@ -117,44 +141,7 @@ static void cmd_compact(lua_State *L, int n) {
     lua_remove(L, -2);
 }
 
-/* Asks every worker and waits (bounded) for the replies. Leaves a sequence
- * with one table per worker: its reply with slot and pid added, or
- * {error = ...}. Buffers live in a userdata: an error here leaks nothing. */
-static void cmd_ask(lua_State *L, struct control *ctl, const char *req) {
-    int n = ctl->nworkers, left;
-    unsigned seq = ++ctl->seq;
-    size_t sz = CONTROL_MSG_MAX +
-                (n + 1) * (sizeof(struct pollfd) + sizeof(int));
-    char *buf = lua_newuserdatauv(L, sz, 0);
-    struct pollfd *pfd = (struct pollfd *)(buf + CONTROL_MSG_MAX);
-    int *slot = (int *)(pfd + n + 1);
-    long long end = ev_now_ms() + CONTROL_REPLY_MS;
-
-    lua_createtable(L, n, 0);
-    left = cmd_send(L, ctl, seq, req, pfd, slot);
-    while (left > 0 && ev_now_ms() < end) {
-        if (poll(pfd, left, (int)(end - ev_now_ms())) < 0 && errno != EINTR)
-            break;
-        for (int k = 0; k < left; k++) {
-            if (pfd[k].revents == 0 ||
-                !cmd_recv(L, &ctl->workers[slot[k]], seq, buf))
-                continue;
-            cmd_set_worker(L, ctl, slot[k]);
-            lua_rawseti(L, -2, slot[k] + 1);
-            pfd[k] = pfd[--left];           /* answered: stop waiting */
-            slot[k--] = slot[left];
-        }
-    }
-    for (int k = 0; k < left; k++) {
-        cmd_error_entry(L, &ctl->workers[slot[k]], "no reply");
-        cmd_set_worker(L, ctl, slot[k]);
-        lua_rawseti(L, -2, slot[k] + 1);
-    }
-    cmd_compact(L, n);
-    lua_remove(L, -2);                          /* the buffers */
-}
-
-/* --- master: the session's functions -------------------------------------- */
+/* --- session: its functions ---------------------------------------------- */
 
 static struct control_sess *cmd_sess(lua_State *L) {
     return lua_touserdata(L, lua_upvalueindex(1));
@@ -233,24 +220,21 @@ static void cmd_sum_listeners(lua_State *L, int idx) {
  * workers = {{slot, pid, conns, ..., handler_version, listeners}, ...}} */
 static int cmd_stats(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
-    int operators = 0;
+    struct cmd_answer a;
 
-    cmd_ask(L, s->ctl, "stats");
+    cmd_ask(L, s, "stats", &a);
     lua_newtable(L);
     for (int i = 0; cmd_totals[i]; i++) {
         lua_pushinteger(L, cmd_sum(L, -2, cmd_totals[i]));
         lua_setfield(L, -2, cmd_totals[i]);
     }
-    for (struct control_sess *o = s->ctl->sessions; o; o = o->next)
-        operators++;
-    lua_pushinteger(L, operators);
+    lua_pushinteger(L, a.operators);
     lua_setfield(L, -2, "operators");
-    lua_pushinteger(L, getpid());
+    lua_pushinteger(L, a.pid);
     lua_setfield(L, -2, "pid");
     cmd_sum_listeners(L, -2);
     lua_setfield(L, -2, "listeners");
-    lua_pushinteger(L, s->ctl->reload_failures ?
-                    (lua_Integer)*s->ctl->reload_failures : 0);
+    lua_pushinteger(L, a.reload_failures);
     lua_setfield(L, -2, "reload_failures");
     lua_rotate(L, -2, 1);
     lua_setfield(L, -2, "workers");
@@ -279,9 +263,10 @@ static void cmd_sort(lua_State *L) {
  * by id. */
 static int cmd_conns(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
+    struct cmd_answer a;
     lua_Integer n, j = 0;
 
-    cmd_ask(L, s->ctl, "conns");
+    cmd_ask(L, s, "conns", &a);
     lua_newtable(L);
     n = luaL_len(L, -2);
     for (lua_Integer i = 1; i <= n; i++) {
@@ -325,23 +310,22 @@ static int cmd_swap_result(lua_State *L) {
     return 1;
 }
 
-/* handler(path): every worker loads path (relative to the operator's
- * directory) as its handler. */
-/* The master loads path first (NULL: the current file; a failure is
- * logged there); it keeps the version workers started later get. 0, or
- * pushes nil, err and returns 2. */
-static int cmd_master_swap(lua_State *L, struct control *ctl,
-                           const char *path) {
-    char err[512];
+/* handler(path) and reload(): the master loads the file first (a failure
+ * is logged there, and answered nil, err); then every worker. */
+static int cmd_swap(lua_State *L, struct control_sess *s, const char *req) {
+    struct cmd_answer a;
 
-    if (ctl->swap == NULL || ctl->swap(ctl->swap_ud, path, err,
-                                       sizeof err) == 0)
-        return 0;
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
+    cmd_ask(L, s, req, &a);
+    if (a.refused) {
+        lua_pushnil(L);
+        lua_rotate(L, -2, 1);
+        return 2;
+    }
+    return cmd_swap_result(L);
 }
 
+/* handler(path): every worker loads path (relative to the operator's
+ * directory) as its handler. */
 static int cmd_handler(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
     const char *path = luaL_checkstring(L, 1);
@@ -350,20 +334,12 @@ static int cmd_handler(lua_State *L) {
         return luaL_argerror(L, 1, "expected a handler file");
     if (path[0] != '/' && s->cwd[0])
         path = lua_pushfstring(L, "%s/%s", s->cwd, path);
-    if (cmd_master_swap(L, s->ctl, path) == 2)
-        return 2;
-    cmd_ask(L, s->ctl, lua_pushfstring(L, "handler %s", path));
-    return cmd_swap_result(L);
+    return cmd_swap(L, s, lua_pushfstring(L, "handler %s", path));
 }
 
 /* reload(): every worker loads its current handler file again. */
 static int cmd_reload(lua_State *L) {
-    struct control *ctl = cmd_sess(L)->ctl;
-
-    if (cmd_master_swap(L, ctl, NULL) == 2)
-        return 2;
-    cmd_ask(L, ctl, "reload");
-    return cmd_swap_result(L);
+    return cmd_swap(L, cmd_sess(L), "reload");
 }
 
 static const luaL_Reg cmd_funcs[] = {

@@ -310,6 +310,37 @@ describe("echohost --repl --connect", function()
     assert.truthy(srv:wait_log("operator gone", 5))
   end)
 
+  it("one busy operator delays neither the other operators nor the supervision", function()
+    local busy, b = raw(path), raw(path)
+    finally(function() busy:close(); b:close() end)
+    assert(busy.c:send("while true do end\n"))      -- runs up to 10 s
+    local function still_busy()                     -- busy got no frame yet
+      busy.c:settimeout(0)
+      local got, err = busy.c:receive(1)
+      busy.c:settimeout(5)
+      return got == nil and err == "timeout"
+    end
+    local function pids()
+      local o = b:eval("=stats().workers[1].pid, stats().workers[2].pid").o
+      return o:match("^(%d+)\t(%d+)\n$")
+    end
+    assert.equal(("%d\t2\n"):format(srv.pid), b:eval("=stats().pid, stats().operators").o)
+    assert.equal("2\n", b:eval("=#stats().workers").o)
+    assert.equal("0\n", b:eval("=#conns()").o)
+    assert.equal("hi", echo(srv, "hi"))
+    local p1, p2 = pids()
+    assert.truthy(p1)
+    os.execute("kill -KILL " .. p1)
+    assert.truthy(server.wait(function()
+      local n1, n2 = pids()
+      return n1 and n1 ~= p1 and n2 == p2
+    end, 5))
+    assert.is_true(still_busy())                    -- all that while busy looped
+    assert(busy.c:send("\3"))
+    local r = busy:until_prompt()
+    assert.truthy(r.e:find("^interrupted!"), r.e)
+  end)
+
   it("passes Ctrl-C from the terminal to the server, Ctrl-D exits 0", function()
     local ptyrun = util.tool("tests/ptyrun")
     local script, out = dir .. "/script", dir .. "/pty.out"
@@ -381,7 +412,8 @@ describe("echohost --repl --connect", function()
     local _, err = ctl(path, "proc.fork()\n=1\n")
     assert.truthy(err:find("control:1: proc.fork would copy the server's master: not from a "
       .. "control session", 1, true), err)
-    assert.equal(2, #srv:children())            -- the two workers, no copy
+    -- the two workers, no copy (the session's process leaves with it)
+    assert.truthy(server.wait(function() return #srv:children() == 2 end, 5))
   end)
 
   it("refuses another user even when the socket's mode lets them in", function()
