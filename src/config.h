@@ -37,6 +37,9 @@ struct eh_config {
     int access_log;             /* one line per connection when it ends */
     size_t shared_size;         /* bytes of the shared dictionary */
     size_t pubsub_size;         /* bytes of the pubsub ring */
+    const char *log_file;       /* --log FILE, or NULL: stderr */
+    const char *pid_file;       /* --pid-file PATH, or NULL */
+    const char *user;           /* --user NAME: drop root to it, or NULL */
     const char **settings;      /* --set KEY=VALUE, as given (argv) */
     int nsettings;
 };

@@ -329,7 +329,7 @@ static void control_close_inherited(const int *keep, int n) {
     closedir(d);
 }
 
-/* Dies with the master; SIGINT and SIGHUP are the master's to act on (a
+/* Dies with the master; SIGINT, SIGHUP and SIGUSR1 are the master's to act on (a
  * terminal's ^C reaches the whole group). */
 static void control_sess_signals(void) {
     sigset_t set;
@@ -337,6 +337,7 @@ static void control_sess_signals(void) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);           /* keeps the log it was born with */
     signal(SIGCHLD, SIG_DFL);
     sigemptyset(&set);
     sigprocmask(SIG_SETMASK, &set, NULL);

@@ -126,6 +126,7 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     close(ev_fd(fs->loop));
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_DFL);
+    signal(SIGUSR1, SIG_IGN);           /* the parent reopens the log */
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     net_nonblock(NULL, fd, 0);
@@ -136,11 +137,12 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
         status = echo_blocking(cfg, fd, &t);
     }
     if (cfg->access_log)
-        log_notice("access: id=%d peer=%s listener=%s in=%llu out=%llu "
-                   "ms=%lld reason=%s", (int)getpid(), peer, listener,
-                   (unsigned long long)t.bytes_in,
-                   (unsigned long long)t.bytes_out, ev_now_ms() - started,
-                   t.reason);
+        log_conn(LOG_NOTICE, (unsigned long long)getpid(), "access: id=%d "
+                 "peer=%s listener=%s in=%llu out=%llu ms=%lld reason=%s",
+                 (int)getpid(), peer, listener,
+                 (unsigned long long)t.bytes_in,
+                 (unsigned long long)t.bytes_out, ev_now_ms() - started,
+                 t.reason);
     _exit(status);
 }
 
@@ -300,6 +302,7 @@ static void stop(struct forksrv *fs, int sig) {
         return;
     }
     fs->draining = 1;
+    server_stopping();
     log_info("%s: draining %d children (at most %g s)", strsignal(sig),
              fs->nkids, fs->cfg->drain_timeout);
     close_listeners(fs);
@@ -352,6 +355,8 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
             reap(fs);
         else if (si.ssi_signo == SIGHUP)
             fork_reload(fs, "SIGHUP");
+        else if (si.ssi_signo == SIGUSR1)   /* children keep the old file */
+            log_reopen();
         else
             stop(fs, (int)si.ssi_signo);
     }

@@ -22,8 +22,10 @@ struct forksrv_listen {
 int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
                  int n, struct hstate *hs);
 
-/* server.c: blocks SIGTERM, SIGINT, SIGHUP, SIGCHLD and returns a
+/* server.c: blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD and returns a
  * non-blocking signalfd for them, or -1 with errno. */
 int server_signalfd(void);
+/* server.c: the first stop signal (systemd hears STOPPING=1). */
+void server_stopping(void);
 
 #endif

@@ -31,7 +31,11 @@ static int log_write(lua_State *L) {
     msg = lua_tostring(L, -1);
     luaL_where(L, 1);                           /* "file:line: " */
     lua_Integer id = conn_of ? conn_of(L) : 0;
-    if (id)
+    if (id && log_format != LOG_TEXT)       /* conn is a field there */
+        log_conn(level, (unsigned long long)id, "%s%s%s",
+                 lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, -1),
+                 msg);
+    else if (id)
         log_msg(level, "%s%sconn %lld: %s",
                 lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, -1),
                 (long long)id, msg);

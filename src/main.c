@@ -58,7 +58,12 @@ static void usage(FILE *f) {
 "  --pubsub-size BYTES   ring of echohost.pubsub's messages, shared by every\n"
 "                        process (default 1m, 4k..1g)\n"
 "  --log-level LEVEL     error, warn, info (default) or debug\n"
+"  --log FILE            log to FILE (appended; reopened on SIGUSR1)\n"
+"                        instead of stderr\n"
+"  --log-format FORMAT   text (default), logfmt or json (one object a line)\n"
 "  --access-log          log one line per connection when it ends\n"
+"  --pid-file PATH       write the master's pid to PATH once listening\n"
+"  --user NAME           run as NAME once the sockets are open (from root)\n"
 "  BYTES is a count, or one with a suffix k, m or g (times 1024, 1024^2,\n"
 "  1024^3), at most 1024g.\n"
 "\n"
@@ -238,7 +243,8 @@ enum {
     OPT_HIGH_WATER, OPT_DRAIN, OPT_HANDLER, OPT_WATCH, OPT_CONTROL,
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
-    OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE
+    OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
+    OPT_PID_FILE, OPT_USER
 };
 
 static const struct option options[] = {
@@ -260,6 +266,10 @@ static const struct option options[] = {
     {"shared-size", required_argument, NULL, OPT_SHARED_SIZE},
     {"pubsub-size", required_argument, NULL, OPT_PUBSUB_SIZE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"log", required_argument, NULL, OPT_LOG},
+    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+    {"pid-file", required_argument, NULL, OPT_PID_FILE},
+    {"user", required_argument, NULL, OPT_USER},
     {"script", required_argument, NULL, OPT_SCRIPT},
     {"repl", no_argument, NULL, OPT_REPL},
     {"connect", required_argument, NULL, OPT_CONNECT},
@@ -308,6 +318,10 @@ static int check_combination(const struct cli *cli) {
     if (cli->udp_rate && !(server && has_udp(c)))
         return usage_error("--udp-rate needs a --listen udp://HOST:PORT (it "
                            "caps what UDP listeners answer)");
+    if (!server && (c->log_file || c->pid_file || c->user))
+        return usage_error("%s is a server option (not with --script or "
+                           "--repl)", c->log_file ? "--log" : c->pid_file ?
+                           "--pid-file" : "--user");
     if (c->control && c->model == EH_MODEL_FORK)
         return usage_error("--control needs --model event (the fork model "
                            "has no workers to control)");
@@ -406,6 +420,14 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                 return usage_error("bad --log-level '%s' "
                                    "(want error, warn, info or debug)", a);
             break;
+        case OPT_LOG: c->log_file = a; break;
+        case OPT_LOG_FORMAT:
+            if ((log_format = log_parse_format(a)) < 0)
+                return usage_error("bad --log-format '%s' "
+                                   "(want text, logfmt or json)", a);
+            break;
+        case OPT_PID_FILE: c->pid_file = a; break;
+        case OPT_USER: c->user = a; break;
         case OPT_SCRIPT:
             cli->script_index = optind - 1;
             return check_combination(cli); /* the rest is the script's */

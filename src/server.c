@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "daemon.h"
 #include "forksrv.h"
 #include "hload.h"
 #include "log.h"
@@ -64,6 +65,34 @@ struct master {
 
 /* --- listening --------------------------------------------------------- */
 
+/* Socket activation (LISTEN_FDS): systemd passed one socket for each
+ * --listen, in its order, from fd 3 (a listening stream socket for TCP, a
+ * datagram socket for udp://), made non-blocking here. The first fd; -1
+ * when there are none (bind as --listen says), -2 with err. */
+static int activated_sockets(const struct eh_config *cfg, char *err,
+                             size_t len) {
+    int n, fd = daemon_listen_fds(&n, err, len);
+
+    if (fd < 0)
+        return -2;
+    if (n == 0)
+        return -1;
+    if (n != cfg->nlisten) {
+        snprintf(err, len, "LISTEN_FDS: %d %s passed for %d --listen (one "
+                 "for each, in their order)", n, n == 1 ? "socket" :
+                 "sockets", cfg->nlisten);
+        return -2;
+    }
+    for (int l = 0; l < n; l++)
+        if (daemon_check_socket(fd + l, cfg->listen[l].kind == EH_LISTEN_UDP
+                                ? SOCK_DGRAM : SOCK_STREAM, err, len) < 0 ||
+            net_nonblock(err, fd + l, 1) < 0)
+            return -2;
+    log_info("socket activation: serving the %d %s passed from fd %d", n,
+             n == 1 ? "socket" : "sockets", fd);
+    return fd;
+}
+
 /* A socket for l, non-blocking (flags: NET_REUSEPORT, NET_FREE). The fd,
  * or NET_ERR with err. */
 static int listen_one(char *err, const struct eh_listen *l, int flags) {
@@ -89,7 +118,7 @@ static int listen_name(char *err, const struct eh_listen *l, int fd,
  * 0). The master keeps them open, so a dead worker's queued connections
  * (and datagrams) wait for its replacement. Exclusive mode: one socket
  * that every worker polls with EPOLLEXCLUSIVE. 0 or -1 (logged). */
-static int master_listen_one(struct master *m, int l) {
+static int master_listen_one(struct master *m, int l, int act) {
     struct eh_listen spec = m->cfg->listen[l];
     int flags = m->exclusive ? 0 : NET_REUSEPORT;
     char err[NET_ERR_LEN];
@@ -97,6 +126,7 @@ static int master_listen_one(struct master *m, int l) {
     for (int i = 0; i < m->nslots; i++) {
         struct worker_listener *wl = &m->ls[i * m->nls + l];
         int fd = i > 0 && m->exclusive ? m->ls[l].fd
+                 : act >= 0 ? act + l
                  : listen_one(err, &spec, flags |
                               (i == 0 && spec.port ? NET_FREE : 0));
         if (fd < 0) {
@@ -119,12 +149,22 @@ static int master_listen_one(struct master *m, int l) {
     return 0;
 }
 
-/* Every --listen; their names, space-separated, into addr (the log's). */
+/* Every --listen (or the sockets systemd passed for them, one each that
+ * the workers share); their names, space-separated, into addr (the
+ * log's). */
 static int master_listen(struct master *m, char *addr, size_t len) {
+    char err[DAEMON_ERR_LEN];
+    int act = activated_sockets(m->cfg, err, sizeof err);
     size_t at = 0;
 
+    if (act == -2) {
+        log_error("%s", err);
+        return -1;
+    }
+    if (act >= 0)
+        m->exclusive = 1;
     for (int l = 0; l < m->nls; l++) {
-        if (master_listen_one(m, l) < 0)
+        if (master_listen_one(m, l, act) < 0)
             return -1;
         at += snprintf(addr + at, at < len ? len - at : 0, "%s%s",
                        l ? " " : "", m->names[l]);
@@ -392,6 +432,7 @@ static void master_stop(struct master *m, int sig) {
         return;
     }
     m->draining = 1;
+    server_stopping();
     log_info("%s: draining (at most %g s)", strsignal(sig),
              m->cfg->drain_timeout);
     master_close_listeners(m);
@@ -424,6 +465,11 @@ static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
         case SIGHUP:
             master_reload(m, "SIGHUP");
             break;
+        case SIGUSR1:               /* logrotate renamed the log */
+            log_reopen();
+            signal_workers(m, SIGUSR1);
+            log_info("SIGUSR1: log reopened");
+            break;
         default:
             master_stop(m, (int)si.ssi_signo);
             break;
@@ -440,9 +486,55 @@ int server_signalfd(void) {
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+/* --- process conventions ----------------------------------------------- */
+
+static uid_t run_uid;           /* --user, looked up at the start */
+static gid_t run_gid;
+
+/* Bound: the pid file, then root is dropped (--user; the control socket
+ * given to that user first). 0, or -1 (logged). */
+static int server_settle(const struct eh_config *cfg) {
+    char err[DAEMON_ERR_LEN];
+
+    if (cfg->pid_file && daemon_pid_write(cfg->pid_file, err, sizeof err) < 0)
+        goto err;
+    if (cfg->user == NULL)
+        return 0;
+    if (cfg->control && chown(cfg->control, run_uid, run_gid) < 0) {
+        snprintf(err, sizeof err, "control socket %s: chown: %s",
+                 cfg->control, strerror(errno));
+        goto err;
+    }
+    if (daemon_drop(cfg->user, run_uid, run_gid, err, sizeof err) < 0)
+        goto err;
+    log_info("running as %s (uid %d)", cfg->user, (int)run_uid);
+    return 0;
+err:
+    log_error("%s", err);
+    return -1;
+}
+
+/* Serving: the "listening on" line is out; systemd hears READY=1. */
+static void server_ready(void) {
+    char err[DAEMON_ERR_LEN];
+
+    log_started();
+    if (daemon_notify("READY=1", err, sizeof err) < 0)
+        log_warn("%s", err);
+}
+
+/* The first stop signal: systemd hears STOPPING=1. */
+void server_stopping(void) {
+    char err[DAEMON_ERR_LEN];
+
+    if (daemon_notify("STOPPING=1", err, sizeof err) < 0)
+        log_warn("%s", err);
 }
 
 /* --- master ------------------------------------------------------------ */
@@ -526,13 +618,14 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     m.cfg = cfg;
     m.handler = hs;
     m.sigfd = -1;
-    if (master_init(&m, addr, sizeof addr) < 0) {
+    if (master_init(&m, addr, sizeof addr) < 0 || server_settle(cfg) < 0) {
         master_fini(&m);
         return 1;
     }
     log_notice("listening on %s (%d %s, %s)", addr, m.nslots,
                m.nslots == 1 ? "worker" : "workers",
                cfg->handler ? cfg->handler : "C echo");
+    server_ready();
     for (int i = 0; i < m.nslots; i++)
         worker_spawn(&m, i);
     ev_run(m.loop);
@@ -556,19 +649,26 @@ static int handler_readable(const struct eh_config *cfg) {
     return 1;
 }
 
-/* Binds every --listen once (no workers to share them). */
+/* Binds every --listen once (no workers to share them), or takes the
+ * sockets systemd passed. */
 static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     static char names[EH_LISTEN_MAX][LISTEN_NAME_LEN];
     struct forksrv_listen ls[EH_LISTEN_MAX];
-    char err[NET_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
+    char err[DAEMON_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
+    int act = activated_sockets(cfg, err, sizeof err);
     size_t at = 0;
     int n;
 
+    if (act == -2) {
+        log_error("%s", err);
+        return 1;
+    }
     for (n = 0; n < cfg->nlisten; n++) {
         const struct eh_listen *l = &cfg->listen[n];
         ls[n].kind = l->kind;
         ls[n].name = names[n];
-        if ((ls[n].fd = listen_one(err, l, 0)) < 0 ||
+        ls[n].fd = act >= 0 ? act + n : listen_one(err, l, 0);
+        if (ls[n].fd < 0 ||
             listen_name(err, l, ls[n].fd, names[n], sizeof names[n]) < 0) {
             log_error("%s", err);
             n += ls[n].fd >= 0;
@@ -579,8 +679,14 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
         at += snprintf(addr + at, sizeof addr - at, "%s%s", n ? " " : "",
                        names[n]);
     }
+    if (server_settle(cfg) < 0) {
+        while (n-- > 0)
+            close(ls[n].fd);
+        return 1;
+    }
     log_notice("listening on %s (fork model, %s)", addr,
                cfg->handler ? cfg->handler : "C echo");
+    server_ready();
     return forksrv_main(cfg, ls, n, hs);
 }
 
@@ -592,6 +698,19 @@ int server_main(const struct eh_config *cfg) {
     int rc;
 
     signal(SIGPIPE, SIG_IGN);
+    if (cfg->log_file && log_open(cfg->log_file, err, sizeof err) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (cfg->pid_file && daemon_pid_check(cfg->pid_file, err, sizeof err) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (cfg->user &&
+        daemon_user_lookup(cfg->user, &run_uid, &run_gid, err, sizeof err) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
     if (!handler_readable(cfg))
         return 1;
     if (cfg->handler) {
@@ -603,6 +722,8 @@ int server_main(const struct eh_config *cfg) {
         h = &hs;
     }
     rc = cfg->model == EH_MODEL_FORK ? fork_main(cfg, h) : master_main(cfg, h);
+    if (cfg->pid_file)
+        daemon_pid_remove(cfg->pid_file);
     if (h)
         hstate_close(h);
     return rc;

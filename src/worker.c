@@ -343,12 +343,12 @@ static void conn_free(struct worker *w, conn *c) {
     if (w->h)
         reason = handler_on_close(w->h, c, reason);
     if (w->cfg->access_log)
-        log_notice("access: id=%llu peer=%s listener=%s worker=%d in=%llu "
-                   "out=%llu ms=%lld reason=%s", (unsigned long long)c->id,
-                   c->peer, c->listener, w->slot,
-                   (unsigned long long)c->bytes_in,
-                   (unsigned long long)c->bytes_out,
-                   ev_time_ms(w->loop) - c->opened_ms, reason);
+        log_conn(LOG_NOTICE, c->id, "access: id=%llu peer=%s listener=%s "
+                 "worker=%d in=%llu out=%llu ms=%lld reason=%s",
+                 (unsigned long long)c->id, c->peer, c->listener, w->slot,
+                 (unsigned long long)c->bytes_in,
+                 (unsigned long long)c->bytes_out,
+                 ev_time_ms(w->loop) - c->opened_ms, reason);
     c->ls->l.stats->conns_open--;
     close(c->fd);
     free(c->out);
@@ -607,10 +607,12 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
             worker_drain(w);
         else if (si.ssi_signo == SIGHUP)
             worker_reload(w);
+        else if (si.ssi_signo == SIGUSR1)
+            log_reopen();
     }
 }
 
-/* SIGTERM and SIGHUP arrive through a signalfd; SIGINT is the master's
+/* SIGTERM, SIGHUP and SIGUSR1 arrive through a signalfd; SIGINT is the master's
  * (a terminal's ^C reaches the whole group: the master relays it once). */
 static int worker_signals(struct worker *w) {
     sigset_t set;
@@ -620,6 +622,7 @@ static int worker_signals(struct worker *w) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     sigprocmask(SIG_SETMASK, &set, NULL);
     w->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (w->sigfd < 0)
@@ -714,6 +717,7 @@ int worker_main(const struct eh_config *cfg, const struct worker_start *ws) {
 
     memset(&w, 0, sizeof w);
     w.slot = ws->slot;
+    log_set_worker(w.slot);
     w.cfg = cfg;
     w.stats = ws->stats;
     w.spare_fd = w.sigfd = -1;

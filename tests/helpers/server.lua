@@ -5,6 +5,9 @@
 --   local srv = server.start({"--workers", "1"})   -- adds --listen 127.0.0.1:0
 --   server.start(args, {nofile = 32, timeout = 10, env = {K = "v"}})
 --                              -- ulimit -n, start wait, environment
+--   server.start(args, {log = path})   the server logs to path (--log):
+--                              log() and wait_log() read it, and stderr()
+--                              what went to stderr
 --   finally(function() srv:stop() end)
 --   srv.pid, srv.host, srv.port, srv.addr ("127.0.0.1:40123"), srv.log_path
 --                              (of the first --listen)
@@ -167,7 +170,7 @@ function M.start(args, opts)
   for _, a in ipairs(args) do
     full[#full + 1] = a
   end
-  local log_path = os.tmpname()
+  local err_path = os.tmpname()
   local limit = opts.nofile and ("ulimit -n " .. opts.nofile .. "; ") or ""
   local env = ""
   for k, v in pairs(opts.env or {}) do
@@ -177,9 +180,10 @@ function M.start(args, opts)
     env = "env " .. env         -- env execs echohost: the pid stays
   end
   local p = io.popen("echo $$; " .. limit .. "exec " .. env .. command(full)
-    .. " 2>" .. quote(log_path) .. " </dev/null")
+    .. " 2>" .. quote(err_path) .. " </dev/null")
   local pid = tonumber(p:read("l"))
-  local srv = setmetatable({ pid = pid, proc = p, log_path = log_path }, Server)
+  local srv = setmetatable({ pid = pid, proc = p, log_path = opts.log or err_path,
+                             err_path = err_path }, Server)
   started[#started + 1] = srv
   local addr = srv:wait_log("listening on (%S+)", opts.timeout or 10)
   if not addr then
@@ -205,6 +209,10 @@ end
 
 function Server:log()
   return read_file(self.log_path) or ""
+end
+
+function Server:stderr()
+  return read_file(self.err_path) or ""
 end
 
 function Server:wait_log(pat, secs)
@@ -263,7 +271,7 @@ function Server:stop()
     code = how == "exit" and n or 128 + (n or 0)
     self.code = code
   end
-  os.remove(self.log_path)
+  os.remove(self.err_path)
   return code
 end
 
@@ -275,7 +283,7 @@ function M.stop_all()
 end
 
 function Server:sanitizer_report()
-  local log = self:log()
+  local log = self:log() .. (self.err_path ~= self.log_path and self:stderr() or "")
   return log:match("==%d+==ERROR: %w+Sanitizer.*") or log:match("[^\n]*runtime error:.*")
 end
 
