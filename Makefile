@@ -73,8 +73,9 @@ TOOLBIN := $(if $(wildcard tests/bench/bench.c),$(BUILD)/echohost-bench) \
 
 .PHONY: all run test test-only lint asan asan-test bench bench-quick fuzz \
         clean deps bench-deps install glue-test
-# A helper of the REPL tests: runs a command on a pseudo-terminal.
-TESTBIN := $(BUILD)/tests/ptyrun
+# Helpers of the tests: ptyrun runs a command on a pseudo-terminal (REPL),
+# sdsim starts one as systemd would (socket activation, NOTIFY_SOCKET).
+TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
 # C tests of the glue runtime (tests/glue/test_*.c), run by tests/suites/glue.sh.
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
 BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
@@ -126,6 +127,11 @@ $(BUILD)/tests/ptyrun: tests/ptyrun.c
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< -lutil $(EXTRA_LDFLAGS)
 
+$(BUILD)/tests/sdsim: tests/sdsim.c
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
+
 $(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
@@ -175,7 +181,8 @@ asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
 	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
-	    build/asan/tests/ptyrun $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
+	    build/asan/tests/ptyrun build/asan/tests/sdsim \
+	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(BUS_TEST)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(TOOLBIN))
 asan-test: asan

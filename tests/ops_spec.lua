@@ -244,3 +244,184 @@ describe("--log-format", function()
     assert.truthy(err:find("bad --log-format 'xml' (want text, logfmt or json)", 1, true), err)
   end)
 end)
+
+-- The pid of a process that has exited: nobody has it now.
+local function dead_pid()
+  local p = io.popen("sh -c 'echo $$'")
+  local pid = tonumber(p:read("l"))
+  p:close()
+  return pid
+end
+
+local function status_field(pid, name)
+  local f = io.open("/proc/" .. pid .. "/status")
+  if not f then
+    return nil
+  end
+  local s = f:read("a")
+  f:close()
+  return s:match(name .. ":%s*(%d+)")
+end
+
+describe("--pid-file", function()
+  local dir, pidf
+  before_each(function()
+    dir = tmpdir()
+    pidf = dir .. "/echohost.pid"
+  end)
+  after_each(function()
+    server.stop_all()
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  for _, model in ipairs({ "event", "fork" }) do
+    it("holds the master's pid while it serves and is removed at exit (" .. model .. ")",
+      function()
+        local srv = server.start({ "--model", model, "--workers", "1", "--pid-file", pidf })
+        assert.equal(srv.pid .. "\n", slurp(pidf))
+        assert.equal("up", server.echo(srv.host, srv.port, "up"))
+        assert.equal(0, srv:stop())
+        assert.is_nil(io.open(pidf))
+      end)
+  end
+
+  it("refuses to start while the pid in it is alive: one line, exit 1", function()
+    local first = server.start({ "--workers", "1", "--pid-file", pidf })
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--pid-file", pidf })
+    assert.equal(1, code)
+    assert.equal(1, count(err, "\n"), err)
+    assert.truthy(err:find("error: pid file " .. pidf .. ": process " .. first.pid
+      .. " is running (another server?)", 1, true), err)
+    assert.equal(first.pid .. "\n", slurp(pidf))  -- left alone
+    assert.equal("first", server.echo(first.host, first.port, "first"))
+  end)
+
+  it("takes over a stale one", function()
+    spit(pidf, dead_pid() .. "\n")
+    local srv = server.start({ "--workers", "1", "--pid-file", pidf })
+    assert.equal(srv.pid .. "\n", slurp(pidf))
+  end)
+
+  it("is written only once the port is bound", function()
+    local holder = server.start({ "--workers", "1" })
+    local code = server.run({ "--listen", holder.addr, "--pid-file", pidf })
+    assert.equal(1, code)
+    assert.is_nil(io.open(pidf))
+  end)
+end)
+
+describe("--user", function()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function()
+    server.stop_all()
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  local root = status_field("self", "Uid") == "0"
+
+  local it_root = root and it or pending
+  it_root("drops root after binding: the master and the workers run as nobody", function()
+    os.execute("chmod 777 " .. q(dir))          -- nobody removes the pid file
+    local path, pidf = dir .. "/ctl.sock", dir .. "/pid"
+    local srv = server.start({ "--workers", "2", "--user", "nobody", "--control", path,
+      "--pid-file", pidf, "--listen", "127.0.0.1:0" })
+    assert.truthy(srv:wait_log("running as nobody %(uid (%d+)%)", 5))
+    local kids = assert(srv:wait_children(2, 5))
+    for _, pid in ipairs({ srv.pid, kids[1], kids[2] }) do
+      assert.equal("65534", status_field(pid, "Uid"))
+      assert.equal("65534", status_field(pid, "Gid"))
+    end
+    assert.equal("as nobody", server.echo(srv.host, srv.port, "as nobody"))
+    local p = io.popen("stat -c '%u %a' " .. q(path))
+    assert.equal("65534 600", p:read("l"))
+    p:close()
+    -- root may still operate it; the session runs as nobody too
+    local out = util.pipe(q(util.realpath(server.BIN)) .. " --repl --connect " .. q(path),
+      "=stats().pid\n")
+    assert.equal(srv.pid .. "\n", out)
+    assert.equal(0, srv:stop())
+    assert.is_nil(io.open(pidf))
+  end)
+
+  it("needs root, and a user that exists: one line, exit 1", function()
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--user", "no-such-user-x" })
+    assert.equal(1, code)
+    assert.truthy(err:find("--user no-such-user-x: no such user", 1, true), err)
+    if root then
+      local _, e2, c2 = util.pipe("setpriv --reuid=65534 --regid=65534 --clear-groups "
+        .. q(util.realpath(server.BIN)) .. " --listen 127.0.0.1:0 --user nobody", "")
+      assert.equal(1, c2)
+      assert.truthy(e2:find("--user nobody: only root can switch users (running as uid 65534)",
+        1, true), e2)
+    end
+  end)
+end)
+
+describe("systemd conventions", function()
+  local dir
+  local sdsim = util.realpath(util.tool("tests/sdsim"))
+  before_each(function() dir = tmpdir() end)
+  after_each(function()
+    server.stop_all()
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  for _, name in ipairs({ "path", "abstract" }) do
+    it("NOTIFY_SOCKET (" .. name .. "): READY=1 once listening, STOPPING=1 on stop", function()
+      local out = dir .. "/notified"
+      local addr = name == "path" and dir .. "/notify.sock"
+        or "@echohost-test-" .. dir:match("[^/]+$")
+      local srv = server.start({ "--workers", "2" },
+        { wrap = { sdsim, "--notify", addr, out, "--" } })
+      assert.truthy(server.wait(function()
+        local f = io.open(out)
+        return f and f:close() and slurp(out) == "READY=1\n"
+      end, 5))
+      assert.equal("ready", server.echo(srv.host, srv.port, "ready"))
+      assert.is_true(srv:signal("TERM"))
+      assert.truthy(server.wait(function() return slurp(out) == "READY=1\nSTOPPING=1\n" end, 5))
+      assert.equal(0, srv:stop())
+    end)
+  end
+
+  it("NOTIFY_SOCKET that nobody reads: a warning, the server serves", function()
+    local srv = server.start({ "--workers", "1" },
+      { env = { NOTIFY_SOCKET = dir .. "/nobody.sock" } })
+    assert.truthy(srv:wait_log("warn: NOTIFY_SOCKET [^\n]*nobody%.sock: No such file", 5))
+    assert.equal("on", server.echo(srv.host, srv.port, "on"))
+  end)
+
+  for _, model in ipairs({ "event", "fork" }) do
+    it("LISTEN_FDS: serves the socket passed as fd 3 instead of binding (" .. model .. ")",
+      function()
+        -- --listen names a port someone else holds: binding it would fail
+        local holder = server.start({ "--workers", "1" })
+        local handler = dir .. "/env.lua"
+        spit(handler, "return function() return (os.getenv('LISTEN_FDS') or 'unset') .. '\\n' end\n")
+        local srv = server.start({ "--listen", holder.addr, "--model", model, "--workers", "2",
+          "--handler", handler }, { wrap = { sdsim, "--listen", "127.0.0.1:0", "--" } })
+        assert.truthy(srv:log():find("socket activation: serving the socket passed as fd 3", 1,
+          true))
+        assert.are_not.equal(holder.port, srv.port)
+        for _ = 1, 6 do                           -- every worker: the variables are gone
+          assert.equal("unset\n", server.echo(srv.host, srv.port, "x", { want = 6 }))
+        end
+        assert.equal(0, srv:stop())
+      end)
+  end
+
+  it("LISTEN_FDS with fd 3 not a listening socket: one line, exit 1", function()
+    local err, code = util.run("timeout 10 sh -c " .. q("export LISTEN_FDS=1 LISTEN_PID=$$; exec "
+      .. q(server.BIN) .. " --listen 127.0.0.1:0 3</dev/null"))
+    assert.equal(1, code)
+    assert.truthy(err:find("LISTEN_FDS: fd 3 is not a listening stream socket", 1, true), err)
+  end)
+
+  it("ignores LISTEN_FDS meant for another process (LISTEN_PID)", function()
+    local srv = server.start({ "--workers", "1" },
+      { env = { LISTEN_FDS = "1", LISTEN_PID = tostring(dead_pid()) } })
+    assert.is_nil(srv:log():find("socket activation", 1, true))
+    assert.equal("bound", server.echo(srv.host, srv.port, "bound"))
+  end)
+end)

@@ -8,6 +8,8 @@
 --   server.start(args, {log = path})   the server logs to path (--log):
 --                              log() and wait_log() read it, and stderr()
 --                              what went to stderr
+--   server.start(args, {wrap = {"tool", "--"}})   exec tool ... BIN args
+--                              (a tool that execs echohost: the pid stays)
 --   finally(function() srv:stop() end)
 --   srv.pid, srv.host, srv.port, srv.addr ("127.0.0.1:40123"), srv.log_path
 --                              (of the first --listen)
@@ -179,7 +181,11 @@ function M.start(args, opts)
   if env ~= "" then
     env = "env " .. env         -- env execs echohost: the pid stays
   end
-  local p = io.popen("echo $$; " .. limit .. "exec " .. env .. command(full)
+  local wrap = ""
+  for _, a in ipairs(opts.wrap or {}) do
+    wrap = wrap .. quote(a) .. " "
+  end
+  local p = io.popen("echo $$; " .. limit .. "exec " .. env .. wrap .. command(full)
     .. " 2>" .. quote(err_path) .. " </dev/null")
   local pid = tonumber(p:read("l"))
   local srv = setmetatable({ pid = pid, proc = p, log_path = opts.log or err_path,
