@@ -398,7 +398,8 @@ describe("systemd conventions", function()
         -- --listen names a port someone else holds: binding it would fail
         local holder = server.start({ "--workers", "1" })
         local handler = dir .. "/env.lua"
-        spit(handler, "return function() return (os.getenv('LISTEN_FDS') or 'unset') .. '\\n' end\n")
+        spit(handler, "return function()\n"
+          .. "  return (os.getenv('LISTEN_FDS') or 'unset') .. '\\n'\nend\n")
         local srv = server.start({ "--listen", holder.addr, "--model", model, "--workers", "2",
           "--handler", handler }, { wrap = { sdsim, "--listen", "127.0.0.1:0", "--" } })
         assert.truthy(srv:log():find("socket activation: serving the socket passed as fd 3", 1,
