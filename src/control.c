@@ -203,6 +203,8 @@ int control_buf_next(struct control_buf *b, const char **msg, size_t *len) {
 }
 
 void control_buf_compact(struct control_buf *b) {
+    if (b->pos == 0)
+        return;
     memmove(b->p, b->p + b->pos, b->len - b->pos);
     b->len -= b->pos;
     b->pos = 0;
