@@ -380,7 +380,8 @@ describe("systemd conventions", function()
       end, 5))
       assert.equal("ready", server.echo(srv.host, srv.port, "ready"))
       assert.is_true(srv:signal("TERM"))
-      assert.truthy(server.wait(function() return slurp(out) == "READY=1\nSTOPPING=1\n" end, 5))
+      assert.truthy(server.wait(function() return slurp(out) == "READY=1\nSTOPPING=1\n" end, 5),
+        slurp(out) .. srv:log())
       assert.equal(0, srv:stop())
     end)
   end
@@ -402,8 +403,8 @@ describe("systemd conventions", function()
           .. "  return (os.getenv('LISTEN_FDS') or 'unset') .. '\\n'\nend\n")
         local srv = server.start({ "--listen", holder.addr, "--model", model, "--workers", "2",
           "--handler", handler }, { wrap = { sdsim, "--listen", "127.0.0.1:0", "--" } })
-        assert.truthy(srv:log():find("socket activation: serving the socket passed as fd 3", 1,
-          true))
+        assert.truthy(srv:log():find("socket activation: serving the 1 socket passed from fd 3",
+          1, true))
         assert.are_not.equal(holder.port, srv.port)
         for _ = 1, 6 do                           -- every worker: the variables are gone
           assert.equal("unset\n", server.echo(srv.host, srv.port, "x", { want = 6 }))
@@ -417,6 +418,14 @@ describe("systemd conventions", function()
       .. q(server.BIN) .. " --listen 127.0.0.1:0 3</dev/null"))
     assert.equal(1, code)
     assert.truthy(err:find("LISTEN_FDS: fd 3 is not a listening stream socket", 1, true), err)
+  end)
+
+  it("LISTEN_FDS must pass one socket for each --listen: one line, exit 1", function()
+    local err, code = util.run("timeout 10 " .. q(sdsim) .. " --listen 127.0.0.1:0 -- "
+      .. q(server.BIN) .. " --listen 127.0.0.1:0 --listen 127.0.0.1:0")
+    assert.equal(1, code)
+    assert.truthy(err:find("LISTEN_FDS: 1 socket passed for 2 --listen (one for each, in their "
+      .. "order)", 1, true), err)
   end)
 
   it("ignores LISTEN_FDS meant for another process (LISTEN_PID)", function()

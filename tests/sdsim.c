@@ -61,23 +61,25 @@ static void listen_fd3(const char *spec) {
     setenv("LISTEN_FDNAMES", "echohost", 1);
 }
 
-/* The reader: one line in out per datagram, until the parent is gone. */
+/* The reader: one line in out per datagram, until the parent is gone
+ * (then what it sent last, still queued, is read too). */
 static void reader(int fd, const char *out, pid_t parent) {
     char buf[4096];
-    int of = open(out, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    int of = open(out, O_WRONLY | O_APPEND | O_CREAT, 0644), last = 0;
 
     if (of < 0)
         die(out);
-    for (int i = 0; i < 1200 && getppid() == parent; i++) {
+    for (int i = 0; i < 1200 && !last; i++) {
         struct pollfd p = {fd, POLLIN, 0};
         ssize_t n;
-        if (poll(&p, 1, 100) <= 0)
+        last = getppid() != parent;
+        if (poll(&p, 1, last ? 0 : 100) <= 0)
             continue;
-        if ((n = recv(fd, buf, sizeof buf - 1, 0)) <= 0)
-            continue;
-        buf[n++] = '\n';
-        if (write(of, buf, (size_t)n) != n)
-            die(out);
+        while ((n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
+            buf[n++] = '\n';
+            if (write(of, buf, (size_t)n) != n)
+                die(out);
+        }
     }
     _exit(0);
 }
