@@ -30,9 +30,10 @@ endif
 # lua5.4 + headers: the embedded language; lua-lpeg: the glue generator;
 # lua-busted, lua-check, lua-socket: the test suite and its clients;
 # libedit-dev: line editing in the REPL; valgrind: leak checks of the glue;
-# gcc, libc6-dev: the compiler (its libasan/libubsan serve make asan-test).
+# gcc, libc6-dev: the compiler (its libasan/libubsan serve make asan-test);
+# prometheus: its promtool checks what --metrics serves.
 DEPS_PKGS  := gcc libc6-dev lua5.4 liblua5.4-dev lua-lpeg lua-busted lua-check lua-socket \
-              libedit-dev pkg-config valgrind
+              libedit-dev pkg-config valgrind prometheus
 # make bench: the peers it measures (socat, python3 asyncio, nodejs, haproxy's
 # Lua service) and gnuplot for the chart; taskset comes with util-linux.
 BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox

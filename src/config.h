@@ -42,6 +42,9 @@ struct eh_config {
     const char *user;           /* --user NAME: drop root to it, or NULL */
     const char **settings;      /* --set KEY=VALUE, as given (argv) */
     int nsettings;
+    int metrics;                /* --metrics HOST:PORT given */
+    char metrics_host[256];
+    int metrics_port;
 };
 
 void config_defaults(struct eh_config *c);

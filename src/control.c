@@ -1,7 +1,8 @@
 /* Control socket, master side: a Unix socket in the master's loop, a
  * session process forked for each operator, and the requests of those
- * sessions relayed to every worker over its SOCK_SEQPACKET channel (stats,
- * conns, handler); and the operator's client. */
+ * sessions relayed to every worker over its SOCK_SEQPACKET channel (conns,
+ * handler; stats() is read from the shared statistics); and the operator's
+ * client. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include "log.h"
 #include "net.h"
 #include "repl.h"
+#include "stats.h"
 
 #define CONTROL_EVAL_MS 10000           /* one evaluation of a session */
 
@@ -333,8 +335,8 @@ static void control_finish(struct control *ctl) {
     }
     for (int i = 0; i < ctl->nworkers; i++)
         ctl->workers[i].asked = 0;
-    snprintf(rf, sizeof rf, "%llu", ctl->reload_failures ?
-             (unsigned long long)*ctl->reload_failures : 0ULL);
+    snprintf(rf, sizeof rf, "%llu", ctl->stats ?
+             (unsigned long long)ctl->stats->reload_failures : 0ULL);
     control_entry(q, 'D', ctl->nops, ctl->master, rf, strlen(rf));
     if (q->op && (q->oom ||
                   control_buf_msg(&q->op->out, q->reply.p, q->reply.len) < 0))
@@ -385,6 +387,10 @@ static void control_start(struct control *ctl, struct control_req *q) {
                   sizeof err) < 0) {
         control_entry(q, 'F', 0, 0, err, strlen(err));
         control_finish(ctl);
+        return;
+    }
+    if (strcmp(cmd, "stats") == 0) {    /* the session reads the workers' */
+        control_finish(ctl);            /* figures in the shared block */
         return;
     }
     q->wseq = ++ctl->seq;
@@ -686,9 +692,8 @@ void control_set_swap(struct control *ctl, control_swap_proc *swap,
     ctl->swap_ud = ud;
 }
 
-void control_set_reload_failures(struct control *ctl,
-                                 const uint64_t *failures) {
-    ctl->reload_failures = failures;
+void control_set_stats(struct control *ctl, const struct server_stats *st) {
+    ctl->stats = st;
 }
 
 /* --- client --------------------------------------------------------------- */

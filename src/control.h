@@ -33,9 +33,9 @@ typedef int control_swap_proc(void *ud, const char *path, char *err,
                               size_t errlen);
 void control_set_swap(struct control *ctl, control_swap_proc *swap,
                       void *ud);
-/* stats() reports *failures as reload_failures (the master counts). */
-void control_set_reload_failures(struct control *ctl,
-                                 const uint64_t *failures);
+/* stats() reads st: the workers' shared counters and the master's. */
+struct server_stats;
+void control_set_stats(struct control *ctl, const struct server_stats *st);
 
 /* In a newly forked worker: closes the fds it inherited from the control
  * side of the master (socket, sessions, other channels) and frees the

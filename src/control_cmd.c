@@ -1,5 +1,6 @@
-/* Control commands: stats(), conns(), handler(path), reload() in a control
- * session, asked of every worker over its channel, and the worker's side. */
+/* Control commands: stats() (read from the shared statistics), conns(),
+ * handler(path), reload() (asked of every worker over its channel) in a
+ * control session, and the worker's side. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -147,6 +148,72 @@ static struct control_sess *cmd_sess(lua_State *L) {
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
+/* t[name] = v for the table on top. */
+static void cmd_setint(lua_State *L, const char *name, uint64_t v) {
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, name);
+}
+
+/* A listener's counters: {name, kind = "tcp", conns, ...} or the UDP ones. */
+static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
+    const struct listener_stats *st = l->stats;
+    const struct udp_stats *u = &st->udp;
+
+    lua_createtable(L, 0, 11);
+    lua_pushstring(L, l->name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, l->kind == EH_LISTEN_TCP ? "tcp" : "udp");
+    lua_setfield(L, -2, "kind");
+    if (l->kind == EH_LISTEN_TCP) {
+        cmd_setint(L, "conns", stat_get(&st->conns_open));
+        cmd_setint(L, "accepted", stat_get(&st->accepted));
+        cmd_setint(L, "bytes_in", stat_get(&st->bytes_in));
+        cmd_setint(L, "bytes_out", stat_get(&st->bytes_out));
+        return;
+    }
+    cmd_setint(L, "datagrams_in", stat_get(&u->datagrams_in));
+    cmd_setint(L, "datagrams_out", stat_get(&u->datagrams_out));
+    cmd_setint(L, "bytes_in", stat_get(&u->bytes_in));
+    cmd_setint(L, "bytes_out", stat_get(&u->bytes_out));
+    cmd_setint(L, "dropped_guard", stat_get(&u->dropped_guard));
+    cmd_setint(L, "dropped_rate", stat_get(&u->dropped_rate));
+    cmd_setint(L, "dropped_full", stat_get(&u->dropped_full));
+    cmd_setint(L, "truncated", stat_get(&u->truncated));
+    cmd_setint(L, "errors", stat_get(&u->errors));
+}
+
+/* Slot i's figures, read where its worker writes them: {slot, pid, conns,
+ * ..., uptime, listeners = {...}}. */
+static void cmd_worker_stats(lua_State *L, const struct server_stats *st,
+                             int i) {
+    const struct worker_stats *w = &st->workers[i];
+
+    lua_createtable(L, 0, 16);
+    cmd_setint(L, "slot", (uint64_t)i);
+    cmd_setint(L, "pid", stat_get(&w->pid));
+    cmd_setint(L, "conns", stat_get(&w->conns_open));
+    cmd_setint(L, "accepted", stat_get(&w->accepted));
+    cmd_setint(L, "closed", stat_get(&w->closed));
+    cmd_setint(L, "rejected", stat_get(&w->rejected));
+    cmd_setint(L, "bytes_in", stat_get(&w->bytes_in));
+    cmd_setint(L, "bytes_out", stat_get(&w->bytes_out));
+    cmd_setint(L, "errors", stats_errors(w));
+    cmd_setint(L, "faults", stat_get(&w->faults));
+    cmd_setint(L, "timeouts", stat_get(&w->timeouts));
+    cmd_setint(L, "reloads", stat_get(&w->reloads));
+    cmd_setint(L, "handler_version", stat_get(&w->handler_version));
+    cmd_setint(L, "lua_mem", stat_get(&w->lua_mem));
+    lua_pushnumber(L, (ev_now_ms() - (long long)stat_get(&w->started_ms)) /
+                   1000.0);
+    lua_setfield(L, -2, "uptime");
+    lua_createtable(L, st->nlisten, 0);
+    for (int l = 0; l < st->nlisten; l++) {
+        cmd_listener_stats(L, &st->listeners[i * st->nlisten + l]);
+        lua_rawseti(L, -2, l + 1);
+    }
+    lua_setfield(L, -2, "listeners");
+}
+
 /* The sum of field name over the worker tables in the sequence at idx. */
 static lua_Integer cmd_sum(lua_State *L, int idx, const char *name) {
     lua_Integer sum = 0;
@@ -216,13 +283,25 @@ static void cmd_sum_listeners(lua_State *L, int idx) {
 }
 
 /* stats() -> {pid, operators, conns, accepted, bytes_in, bytes_out, errors,
- * listeners = {{name, kind, ...}, ...},
- * workers = {{slot, pid, conns, ..., handler_version, listeners}, ...}} */
+ * faults, reload_failures, listeners = {{name, kind, ...}, ...},
+ * workers = {{slot, pid, conns, ..., handler_version, listeners}, ...}}:
+ * read from the shared statistics (no worker is asked, so a busy one is
+ * listed as well). */
 static int cmd_stats(lua_State *L) {
     struct control_sess *s = cmd_sess(L);
+    const struct server_stats *st = s->ctl->stats;
     struct cmd_answer a;
+    int n = 0;
 
-    cmd_ask(L, s, "stats", &a);
+    cmd_ask(L, s, "stats", &a);                 /* the master's figures */
+    lua_pop(L, 1);                              /* (no worker is asked) */
+    lua_newtable(L);                            /* the slots with a worker */
+    for (int i = 0; st && i < st->nworkers; i++) {
+        if (stat_get(&st->workers[i].pid) == 0)
+            continue;
+        cmd_worker_stats(L, st, i);
+        lua_rawseti(L, -2, ++n);
+    }
     lua_newtable(L);
     for (int i = 0; cmd_totals[i]; i++) {
         lua_pushinteger(L, cmd_sum(L, -2, cmd_totals[i]));
@@ -444,62 +523,6 @@ static void cmd_quote(struct cmd_out *o, const char *s) {
     cmd_printf(o, "\"");
 }
 
-/* A listener's counters: {name=,kind="tcp",conns=,...} or the UDP ones. */
-static void cmd_w_listener(const struct worker_lsock *ls, struct cmd_out *o) {
-    const struct listener_stats *st = ls->l.stats;
-    const struct udp_stats *u = &st->udp;
-
-    cmd_printf(o, "{name=");
-    cmd_quote(o, ls->l.name);
-    if (ls->l.kind == EH_LISTEN_TCP) {
-        cmd_printf(o, ",kind=\"tcp\",conns=%llu,accepted=%llu,"
-                   "bytes_in=%llu,bytes_out=%llu},",
-                   (unsigned long long)st->conns_open,
-                   (unsigned long long)st->accepted,
-                   (unsigned long long)st->bytes_in,
-                   (unsigned long long)st->bytes_out);
-        return;
-    }
-    cmd_printf(o, ",kind=\"udp\",datagrams_in=%llu,datagrams_out=%llu,"
-               "bytes_in=%llu,bytes_out=%llu,dropped_guard=%llu,"
-               "dropped_rate=%llu,dropped_full=%llu,truncated=%llu,"
-               "errors=%llu},",
-               (unsigned long long)u->datagrams_in,
-               (unsigned long long)u->datagrams_out,
-               (unsigned long long)u->bytes_in,
-               (unsigned long long)u->bytes_out,
-               (unsigned long long)u->dropped_guard,
-               (unsigned long long)u->dropped_rate,
-               (unsigned long long)u->dropped_full,
-               (unsigned long long)u->truncated,
-               (unsigned long long)u->errors);
-}
-
-static void cmd_w_stats(struct worker *w, struct cmd_out *o) {
-    const struct worker_stats *st = w->stats;
-
-    cmd_printf(o, "{conns=%llu,accepted=%llu,closed=%llu,rejected=%llu,"
-               "bytes_in=%llu,bytes_out=%llu,errors=%llu,faults=%llu,"
-               "timeouts=%llu,reloads=%llu,handler_version=%d,lua_mem=%zu,"
-               "uptime=%.3f,listeners={",
-               (unsigned long long)st->conns_open,
-               (unsigned long long)st->accepted,
-               (unsigned long long)st->closed,
-               (unsigned long long)st->rejected,
-               (unsigned long long)st->bytes_in,
-               (unsigned long long)st->bytes_out,
-               (unsigned long long)st->errors,
-               (unsigned long long)st->faults,
-               (unsigned long long)st->timeouts,
-               (unsigned long long)st->reloads,
-               w->h ? handler_version(w->h) : 0,
-               w->h ? handler_mem(w->h) : (size_t)0,
-               (ev_now_ms() - (long long)st->started_ms) / 1000.0);
-    for (int i = 0; i < w->nls; i++)
-        cmd_w_listener(&w->ls[i], o);
-    cmd_printf(o, "}}");
-}
-
 static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
     long long now = ev_now_ms();
     int n = 0, more = 0;
@@ -544,19 +567,18 @@ static void cmd_w_swap(struct worker *w, const char *path,
         return;
     }
     if (handler_reload(w->h, path, err, sizeof err) < 0) {
+        worker_note_reload(w, -1);
         cmd_printf(o, "{ok=false,error=");
         cmd_quote(o, err);
         cmd_printf(o, "}");
         return;
     }
-    w->stats->reloads++;
+    worker_note_reload(w, 0);
     cmd_printf(o, "{ok=true,version=%d}", handler_version(w->h));
 }
 
 static void cmd_w_answer(struct worker *w, const char *req, struct cmd_out *o) {
-    if (strcmp(req, "stats") == 0)
-        cmd_w_stats(w, o);
-    else if (strcmp(req, "conns") == 0)
+    if (strcmp(req, "conns") == 0)
         cmd_w_conns(w, o);
     else if (strcmp(req, "reload") == 0)
         cmd_w_swap(w, NULL, o);

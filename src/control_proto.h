@@ -92,7 +92,7 @@ struct control {
     long eval_ms;               /* longest evaluation of a session */
     control_swap_proc *swap;    /* the master loads first (handler, reload) */
     void *swap_ud;
-    const uint64_t *reload_failures;    /* the master's count, or NULL */
+    const struct server_stats *stats;   /* the shared statistics, or NULL */
     struct control_op *ops;     /* session processes */
     int nops;
     struct control_req *queue, *queue_tail;     /* waiting requests */

@@ -49,6 +49,8 @@ static void usage(FILE *f) {
 "  --set KEY=VALUE       a setting for the handler (require\n"
 "                        \"echohost.settings\"); repeatable\n"
 "  --control PATH        control socket for 'echohost --repl --connect PATH'\n"
+"  --metrics ADDR:PORT   serve Prometheus metrics on HTTP GET /metrics there\n"
+"                        (port 0 picks a free port and logs it)\n"
 "  --lua-mem BYTES       memory cap per Lua state, handler or operator\n"
 "                        (default 64m, at least 256k; 0=off)\n"
 "  --lua-budget N        VM instructions per handler call (default 100000000;\n"
@@ -176,6 +178,18 @@ static int add_listen(struct eh_config *c, int *given, const char *a) {
     return 0;
 }
 
+/* --metrics takes a TCP address as --listen does. 0 or -1. */
+static int parse_metrics(const char *s, struct eh_config *c) {
+    struct eh_listen l;
+
+    if (parse_listen(s, &l) < 0 || l.kind != EH_LISTEN_TCP)
+        return -1;
+    memcpy(c->metrics_host, l.host, sizeof c->metrics_host);
+    c->metrics_port = l.port;
+    c->metrics = 1;
+    return 0;
+}
+
 static int parse_long(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -244,7 +258,7 @@ enum {
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
     OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
-    OPT_PID_FILE, OPT_USER
+    OPT_PID_FILE, OPT_USER, OPT_METRICS
 };
 
 static const struct option options[] = {
@@ -261,6 +275,7 @@ static const struct option options[] = {
     {"set", required_argument, NULL, OPT_SET},
     {"access-log", no_argument, NULL, OPT_ACCESS_LOG},
     {"control", required_argument, NULL, OPT_CONTROL},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {"lua-mem", required_argument, NULL, OPT_LUA_MEM},
     {"lua-budget", required_argument, NULL, OPT_LUA_BUDGET},
     {"shared-size", required_argument, NULL, OPT_SHARED_SIZE},
@@ -325,6 +340,9 @@ static int check_combination(const struct cli *cli) {
     if (c->control && c->model == EH_MODEL_FORK)
         return usage_error("--control needs --model event (the fork model "
                            "has no workers to control)");
+    if (c->metrics && c->model == EH_MODEL_FORK)
+        return usage_error("--metrics needs --model event (it reports the "
+                           "workers' figures)");
     return 0;
 }
 
@@ -388,6 +406,10 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             c->settings[c->nsettings++] = a;    /* argv lives on */
             break;
         case OPT_CONTROL: c->control = a; break;
+        case OPT_METRICS:
+            if (parse_metrics(a, c) < 0)
+                return usage_error("bad --metrics '%s' (want ADDR:PORT)", a);
+            break;
         case OPT_LUA_MEM:
             cli->lua_mem = 1;
             if (bytes_arg("lua-mem", a, 0, &c->lua_mem_limit))

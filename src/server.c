@@ -16,6 +16,7 @@
 #include "forksrv.h"
 #include "hload.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "server.h"
 #include "watch.h"
@@ -46,7 +47,7 @@ struct master {
     int exclusive;              /* one socket shared, EPOLLEXCLUSIVE */
     int nslots;
     struct slot *slots;
-    struct worker_stats *stats; /* shared mapping, one per slot */
+    struct server_stats st;     /* st.workers: the shared block */
     int nls;                    /* listeners (--listen) */
     struct worker_listener *ls; /* nls x nslots: slot i's are ls[i*nls..] */
     char (*names)[LISTEN_NAME_LEN];     /* nls: what each really is */
@@ -54,10 +55,9 @@ struct master {
     uint16_t udp_ports[EH_LISTEN_MAX];  /* of the UDP listeners */
     int nudp;
     struct control *ctl;        /* --control socket, or NULL */
+    struct metrics *metrics;    /* --metrics endpoint, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
     struct watch *watch;        /* --watch */
-    uint64_t reload_failures;   /* SIGHUP, --watch, handler(), reload() */
-    unsigned starts;            /* worker starts so far */
     int draining;
     int status;
     pid_t pid;
@@ -190,6 +190,7 @@ static void child_setup(struct master *m, int slot) {
     ev_destroy(m->loop);
     close(m->sigfd);
     control_after_fork(m->ctl);         /* operators' fds are the master's */
+    metrics_after_fork(m->metrics);     /* and so are the scrapers' */
     for (int i = 0; i < m->nslots && !m->exclusive; i++)
         for (int l = 0; l < m->nls && i != slot; l++)
             if (m->ls[i * m->nls + l].fd >= 0)
@@ -206,14 +207,14 @@ static void worker_child(struct master *m, int i, int ch[2]) {
         close(ch[0]);
     child_setup(m, i);
     ws.slot = i;
-    ws.gen = m->starts;
+    ws.gen = (unsigned)m->st.workers_started;
     ws.listen = &m->ls[i * m->nls];
     ws.nlisten = m->nls;
     ws.udp_ports = m->udp_ports;
     ws.nudp_ports = m->nudp;
     ws.exclusive = m->exclusive;
     ws.ctl_fd = ch[1];
-    ws.stats = &m->stats[i];
+    ws.stats = &m->st.workers[i];
     ws.handler = m->handler;    /* the worker's copy of the loaded version */
     /* a forked child has no caller to return to: it ends here */
     exit(worker_main(m->cfg, &ws));
@@ -226,6 +227,9 @@ static void worker_spawn(struct master *m, int i) {
 
     if (m->ctl && control_channel(ch) < 0)
         log_warn("worker %d: control channel: %s", i, strerror(errno));
+    /* the version it starts on, before it can reload */
+    stat_set(&m->st.workers[i].handler_version,
+             (uint64_t)m->st.handler_version);
     pid = fork();
     if (pid == 0)
         worker_child(m, i, ch);
@@ -238,11 +242,12 @@ static void worker_spawn(struct master *m, int i) {
         s->timer = ev_timer_add(m->loop, BACKOFF_MAX_MS, restart_proc, s);
         return;
     }
-    m->starts++;
+    m->st.workers_started++;
     s->pid = pid;
     s->starts++;
     s->started = ev_now_ms();
-    m->stats[i].pid = pid;
+    stat_set(&m->st.workers[i].pid, (uint64_t)pid);
+    stat_set(&m->st.workers[i].started_ms, (uint64_t)s->started);
     if (m->ctl)
         control_set_worker(m->ctl, i, pid, ch[0]);
 }
@@ -283,6 +288,13 @@ static void signal_workers(struct master *m, int sig) {
             kill(m->slots[i].pid, sig);
 }
 
+/* Slot i's worker was reaped: its figures say so (no writer is left). */
+static void master_worker_gone(struct master *m, int i) {
+    stats_worker_gone(&m->st.workers[i]);
+    for (int l = 0; l < m->nls; l++)
+        stat_set(&m->lstats[i * m->nls + l].conns_open, 0);
+}
+
 /* Kills what is left and waits for it: used when stopping at once. */
 static void kill_workers(struct master *m) {
     signal_workers(m, SIGKILL);
@@ -290,7 +302,7 @@ static void kill_workers(struct master *m) {
         if (m->slots[i].pid > 0) {
             waitpid(m->slots[i].pid, NULL, 0);
             m->slots[i].pid = 0;
-            m->stats[i].pid = 0;
+            master_worker_gone(m, i);
         }
     }
 }
@@ -324,10 +336,7 @@ static void master_reap(struct master *m) {
         for (int i = 0; i < m->nslots; i++) {
             if (m->slots[i].pid != pid)
                 continue;
-            m->stats[i].pid = 0;
-            m->stats[i].conns_open = 0;
-            for (int l = 0; l < m->nls; l++)
-                m->lstats[i * m->nls + l].conns_open = 0;
+            master_worker_gone(m, i);
             if (m->ctl)
                 control_set_worker(m->ctl, i, 0, -1);
             if (!m->draining) {
@@ -360,9 +369,11 @@ static int master_watch(struct master *m) {
 static int master_load(struct master *m, const char *path, char *err,
                        size_t errlen) {
     if (hstate_load(m->handler, path, err, errlen) < 0) {
-        m->reload_failures++;
+        m->st.reload_failures++;
         return -1;
     }
+    m->st.reloads++;
+    m->st.handler_version = m->handler->version;
     log_debug("handler %s version %d loaded in the master", m->handler->path,
               m->handler->version);
     if (m->cfg->watch)
@@ -547,6 +558,20 @@ static void *shared_alloc(size_t len) {
     return p == MAP_FAILED ? NULL : p;
 }
 
+static int master_metrics(struct master *m) {
+    char err[NET_ERR_LEN + 32], addr[NET_ADDR_LEN];
+
+    m->metrics = metrics_open(m->loop, m->cfg->metrics_host,
+                              m->cfg->metrics_port, &m->st, addr, sizeof addr,
+                              err, sizeof err);
+    if (m->metrics == NULL) {
+        log_error("%s", err);
+        return -1;
+    }
+    log_notice("metrics on http://%s/metrics", addr);
+    return 0;
+}
+
 static int master_init(struct master *m, char *addr, size_t len) {
     const char *mode = getenv("ECHOHOST_ACCEPT");
 
@@ -557,10 +582,14 @@ static int master_init(struct master *m, char *addr, size_t len) {
     m->slots = calloc(m->nslots, sizeof *m->slots);
     m->ls = calloc(m->nslots * m->nls, sizeof *m->ls);
     m->names = calloc(m->nls, sizeof *m->names);
-    m->stats = shared_alloc(m->nslots * sizeof *m->stats);
+    m->st.workers = stats_map(m->nslots);   /* before any fork */
+    m->st.nworkers = m->nslots;
+    m->st.listeners = m->ls;
+    m->st.nlisten = m->nls;
+    m->st.handler_version = m->handler ? m->handler->version : 0;
     m->lstats = shared_alloc(m->nslots * m->nls * sizeof *m->lstats);
     if (m->slots == NULL || m->ls == NULL || m->names == NULL ||
-        m->stats == NULL || m->lstats == NULL) {
+        m->st.workers == NULL || m->lstats == NULL) {
         log_error("out of memory");
         return -1;
     }
@@ -585,8 +614,10 @@ static int master_init(struct master *m, char *addr, size_t len) {
             return -1;
         }
         control_set_swap(m->ctl, control_swap, m);
-        control_set_reload_failures(m->ctl, &m->reload_failures);
+        control_set_stats(m->ctl, &m->st);
     }
+    if (m->cfg->metrics && master_metrics(m) < 0)
+        return -1;
     if (m->handler && m->cfg->watch && master_watch(m) < 0)
         return -1;
     return 0;
@@ -594,6 +625,7 @@ static int master_init(struct master *m, char *addr, size_t len) {
 
 static void master_fini(struct master *m) {
     watch_stop(m->watch);
+    metrics_close(m->metrics);
     if (m->ctl)
         control_close(m->ctl);
     if (m->ls)
@@ -601,8 +633,7 @@ static void master_fini(struct master *m) {
     if (m->sigfd >= 0)
         close(m->sigfd);
     ev_destroy(m->loop);
-    if (m->stats)
-        munmap(m->stats, m->nslots * sizeof *m->stats);
+    stats_unmap(m->st.workers, m->nslots);
     if (m->lstats)
         munmap(m->lstats, m->nslots * m->nls * sizeof *m->lstats);
     free(m->slots);

@@ -216,7 +216,8 @@ static int udp_recv(struct udp_echo *u) {
             return 0;
         if (errno == EINTR)
             continue;
-        u->o.stats->errors++;       /* an ICMP report: the next one may do */
+        /* an ICMP report: the next one may do */
+        stat_add(&u->o.stats->errors, 1);
         if (errno != ECONNREFUSED && errno != ECONNRESET &&
             errno != EHOSTUNREACH && errno != ENETUNREACH) {
             log_warn("%s: recvmmsg: %s", u->o.name, strerror(errno));
@@ -234,19 +235,19 @@ static int udp_filter(struct udp_echo *u, int n) {
 
     for (int i = 0; i < n; i++) {
         struct msghdr *m = &b->in[i].msg_hdr;
-        st->datagrams_in++;
-        st->bytes_in += b->in[i].msg_len;
+        stat_add(&st->datagrams_in, 1);
+        stat_add(&st->bytes_in, b->in[i].msg_len);
         if (m->msg_flags & MSG_TRUNC) {
-            st->truncated++;
+            stat_add(&st->truncated, 1);
             continue;
         }
         if (guarded(u, &b->addr[i])) {
-            st->dropped_guard++;
+            stat_add(&st->dropped_guard, 1);
             drop_log(u, &b->addr[i], "loop guard");
             continue;
         }
         if (u->srcs && !rate_ok(u, &b->addr[i])) {
-            st->dropped_rate++;
+            stat_add(&st->dropped_rate, 1);
             drop_log(u, &b->addr[i], "over --udp-rate");
             continue;
         }
@@ -271,17 +272,17 @@ static void udp_send(struct udp_echo *u, int k) {
         int r = sendmmsg(u->fd, b->out + i, k - i, MSG_DONTWAIT);
         if (r > 0) {
             for (int j = i; j < i + r; j++)
-                st->bytes_out += b->out[j].msg_len;
-            st->datagrams_out += r;
+                stat_add(&st->bytes_out, b->out[j].msg_len);
+            stat_add(&st->datagrams_out, (uint64_t)r);
             i += r;
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK ||
                    errno == ENOBUFS) {
-            st->dropped_full += k - i;
+            stat_add(&st->dropped_full, (uint64_t)(k - i));
             return;
         } else {
-            st->errors++;           /* this one cannot go; the rest may */
+            stat_add(&st->errors, 1);   /* this one cannot go; the rest may */
             i++;
         }
     }

@@ -7,20 +7,22 @@
 #include <stdint.h>
 
 #include "ev.h"
+#include "stats.h"
 
 #define UDP_MAX4 65507          /* largest UDP payload over IPv4 */
 #define UDP_MAX6 65527          /* over IPv6 (no jumbograms) */
 
-/* Counters of one listener in one worker, written only by that worker. */
+/* Counters of one listener in one worker, written only by that worker
+ * (relaxed, as src/stats.h says) and read by the master. */
 struct udp_stats {
-    uint64_t datagrams_in;      /* received, whatever became of them */
-    uint64_t datagrams_out;     /* echoed */
-    uint64_t bytes_in, bytes_out;
-    uint64_t dropped_guard;     /* from a guarded source (loop guard) */
-    uint64_t dropped_rate;      /* over --udp-rate for their source */
-    uint64_t dropped_full;      /* the socket's send buffer was full */
-    uint64_t truncated;         /* larger than a buffer: dropped */
-    uint64_t errors;            /* failed receives and sends */
+    stat_t datagrams_in;        /* received, whatever became of them */
+    stat_t datagrams_out;       /* echoed */
+    stat_t bytes_in, bytes_out;
+    stat_t dropped_guard;       /* from a guarded source (loop guard) */
+    stat_t dropped_rate;        /* over --udp-rate for their source */
+    stat_t dropped_full;        /* the socket's send buffer was full */
+    stat_t truncated;           /* larger than a buffer: dropped */
+    stat_t errors;              /* failed receives and sends */
 };
 
 struct udp_opts {

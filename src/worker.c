@@ -65,7 +65,7 @@ ev_loop *conn_loop(const conn *c) {
 static void conn_fail(conn *c, int err) {
     int reset = err == ECONNRESET || err == EPIPE;
 
-    c->w->stats->errors++;
+    stat_add(reset ? &c->w->stats->resets : &c->w->stats->socket_errors, 1);
     log_debug("conn %llu (%s): %s", (unsigned long long)c->id, c->peer,
               strerror(err));
     conn_kill(c, reset ? R_RESET : R_ERROR);
@@ -152,8 +152,8 @@ int conn_send(conn *c, const char *data, size_t len) {
             }
             n = 0;
         }
-        w->stats->bytes_out += n;
-        c->ls->l.stats->bytes_out += n;
+        stat_add(&w->stats->bytes_out, n);
+        stat_add(&c->ls->l.stats->bytes_out, n);
         c->bytes_out += n;
         if ((size_t)n == len)
             return 0;
@@ -179,8 +179,7 @@ int conn_send(conn *c, const char *data, size_t len) {
 }
 
 void conn_note_fault(conn *c) {
-    c->w->stats->errors++;
-    c->w->stats->faults++;
+    stat_add(&c->w->stats->faults, 1);
 }
 
 void conn_shutdown_send(conn *c) {
@@ -235,8 +234,8 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
             conn_fail(c, errno);
         return;
     }
-    c->w->stats->bytes_out += n;
-    c->ls->l.stats->bytes_out += n;
+    stat_add(&c->w->stats->bytes_out, n);
+    stat_add(&c->ls->l.stats->bytes_out, n);
     c->bytes_out += n;
     c->last_active_ms = ev_time_ms(loop);
     o->head += n;
@@ -288,8 +287,8 @@ static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
         return;
     n = read(fd, w->scratch, room);
     if (n > 0) {
-        w->stats->bytes_in += n;
-        c->ls->l.stats->bytes_in += n;
+        stat_add(&w->stats->bytes_in, n);
+        stat_add(&c->ls->l.stats->bytes_in, n);
         c->bytes_in += n;
         c->last_active_ms = ev_time_ms(loop);
         if (w->h)
@@ -349,12 +348,12 @@ static void conn_free(struct worker *w, conn *c) {
                  (unsigned long long)c->bytes_in,
                  (unsigned long long)c->bytes_out,
                  ev_time_ms(w->loop) - c->opened_ms, reason);
-    c->ls->l.stats->conns_open--;
+    stat_sub(&c->ls->l.stats->conns_open, 1);
     close(c->fd);
     free(c->out);
     free(c);
-    w->stats->closed++;
-    w->stats->conns_open--;
+    stat_add(&w->stats->closed, 1);
+    stat_sub(&w->stats->conns_open, 1);
 }
 
 /* After every iteration: free what was closed; stop once drained. */
@@ -366,6 +365,8 @@ static void worker_after(ev_loop *loop, void *ud) {
         conn_unlink(&w->dead, c);
         conn_free(w, c);
     }
+    if (w->h)                   /* one store an iteration, for stats() */
+        stat_set(&w->stats->lua_mem, handler_mem(w->h));
     if (w->draining && w->conns == NULL)
         ev_stop(loop);
 }
@@ -376,7 +377,7 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
 
     if (c == NULL || ev_add(w->loop, fd, EV_READABLE, conn_read_proc, c) < 0) {
         log_warn("connection from %s dropped: %s", peer, strerror(errno));
-        w->stats->errors++;
+        stat_add(&w->stats->socket_errors, 1);
         free(c);
         close(fd);
         return;
@@ -391,10 +392,10 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     c->last_active_ms = ev_time_ms(w->loop);
     c->opened_ms = c->last_active_ms;
     conn_link(&w->conns, c);
-    w->stats->accepted++;
-    w->stats->conns_open++;
-    ls->l.stats->accepted++;
-    ls->l.stats->conns_open++;
+    stat_add(&w->stats->accepted, 1);
+    stat_add(&w->stats->conns_open, 1);
+    stat_add(&ls->l.stats->accepted, 1);
+    stat_add(&ls->l.stats->conns_open, 1);
     if (w->h)
         handler_on_open(w->h, c);
     /* the client spoke first (RFC 862): its bytes are often there already,
@@ -460,7 +461,7 @@ static int accept_shed(struct worker_lsock *ls, int err) {
     accept_err = errno;
     if (fd >= 0) {
         close(fd);
-        w->stats->rejected++;
+        stat_add(&w->stats->rejected, 1);
     }
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd >= 0 && reject_log_due(w))
@@ -497,9 +498,10 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
             accept_pause(ls, errno);
             return;
         }
-        if (w->stats->conns_open >= (uint64_t)w->cfg->max_conns) {
+        if (stat_get(&w->stats->conns_open) >=
+            (uint64_t)w->cfg->max_conns) {
             close(fd);
-            w->stats->rejected++;
+            stat_add(&w->stats->rejected, 1);
             if (reject_log_due(w))
                 log_warn("max-conns %d reached: refusing %s",
                          w->cfg->max_conns, peer);
@@ -524,7 +526,7 @@ static long sweep_proc(ev_loop *loop, long long id, void *ud) {
     for (c = w->conns; c != NULL; c = next) {
         next = c->next;
         if (now - c->last_active_ms >= idle) {
-            w->stats->timeouts++;
+            stat_add(&w->stats->timeouts, 1);
             log_debug("conn %llu (%s): idle timeout",
                       (unsigned long long)c->id, c->peer);
             conn_kill(c, R_TIMEOUT);
@@ -544,7 +546,7 @@ static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
     (void)id;
     if (w->conns != NULL)
         log_info("drain deadline: closing %llu connections",
-                 (unsigned long long)w->stats->conns_open);
+                 (unsigned long long)stat_get(&w->stats->conns_open));
     kill_all(w, R_SHUTDOWN);
     ev_stop(loop);
     return EV_NOMORE;
@@ -585,6 +587,12 @@ static void worker_drain(struct worker *w) {
                                   drain_deadline_proc, w);
 }
 
+void worker_note_reload(struct worker *w, int rc) {
+    stat_add(rc == 0 ? &w->stats->reloads : &w->stats->reload_failures, 1);
+    if (w->h)
+        stat_set(&w->stats->handler_version, (uint64_t)handler_version(w->h));
+}
+
 static void worker_reload(struct worker *w) {
     if (w->h == NULL) {
         log_debug("SIGHUP: no handler to reload");
@@ -592,8 +600,7 @@ static void worker_reload(struct worker *w) {
     }
     /* NULL: the current file, which handler() on the control socket may
      * have changed since the start */
-    if (handler_reload_logged(w->h, "SIGHUP") == 0)
-        w->stats->reloads++;            /* handler_reload logged it */
+    worker_note_reload(w, handler_reload_logged(w->h, "SIGHUP"));
 }
 
 static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
@@ -683,6 +690,7 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
         log_error("worker %d: %s", w->slot, strerror(errno));
         return 1;
     }
+    stat_set(&w->stats->lua_mem, w->h ? handler_mem(w->h) : 0);
     w->exclusive = ws->exclusive;
     if (open_listeners(w, ws) < 0)
         return 1;
@@ -722,8 +730,6 @@ int worker_main(const struct eh_config *cfg, const struct worker_start *ws) {
     w.stats = ws->stats;
     w.spare_fd = w.sigfd = -1;
     w.next_id = (uint64_t)ws->gen << 40;
-    w.stats->pid = getpid();
-    w.stats->started_ms = ev_now_ms();
     rc = worker_init(&w, ws);
     if (rc == 0) {
         log_debug("worker %d ready", w.slot);

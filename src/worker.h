@@ -9,33 +9,15 @@
 #include "config.h"
 #include "conn.h"
 #include "ev.h"
+#include "stats.h"
 #include "udp.h"
-
-/* Counters of one worker, written only by that worker. The master maps an
- * array of these shared (MAP_SHARED) before forking, so it can read every
- * worker's figures at any time: aligned 64-bit words, read without locks. */
-struct worker_stats {
-    int64_t pid;                /* 0 while the slot has no worker */
-    uint64_t started_ms;        /* ev_now_ms() when the worker started */
-    uint64_t conns_open;        /* connections now open */
-    uint64_t accepted;
-    uint64_t closed;
-    uint64_t rejected;          /* closed at once: --max-conns, EMFILE */
-    uint64_t bytes_in;
-    uint64_t bytes_out;
-    uint64_t errors;            /* connections ended by an error (a socket
-                                   error or a handler fault) */
-    uint64_t faults;            /* of those, ended by a handler error */
-    uint64_t timeouts;          /* connections ended by --idle-timeout */
-    uint64_t reloads;           /* handler reloads that succeeded */
-} __attribute__((aligned(128)));    /* one per cache line pair: no sharing */
 
 /* Counters of one listener in one worker slot, in the same shared mapping
  * as worker_stats (nlisten per slot). */
 struct listener_stats {
-    uint64_t conns_open;        /* TCP: connections now open */
-    uint64_t accepted;
-    uint64_t bytes_in, bytes_out;
+    stat_t conns_open;          /* TCP: connections now open */
+    stat_t accepted;
+    stat_t bytes_in, bytes_out;
     struct udp_stats udp;       /* UDP: datagrams */
 } __attribute__((aligned(64)));
 
@@ -89,6 +71,10 @@ struct worker {
     int draining;
     long long last_reject_log;
 };
+
+/* Counts a handler reload that returned rc (0 or -1) and publishes the
+ * version the worker runs now. */
+void worker_note_reload(struct worker *w, int rc);
 
 /* Runs a worker in the current (forked) process until it has drained.
  * Returns the exit status: 0 after a drain, 1 on a runtime error. */

@@ -201,6 +201,18 @@ describe("echohost --repl --connect", function()
     }, "\n") .. "\n", out)
   end)
 
+  it("stats() reads the figures where workers write them: stopped workers are listed", function()
+    assert.equal("ping", echo(srv, "ping"))
+    local pids = ctl(path, "=stats().workers[1].pid, stats().workers[2].pid\n")
+    local p1, p2 = pids:match("^(%d+)\t(%d+)\n$")
+    assert.truthy(p1, pids)
+    finally(function() os.execute("kill -CONT " .. p1 .. " " .. p2) end)
+    os.execute("kill -STOP " .. p1 .. " " .. p2)
+    local out = ctl(path, "s = stats()\n=#s.workers, s.workers[1].error, s.workers[2].error, "
+      .. "s.accepted, s.bytes_in, s.workers[1].accepted + s.workers[2].accepted\n")
+    assert.equal("2\tnil\tnil\t1\t4\t1\n", out)
+  end)
+
   it("handler(path) swaps the handler of every worker: clients get the new one", function()
     assert.equal("hello", echo(srv, "hello"))
     local out, err = ctl(path, 'handler("scripts/upper.lua")\n')
