@@ -203,6 +203,7 @@ static void cmd_worker_stats(lua_State *L, const struct server_stats *st,
     cmd_setint(L, "reloads", stat_get(&w->reloads));
     cmd_setint(L, "handler_version", stat_get(&w->handler_version));
     cmd_setint(L, "lua_mem", stat_get(&w->lua_mem));
+    cmd_setint(L, "pubsub_lost", stat_get(&w->pubsub_lost));
     lua_pushnumber(L, (ev_now_ms() - (long long)stat_get(&w->started_ms)) /
                    1000.0);
     lua_setfield(L, -2, "uptime");

@@ -5,6 +5,7 @@
  * go to the runtimes through lconn_ops.deliver. README "Publish and
  * subscribe" is the contract; lua/echohost/bus.lua is its Lua twin. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ static int ps_active;               /* active subscriptions, every state */
 static int ps_reading;              /* > 0 while messages go out */
 static struct lsub *ps_dead;        /* cancelled meanwhile: freed after */
 static uint64_t ps_lost;
+static _Atomic uint64_t *ps_lost_counter;
 static void (*ps_watch_add)(int fd);
 static void (*ps_watch_del)(int fd);
 
@@ -73,6 +75,10 @@ int lpubsub_fd(void) {
 
 uint64_t lpubsub_lost(void) {
     return ps_lost;
+}
+
+void lpubsub_count_lost(_Atomic uint64_t *counter) {
+    ps_lost_counter = counter;
 }
 
 /* --- channels ------------------------------------------------------------ */
@@ -174,6 +180,10 @@ void lpubsub_dispatch(void) {
     }
     if (lost) {
         ps_lost += lost;
+        if (ps_lost_counter)            /* one writer: this process */
+            atomic_store_explicit(ps_lost_counter, atomic_load_explicit(
+                ps_lost_counter, memory_order_relaxed) + lost,
+                memory_order_relaxed);
         log_warn("pubsub: %llu messages lost: this process read too slowly "
                  "(a larger --pubsub-size keeps more)",
                  (unsigned long long)lost);

@@ -51,7 +51,9 @@ void lpubsub_set_watch(void (*add)(int fd), void (*del)(int fd));
 void lpubsub_dispatch(void);
 /* The doorbell now, or -1 (for a runtime that polls itself). */
 int lpubsub_fd(void);
-/* Messages this process missed by reading too slowly, since it began. */
+/* Messages this process missed by reading too slowly, since it began;
+ * also added to *counter from now on (a worker's stats slot). */
 uint64_t lpubsub_lost(void);
+void lpubsub_count_lost(_Atomic uint64_t *counter);
 
 #endif

@@ -120,6 +120,9 @@ static const struct mx_family mx_families[] = {
      MX_OFF(bytes_in)},
     {"sent_bytes_total", "counter", "Bytes written to clients.",
      MX_OFF(bytes_out)},
+    {"pubsub_lost_total", "counter",
+     "Pubsub messages lost: the worker read the ring too slowly.",
+     MX_OFF(pubsub_lost)},
     {NULL, NULL, NULL, 0}
 };
 

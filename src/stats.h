@@ -32,6 +32,7 @@ struct worker_stats {
     stat_t reload_failures;     /* and that failed (the old one stayed) */
     stat_t handler_version;     /* the version it runs; 0: C echo */
     stat_t lua_mem;             /* bytes of its handler's Lua state */
+    stat_t pubsub_lost;         /* pubsub messages it read too late */
 } __attribute__((aligned(128)));    /* a cache line pair each: no sharing */
 
 struct worker_listener;

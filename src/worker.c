@@ -11,6 +11,7 @@
 
 #include "control.h"
 #include "log.h"
+#include "lpubsub.h"
 #include "net.h"
 #include "worker.h"
 
@@ -691,6 +692,7 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
         return 1;
     }
     stat_set(&w->stats->lua_mem, w->h ? handler_mem(w->h) : 0);
+    lpubsub_count_lost(&w->stats->pubsub_lost);
     w->exclusive = ws->exclusive;
     if (open_listeners(w, ws) < 0)
         return 1;

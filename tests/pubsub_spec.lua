@@ -204,6 +204,8 @@ return function(conn, data)
     local t0 = os.clock()
     while os.clock() - t0 < tonumber(arg) do end
     return "unblocked\n"
+  elseif cmd == "pid" then
+    return require("echohost.proc").getpid() .. "\n"
   elseif cmd == "pub" then
     for i = 1, tonumber(arg) do
       pubsub.publish("c", ("m%03d"):format(i) .. ("."):rep(96))
@@ -242,6 +244,42 @@ describe("echohost.pubsub across processes", function()
     assert.truthy(srv:wait_log("pubsub: %d+ messages lost", 3), srv:log())
     s:close()
     p:close()
+  end)
+
+  it("counts what a worker lost in stats() (pubsub_lost): one worker blocked while another "
+    .. "publishes", function()
+    local path = util.write_tmp(LAGGER, ".lua")
+    local dir = util.tmpdir()
+    local ctl = dir .. "/ctl.sock"
+    local srv = start({ "--workers", "2", "--handler", path, "--pubsub-size", "4k",
+      "--lua-budget", "0", "--control", ctl })
+    assert(srv:wait_children(2, 5))
+    local by_pid, s, p = {}, nil, nil
+    for _ = 1, 64 do              -- one connection on each worker
+      local c = srv:connect(5)
+      assert(c:send("pid\n"))
+      local pid = c:receive("*l")
+      if not by_pid[pid] then by_pid[pid] = c else c:close() end
+      local n = 0
+      for k in pairs(by_pid) do n = n + 1; if n == 1 then s = by_pid[k] else p = by_pid[k] end end
+      if n == 2 then break end
+    end
+    assert(s and p, "no connection landed on the second worker")
+    assert(s:send("sub\n"))
+    assert.same({ "ok" }, read_lines(s, function(l) return #l == 1 end))
+    assert(s:send("block 1.0\n"))
+    server.sleep(0.2)
+    assert(p:send("pub 300\n"))
+    assert.same({ "done" }, read_lines(p, function(l) return #l == 1 end))
+    local got = read_lines(s, function(l) return l[#l] == "m300" end)
+    assert.equal("m300", got[#got])
+    local out = util.pipe(server.quote(server.BIN) .. " --repl --connect " .. server.quote(ctl),
+      "local n = 0; for _, w in ipairs(stats().workers) do n = n + w.pubsub_lost end; print(n)\n")
+    local lost = assert(tonumber(out), out)
+    assert.equal(300 - (#got - 1), lost)   -- every message it did not get
+    s:close()
+    p:close()
+    os.execute("rm -rf " .. server.quote(dir))
   end)
 
   it("takes again the reader slots of processes that ended (1100 subscribers in turn)", function()
