@@ -29,6 +29,8 @@ struct eh_config {
     size_t high_water;          /* per-connection output bytes before pausing reads */
     size_t low_water;           /* resume reading below this */
     double drain_timeout;       /* seconds SIGTERM waits for in-flight echoes */
+    double upgrade_timeout;     /* seconds SIGUSR2 waits for the new binary */
+    char *const *argv;          /* the command line: SIGUSR2 runs it again */
     const char *handler;        /* Lua handler file, or NULL for C echo */
     int watch;                  /* reload the handler when its file changes */
     const char *control;        /* control socket path, or NULL */

@@ -117,8 +117,11 @@ static long control_eval_ms(void) {
     return ms > 0 ? ms : CONTROL_EVAL_MS;
 }
 
-struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
-                             char *err, size_t errlen) {
+/* Listens on fd (bound, non-blocking: an old master's) if fd >= 0, else
+ * binds cfg->control. */
+static struct control *control_listen_on(ev_loop *loop,
+                                         const struct eh_config *cfg,
+                                         int fd, char *err, size_t errlen) {
     struct control *ctl = calloc(1, sizeof *ctl);
 
     if (ctl == NULL) {
@@ -127,7 +130,7 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
     }
     ctl->loop = loop;
     ctl->cfg = cfg;
-    ctl->fd = -1;
+    ctl->fd = fd;
     ctl->master = getpid();
     ctl->eval_ms = control_eval_ms();
     if (strlen(cfg->control) >= sizeof ctl->path) {
@@ -136,13 +139,14 @@ struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
         goto err;
     }
     strcpy(ctl->path, cfg->control);
-    if (control_check_path(ctl->path, err, errlen) < 0)
+    if (fd < 0 && (control_check_path(ctl->path, err, errlen) < 0 ||
+                   (ctl->fd = control_listen(ctl->path, err, errlen)) < 0))
         goto err;
-    if ((ctl->fd = control_listen(ctl->path, err, errlen)) < 0)
-        goto err;
+    ctl->owns_path = fd < 0;
     if (ev_add(loop, ctl->fd, EV_READABLE, control_accept, ctl) == EV_ERR) {
         snprintf(err, errlen, "control socket: %s", strerror(errno));
-        unlink(ctl->path);
+        if (ctl->owns_path)
+            unlink(ctl->path);
         goto err;
     }
     return ctl;
@@ -151,6 +155,33 @@ err:
         close(ctl->fd);
     free(ctl);
     return NULL;
+}
+
+struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
+                             char *err, size_t errlen) {
+    return control_listen_on(loop, cfg, -1, err, errlen);
+}
+
+struct control *control_adopt(ev_loop *loop, const struct eh_config *cfg,
+                              int fd, char *err, size_t errlen) {
+    return control_listen_on(loop, cfg, fd, err, errlen);
+}
+
+int control_fd(const struct control *ctl) {
+    return ctl->fd;
+}
+
+void control_claim(struct control *ctl) {
+    ctl->owns_path = 1;
+}
+
+void control_release(struct control *ctl) {
+    if (ctl->fd >= 0) {
+        ev_del(ctl->loop, ctl->fd, EV_READABLE);
+        close(ctl->fd);
+        ctl->fd = -1;
+    }
+    ctl->owns_path = 0;
 }
 
 /* --- buffers -------------------------------------------------------------- */
@@ -623,10 +654,10 @@ static void control_free(struct control *ctl, int owner) {
     if (ctl->cur_timer && owner)
         ev_timer_del(ctl->loop, ctl->cur_timer);
     if (ctl->fd >= 0) {
-        if (owner) {
+        if (owner)
             ev_del(ctl->loop, ctl->fd, EV_READABLE);
+        if (owner && ctl->owns_path)
             unlink(ctl->path);
-        }
         close(ctl->fd);
     }
     for (int i = 0; i < ctl->nworkers; i++) {

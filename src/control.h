@@ -23,7 +23,18 @@ struct worker;
  * anything else is refused. NULL on failure with the reason in err. */
 struct control *control_open(ev_loop *loop, const struct eh_config *cfg,
                              char *err, size_t errlen);
-/* Ends every session, closes the socket and unlinks its path. */
+/* Upgrades. The new master listens on fd, the old master's socket, but
+ * leaves the path alone until control_claim (it has taken over: the path
+ * is its to unlink at the end). The old one's control_release stops
+ * accepting operators (the sessions go on) and leaves the path to the new
+ * one. control_fd: the listening socket, to hand over. */
+struct control *control_adopt(ev_loop *loop, const struct eh_config *cfg,
+                              int fd, char *err, size_t errlen);
+void control_claim(struct control *ctl);
+void control_release(struct control *ctl);
+int control_fd(const struct control *ctl);
+/* Ends every session, closes the socket and unlinks its path (if it owns
+ * it). */
 void control_close(struct control *ctl);
 
 /* handler(path) and reload() call swap(ud, path, err, errlen) (path NULL:

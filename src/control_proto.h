@@ -86,6 +86,8 @@ struct control {
     pid_t master;
     int fd;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int owns_path;              /* unlinks it at the end: not while an
+                                   upgrade takes over, nor once handed over */
     struct control_worker *workers;
     int nworkers;
     unsigned seq;               /* request numbers: late replies are dropped */

@@ -338,6 +338,7 @@ static void control_sess_signals(void) {
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     signal(SIGUSR1, SIG_IGN);           /* keeps the log it was born with */
+    signal(SIGUSR2, SIG_IGN);           /* upgrades are the master's */
     signal(SIGCHLD, SIG_DFL);
     sigemptyset(&set);
     sigprocmask(SIG_SETMASK, &set, NULL);

@@ -18,9 +18,7 @@
 
 #define LISTEN_FDS_START 3
 
-/* The pid in path: > 0, 0 when there is none (absent, empty, garbage),
- * -1 when it cannot be read. */
-static long pid_read(const char *path) {
+long daemon_pid_read(const char *path) {
     char buf[32];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     ssize_t n;
@@ -40,14 +38,15 @@ static long pid_read(const char *path) {
     return pid;
 }
 
-int daemon_pid_check(const char *path, char *err, size_t errlen) {
-    long pid = pid_read(path);
+int daemon_pid_check(const char *path, pid_t allow, char *err,
+                     size_t errlen) {
+    long pid = daemon_pid_read(path);
 
     if (pid < 0) {
         snprintf(err, errlen, "pid file %s: %s", path, strerror(errno));
         return -1;
     }
-    if (pid > 0 && pid != getpid() &&
+    if (pid > 0 && pid != getpid() && pid != allow &&
         (kill((pid_t)pid, 0) == 0 || errno == EPERM)) {
         snprintf(err, errlen, "pid file %s: process %ld is running (another "
                  "server?); stop it, or remove the file if it is not one",
@@ -78,7 +77,7 @@ int daemon_pid_write(const char *path, char *err, size_t errlen) {
 }
 
 void daemon_pid_remove(const char *path) {
-    if (pid_read(path) == getpid())
+    if (daemon_pid_read(path) == getpid())
         unlink(path);
 }
 
@@ -147,7 +146,8 @@ int daemon_notify(const char *state, char *err, size_t errlen) {
     return rc < 0 ? -1 : 0;
 }
 
-int daemon_check_socket(int fd, int type, char *err, size_t errlen) {
+int daemon_check_socket(int fd, int type, const char *what, char *err,
+                        size_t errlen) {
     int got = 0, on = 0;
     socklen_t len = sizeof got, len2 = sizeof on;
 
@@ -155,11 +155,11 @@ int daemon_check_socket(int fd, int type, char *err, size_t errlen) {
     if ((getsockopt(fd, SOL_SOCKET, SO_TYPE, &got, &len) < 0 ||
          getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len2) < 0) &&
         errno != ENOTSOCK) {
-        snprintf(err, errlen, "LISTEN_FDS: fd %d: %s", fd, strerror(errno));
+        snprintf(err, errlen, "%s: fd %d: %s", what, fd, strerror(errno));
         return -1;
     }
     if (errno == ENOTSOCK || got != type || (type == SOCK_STREAM && !on)) {
-        snprintf(err, errlen, "LISTEN_FDS: fd %d is not a %s socket", fd,
+        snprintf(err, errlen, "%s: fd %d is not a %s socket", what, fd,
                  type == SOCK_STREAM ? "listening stream" : "datagram");
         return -1;
     }

@@ -9,12 +9,17 @@
 
 #define DAEMON_ERR_LEN 320
 
-/* Refuses a pid file that names a live process: 0 when path is absent or
- * stale (it will be taken over), -1 with err. */
-int daemon_pid_check(const char *path, char *err, size_t errlen);
+/* Refuses a pid file that names a live process other than allow (the
+ * master an upgrade replaces; 0: none): 0 when path is absent or stale (it
+ * will be taken over), -1 with err. */
+int daemon_pid_check(const char *path, pid_t allow, char *err,
+                     size_t errlen);
 /* Writes getpid() to path (through a temporary file and a rename). 0 or
  * -1 with err. */
 int daemon_pid_write(const char *path, char *err, size_t errlen);
+/* The pid in path: > 0, 0 when there is none (absent, empty, garbage),
+ * -1 when it cannot be read. */
+long daemon_pid_read(const char *path);
 /* Removes path if it still holds getpid(). */
 void daemon_pid_remove(const char *path);
 
@@ -36,7 +41,9 @@ int daemon_notify(const char *state, char *err, size_t errlen);
  * activated (*count 0), -1 with err (a count that is not a number). */
 int daemon_listen_fds(int *count, char *err, size_t errlen);
 /* fd is a socket of type (SOCK_STREAM: listening; SOCK_DGRAM): 0, or -1
- * with err ("LISTEN_FDS: fd 3 is not a listening stream socket"). */
-int daemon_check_socket(int fd, int type, char *err, size_t errlen);
+ * with err ("LISTEN_FDS: fd 3 is not a listening stream socket", what
+ * the variable that passed it). */
+int daemon_check_socket(int fd, int type, const char *what, char *err,
+                        size_t errlen);
 
 #endif

@@ -18,6 +18,7 @@
 #include "net.h"
 #include "rt_fork.h"
 #include "udp.h"
+#include "upgrade.h"
 #include "watch.h"
 
 #define ACCEPT_MAX 16
@@ -46,6 +47,7 @@ struct forksrv {
     int sigfd;
     pid_t *kids;                /* live children, unordered */
     int nkids, capkids;
+    struct upgrade up;          /* SIGUSR2: the new server we start */
     int draining;
     long long last_reject_log;
 };
@@ -124,9 +126,12 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
         close(fs->ls[i].l.fd);
     close(fs->sigfd);
     close(ev_fd(fs->loop));
+    if (fs->up.fd >= 0)
+        close(fs->up.fd);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_IGN);           /* the parent reopens the log */
+    signal(SIGUSR2, SIG_IGN);           /* and upgrades */
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     net_nonblock(NULL, fd, 0);
@@ -233,6 +238,8 @@ static void reap(struct forksrv *fs) {
     int status;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (upgrade_reaped(&fs->up, pid, status))
+            continue;
         kid_remove(fs, pid);
         if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM &&
             WTERMSIG(status) != SIGKILL)
@@ -292,19 +299,12 @@ static void close_listeners(struct forksrv *fs) {
     }
 }
 
-/* First SIGTERM/SIGINT: stop accepting, let children finish until the
- * deadline. A second one: kill them now. */
-static void stop(struct forksrv *fs, int sig) {
-    if (fs->draining) {
-        log_info("%s again: stopping now", strsignal(sig));
-        kill_kids(fs);
-        ev_stop(fs->loop);
-        return;
-    }
+/* Stops accepting, lets children finish until the deadline (why: the
+ * log's). */
+static void drain(struct forksrv *fs, const char *why) {
     fs->draining = 1;
-    server_stopping();
-    log_info("%s: draining %d children (at most %g s)", strsignal(sig),
-             fs->nkids, fs->cfg->drain_timeout);
+    log_info("%s: draining %d children (at most %g s)", why, fs->nkids,
+             fs->cfg->drain_timeout);
     close_listeners(fs);
     if (fs->nkids == 0) {
         ev_stop(fs->loop);
@@ -312,6 +312,44 @@ static void stop(struct forksrv *fs, int sig) {
     }
     ev_timer_add(fs->loop, (long)(fs->cfg->drain_timeout * 1000),
                  deadline_proc, fs);
+}
+
+/* First SIGTERM/SIGINT: drain (an upgrade under way is given up). A
+ * second one: kill the children now. */
+static void stop(struct forksrv *fs, int sig) {
+    if (fs->draining) {
+        log_info("%s again: stopping now", strsignal(sig));
+        kill_kids(fs);
+        ev_stop(fs->loop);
+        return;
+    }
+    upgrade_cancel(&fs->up);
+    server_stopping();
+    drain(fs, strsignal(sig));
+}
+
+/* The new server serves: this one drains. Or it failed: we go on. */
+static void upgraded(void *ud, pid_t pid, int ok) {
+    struct forksrv *fs = ud;
+
+    if (ok)
+        drain(fs, "upgrade");
+    else
+        server_upgrade_failed(fs->cfg, pid);
+}
+
+/* SIGUSR2: the new binary gets every listening socket. */
+static void upgrade(struct forksrv *fs) {
+    int fds[EH_LISTEN_MAX];
+    struct upgrade_fds f = {fds, fs->nls, 1, -1};
+
+    if (fs->draining) {
+        log_warn("SIGUSR2: draining: no upgrade");
+        return;
+    }
+    for (int i = 0; i < fs->nls; i++)
+        fds[i] = fs->ls[i].l.fd;
+    upgrade_start(&fs->up, &f, fs->cfg->upgrade_timeout);
 }
 
 static void watch_changed(void *ud);
@@ -357,6 +395,8 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
             fork_reload(fs, "SIGHUP");
         else if (si.ssi_signo == SIGUSR1)   /* children keep the old file */
             log_reopen();
+        else if (si.ssi_signo == SIGUSR2)
+            upgrade(fs);
         else
             stop(fs, (int)si.ssi_signo);
     }
@@ -395,12 +435,14 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
     }
     fs.loop = ev_create(64);
     fs.sigfd = server_signalfd();
+    upgrade_init(&fs.up, fs.loop, upgraded, &fs);
     if (fs.loop == NULL || fs.sigfd < 0 ||
         ev_add(fs.loop, fs.sigfd, EV_READABLE, signal_proc, &fs) < 0 ||
         open_listeners(&fs) < 0) {
         log_error("fork server: %s", strerror(errno));
         rc = 1;
-    } else if (hs && cfg->watch && fork_watch(&fs) < 0) {
+    } else if ((hs && cfg->watch && fork_watch(&fs) < 0) ||
+               server_serving(cfg) < 0) {
         rc = 1;
     } else {
         ev_run(fs.loop);

@@ -3,6 +3,8 @@
 #ifndef ECHOHOST_FORKSRV_H
 #define ECHOHOST_FORKSRV_H
 
+#include <sys/types.h>
+
 #include "config.h"
 
 struct hstate;
@@ -27,5 +29,12 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
 int server_signalfd(void);
 /* server.c: the first stop signal (systemd hears STOPPING=1). */
 void server_stopping(void);
+/* server.c: the loop is about to run: systemd hears READY=1, or after an
+ * upgrade the pid file names us and the old master hears we serve. 0, or
+ * -1: not taking over (logged; exit 1). */
+int server_serving(const struct eh_config *cfg);
+/* server.c: an upgrade failed; the pid file names us again if it named
+ * the new master (pid). */
+void server_upgrade_failed(const struct eh_config *cfg, pid_t pid);
 
 #endif

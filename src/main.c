@@ -44,6 +44,9 @@ static void usage(FILE *f) {
 "  --high-water BYTES    output held per connection before reads pause\n"
 "                        (default 256k)\n"
 "  --drain-timeout SECS  how long SIGTERM lets in-flight echoes finish (default 5)\n"
+"  --upgrade-timeout SECS\n"
+"                        how long SIGUSR2 waits for the new binary to serve\n"
+"                        before it is killed (default 30)\n"
 "  --handler FILE.lua    run a Lua handler on every connection\n"
 "  --watch               reload the handler when its file changes\n"
 "  --set KEY=VALUE       a setting for the handler (require\n"
@@ -107,6 +110,7 @@ void config_defaults(struct eh_config *c) {
     c->idle_timeout = 300;
     c->high_water = 256 * 1024;
     c->drain_timeout = 5;
+    c->upgrade_timeout = 30;
     c->lua_mem_limit = 64 * 1024 * 1024;
     c->lua_budget = 100000000;
     c->shared_size = LSHARED_DEFAULT;
@@ -258,7 +262,7 @@ enum {
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
     OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
-    OPT_PID_FILE, OPT_USER, OPT_METRICS
+    OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT
 };
 
 static const struct option options[] = {
@@ -270,6 +274,7 @@ static const struct option options[] = {
     {"idle-timeout", required_argument, NULL, OPT_IDLE},
     {"high-water", required_argument, NULL, OPT_HIGH_WATER},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
+    {"upgrade-timeout", required_argument, NULL, OPT_UPGRADE_TIMEOUT},
     {"handler", required_argument, NULL, OPT_HANDLER},
     {"watch", no_argument, NULL, OPT_WATCH},
     {"set", required_argument, NULL, OPT_SET},
@@ -394,6 +399,12 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             if (parse_seconds(a, &c->drain_timeout) < 0)
                 return usage_error("bad --drain-timeout '%s' (want seconds)", a);
             break;
+        case OPT_UPGRADE_TIMEOUT:
+            if (parse_seconds(a, &c->upgrade_timeout) < 0 ||
+                c->upgrade_timeout == 0)
+                return usage_error("bad --upgrade-timeout '%s' (want "
+                                   "seconds > 0)", a);
+            break;
         case OPT_HANDLER: c->handler = a; break;
         case OPT_WATCH: c->watch = 1; break;
         case OPT_ACCESS_LOG: c->access_log = 1; break;
@@ -477,6 +488,7 @@ int main(int argc, char **argv) {
 
     memset(&cli, 0, sizeof cli);
     config_defaults(&cli.cfg);
+    cli.cfg.argv = argv;
     rc = parse_args(argc, argv, &cli);
     if (rc != 0)
         return rc < 0 ? 0 : rc;

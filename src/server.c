@@ -1,6 +1,7 @@
 /* The server's master process: binds the port, forks the event-model
  * workers, restarts those that die, relays signals, drains on SIGTERM. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include "metrics.h"
 #include "net.h"
 #include "server.h"
+#include "upgrade.h"
 #include "watch.h"
 #include "worker.h"
 
@@ -58,22 +60,55 @@ struct master {
     struct metrics *metrics;    /* --metrics endpoint, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
     struct watch *watch;        /* --watch */
+    struct upgrade up;          /* SIGUSR2: the new master we start */
+    int wready[2];              /* started by an upgrade: closed by every
+                                   worker once it serves, or -1 */
     int draining;
     int status;
     pid_t pid;
 };
 
+static struct upgrade_inherit inherit = {  /* what the old master handed */
+    .control = -1, .ready = -1};
+static int upgraded;            /* started by an old master's SIGUSR2 */
+
 /* --- listening --------------------------------------------------------- */
+
+/* The sockets an upgrade handed over: one per --listen (shared), or one
+ * per --listen for each of slots workers. The first fd, -2 with err. */
+static int inherited_sockets(const struct eh_config *cfg, int slots,
+                             int *shared, char *err, size_t len) {
+    int n = inherit.shared ? cfg->nlisten : cfg->nlisten * slots;
+
+    if (inherit.nfds != n) {
+        snprintf(err, len, "upgrade: %d sockets handed over, %d wanted "
+                 "(--listen and --workers changed?)", inherit.nfds, n);
+        return -2;
+    }
+    for (int i = 0; i < n; i++)
+        if (daemon_check_socket(inherit.fd + i,
+                                cfg->listen[i % cfg->nlisten].kind ==
+                                EH_LISTEN_UDP ? SOCK_DGRAM : SOCK_STREAM,
+                                "upgrade", err, len) < 0)
+            return -2;
+    *shared = inherit.shared;
+    log_info("upgrade: serving the %d %s of pid %d", n, n == 1 ? "socket"
+             : "sockets", (int)inherit.old);
+    return inherit.fd;
+}
 
 /* Socket activation (LISTEN_FDS): systemd passed one socket for each
  * --listen, in its order, from fd 3 (a listening stream socket for TCP, a
- * datagram socket for udp://), made non-blocking here. The first fd; -1
- * when there are none (bind as --listen says), -2 with err. */
-static int activated_sockets(const struct eh_config *cfg, char *err,
-                             size_t len) {
-    int n, fd = daemon_listen_fds(&n, err, len);
+ * datagram socket for udp://), made non-blocking here; *shared set. Or
+ * those of an upgrade (slots: the workers). The first fd; -1 when there
+ * are none (bind as --listen says), -2 with err. */
+static int activated_sockets(const struct eh_config *cfg, int slots,
+                             int *shared, char *err, size_t len) {
+    int n, fd;
 
-    if (fd < 0)
+    if (upgraded)
+        return inherited_sockets(cfg, slots, shared, err, len);
+    if ((fd = daemon_listen_fds(&n, err, len)) < 0)
         return -2;
     if (n == 0)
         return -1;
@@ -85,11 +120,13 @@ static int activated_sockets(const struct eh_config *cfg, char *err,
     }
     for (int l = 0; l < n; l++)
         if (daemon_check_socket(fd + l, cfg->listen[l].kind == EH_LISTEN_UDP
-                                ? SOCK_DGRAM : SOCK_STREAM, err, len) < 0 ||
+                                ? SOCK_DGRAM : SOCK_STREAM, "LISTEN_FDS",
+                                err, len) < 0 ||
             net_nonblock(err, fd + l, 1) < 0)
             return -2;
     log_info("socket activation: serving the %d %s passed from fd %d", n,
              n == 1 ? "socket" : "sockets", fd);
+    *shared = 1;
     return fd;
 }
 
@@ -126,7 +163,7 @@ static int master_listen_one(struct master *m, int l, int act) {
     for (int i = 0; i < m->nslots; i++) {
         struct worker_listener *wl = &m->ls[i * m->nls + l];
         int fd = i > 0 && m->exclusive ? m->ls[l].fd
-                 : act >= 0 ? act + l
+                 : act >= 0 ? act + (m->exclusive ? l : i * m->nls + l)
                  : listen_one(err, &spec, flags |
                               (i == 0 && spec.port ? NET_FREE : 0));
         if (fd < 0) {
@@ -150,19 +187,18 @@ static int master_listen_one(struct master *m, int l, int act) {
 }
 
 /* Every --listen (or the sockets systemd passed for them, one each that
- * the workers share); their names, space-separated, into addr (the
- * log's). */
+ * the workers share, or those an upgrade handed over); their names,
+ * space-separated, into addr (the log's). */
 static int master_listen(struct master *m, char *addr, size_t len) {
     char err[DAEMON_ERR_LEN];
-    int act = activated_sockets(m->cfg, err, sizeof err);
+    int act = activated_sockets(m->cfg, m->nslots, &m->exclusive, err,
+                                sizeof err);
     size_t at = 0;
 
     if (act == -2) {
         log_error("%s", err);
         return -1;
     }
-    if (act >= 0)
-        m->exclusive = 1;
     for (int l = 0; l < m->nls; l++) {
         if (master_listen_one(m, l, act) < 0)
             return -1;
@@ -189,6 +225,12 @@ static void child_setup(struct master *m, int slot) {
         _exit(1);                       /* the master is already gone */
     ev_destroy(m->loop);
     close(m->sigfd);
+    if (m->up.fd >= 0)
+        close(m->up.fd);
+    if (m->wready[0] >= 0)
+        close(m->wready[0]);
+    if (inherit.ready >= 0)
+        close(inherit.ready);           /* the master reports, once */
     control_after_fork(m->ctl);         /* operators' fds are the master's */
     metrics_after_fork(m->metrics);     /* and so are the scrapers' */
     for (int i = 0; i < m->nslots && !m->exclusive; i++)
@@ -214,6 +256,7 @@ static void worker_child(struct master *m, int i, int ch[2]) {
     ws.nudp_ports = m->nudp;
     ws.exclusive = m->exclusive;
     ws.ctl_fd = ch[1];
+    ws.ready_fd = m->wready[1];
     ws.stats = &m->st.workers[i];
     ws.handler = m->handler;    /* the worker's copy of the loaded version */
     /* a forked child has no caller to return to: it ends here */
@@ -333,6 +376,8 @@ static void master_reap(struct master *m) {
     int status;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (upgrade_reaped(&m->up, pid, status))
+            continue;
         for (int i = 0; i < m->nslots; i++) {
             if (m->slots[i].pid != pid)
                 continue;
@@ -433,19 +478,10 @@ static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
     return EV_NOMORE;
 }
 
-/* First SIGTERM/SIGINT: stop accepting and let the workers drain. A second
- * one: stop now. */
-static void master_stop(struct master *m, int sig) {
-    if (m->draining) {
-        log_info("%s again: stopping now", strsignal(sig));
-        kill_workers(m);
-        ev_stop(m->loop);
-        return;
-    }
+/* Stops accepting and lets the workers drain (why: the log's). */
+static void master_drain(struct master *m, const char *why) {
     m->draining = 1;
-    server_stopping();
-    log_info("%s: draining (at most %g s)", strsignal(sig),
-             m->cfg->drain_timeout);
+    log_info("%s: draining (at most %g s)", why, m->cfg->drain_timeout);
     master_close_listeners(m);
     for (int i = 0; i < m->nslots; i++) {
         if (m->slots[i].timer) {
@@ -460,6 +496,54 @@ static void master_stop(struct master *m, int sig) {
     }
     ev_timer_add(m->loop, (long)(m->cfg->drain_timeout * 1000) + KILL_GRACE_MS,
                  drain_deadline_proc, m);
+}
+
+/* First SIGTERM/SIGINT: stop accepting and let the workers drain (an
+ * upgrade under way is given up). A second one: stop now. */
+static void master_stop(struct master *m, int sig) {
+    if (m->draining) {
+        log_info("%s again: stopping now", strsignal(sig));
+        kill_workers(m);
+        ev_stop(m->loop);
+        return;
+    }
+    upgrade_cancel(&m->up);
+    server_stopping();
+    master_drain(m, strsignal(sig));
+}
+
+/* The new master serves: this one hands over the control socket and
+ * drains. Or it failed: the pid file names this one again. */
+static void master_upgraded(void *ud, pid_t pid, int ok) {
+    struct master *m = ud;
+
+    if (!ok) {
+        server_upgrade_failed(m->cfg, pid);
+        return;
+    }
+    if (m->ctl)
+        control_release(m->ctl);
+    master_drain(m, "upgrade");
+}
+
+/* SIGUSR2: the new binary gets every listening socket (one per --listen,
+ * or one per worker per --listen) and the control socket. */
+static void master_upgrade(struct master *m) {
+    int n = m->exclusive ? m->nls : m->nslots * m->nls;
+    int *fds = malloc(n * sizeof *fds);
+    struct upgrade_fds f = {fds, n, m->exclusive,
+                            m->ctl ? control_fd(m->ctl) : -1};
+
+    if (m->draining) {
+        log_warn("SIGUSR2: draining: no upgrade");
+    } else if (fds == NULL) {
+        log_error("SIGUSR2: out of memory; still serving");
+    } else {
+        for (int i = 0; i < n; i++)
+            fds[i] = m->ls[i].fd;
+        upgrade_start(&m->up, &f, m->cfg->upgrade_timeout);
+    }
+    free(fds);
 }
 
 static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
@@ -481,6 +565,9 @@ static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
             signal_workers(m, SIGUSR1);
             log_info("SIGUSR1: log reopened");
             break;
+        case SIGUSR2:
+            master_upgrade(m);
+            break;
         default:
             master_stop(m, (int)si.ssi_signo);
             break;
@@ -498,6 +585,7 @@ int server_signalfd(void) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -509,13 +597,16 @@ static uid_t run_uid;           /* --user, looked up at the start */
 static gid_t run_gid;
 
 /* Bound: the pid file, then root is dropped (--user; the control socket
- * given to that user first). 0, or -1 (logged). */
+ * given to that user first). Started by an upgrade, the pid file waits
+ * for the take-over (server_serving), and a master that is not root runs
+ * as the old one did, which dropped it. 0, or -1 (logged). */
 static int server_settle(const struct eh_config *cfg) {
     char err[DAEMON_ERR_LEN];
 
-    if (cfg->pid_file && daemon_pid_write(cfg->pid_file, err, sizeof err) < 0)
+    if (cfg->pid_file && !upgraded &&
+        daemon_pid_write(cfg->pid_file, err, sizeof err) < 0)
         goto err;
-    if (cfg->user == NULL)
+    if (cfg->user == NULL || (upgraded && geteuid() != 0))
         return 0;
     if (cfg->control && chown(cfg->control, run_uid, run_gid) < 0) {
         snprintf(err, sizeof err, "control socket %s: chown: %s",
@@ -531,12 +622,35 @@ err:
     return -1;
 }
 
-/* Serving: the "listening on" line is out; systemd hears READY=1. */
-static void server_ready(void) {
+/* Serving: systemd hears READY=1. Or, started by an upgrade: the pid file
+ * names this master and the old one hears we serve (it tells systemd our
+ * MAINPID). 0, or -1 when the pid file cannot be written (logged: this
+ * master does not take over). */
+int server_serving(const struct eh_config *cfg) {
     char err[DAEMON_ERR_LEN];
 
-    log_started();
-    if (daemon_notify("READY=1", err, sizeof err) < 0)
+    if (!upgraded) {
+        if (daemon_notify("READY=1", err, sizeof err) < 0)
+            log_warn("%s", err);
+        return 0;
+    }
+    if (cfg->pid_file && daemon_pid_write(cfg->pid_file, err, sizeof err) < 0) {
+        log_error("upgrade: %s: not taking over from pid %d", err,
+                  (int)inherit.old);
+        return -1;
+    }
+    if (upgrade_report_ready(&inherit, err, sizeof err) < 0)
+        log_warn("%s", err);
+    log_notice("upgrade: serving in place of pid %d", (int)inherit.old);
+    return 0;
+}
+
+/* The new master failed: if it wrote the pid file, it names us again. */
+void server_upgrade_failed(const struct eh_config *cfg, pid_t pid) {
+    char err[DAEMON_ERR_LEN];
+
+    if (cfg->pid_file && daemon_pid_read(cfg->pid_file) == pid &&
+        daemon_pid_write(cfg->pid_file, err, sizeof err) < 0)
         log_warn("%s", err);
 }
 
@@ -601,14 +715,19 @@ static int master_init(struct master *m, char *addr, size_t len) {
         return -1;
     m->loop = ev_create(64);
     m->sigfd = server_signalfd();
+    upgrade_init(&m->up, m->loop, master_upgraded, m);
     if (m->loop == NULL || m->sigfd < 0 ||
-        ev_add(m->loop, m->sigfd, EV_READABLE, master_signal_proc, m) < 0) {
+        ev_add(m->loop, m->sigfd, EV_READABLE, master_signal_proc, m) < 0 ||
+        (upgraded && pipe2(m->wready, O_CLOEXEC) < 0)) {
         log_error("master: %s", strerror(errno));
         return -1;
     }
     if (m->cfg->control) {
         char err[CONTROL_ERR_LEN];
-        m->ctl = control_open(m->loop, m->cfg, err, sizeof err);
+        m->ctl = upgraded && inherit.control >= 0
+                 ? control_adopt(m->loop, m->cfg, inherit.control, err,
+                                 sizeof err)
+                 : control_open(m->loop, m->cfg, err, sizeof err);
         if (m->ctl == NULL) {
             log_error("%s", err);
             return -1;
@@ -632,6 +751,9 @@ static void master_fini(struct master *m) {
         master_close_listeners(m);
     if (m->sigfd >= 0)
         close(m->sigfd);
+    for (int i = 0; i < 2; i++)
+        if (m->wready[i] >= 0)
+            close(m->wready[i]);
     ev_destroy(m->loop);
     stats_unmap(m->st.workers, m->nslots);
     if (m->lstats)
@@ -639,6 +761,47 @@ static void master_fini(struct master *m) {
     free(m->slots);
     free(m->ls);
     free(m->names);
+}
+
+/* Started by an upgrade: every worker has closed its end of wready (it
+ * serves, or it died). All of them up at the first try: take over. */
+static void master_workers_ready(ev_loop *loop, int fd, void *ud, int mask) {
+    struct master *m = ud;
+
+    (void)mask;
+    ev_del(loop, fd, EV_READABLE);
+    close(fd);
+    m->wready[0] = -1;
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->slots[i].pid <= 0 || m->slots[i].starts != 1) {
+            log_error("upgrade: worker %d did not start: not taking over "
+                      "from pid %d", i, (int)inherit.old);
+            m->status = 1;
+            ev_stop(loop);
+            return;
+        }
+    }
+    if (m->ctl)
+        control_claim(m->ctl);
+    if (server_serving(m->cfg) < 0) {
+        m->status = 1;
+        ev_stop(loop);
+    }
+}
+
+/* Spawns the workers; serving once they are up (after an upgrade: once
+ * every one of them has said so). 0 or -1. */
+static int master_start_workers(struct master *m) {
+    if (!upgraded)
+        server_serving(m->cfg);
+    for (int i = 0; i < m->nslots; i++)
+        worker_spawn(m, i);
+    if (!upgraded)
+        return 0;
+    close(m->wready[1]);
+    m->wready[1] = -1;
+    return ev_add(m->loop, m->wready[0], EV_READABLE, master_workers_ready,
+                  m);
 }
 
 static int master_main(const struct eh_config *cfg, struct hstate *hs) {
@@ -649,6 +812,7 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     m.cfg = cfg;
     m.handler = hs;
     m.sigfd = -1;
+    m.wready[0] = m.wready[1] = -1;
     if (master_init(&m, addr, sizeof addr) < 0 || server_settle(cfg) < 0) {
         master_fini(&m);
         return 1;
@@ -656,10 +820,13 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     log_notice("listening on %s (%d %s, %s)", addr, m.nslots,
                m.nslots == 1 ? "worker" : "workers",
                cfg->handler ? cfg->handler : "C echo");
-    server_ready();
-    for (int i = 0; i < m.nslots; i++)
-        worker_spawn(&m, i);
-    ev_run(m.loop);
+    log_started();
+    if (master_start_workers(&m) < 0) {
+        log_error("master: %s", strerror(errno));
+        m.status = 1;
+    } else {
+        ev_run(m.loop);
+    }
     kill_workers(&m);
     master_fini(&m);
     return m.status;
@@ -686,7 +853,7 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     static char names[EH_LISTEN_MAX][LISTEN_NAME_LEN];
     struct forksrv_listen ls[EH_LISTEN_MAX];
     char err[DAEMON_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
-    int act = activated_sockets(cfg, err, sizeof err);
+    int shared, act = activated_sockets(cfg, 1, &shared, err, sizeof err);
     size_t at = 0;
     int n;
 
@@ -717,7 +884,7 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     }
     log_notice("listening on %s (fork model, %s)", addr,
                cfg->handler ? cfg->handler : "C echo");
-    server_ready();
+    log_started();
     return forksrv_main(cfg, ls, n, hs);
 }
 
@@ -729,15 +896,23 @@ int server_main(const struct eh_config *cfg) {
     int rc;
 
     signal(SIGPIPE, SIG_IGN);
+    if (cfg->argv)
+        upgrade_set_command(cfg->argv);
     if (cfg->log_file && log_open(cfg->log_file, err, sizeof err) < 0) {
         log_error("%s", err);
         return 1;
     }
-    if (cfg->pid_file && daemon_pid_check(cfg->pid_file, err, sizeof err) < 0) {
+    if ((upgraded = upgrade_inherited(&inherit, err, sizeof err)) < 0) {
         log_error("%s", err);
         return 1;
     }
-    if (cfg->user &&
+    if (cfg->pid_file && daemon_pid_check(cfg->pid_file, upgraded ?
+                                          inherit.old : 0, err,
+                                          sizeof err) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (cfg->user && !(upgraded && geteuid() != 0) &&
         daemon_user_lookup(cfg->user, &run_uid, &run_gid, err, sizeof err) < 0) {
         log_error("%s", err);
         return 1;

@@ -627,6 +627,7 @@ static int worker_signals(struct worker *w) {
 
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);           /* upgrades are the master's */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGHUP);
@@ -733,6 +734,8 @@ int worker_main(const struct eh_config *cfg, const struct worker_start *ws) {
     w.spare_fd = w.sigfd = -1;
     w.next_id = (uint64_t)ws->gen << 40;
     rc = worker_init(&w, ws);
+    if (ws->ready_fd >= 0)
+        close(ws->ready_fd);
     if (rc == 0) {
         log_debug("worker %d ready", w.slot);
         ev_run(w.loop);

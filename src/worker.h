@@ -39,6 +39,8 @@ struct worker_start {
     int nudp_ports;
     int exclusive;              /* the fds are shared by all workers */
     int ctl_fd;                 /* control channel (worker's end), or -1 */
+    int ready_fd;               /* closed once serving (a master started by
+                                   an upgrade waits for that), or -1 */
     const struct hstate *handler;   /* loaded by the master, or NULL */
     struct worker_stats *stats; /* this slot in the master's mapping */
 };
