@@ -639,9 +639,9 @@ int server_serving(const struct eh_config *cfg) {
                   (int)inherit.old);
         return -1;
     }
+    log_notice("upgrade: serving in place of pid %d", (int)inherit.old);
     if (upgrade_report_ready(&inherit, err, sizeof err) < 0)
         log_warn("%s", err);
-    log_notice("upgrade: serving in place of pid %d", (int)inherit.old);
     return 0;
 }
 

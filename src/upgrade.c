@@ -126,8 +126,10 @@ void upgrade_set_command(char *const *argv) {
 
     command = argv;
     if (slash != NULL) {
-        if (name[0] == '/' || make_path(name, (size_t)(slash - name),
-                                        slash + 1) < 0)
+        size_t dlen = (size_t)(slash - name);
+        if (dlen == 1 && name[0] == '.')
+            dlen = 0;                   /* "./echohost": cwd/echohost */
+        if (name[0] == '/' || make_path(name, dlen, slash + 1) < 0)
             snprintf(binary, sizeof binary, "%s", name);
         return;
     }
@@ -287,7 +289,7 @@ void upgrade_start(struct upgrade *u, const struct upgrade_fds *fds,
     close(p[1]);
     u->pid = pid;
     u->fd = p[0];
-    u->ready = 0;
+    u->ready = u->cancelled = 0;
     u->why[0] = '\0';
     fcntl(u->fd, F_SETFL, O_NONBLOCK);
     if (ev_add(u->loop, u->fd, EV_READABLE, upgrade_readable, u) < 0) {
@@ -303,7 +305,8 @@ void upgrade_start(struct upgrade *u, const struct upgrade_fds *fds,
 
 void upgrade_cancel(struct upgrade *u) {
     if (u->pid != 0 && !u->ready) {
-        upgrade_fail(u, "given up: this master is stopping");
+        upgrade_fail(u, NULL);
+        u->cancelled = 1;
         log_info("upgrade: given up (this master is stopping): the new "
                  "master (pid %d) is killed", (int)u->pid);
     }
@@ -326,8 +329,9 @@ int upgrade_reaped(struct upgrade *u, pid_t pid, int status) {
         return 0;
     u->pid = 0;
     describe(status, what, sizeof what);
-    if (u->ready) {
-        log_warn("upgrade: the new master (pid %d) %s", (int)pid, what);
+    if (u->ready || u->cancelled) {
+        if (u->ready)
+            log_warn("upgrade: the new master (pid %d) %s", (int)pid, what);
         return 1;
     }
     upgrade_stop_waiting(u);

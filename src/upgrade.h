@@ -54,6 +54,7 @@ struct upgrade {
     int fd;                     /* the readiness pipe (read end), or -1 */
     long long timer;            /* --upgrade-timeout, or 0 */
     int ready;                  /* it reported: we drain */
+    int cancelled;              /* we stop: it was killed */
     char why[UPGRADE_ERR_LEN];  /* why it failed, "" while it may not */
     upgrade_done_proc *done;
     void *ud;
