@@ -390,6 +390,41 @@ describe("SIGUSR2 (binary upgrade)", function()
       assert.equal("v2", server.echo(srv.host, srv.port, "v2"))
     end)
 
+  local function uid_of(pid)
+    local f = io.open("/proc/" .. pid .. "/status")
+    local uid = f and f:read("a"):match("\nUid:%s*(%d+)")
+    if f then
+      f:close()
+    end
+    return uid
+  end
+  local it_root = uid_of("self") == "0" and it or pending
+  it_root("with --user, the new master runs as that user and takes over", function()
+    os.execute("chmod 777 " .. q(dir))          -- nobody writes the pid file and the log
+    local pid_file, log, ctl = dir .. "/pid", dir .. "/log", dir .. "/ctl"
+    spit(log, "")
+    os.execute("chown nobody " .. q(log))
+    local srv = start(dir, { "--workers", "2", "--user", "nobody", "--pid-file", pid_file,
+      "--log", log, "--control", ctl }, { log = log })
+    local c = srv:connect()
+    assert.equal("before", server.exchange(c, "before"))
+    assert.is_true(srv:signal("USR2"))
+    local new = server.wait(function()
+      local p = pid_in(pid_file)
+      return p ~= srv.pid and p
+    end, 10)
+    assert.truthy(new, srv:log())
+    masters[#masters + 1] = new
+    assert.equal("65534", uid_of(new))
+    assert.equal("after", server.echo(srv.host, srv.port, "after"))
+    local out = util.pipe(q(server.BIN) .. " --repl --connect " .. q(ctl), "stats().pid\n")
+    assert.equal(new .. "\n", out)
+    assert.is_falsy(gone(srv.pid))              -- the old one drains: c is still served
+    assert.equal("during", server.exchange(c, "during"))
+    c:close()
+    assert.equal(0, srv:wait_exit(10))
+  end)
+
   it("rejects a bad --upgrade-timeout", function()
     for _, bad in ipairs({ "0", "-1", "soon" }) do
       local code, err = server.run({ "--upgrade-timeout", bad })
