@@ -341,7 +341,7 @@ static void upgraded(void *ud, pid_t pid, int ok) {
 /* SIGUSR2: the new binary gets every listening socket. */
 static void upgrade(struct forksrv *fs) {
     int fds[EH_LISTEN_MAX];
-    struct upgrade_fds f = {fds, fs->nls, 1, -1};
+    struct upgrade_fds f = {fds, fs->nls, 1, -1, -1};
 
     if (fs->draining) {
         log_warn("SIGUSR2: draining: no upgrade");

@@ -589,32 +589,68 @@ static void mx_accept(ev_loop *loop, int lfd, void *ud, int mask) {
 
 /* --- the endpoint -------------------------------------------------------- */
 
-struct metrics *metrics_open(ev_loop *loop, const char *host, int port,
-                             const struct server_stats *st, char *addr,
-                             size_t addrlen, char *err, size_t errlen) {
+/* Serves on fd (listening, non-blocking; owned from now on, closed on
+ * failure). NULL with err (NET_ERR_LEN) filled. */
+static struct metrics *metrics_serve(ev_loop *loop, int fd,
+                                     const struct server_stats *st,
+                                     char *addr, size_t addrlen, char *err) {
     struct metrics *mx = calloc(1, sizeof *mx);
-    char nerr[NET_ERR_LEN];
 
     if (mx == NULL) {
-        snprintf(err, errlen, "metrics: %s", strerror(errno));
+        snprintf(err, NET_ERR_LEN, "%s", strerror(errno));
+        close(fd);
         return NULL;
     }
     mx->loop = loop;
     mx->st = st;
-    mx->fd = net_tcp_server(nerr, host, port, METRICS_BACKLOG, NET_NONBLOCK);
-    if (mx->fd < 0 || net_sock_name(nerr, mx->fd, addr, addrlen) < 0)
+    mx->fd = fd;
+    if (net_sock_name(err, mx->fd, addr, addrlen) < 0)
         goto err;
     if (ev_add(loop, mx->fd, EV_READABLE, mx_accept, mx) < 0) {
-        snprintf(nerr, sizeof nerr, "epoll: %s", strerror(errno));
+        snprintf(err, NET_ERR_LEN, "epoll: %s", strerror(errno));
         goto err;
     }
     return mx;
 err:
-    snprintf(err, errlen, "--metrics: %s", nerr);
-    if (mx->fd >= 0)
-        close(mx->fd);
+    close(mx->fd);
     free(mx);
     return NULL;
+}
+
+struct metrics *metrics_open(ev_loop *loop, const char *host, int port,
+                             const struct server_stats *st, char *addr,
+                             size_t addrlen, char *err, size_t errlen) {
+    char nerr[NET_ERR_LEN];
+    int fd = net_tcp_server(nerr, host, port, METRICS_BACKLOG, NET_NONBLOCK);
+    struct metrics *mx = fd < 0 ? NULL
+                         : metrics_serve(loop, fd, st, addr, addrlen, nerr);
+
+    if (mx == NULL)
+        snprintf(err, errlen, "--metrics: %s", nerr);
+    return mx;
+}
+
+struct metrics *metrics_adopt(ev_loop *loop, int fd,
+                              const struct server_stats *st, char *addr,
+                              size_t addrlen, char *err, size_t errlen) {
+    char nerr[NET_ERR_LEN];
+    struct metrics *mx = metrics_serve(loop, fd, st, addr, addrlen, nerr);
+
+    if (mx == NULL)
+        snprintf(err, errlen, "--metrics: %s", nerr);
+    return mx;
+}
+
+int metrics_fd(const struct metrics *mx) {
+    return mx->fd;
+}
+
+void metrics_release(struct metrics *mx) {
+    if (mx->fd >= 0) {
+        ev_del(mx->loop, mx->fd, EV_READABLE);
+        close(mx->fd);
+        mx->fd = -1;
+    }
 }
 
 void metrics_close(struct metrics *mx) {
@@ -622,8 +658,7 @@ void metrics_close(struct metrics *mx) {
         return;
     while (mx->conns)
         mx_free(mx->conns);
-    ev_del(mx->loop, mx->fd, EV_READABLE);
-    close(mx->fd);
+    metrics_release(mx);
     free(mx);
 }
 
@@ -637,6 +672,7 @@ void metrics_after_fork(struct metrics *mx) {
         free(c->out);
         free(c);
     }
-    close(mx->fd);
+    if (mx->fd >= 0)
+        close(mx->fd);
     free(mx);
 }

@@ -17,6 +17,14 @@ struct server_stats;
 struct metrics *metrics_open(ev_loop *loop, const char *host, int port,
                              const struct server_stats *st, char *addr,
                              size_t addrlen, char *err, size_t errlen);
+/* Upgrades: the new master serves on fd, the old master's listening
+ * socket (metrics_fd); the old one's metrics_release stops accepting
+ * scrapes (those in progress finish). */
+struct metrics *metrics_adopt(ev_loop *loop, int fd,
+                              const struct server_stats *st, char *addr,
+                              size_t addrlen, char *err, size_t errlen);
+int metrics_fd(const struct metrics *mx);
+void metrics_release(struct metrics *mx);
 /* Closes the endpoint and every scrape in progress. NULL is fine. */
 void metrics_close(struct metrics *mx);
 /* In a newly forked worker: closes the inherited descriptors and frees

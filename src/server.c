@@ -69,7 +69,7 @@ struct master {
 };
 
 static struct upgrade_inherit inherit = {  /* what the old master handed */
-    .control = -1, .ready = -1};
+    .control = -1, .metrics = -1, .ready = -1};
 static int upgraded;            /* started by an old master's SIGUSR2 */
 
 /* --- listening --------------------------------------------------------- */
@@ -523,6 +523,8 @@ static void master_upgraded(void *ud, pid_t pid, int ok) {
     }
     if (m->ctl)
         control_release(m->ctl);
+    if (m->metrics)
+        metrics_release(m->metrics);
     master_drain(m, "upgrade");
 }
 
@@ -532,7 +534,8 @@ static void master_upgrade(struct master *m) {
     int n = m->exclusive ? m->nls : m->nslots * m->nls;
     int *fds = malloc(n * sizeof *fds);
     struct upgrade_fds f = {fds, n, m->exclusive,
-                            m->ctl ? control_fd(m->ctl) : -1};
+                            m->ctl ? control_fd(m->ctl) : -1,
+                            m->metrics ? metrics_fd(m->metrics) : -1};
 
     if (m->draining) {
         log_warn("SIGUSR2: draining: no upgrade");
@@ -675,9 +678,12 @@ static void *shared_alloc(size_t len) {
 static int master_metrics(struct master *m) {
     char err[NET_ERR_LEN + 32], addr[NET_ADDR_LEN];
 
-    m->metrics = metrics_open(m->loop, m->cfg->metrics_host,
-                              m->cfg->metrics_port, &m->st, addr, sizeof addr,
-                              err, sizeof err);
+    m->metrics = upgraded && inherit.metrics >= 0
+                 ? metrics_adopt(m->loop, inherit.metrics, &m->st, addr,
+                                 sizeof addr, err, sizeof err)
+                 : metrics_open(m->loop, m->cfg->metrics_host,
+                                m->cfg->metrics_port, &m->st, addr,
+                                sizeof addr, err, sizeof err);
     if (m->metrics == NULL) {
         log_error("%s", err);
         return -1;

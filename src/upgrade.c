@@ -53,12 +53,13 @@ static int inherited_fd(int fd, int pipe, char *err, size_t errlen) {
 
 int upgrade_inherited(struct upgrade_inherit *in, char *err, size_t errlen) {
     const char *v = getenv(UPGRADE_ENV);
-    int old, ctl, ready, n = 0;
+    int old, ctl, mx, ready, n = 0;
 
     if (v == NULL)
         return 0;
-    if (sscanf(v, "old=%d listen=%d shared=%d control=%d ready=%d%n", &old,
-               &in->nfds, &in->shared, &ctl, &ready, &n) != 5 ||
+    if (sscanf(v, "old=%d listen=%d shared=%d control=%d metrics=%d "
+               "ready=%d%n", &old, &in->nfds, &in->shared, &ctl, &mx, &ready,
+               &n) != 6 ||
         v[n] != '\0' || in->nfds < 1 || ready < FD_FIRST) {
         snprintf(err, errlen, UPGRADE_ENV " '%s': malformed (set by the "
                  "master that SIGUSR2 upgrades, for its new binary)", v);
@@ -70,11 +71,13 @@ int upgrade_inherited(struct upgrade_inherit *in, char *err, size_t errlen) {
     in->old = (pid_t)old;
     in->fd = FD_FIRST;
     in->control = ctl;
+    in->metrics = mx;
     in->ready = ready;
     for (int i = 0; i < in->nfds; i++)
         if (inherited_fd(FD_FIRST + i, 0, err, errlen) < 0)
             return -1;
     if ((ctl >= 0 && inherited_fd(ctl, 0, err, errlen) < 0) ||
+        (mx >= 0 && inherited_fd(mx, 0, err, errlen) < 0) ||
         inherited_fd(ready, 1, err, errlen) < 0)
         return -1;
     return 1;
@@ -166,25 +169,31 @@ static int move_fds(int *src, int n) {
 
 /* Never returns. On an exec failure the reason goes on the pipe ("E..."). */
 static void child_exec(const struct upgrade_fds *f, int ready) {
-    int n = f->nlisten + (f->control >= 0) + 1, *src = malloc(n * sizeof *src);
-    char env[128], msg[UPGRADE_ERR_LEN];
+    int n = f->nlisten, *src = malloc((n + 3) * sizeof *src), ctl = -1, mx = -1;
+    char env[160], msg[UPGRADE_ERR_LEN];
     sigset_t none;
     int len;
 
     if (src == NULL)
         _exit(127);
-    memcpy(src, f->listen, f->nlisten * sizeof *src);
-    if (f->control >= 0)
-        src[f->nlisten] = f->control;
-    src[n - 1] = ready;
+    memcpy(src, f->listen, n * sizeof *src);
+    if (f->control >= 0) {
+        ctl = FD_FIRST + n;
+        src[n++] = f->control;
+    }
+    if (f->metrics >= 0) {
+        mx = FD_FIRST + n;
+        src[n++] = f->metrics;
+    }
+    src[n++] = ready;
     if (move_fds(src, n) < 0) {
         len = snprintf(msg, sizeof msg, "Edup2: %s", strerror(errno));
         (void)!write(ready, msg, (size_t)len);
         _exit(127);
     }
     snprintf(env, sizeof env, "old=%d listen=%d shared=%d control=%d "
-             "ready=%d", (int)getppid(), f->nlisten, f->shared,
-             f->control >= 0 ? FD_FIRST + f->nlisten : -1, FD_FIRST + n - 1);
+             "metrics=%d ready=%d", (int)getppid(), f->nlisten, f->shared,
+             ctl, mx, FD_FIRST + n - 1);
     setenv(UPGRADE_ENV, env, 1);
     signal(SIGPIPE, SIG_DFL);           /* a fresh start: the new one sets */
     sigemptyset(&none);                 /* its own */

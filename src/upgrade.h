@@ -23,6 +23,7 @@ struct upgrade_inherit {
                                    it; 0: one per worker per --listen,
                                    worker i's from fd + i * nlisten */
     int control;                /* the control socket, or -1 */
+    int metrics;                /* the --metrics socket, or -1 */
     int ready;                  /* the pipe to report on, or -1 */
 };
 
@@ -66,6 +67,7 @@ struct upgrade_fds {
     int nlisten;
     int shared;
     int control;                /* or -1 */
+    int metrics;                /* or -1 */
 };
 
 void upgrade_init(struct upgrade *u, ev_loop *loop, upgrade_done_proc *done,

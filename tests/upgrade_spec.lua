@@ -247,8 +247,9 @@ describe("SIGUSR2 (binary upgrade)", function()
   end)
 
   local models = {
-    { name = "event model, 2 workers, a UDP listener and the control socket",
-      args = { "--workers", "2", "--listen", "127.0.0.1:0", "--listen", "udp://127.0.0.1:0" },
+    { name = "event model, 2 workers, a UDP listener, the control socket, --metrics",
+      args = { "--workers", "2", "--listen", "127.0.0.1:0", "--listen", "udp://127.0.0.1:0",
+               "--metrics", "127.0.0.1:0" },
       control = true },
     { name = "fork model", args = { "--model", "fork" } },
   }
@@ -290,6 +291,14 @@ describe("SIGUSR2 (binary upgrade)", function()
         assert(u:send("datagram"))
         assert.equal("datagram", u:receive())
         u:close()
+        local mhost, mport = srv:log():match("metrics on http://([%d.]+):(%d+)/metrics")
+        local h = assert(socket.connect(mhost, tonumber(mport)))
+        h:settimeout(5)
+        h:send("GET /metrics HTTP/1.0\r\n\r\n")
+        local page = h:receive("*a")
+        h:close()
+        assert.truthy(page:find("^HTTP/1%.[01] 200"), page)
+        assert.truthy(page:find("\necho" .. "host_connections_accepted_total %d+\n"), page)
       end
       os.execute("kill -TERM " .. last)
       assert.truthy(server.wait(function() return gone(last) end, 10))
