@@ -109,22 +109,30 @@ static int addr_push(lua_State *L, const struct sockaddr_storage *ss) {
     return 3;
 }
 
-/* Checks host (arg 1) and port (arg 2, lo..65535) and resolves them. On a
+/* Checks host (arg 1) and port (arg 2, lo..65535): before anything is
+ * pushed, so that a missing argument reads "got no value". */
+static void check_hostport(lua_State *L, int lo) {
+    lua_Integer port;
+
+    luaL_checkstring(L, 1);
+    port = luaL_checkinteger(L, 2);
+    if (port < lo || port > 65535)
+        luaL_argerror(L, 2, lo == 0 ? "port out of range 0..65535"
+                                    : "port out of range 1..65535");
+}
+
+/* Resolves host and port (args 1 and 2, checked by check_hostport). On a
  * resolver failure pushes nil, message, code (a negative EAI_* value, or
  * errno for EAI_SYSTEM) and returns NULL; the caller returns 3. The list
  * is the caller's to free. */
-static struct addrinfo *check_resolve(lua_State *L, int lo, int passive) {
-    const char *host = luaL_checkstring(L, 1);
-    lua_Integer port = luaL_checkinteger(L, 2);
+static struct addrinfo *resolve_args(lua_State *L, int passive) {
+    const char *host = lua_tostring(L, 1);
+    int port = (int)lua_tointeger(L, 2);
     struct addrinfo *res = NULL;
     char err[NET_ERR_LEN];
     int rc;
 
-    if (port < lo || port > 65535)
-        luaL_argerror(L, 2, lo == 0 ? "port out of range 0..65535"
-                                    : "port out of range 1..65535");
-    rc = net_resolve(err, host, (int)port, passive ? NET_RES_PASSIVE : 0,
-                     &res);
+    rc = net_resolve(err, host, port, passive ? NET_RES_PASSIVE : 0, &res);
     if (rc != 0) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -161,12 +169,15 @@ static int bind_any(const struct addrinfo *res, char *where, size_t len) {
 /* open_socket(host, port): a TCP socket bound to host:port (SO_REUSEADDR,
  * like the original), not yet listening. */
 static int sock_open_socket(lua_State *L) {
-    struct sock *s = newsock(L);      /* first: a raise leaks nothing */
-    struct addrinfo *res = check_resolve(L, 0, 1);
+    struct addrinfo *res;
+    struct sock *s;
     char where[NET_ADDR_LEN + 8];
     char addr[NET_ADDR_LEN];
     int err;
 
+    check_hostport(L, 0);
+    s = newsock(L);                   /* then: a raise leaks nothing */
+    res = resolve_args(L, 1);
     if (res == NULL)
         return 3;
     s->fd = bind_any(res, addr, sizeof addr);
@@ -229,8 +240,9 @@ static int sock_connect(lua_State *L) {
     int err = EADDRNOTAVAIL;
 
     luaL_argcheck(L, !isnan(timeout), 3, "timeout is NaN");
-    s = newsock(L);                   /* first: a raise leaks nothing */
-    if ((res = check_resolve(L, 1, 0)) == NULL)
+    check_hostport(L, 1);
+    s = newsock(L);                   /* then: a raise leaks nothing */
+    if ((res = resolve_args(L, 0)) == NULL)
         return 3;
     s->timeout = timeout < 0 ? -1 : timeout;
     deadline = sock_deadline(s);

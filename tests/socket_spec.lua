@@ -84,6 +84,17 @@ describe("echohost.socket", function()
         "bad argument #2 to 'open_socket' (number has no integer representation)")
     end)
 
+    it("says 'got no value' for a missing argument", function()
+      assert.has_error(function() socket.open_socket() end,
+        "bad argument #1 to 'open_socket' (string expected, got no value)")
+      assert.has_error(function() socket.open_socket("127.0.0.1") end,
+        "bad argument #2 to 'open_socket' (number expected, got no value)")
+      assert.has_error(function() socket.connect() end,
+        "bad argument #1 to 'connect' (string expected, got no value)")
+      assert.has_error(function() socket.connect("127.0.0.1") end,
+        "bad argument #2 to 'connect' (number expected, got no value)")
+    end)
+
     it("makes close-on-exec descriptors", function()
       local s = assert(socket.open_socket("127.0.0.1", 0))
       finally(function() s:close() end)
