@@ -9,7 +9,7 @@
 #include "glue.h"
 #include "glue_types.h"
 
-#define GLUE_NURSERY    ((size_t)1 << 16)       /* CertiCoq's NURSERY_SIZE */
+#define GLUE_NURSERY    GLUE_HEAP_MIN           /* CertiCoq's NURSERY_SIZE */
 #define GLUE_HEAP_MAX   ((size_t)1 << 27)       /* words: 1 GiB */
 
 struct glue_heap {

@@ -140,6 +140,10 @@ struct thread_info {
     struct glue_registry *reg;          /* generated and declared types */
 };
 
+/* The heap's first size in words, below which it never shrinks: the
+ * least cap glue_set_heap_max can honour. */
+#define GLUE_HEAP_MIN   ((size_t)1 << 16)
+
 struct thread_info *make_tinfo(void);
 void free_tinfo(struct thread_info *ti);
 size_t glue_set_heap_max(struct thread_info *ti, size_t words);

@@ -345,8 +345,29 @@ static int lex_int(struct reader *r) {
     return 0;
 }
 
+/* n bytes of the input for a message, into buf: printable ASCII as it
+ * is, any other byte (NUL, a control, a part of a UTF-8 sequence) as \xHH,
+ * so a message is always text whatever the input. Returns buf. */
+static const char *escape_text(char *buf, size_t len, const char *s,
+                               size_t n) {
+    size_t k = 0;
+
+    for (size_t i = 0; i < n && k + 5 <= len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f)
+            buf[k++] = (char)c;
+        else
+            k += (size_t)snprintf(buf + k, len - k, "\\x%02x", c);
+    }
+    if (len > 0)
+        buf[k < len ? k : len - 1] = '\0';
+    return buf;
+}
+
 /* Reads the next token into r->tok; -1 on a lexical error. */
 static int lex(struct reader *r) {
+    char esc[8];
+
     while (r->pos < r->len && strchr(" \t\r\n", r->s[r->pos]) &&
            r->s[r->pos] != '\0')
         r->pos++;
@@ -372,10 +393,12 @@ static int lex(struct reader *r) {
         return r->tok = T_FUN, 0;
     }
     r->tok = T_BAD;
-    return rfail(r, r->pos, "unexpected character '%c'", c);
+    return rfail(r, r->pos, "unexpected character '%s'",
+                 escape_text(esc, sizeof esc, r->s + r->pos, 1));
 }
 
-/* The current token as text for messages ("cons", "'('", "end of input"). */
+/* The current token as text for messages ("cons", "'('", "end of input"):
+ * its first 20 bytes and "..." past 24, escaped. */
 static const char *tok_text(struct reader *r, char *buf, size_t len) {
     size_t n = r->pos - r->start;
 
@@ -385,20 +408,20 @@ static const char *tok_text(struct reader *r, char *buf, size_t len) {
     case T_CLOSE: return "')'";
     default: break;
     }
-    if (n > 24) {
-        snprintf(buf, len, "%.20s...", r->s + r->start);
-    } else {
-        snprintf(buf, len, "%.*s", (int)n, r->s + r->start);
-    }
+    escape_text(buf, len, r->s + r->start, n > 24 ? 20 : n);
+    if (n > 24 && strlen(buf) + 4 <= len)
+        strcat(buf, "...");
     return buf;
 }
 
 static int expected_fail(struct reader *r, const struct glue_ty *ex) {
-    char want[128], got[32];
+    char want[128], got[96];
 
-    if (ex)
+    if (ex && ex->kind != GLUE_ANY)             /* any: "a value", not "_" */
         glue_ty_format(want, sizeof want, ex);
-    return rfail(r, r->start, "expected %s, got %s", ex ? want : "a value",
+    else
+        snprintf(want, sizeof want, "a value");
+    return rfail(r, r->start, "expected %s, got %s", want,
                  tok_text(r, got, sizeof got));
 }
 
@@ -466,7 +489,7 @@ static int read_nullary(struct reader *r, const struct glue_ty *ex,
 static int read_open(struct reader *r, const struct glue_ty *ex) {
     const struct glue_type *t;
     const struct glue_ctor *c;
-    char got[32];
+    char got[96];
 
     if (lex(r) < 0)
         return -1;
@@ -513,7 +536,7 @@ static int read_item(struct reader *r, const struct glue_ty *ex, value *v,
 /* Closes the top frame: ')' then the block. 1 with *v and *ty, or -1. */
 static int close_frame(struct reader *r, value *v, const struct glue_ty **ty) {
     struct rframe *f = &r->fr[r->nfr - 1];
-    char got[32];
+    char got[96];
     value *p;
 
     if (lex(r) < 0)
@@ -615,7 +638,7 @@ int glue_read(struct thread_info *ti, const char *text, size_t len,
               const struct glue_ty *expect, value *out,
               const struct glue_ty **outty, char *err, size_t errlen) {
     struct reader r;
-    char got[32];
+    char got[96];
     int rc;
 
     memset(&r, 0, sizeof r);

@@ -169,13 +169,20 @@ static void not_an_int(char *buf, size_t len, lua_Number x) {
              integral ? "out of the integer range" : "not an integer");
 }
 
-/* Raises "T.C: argument i (f) expected X, got Y". */
+/* Raises "T.C: argument i (f) expected X, got Y"; X is the field's type,
+ * or for a parameter nothing has fixed yet its name and what it takes. */
 static int arg_error(lua_State *L, const struct glue_type *t,
                      const struct glue_ctor *c, unsigned int i,
                      const struct glue_ty *want, const struct glue_ty *got) {
-    char w[128], g[128];
+    const struct glue_ty *decl = c->fields[i].type;
+    char w[160], g[128];
 
-    glue_ty_format(w, sizeof w, want ? want : &glue_ty_any);
+    if (want == NULL || want->kind == GLUE_ANY)     /* not "_": say what fits */
+        snprintf(w, sizeof w, "%s (an int, a string, a function or a glue "
+                 "value)", decl->kind == GLUE_PARAM ? t->params[decl->param]
+                                                    : "a value");
+    else
+        glue_ty_format(w, sizeof w, want);
     if (got)
         glue_ty_format(g, sizeof g, got);
     else if (lua_type(L, (int)i + 1) == LUA_TNUMBER)
@@ -384,11 +391,19 @@ static int lglue_collectheap(lua_State *L) {
     return 0;
 }
 
-/* glue.heap_max([words]) -> the cap in words before the call */
+/* glue.heap_max([words]) -> the cap in words before the call. A cap below
+ * the initial heap could never hold (the heap does not shrink under it),
+ * so it raises, as 0 does (which the C API reads as "unchanged"). */
 static int lglue_heap_max(lua_State *L) {
-    lua_Integer words = luaL_optinteger(L, 1, 0);
+    lua_Integer words = 0;
 
-    luaL_argcheck(L, words >= 0, 1, "expected a number of words >= 0");
+    if (!lua_isnoneornil(L, 1)) {
+        words = luaL_checkinteger(L, 1);
+        if (words < (lua_Integer)GLUE_HEAP_MIN)
+            return luaL_argerror(L, 1, lua_pushfstring(L, "a cap of at least "
+                "%d words expected (the initial heap), got %I",
+                (int)GLUE_HEAP_MIN, (LUAI_UACINT)words));
+    }
     lua_pushinteger(L, (lua_Integer)glue_set_heap_max(tinfo(L),
                                                       (size_t)words));
     return 1;

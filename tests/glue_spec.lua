@@ -75,7 +75,11 @@ describe("echohost.glue constructors", function()
       "identity.Parent: argument 1 (pid) expected int, got 1.1805916207174e+21 "
       .. "(out of the integer range)")
     assert.has_error(function() cons({}, nil_) end,
-      "list.cons: argument 1 (hd) expected _, got table")
+      "list.cons: argument 1 (hd) expected A (an int, a string, a function or a glue value), "
+      .. "got table")
+    assert.has_error(function() glue.prod.pair(1, {}) end,
+      "prod.pair: argument 2 (snd) expected B (an int, a string, a function or a glue value), "
+      .. "got table")
     assert.has_error(function() cons(1, option.None) end,
       "list.cons: argument 2 (tl) expected list int, got option _")
     assert.has_error(function() identity.Parent(math.maxinteger) end,
@@ -230,8 +234,20 @@ describe("glue memory", function()
     assert.has_error(function() glue.read(("(Some "):rep(1 << 17)) end, "glue heap exhausted")
     l = nil                                     -- luacheck: ignore 311 (drop the list)
     assert.equal("(cons 1 nil)", tostring(cons(1, nil_)))
-    assert.has_error(function() glue.heap_max(-1) end,
-      "bad argument #1 to 'heap_max' (expected a number of words >= 0)")
+  end)
+
+  it("refuses a cap below the initial heap, and 0", function()
+    local old = glue.heap_max()
+    for _, n in ipairs({ -1, 0, 1, (1 << 16) - 1 }) do
+      assert.has_error(function() glue.heap_max(n) end,
+        "bad argument #1 to 'heap_max' (a cap of at least 65536 words expected "
+        .. "(the initial heap), got " .. n .. ")")
+      assert.equal(old, glue.heap_max())        -- unchanged
+    end
+    assert.has_error(function() glue.heap_max("x") end,
+      "bad argument #1 to 'heap_max' (number expected, got string)")
+    assert.equal(old, glue.heap_max(1 << 16))   -- the least cap is taken
+    assert.equal(1 << 16, glue.heap_max(old))
   end)
 
   it("reclaims values Lua no longer reaches", function()
@@ -311,9 +327,16 @@ describe("glue.read", function()
     { "-", "column 1: expected a digit after '-'" },
     { "(Some <fun>)", "column 7: cannot read a function" },
     { "nil nil", "column 5: expected end of input, got nil" },
-    { "", "column 1: expected _, got end of input" },
-    { ")", "column 1: expected _, got ')'" },
+    { "", "column 1: expected a value, got end of input" },
+    { ")", "column 1: expected a value, got ')'" },
+    { "(pair 1)", "column 8: expected a value, got ')'" },
     { "(Some\n  #)", "line 2, column 3: unexpected character '#'" },
+    -- raw bytes come back escaped: a NUL, half a UTF-8 sequence, controls
+    { "(Some \0)", "column 7: unexpected character '\\x00'" },
+    { "(Some \xc3)", "column 7: unexpected character '\\xc3'" },
+    { "(Parent \"a\0b\xe2\x82\")", [[column 9: expected int, got "a\x00b\xe2\x82"]] },
+    { "(Parent \"" .. ("\1"):rep(30) .. "\")",
+      "column 9: expected int, got \"" .. ("\\x01"):rep(19) .. "..." },
     { string.rep("a", 200), "column 1: name too long" },
     { "(Parent " .. string.rep("x", 40) .. ")",
       "column 9: expected int, got xxxxxxxxxxxxxxxxxxxx..." },

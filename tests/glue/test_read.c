@@ -73,9 +73,11 @@ static void test_read_errors(void) {
     ASSERT_STR_EQ(roundtrip("nil nil", NULL),
                   "column 5: expected end of input, got nil");
     ASSERT_STR_EQ(roundtrip("", NULL),
-                  "column 1: expected _, got end of input");
+                  "column 1: expected a value, got end of input");
     ASSERT_STR_EQ(roundtrip("(Some\n  #)", NULL),
                   "line 2, column 3: unexpected character '#'");
+    ASSERT_STR_EQ(roundtrip("(Parent \"\001\xc3\")", NULL),
+                  "column 9: expected int, got \"\\x01\\xc3\"");
     ASSERT_STR_EQ(roundtrip("(3)", NULL),
                   "column 2: expected a constructor, got 3");
     ASSERT_STR_EQ(roundtrip("1", "lst int"),
