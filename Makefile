@@ -41,7 +41,9 @@ BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
 FUZZ_PKGS  := clang libclang-rt-14-dev
 
 # --- sources ----------------------------------------------------------------
-HOST_SRC := $(wildcard src/*.c)
+# echohost-lua's main (the rest of it is the binary's objects)
+LUA_MAIN := src/luamain.c
+HOST_SRC := $(filter-out $(LUA_MAIN),$(wildcard src/*.c))
 GLUE_SRC := $(wildcard glue/*.c)
 GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
 ifneq ($(wildcard glue/gen.lua),)
@@ -49,10 +51,10 @@ GLUE_GEN := $(BUILD)/glue/glue_types.c
 GLUE_GENH:= $(BUILD)/glue/glue_types.h
 endif
 
-# Lua modules built into the binary (src/embed.lua): the handler loader,
-# which every runtime in the binary needs whatever LUA_PATH says, and the
-# Lua twin of echohost.shared.
-EMBED_LUA := lua/echohost/loader.lua lua/echohost/dict.lua
+# Lua modules built into the binary (src/embed.lua), compiled when first
+# required: every one of lua/echohost/, so that the handler loader, the
+# harness, tcp_srv ... are found whatever LUA_PATH says, uninstalled too.
+EMBED_LUA := $(sort $(wildcard lua/echohost/*.lua))
 EMBED_C   := $(BUILD)/src/embed.c
 
 OBJ = $(patsubst %.c,$(BUILD)/%.o,$(HOST_SRC) $(GLUE_SRC) $(GLUE_GEN)) \
@@ -69,6 +71,8 @@ LUAMODS   := $(foreach m,socket proc shared glue,$(if $(wildcard $(firstword $(S
 SOS       := $(foreach m,$(LUAMODS),$(BUILD)/lua/echohost/$(m).so)
 
 BIN   := $(BUILD)/echohost
+# lua5.4 with the echohost modules: the objects of BIN, but for its main
+LUABIN := $(if $(wildcard $(LUA_MAIN)),$(BUILD)/echohost-lua)
 TOOLBIN := $(if $(wildcard tests/bench/bench.c),$(BUILD)/echohost-bench) \
            $(if $(wildcard tests/bench/refecho.c),$(BUILD)/refecho)
 
@@ -81,14 +85,19 @@ TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
 BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
 GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
-all: deps-check $(BIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) $(BUS_TEST)
+all: deps-check $(BIN) $(LUABIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) $(BUS_TEST)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -Wl,-z,now -o $@ $^ $(LDLIBS_ALL) \
 	    $(EXTRA_LDFLAGS)
 
-$(EMBED_C): src/embed.lua $(EMBED_LUA) | deps-check
+$(LUABIN): $(filter-out $(BUILD)/src/main.o,$(OBJ)) $(BUILD)/src/luamain.o
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -rdynamic -Wl,-z,now -o $@ $^ $(LDLIBS_ALL) \
+	    $(EXTRA_LDFLAGS)
+
+$(EMBED_C): src/embed.lua $(EMBED_LUA) Makefile | deps-check
 	@mkdir -p $(dir $@)
 	@printf '  GEN %s\n' $@
 	$(Q)$(LUA) src/embed.lua $(EMBED_LUA) >$@.tmp && mv $@.tmp $@
@@ -150,7 +159,7 @@ $(BUILD)/refecho: tests/bench/refecho.c
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
 
--include $(OBJ:.o=.d)
+-include $(OBJ:.o=.d) $(BUILD)/src/luamain.d
 
 # --- dependencies -------------------------------------------------------------
 # Installs only what is missing; not root and something missing: one line, exit 1.
@@ -181,7 +190,8 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
 asan: deps-check
 	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" \
 	    EXTRA_LDFLAGS="$(ASAN_FLAGS)" $(if $(CI),CI=$(CI)) \
-	    build/asan/echohost $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
+	    build/asan/echohost $(patsubst $(BUILD)/%,build/asan/%,$(LUABIN)) \
+	    $(foreach m,$(LUAMODS),build/asan/lua/echohost/$(m).so) \
 	    build/asan/tests/ptyrun build/asan/tests/sdsim \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(BUS_TEST)) \
@@ -206,6 +216,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_CMOD_DIR)/echohost \
 	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/echohost
+	$(if $(LUABIN),install -m 755 $(LUABIN) $(DESTDIR)$(PREFIX)/bin/echohost-lua)
 	$(if $(SOS),install -m 644 $(SOS) $(DESTDIR)$(LUA_CMOD_DIR)/echohost/)
 	$(if $(wildcard lua/echohost/*.lua),install -m 644 lua/echohost/*.lua \
 	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost/)

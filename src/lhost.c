@@ -1,6 +1,7 @@
 /* Lua host: Lua states with the echohost modules preloaded, a memory-capped
  * allocator, and eh_pcall, the one protected call with a traceback. */
 #include <stdlib.h>
+#include <string.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -70,12 +71,50 @@ static int lhost_panic(lua_State *L) {
     return 0;
 }
 
-static void warnf(void *ud, const char *msg, int tocont) {
-    (void)ud; (void)tocont;
+/* The warning function of lua.c [lauxlib.c warnfon]: off until "@on",
+ * "@off" turns it off again; a warning is "Lua warning: <its pieces>\n"
+ * on stderr. ud is the main thread, where lua_setwarnf applies. */
+static void warn_off(void *ud, const char *msg, int tocont);
+static void warn_on(void *ud, const char *msg, int tocont);
+
+/* 1 if msg is a control message ("@..."), after acting on it. */
+static int warn_control(lua_State *L, const char *msg, int tocont) {
+    if (tocont || *msg != '@')
+        return 0;
+    if (strcmp(msg, "@off") == 0)
+        lua_setwarnf(L, warn_off, L);
+    else if (strcmp(msg, "@on") == 0)
+        lua_setwarnf(L, warn_on, L);
+    return 1;                   /* unknown controls are ignored */
+}
+
+static void warn_off(void *ud, const char *msg, int tocont) {
+    warn_control(ud, msg, tocont);
+}
+
+/* The next piece of a warning that has begun. */
+static void warn_cont(void *ud, const char *msg, int tocont) {
     lua_writestringerror("%s", msg);
+    if (tocont) {
+        lua_setwarnf(ud, warn_cont, ud);
+    } else {
+        lua_writestringerror("%s", "\n");
+        lua_setwarnf(ud, warn_on, ud);
+    }
+}
+
+static void warn_on(void *ud, const char *msg, int tocont) {
+    if (warn_control(ud, msg, tocont))
+        return;
+    lua_writestringerror("%s", "Lua warning: ");
+    warn_cont(ud, msg, tocont);
 }
 
 lua_State *lhost_newstate(size_t mem_limit) {
+    return lhost_newstate_flags(mem_limit, 0);
+}
+
+lua_State *lhost_newstate_flags(size_t mem_limit, int flags) {
     struct lhost_mem *m = calloc(1, sizeof *m);
     lua_State *L;
 
@@ -90,11 +129,30 @@ lua_State *lhost_newstate(size_t mem_limit) {
      * keep a coroutine's task there, NULL meaning "not a task" */
     *(void **)lua_getextraspace(L) = NULL;
     lua_atpanic(L, lhost_panic);
-    lua_setwarnf(L, warnf, NULL);
+    lua_setwarnf(L, warn_off, L);
+    if (flags & LHOST_NOENV) {
+        lua_pushboolean(L, 1);  /* read by luaopen_package [lua.c -E] */
+        lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    }
     luaL_openlibs(L);
     lhost_preload(L);
     m->limit = mem_limit;       /* after the libraries: they must always load */
     return L;
+}
+
+/* preload loader of a built-in Lua module, upvalue its lhost_embed:
+ * compiles the module when it is first required (not in every state at
+ * its start) and runs it with require's arguments. */
+static int lhost_embedded_loader(lua_State *L) {
+    const struct lhost_embed *e = lua_touserdata(L, lua_upvalueindex(1));
+    int nargs = lua_gettop(L);
+
+    /* checked by src/embed.lua at build time: only memory can fail */
+    if (luaL_loadbufferx(L, e->src, e->len, e->chunkname, "t") != LUA_OK)
+        return lua_error(L);
+    lua_insert(L, 1);
+    lua_call(L, nargs, 1);
+    return 1;
 }
 
 void lhost_preload(lua_State *L) {
@@ -104,11 +162,9 @@ void lhost_preload(lua_State *L) {
         lua_setfield(L, -2, r->name);           /* preload[name] = opener */
     }
     for (const struct lhost_embed *e = lhost_embedded; e->name; e++) {
-        /* compiled once by src/embed.lua: only memory can fail here */
-        if (luaL_loadbufferx(L, e->src, e->len, e->chunkname, "t") != LUA_OK)
-            lua_pop(L, 1);
-        else
-            lua_setfield(L, -2, e->name);   /* preload[name] = the chunk */
+        lua_pushlightuserdata(L, (void *)e);
+        lua_pushcclosure(L, lhost_embedded_loader, 1);
+        lua_setfield(L, -2, e->name);           /* preload[name] = loader */
     }
     lua_pop(L, 1);
 }

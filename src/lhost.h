@@ -6,10 +6,16 @@
 #include <stddef.h>
 #include <lua.h>
 
-/* A new state with the standard libraries opened and every echohost module
- * in package.preload. mem_limit caps the bytes the state may hold (0 = no
- * cap); an allocation past it fails as "not enough memory". NULL on failure. */
+/* A new state with the standard libraries opened, every echohost module
+ * in package.preload and lua.c's warning function (off until "@on").
+ * mem_limit caps the bytes the state may hold (0 = no cap); an allocation
+ * past it fails as "not enough memory". NULL on failure. */
 lua_State *lhost_newstate(size_t mem_limit);
+
+/* lhost_newstate with flags: LHOST_NOENV, package.path and cpath ignore
+ * LUA_PATH and LUA_CPATH (lua -E). */
+#define LHOST_NOENV     1
+lua_State *lhost_newstate_flags(size_t mem_limit, int flags);
 
 /* Closes a state made by lhost_newstate and frees its allocator. */
 void lhost_close(lua_State *L);
@@ -24,8 +30,8 @@ struct lhost_embed {
 };
 extern const struct lhost_embed lhost_embedded[];
 
-/* Registers the echohost C modules, and the Lua ones built in, in
- * package.preload [linit.c]. */
+/* Registers the echohost C modules, and the Lua ones built in (compiled
+ * when first required), in package.preload [linit.c]. */
 void lhost_preload(lua_State *L);
 
 /* Bytes in use / the cap of a state made by lhost_newstate. */

@@ -290,7 +290,7 @@ static const struct option options[] = {
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"pid-file", required_argument, NULL, OPT_PID_FILE},
     {"user", required_argument, NULL, OPT_USER},
-    {"script", required_argument, NULL, OPT_SCRIPT},
+    {"script", optional_argument, NULL, OPT_SCRIPT},
     {"repl", no_argument, NULL, OPT_REPL},
     {"connect", required_argument, NULL, OPT_CONNECT},
     {"history", required_argument, NULL, OPT_HISTORY},
@@ -301,7 +301,7 @@ static const struct option options[] = {
 
 struct cli {
     struct eh_config cfg;
-    int script_index;           /* argv index of the script file, or 0 */
+    int script_index;           /* argv index after --script, or 0 */
     int repl;
     const char *connect;
     const char *history;
@@ -461,9 +461,11 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
             break;
         case OPT_PID_FILE: c->pid_file = a; break;
         case OPT_USER: c->user = a; break;
-        case OPT_SCRIPT:
-            cli->script_index = optind - 1;
-            return check_combination(cli); /* the rest is the script's */
+        case OPT_SCRIPT:        /* the rest is lua.c's command line */
+            if (a)
+                argv[optind - 1] = optarg;      /* --script=X as --script X */
+            cli->script_index = a ? optind - 1 : optind;
+            return check_combination(cli);
         case OPT_REPL: cli->repl = 1; break;
         case OPT_CONNECT: cli->connect = a; break;
         case OPT_HISTORY: cli->history = a; break;
@@ -499,7 +501,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (cli.script_index)
-        return script_main(argc, argv, cli.script_index);
+        return script_main(argc, argv, cli.script_index, progname);
     if (cli.repl)
         return repl_main(cli.connect, cli.history);
     if (cli.connect || cli.history)

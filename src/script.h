@@ -1,14 +1,18 @@
-/* Script mode: `echohost --script FILE.lua [ARGS...]` runs a Lua program with
- * the echohost modules available, like the lua interpreter runs a script. */
+/* Script mode: lua5.4's command line with the echohost modules built in,
+ * as echohost-lua and as `echohost --script [OPTIONS] [FILE.lua [ARGS]]`. */
 #ifndef ECHOHOST_SCRIPT_H
 #define ECHOHOST_SCRIPT_H
 
-/* Runs argv[script_index] (the script's path, or "--script=PATH") with the
- * arguments after it, in a fresh state from lhost_newstate (no memory cap).
- * The global arg is set as lua.c sets it: arg[0] the script, arg[1..] its
- * arguments, arg[-1], arg[-2], ... what came before it down to the binary;
- * the arguments are also the chunk's varargs. Returns the exit status: 0,
- * or 1 after printing "echohost: <error and traceback>" to stderr. */
-int script_main(int argc, char **argv, int script_index);
+/* Runs argv[first..] as lua.c runs its command line: the options -e, -l,
+ * -i, -v, -E, -W, -- and -, then the script (a path, or - for stdin) with
+ * its arguments, LUA_INIT_5_4 or LUA_INIT first, the REPL with no script
+ * on a terminal, stdin otherwise; SIGINT raises "interrupted!" in the
+ * running chunk. The global arg is lua.c's: arg[0] the script, arg[1..]
+ * its arguments, arg[-1], ... what came before it, down to argv[0]. The
+ * state is from lhost_newstate (no memory cap), in generational mode.
+ * Messages are "<name>: <message>" on stderr, name NULL meaning argv[0]
+ * (echohost-lua; a name also makes the usage "<name> --script ...").
+ * Returns the exit status: 0, or 1 after an error or a bad option. */
+int script_main(int argc, char **argv, int first, const char *name);
 
 #endif
