@@ -195,11 +195,12 @@ bad:
     c->args = ARGS_ERROR;
 }
 
-/* arg[i - base] = argv[i], base the script's index, or 0 with no script:
- * the script is arg[0], its arguments positive, what came before it
- * negative [lua.c createargtable]. */
+/* arg[i - base] = argv[i], base the script's index: the script is arg[0],
+ * its arguments positive, what came before it negative [lua.c
+ * createargtable]. With no script the base is the interpreter's name:
+ * argv[0] (echohost-lua) or "--script". */
 static void script_argtable(lua_State *L, const struct script_cli *c) {
-    int base = c->script == c->argc ? 0 : c->script;
+    int base = c->script == c->argc ? c->first - 1 : c->script;
 
     lua_createtable(L, c->argc - base - 1, base + 1);
     for (int i = 0; i < c->argc; i++) {

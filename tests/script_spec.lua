@@ -81,3 +81,120 @@ describe("echohost --script", function()
     assert.equal(path .. "\ttrue\n", out)
   end)
 end)
+
+-- echohost-lua: lua5.4's command line (Lua's own suite, tests/suites/lua_tests.sh,
+-- runs it in full); here what echohost adds to it or must keep equal.
+local LUA = util.realpath(util.tool("echohost-lua"))
+local q = require("helpers.server").quote
+local NOENV = "env -u LUA_INIT -u LUA_INIT_5_4 -u LUA_PATH -u LUA_PATH_5_4 -u LUA_CPATH "
+  .. "-u LUA_CPATH_5_4 "
+
+-- Runs the interpreter with the words of args (quoted) and stdin from input.
+local function lua_run(bin, args, input)
+  local words = {}
+  for i, a in ipairs(args) do words[i] = q(a) end
+  local stdin = write_tmp(input or "")
+  local out, status = util.run(("%s%s %s <%s"):format(NOENV, bin, table.concat(words, " "),
+    q(stdin)))
+  os.remove(stdin)
+  return out, status
+end
+
+describe("echohost-lua", function()
+  it("is the program echohost --script runs", function()
+    local cases = {
+      {}, { "-v" }, { "-i" }, { "-e", "print(1, #arg, arg[0] == arg[-2])" }, { "-" },
+      { "-", "x", "y" },
+      { "-e", "warn'not shown'", "-W", "-e", "warn('sh', 'own')" },
+      { "-l", "h=echohost.harness", "-e", "print(type(h.run))" },
+      { "-e", "error('boom')" }, { "-x" }, { "-e" }, { "-l" }, { "--", "-" },
+      { "-E", "-e", "print(package.path == " .. ("%q"):format(package.path) .. ")" },
+    }
+    for _, case in ipairs(cases) do
+      local out, status = lua_run(LUA, case, "print(...)")
+      local sout, sstatus = lua_run(BIN .. " --script", case, "print(...)")
+      out = out:gsub(LUA:gsub("%p", "%%%0"), "P")
+      sout = sout:gsub("echohost %-%-script", "P"):gsub("echohost:", "P:")
+      assert.equal(out, sout, table.concat(case, " "))
+      assert.equal(status, sstatus, table.concat(case, " "))
+    end
+  end)
+
+  it("warns as lua5.4 does: off at first, @on and @off, 'Lua warning: '", function()
+    local out, status = lua_run(LUA, { "-e", [[
+      warn("a"); warn("@on"); warn("b", "c"); warn("@x"); warn("@off"); warn("d")
+      warn("@on"); warn("@off", "e")]] })
+    assert.equal(0, status)
+    assert.equal("Lua warning: bc\nLua warning: @offe\n", out)
+  end)
+
+  it("raises 'interrupted!' at SIGINT, so __close and __gc run", function()
+    local path = write_tmp([[
+      setmetatable({}, { __gc = function() print("gc") end })
+      local x <close> = setmetatable({}, { __close = function() print("closed") end })
+      print(require("echohost.proc").getpid())        -- print flushes
+      local t = os.time()
+      while os.time() - t < 20 do end
+      print("not interrupted")
+    ]])
+    local p = io.popen(("exec %s %s 2>&1"):format(LUA, path))
+    local pid = p:read("l")
+    assert.truthy(pid:match("^%d+$"), pid)
+    assert.is_true(os.execute("kill -INT " .. pid))
+    local rest = p:read("a")
+    local _, _, status = p:close()
+    os.remove(path)
+    assert.equal(1, status)
+    local head = rest:match("^[^\n]*\n[^\n]*\n")     -- the line: wherever SIGINT came
+    assert.equal(("closed\n%s: %s:N: interrupted!\n"):format(LUA, path),
+      head:gsub(":%d+: interrupted!", ":N: interrupted!"))
+    assert.equal("gc\n", rest:sub(-3))
+  end)
+
+  it("runs LUA_INIT_5_4, else LUA_INIT, unless -E; so does echohost --script", function()
+    for _, bin in ipairs({ LUA, BIN .. " --script" }) do
+      local out = util.run(("env LUA_INIT='X=1' %s -e 'print(X)'"):format(bin))
+      assert.equal("1\n", out)
+      out = util.run(("env LUA_INIT='X=1' LUA_INIT_5_4='X=2' %s -e 'print(X)'"):format(bin))
+      assert.equal("2\n", out)
+      out = util.run(("env LUA_INIT='X=1' %s -E -e 'print(X)'"):format(bin))
+      assert.equal("nil\n", out)
+    end
+  end)
+
+  it("collects in generational mode", function()
+    local out = lua_run(LUA, { "-e", "print(collectgarbage('incremental'))" })
+    assert.equal("generational\n", out)
+  end)
+
+  local modules = [[
+    for _, m in ipairs({ "socket", "proc", "glue", "shared", "log", "loader", "conn", "dict",
+                         "harness", "tcp_srv", "pretty" }) do
+      io.write(m, "=", type(require("echohost." .. m)), " ")
+    end
+    local h = require("echohost.harness").run(function(_, d) return d:upper() end, { "hi" })
+    print(h.sent)
+  ]]
+  local want = "socket=table proc=table glue=table shared=userdata log=table loader=table "
+    .. "conn=table dict=table harness=table tcp_srv=table pretty=table HI\n"
+
+  it("finds every echohost module with no LUA_PATH, from the build tree", function()
+    local out, status = util.run(("cd / && %s%s -e %s"):format(NOENV, LUA, q(modules)))
+    assert.equal(0, status)
+    assert.equal(want, out)
+  end)
+
+  it("is installed by make install, and finds the modules there too", function()
+    local prefix = util.tmpdir()
+    finally(function() os.execute("rm -rf " .. q(prefix)) end)
+    local build = os.getenv("ECHOHOST_BUILD") or "build"
+    local log, status = util.run(("make -s --no-print-directory install PREFIX=%s BUILD=%s")
+      :format(q(prefix), q(build)))
+    assert.equal(0, status, log)
+    local out
+    out, status = util.run(("cd / && %s%s/bin/echohost-lua -e %s"):format(NOENV, q(prefix),
+      q(modules)))
+    assert.equal(0, status)
+    assert.equal(want, out)
+  end)
+end)
