@@ -262,7 +262,7 @@ enum {
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
     OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
-    OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT
+    OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT, OPT_TEST
 };
 
 static const struct option options[] = {
@@ -292,6 +292,7 @@ static const struct option options[] = {
     {"user", required_argument, NULL, OPT_USER},
     {"script", optional_argument, NULL, OPT_SCRIPT},
     {"repl", no_argument, NULL, OPT_REPL},
+    {"test", no_argument, NULL, OPT_TEST},
     {"connect", required_argument, NULL, OPT_CONNECT},
     {"history", required_argument, NULL, OPT_HISTORY},
     {"help", no_argument, NULL, 'h'},
@@ -302,6 +303,7 @@ static const struct option options[] = {
 struct cli {
     struct eh_config cfg;
     int script_index;           /* argv index after --script, or 0 */
+    int test_index;             /* argv index after --test, or 0 */
     int repl;
     const char *connect;
     const char *history;
@@ -321,7 +323,7 @@ static int has_udp(const struct eh_config *c) {
  * silently ignored: 0 or 2 (reported). */
 static int check_combination(const struct cli *cli) {
     const struct eh_config *c = &cli->cfg;
-    int server = !cli->script_index && !cli->repl;
+    int server = !cli->script_index && !cli->test_index && !cli->repl;
 
     if (c->nsettings && !(server && c->handler))
         return usage_error("--set needs --handler (its settings are the "
@@ -466,6 +468,9 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                 argv[optind - 1] = optarg;      /* --script=X as --script X */
             cli->script_index = a ? optind - 1 : optind;
             return check_combination(cli);
+        case OPT_TEST:          /* the rest is busted's */
+            cli->test_index = optind;
+            return check_combination(cli);
         case OPT_REPL: cli->repl = 1; break;
         case OPT_CONNECT: cli->connect = a; break;
         case OPT_HISTORY: cli->history = a; break;
@@ -502,6 +507,8 @@ int main(int argc, char **argv) {
     }
     if (cli.script_index)
         return script_main(argc, argv, cli.script_index, progname);
+    if (cli.test_index)
+        return script_test(argc, argv, cli.test_index, progname);
     if (cli.repl)
         return repl_main(cli.connect, cli.history);
     if (cli.connect || cli.history)

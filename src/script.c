@@ -1,5 +1,6 @@
 /* Script mode: lua5.4's command line [lua.c] over a state with the echohost
  * modules, run as echohost-lua and as echohost --script. */
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -494,4 +495,48 @@ int script_main(int argc, char **argv, int first, const char *name) {
     script_report(L, status);
     lhost_close(L);
     return ok && status == LUA_OK ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* ---- echohost --test ---------------------------------------------------- */
+
+/* The first executable "busted" on PATH into path; 0, or -1. */
+static int script_find_busted(char *path, size_t len) {
+    const char *dirs = getenv("PATH");
+
+    while (dirs && *dirs) {
+        size_t n = strcspn(dirs, ":");
+        int k = snprintf(path, len, "%.*s%sbusted", (int)n, dirs,
+                         n ? "/" : "./");
+        if (k > 0 && (size_t)k < len && access(path, X_OK) == 0)
+            return 0;
+        dirs += n + (dirs[n] == ':');
+    }
+    return -1;
+}
+
+int script_test(int argc, char **argv, int first, const char *name) {
+    char busted[PATH_MAX], ignore[] = "--ignore-lua";
+    char **args = calloc((size_t)argc + 3, sizeof *args);
+    int rc;
+
+    if (args == NULL) {
+        fprintf(stderr, "%s: out of memory\n", name);
+        return EXIT_FAILURE;
+    }
+    if (script_find_busted(busted, sizeof busted) < 0) {
+        fprintf(stderr, "%s: --test needs busted on PATH (Debian: apt-get "
+                "install lua-busted)\n", name);
+        free(args);
+        return EXIT_FAILURE;
+    }
+    /* argv[..first), busted, --ignore-lua, argv[first..]: busted runs here,
+     * under this Lua, whatever lua its .busted or its #! line names */
+    memcpy(args, argv, (size_t)first * sizeof *args);
+    args[first] = busted;
+    args[first + 1] = ignore;
+    memcpy(args + first + 2, argv + first,
+           (size_t)(argc - first) * sizeof *args);
+    rc = script_main(argc + 2, args, first, name);
+    free(args);
+    return rc;
 }

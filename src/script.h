@@ -15,4 +15,11 @@
  * Returns the exit status: 0, or 1 after an error or a bad option. */
 int script_main(int argc, char **argv, int first, const char *name);
 
+/* echohost --test [BUSTED-ARGS]: runs the busted found on PATH in script
+ * mode, with --ignore-lua and argv[first..] as its arguments, so specs run
+ * under this Lua 5.4 with the echohost modules built in (a .busted is not
+ * needed; its "lua" key is ignored). Returns busted's exit status, or 1
+ * after "<name>: --test needs busted on PATH ..." when there is none. */
+int script_test(int argc, char **argv, int first, const char *name);
+
 #endif
