@@ -1,5 +1,6 @@
 /* echohost: command line and exit codes. Parses, runs the chosen mode
- * (server, --script, --repl), reports; exit 2 for usage, 1 for runtime. */
+ * (server, --script, --test, --repl), reports; exit 2 for usage, 1 for
+ * runtime. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -27,7 +28,8 @@ static const char *progname = "echohost";
 static void usage(FILE *f) {
     fprintf(f,
 "usage: %s [options]                  serve echo (or a Lua handler)\n"
-"       %s --script FILE.lua [ARGS]   run a Lua program with echohost modules\n"
+"       %s --script [LUA-ARGS]        lua5.4 with the echohost modules\n"
+"       %s --test [BUSTED-ARGS]       busted on ./spec under that Lua\n"
 "       %s --repl [--connect PATH]    Lua prompt on values (or into a server)\n"
 "\n"
 "server options:\n"
@@ -76,9 +78,14 @@ static void usage(FILE *f) {
 "  --connect PATH        open the prompt inside a server's control socket\n"
 "  --history FILE        history file (default ~/.echohost_history)\n"
 "\n"
+"script and test:\n"
+"  LUA-ARGS are lua5.4's: [-e stat] [-l mod] [-i] [-v] [-E] [-W] [--]\n"
+"  [FILE.lua [ARGS]] (- reads stdin); echohost-lua is the same program.\n"
+"  BUSTED-ARGS go to busted, which --test runs in the same Lua.\n"
+"\n"
 "  -h, --help            this text\n"
 "  --version             print the version\n",
-        progname, progname, progname);
+        progname, progname, progname, progname);
 }
 
 static int usage_error(const char *fmt, ...)

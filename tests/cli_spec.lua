@@ -23,7 +23,8 @@ local function help_flags(out)
       flags[flag] = rest:match("^ (%S+)") or ""
     end
   end
-  flags["--script"] = "FILE.lua [ARGS]"
+  flags["--script"] = "[LUA-ARGS]"
+  flags["--test"] = "[BUSTED-ARGS]"
   flags["--repl"] = ""
   return flags
 end

@@ -13,6 +13,11 @@
 --               it) is a handler file: the harness runs it, with FILE as
 --               the upstream at HOST:PORT.
 --   serve H:P   runs the block as a server; a client gets "hi" echoed at H:P.
+--   project     a session in a new folder: "$ cat FILE" and the lines after
+--               it (to the next "$ ") make FILE there (folders too); each
+--               other "$ command" runs there (echohost: the binary under
+--               test) and prints the lines after it, a <word> in angle
+--               brackets standing for any text.
 -- An indented block that looks like Lua and has no marker fails the spec,
 -- so a new example cannot go untested.
 local socket = require "socket"
@@ -173,6 +178,34 @@ describe("README.md examples", function()
           n = n + 1
         end
         assert.is_true(n >= 1, "found no handler")
+      end)
+    elseif b.kind == "project" then
+      it("line " .. b.line .. " is what the commands print in a new folder", function()
+        local dir = util.tmpdir()
+        finally(function() os.execute("rm -rf " .. q(dir)) end)
+        local steps = {}                        -- {cmd =, lines = {}}
+        for _, l in ipairs(lines_of(b.text)) do
+          local cmd = l:match("^%$ (.*)$")
+          if cmd then
+            steps[#steps + 1] = { cmd = cmd, lines = {} }
+          else
+            table.insert(steps[#steps].lines, l)
+          end
+        end
+        for _, step in ipairs(steps) do
+          local file = step.cmd:match("^cat (%S+)$")
+          local body = table.concat(step.lines, "\n") .. "\n"
+          if file then
+            os.execute(("mkdir -p %s"):format(q((dir .. "/" .. file):match("^(.*)/"))))
+            util.spit(dir .. "/" .. file, body)
+          else
+            local cmd = step.cmd:gsub("^echohost ", q(util.realpath(server.BIN)) .. " ")
+            local out = util.run(("cd %s && %s"):format(q(dir), cmd))
+            local want = body:gsub("%p", "%%%0"):gsub("%%<[%w_ ]+%%>", "[^\n]+")
+            assert.matches("^" .. want .. "$", out)
+          end
+        end
+        assert.is_true(#steps >= 2, "a file and a command")
       end)
     elseif b.kind == "serve" then
       it("line " .. b.line .. " serves at " .. b.arg, function()
