@@ -266,6 +266,28 @@ end }
     assert.same({ "exited", 0, upstream }, { proc.waitpid(upstream) })
   end)
 
+  it("reaps only its own children: the caller's keep their status", function()
+    local mine = spawn(function() end)        -- ends at once: a zombie of ours
+    local function zombie()
+      local f = io.open(("/proc/%d/stat"):format(mine))
+      local st = f and f:read("a"):match("^%d+ %b() (%a)")
+      if f then f:close() end
+      return st == "Z"
+    end
+    assert.is_true(eventually(zombie))
+    local client
+    assert.is_true(tcp_srv.tcp_srv("127.0.0.1", 0, echo_once, {
+      max_accepts = 2,                          -- two turns of the reaping loop
+      on_listen = function(srv)
+        local port = select(2, srv:sockname())
+        client = { connect(port), connect(port) }
+        for _, c in ipairs(client) do c:send("x") end
+      end,
+    }))
+    for _, c in ipairs(client) do c:close() end
+    assert.same({ "exited", 0, mine }, { proc.waitpid(mine) })
+  end)
+
   it("returns nil, message, EADDRINUSE when the port is taken", function()
     local srv, port = listener()
     finally(function() srv:close() end)

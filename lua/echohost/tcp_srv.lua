@@ -355,19 +355,17 @@ local function reason_of(s, ok)
   return "closed"
 end
 
--- Reaps every child that has ended, without waiting; returns how many.
+-- Reaps the children of live that have ended, without waiting; returns
+-- how many. Only those: waitpid(-1) would also take a child the caller
+-- forked itself, whose status its own waitpid then never sees.
 local function reap(live)
   local n = 0
-  while live.n > 0 do
-    local how, _, pid = proc.waitpid(-1, "nohang")
-    if how == nil or how == "running" then
-      break
-    end
-    if live[pid] then
-      live[pid] = nil
+  for pid in pairs(live) do
+    if pid ~= "n" and proc.waitpid(pid, "nohang") ~= "running" then
+      live[pid] = nil             -- ended (or not ours any more)
       live.n = live.n - 1
+      n = n + 1
     end
-    n = n + 1
   end
   return n
 end
