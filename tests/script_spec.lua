@@ -169,15 +169,15 @@ describe("echohost-lua", function()
   end)
 
   local modules = [[
-    for _, m in ipairs({ "socket", "proc", "glue", "shared", "log", "loader", "conn", "dict",
-                         "harness", "tcp_srv", "pretty" }) do
+    for _, m in ipairs({ "socket", "proc", "glue", "shared", "log", "pubsub", "loader", "conn",
+                         "dict", "harness", "tcp_srv", "pretty", "bus" }) do
       io.write(m, "=", type(require("echohost." .. m)), " ")
     end
     local h = require("echohost.harness").run(function(_, d) return d:upper() end, { "hi" })
     print(h.sent)
   ]]
-  local want = "socket=table proc=table glue=table shared=userdata log=table loader=table "
-    .. "conn=table dict=table harness=table tcp_srv=table pretty=table HI\n"
+  local want = "socket=table proc=table glue=table shared=userdata log=table pubsub=table "
+    .. "loader=table conn=table dict=table harness=table tcp_srv=table pretty=table bus=table HI\n"
 
   it("finds every echohost module with no LUA_PATH, from the build tree", function()
     local out, status = util.run(("cd / && %s%s -e %s"):format(NOENV, LUA, q(modules)))
