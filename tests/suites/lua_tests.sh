@@ -3,9 +3,8 @@
 # next to themselves), build its C libraries, run all.lua; it must end with
 # "final OK !!!" as under lua5.4. main.lua and files.lua run the
 # interpreter again by the name at arg's lowest index: echohost-lua itself.
-# One test. The suite is not in this repository: LUA_TESTS, or
-# ../shared/lua-5.4.4-tests next to the checkout (or next to its parent,
-# for a worktree); not found counts as a failure.
+# One test. The suite is tests/lua-5.4.4-tests/ (unchanged, see its
+# SOURCE.md); LUA_TESTS names another copy.
 lua_tests_run() {
     lt_dir=$1 lt_bin=$2
     # stdin a pipe: files.lua checks that seeking stdin fails
@@ -15,11 +14,7 @@ lua_tests_run() {
 }
 
 lua_tests_suite() {
-    lt_src=${LUA_TESTS:-}
-    for lt_d in "$ROOT/../shared/lua-5.4.4-tests" \
-             "$ROOT/../../shared/lua-5.4.4-tests"; do
-        [ -z "$lt_src" ] && [ -f "$lt_d/all.lua" ] && lt_src=$lt_d
-    done
+    lt_src=${LUA_TESTS:-$ROOT/tests/lua-5.4.4-tests}
     if [ -z "$lt_src" ] || [ ! -f "$lt_src/all.lua" ]; then
         echo "suite lua_tests: Lua 5.4.4's tests not found (set LUA_TESTS)"
         failed=$((failed + 1)); return
