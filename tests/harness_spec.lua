@@ -1418,3 +1418,70 @@ end
       "bad option 'shared' to 'open' (a dictionary of harness.shared expected, got table)")
   end)
 end)
+
+describe("h:connect, several connections to one loaded handler", function()
+  local write = scratch()
+
+  it("shares the handler's module state, as a worker's connections do", function()
+    local p = write("count.lua", "local n = 0\n"
+      .. "return function(conn) n = n + 1; return conn.peer .. ' ' .. n .. '\\n' end\n")
+    local a = harness.open(p)
+    local b = a:connect()
+    local c = a:connect({ peer = "10.0.0.1:5" })
+    assert.equal("127.0.0.1:40000 1\n", a:input("x"))
+    assert.equal("127.0.0.1:40001 2\n", b:input("y"))
+    assert.equal("10.0.0.1:5 3\n", c:input("z"))
+    assert.equal("127.0.0.1:40001 1\n", harness.open(p):connect():input("w"))  -- its own load
+    assert.equal("127.0.0.1:40000 4\n", a:input("x"))
+    assert.equal("eof", b:finish())
+    assert.is_false(a:closed())
+  end)
+
+  it("runs every connection on one clock, dictionary and bus", function()
+    local p = write("room.lua", [[
+local pubsub = require "echohost.pubsub"
+local shared = require "echohost.shared"
+return {
+  on_open = function(conn) conn:subscribe("room", function(c, m) c:send(m) end) end,
+  on_data = function(conn, data)
+    shared:incr("lines", 1, 0)
+    conn:after(1, function() pubsub.publish("room", data) end)
+  end,
+}
+]])
+    local a = harness.open(p)
+    local b = a:connect()
+    assert.equal("", a:input("hi\n"))
+    assert.equal("hi\n", b:advance(1))        -- a's timer, on the one clock
+    assert.equal("hi\n", a:sent())
+    assert.equal(1.0, a:clock())
+    b:input("yo\n")
+    assert.equal(2, a.shared:get("lines"))
+    a:advance(1)
+    assert.equal("hi\nyo\n", b:sent())
+  end)
+
+  it("moves the clock by itself only when no connection waits for its client", function()
+    local p = write("nap.lua", [[
+return { handle = function(conn)
+  local line = conn:recv()
+  conn:sleep(5)
+  conn:send(line)
+end }
+]])
+    local a = harness.open(p)
+    local b = a:connect()
+    assert.equal("", a:input("a"))       -- b's handle reads its client: the clock waits
+    assert.equal(0, a:clock())
+    assert.equal("a", a:advance(5))
+    b:input("b")                          -- nothing else waits for a client now
+    assert.equal("b", b:sent())
+    assert.equal(10, b:clock())
+  end)
+
+  it("refuses bad options and upstream instances", function()
+    local h = harness.open(function() end)
+    assert.has_error(function() h:connect({ peer = 7 }) end,
+      "bad option 'peer' to 'connect' (string expected, got number)")
+  end)
+end)

@@ -134,6 +134,13 @@
 -- their first, until none has any left (more than harness.STEP_EVENTS
 -- such runs raise). No message is ever lost.
 --
+-- h:connect([opts]) -> another connection to the handler h's open loaded,
+-- sharing its module state (as the connections of one server worker do),
+-- its clock, dictionary, bus, upstreams and log; opts.peer (default
+-- "127.0.0.1:" .. (40000 + n) for the open's n-th). It answers every step
+-- and query below. The clock moves by itself only while no connection of
+-- the open waits for its client.
+--
 -- Steps of h, each returning what the handler sent during it:
 --   h:input(data)  the client sends data (ignored once the connection ended
 --                  or after h:eof)
@@ -594,12 +601,13 @@ end
 -- open, the client has not shut its side, and a task reads the conn
 -- (direct style) or on_data is how it waits (callbacks, per message).
 local function client_waits(W)
-  local self = W.client
-  local s = self and self.s
-  if not s or s.reason or s.eof then
-    return false
+  for _, self in ipairs(W.clients or {}) do
+    local s = self.s
+    if s and not s.reason and not s.eof and (self.kind ~= "direct" or s.reader ~= nil) then
+      return true
+    end
   end
-  return self.kind ~= "direct" or s.reader ~= nil
+  return false
 end
 
 -- A step's end: runs W until nothing is left to run; while some task
@@ -1219,7 +1227,7 @@ function M.open(handler, opts)
   W.bus = bus_of(opts.bus)
   collectgarbage()
   local self = new_harness(W, opts)
-  W.client = self
+  W.client, W.clients = self, { self }
   local h = load_handler(self, handler, "handler", provided(W, self.logs, settings))
   load_upstreams(self, opts.upstreams)
   attach(self, h, opts.peer or M.PEER)
@@ -1227,6 +1235,30 @@ function M.open(handler, opts)
   run_world(W)
   run_pending(W, run_world)
   return self
+end
+
+-- Another connection to the handler h:open loaded (the same module state,
+-- as a worker's connections share it), in h's world: the same clock,
+-- dictionary, bus, upstreams and log. opts: peer (default 127.0.0.1:(40000
+-- + n) for the open's n-th connection).
+function H:connect(opts)
+  opts = opts or {}
+  local W = self.world
+  if self.s.up then
+    error("bad self to 'connect' (an upstream instance: open connections from the client's "
+      .. "harness)", 2)
+  elseif opts.peer ~= nil and type(opts.peer) ~= "string" then
+    error(("bad option 'peer' to 'connect' (string expected, got %s)"):format(type(opts.peer)), 2)
+  end
+  local first = W.client
+  local c = new_harness(W, first.cfg, { log = first.log, logs = first.logs })
+  c.idle_timeout, c.shutdown_at = first.idle_timeout, first.shutdown_at   -- a client's
+  W.clients[#W.clients + 1] = c
+  attach(c, first.h, opts.peer or ("127.0.0.1:" .. (40000 + #W.clients - 1)))
+  start(c)
+  run_world(W)
+  run_pending(W, run_world)
+  return c
 end
 
 -- Steps ----------------------------------------------------------------------
