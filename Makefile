@@ -149,7 +149,8 @@ $(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
 	    $(EXTRA_LDFLAGS)
 glue-test: $(GLUE_TESTS)
 
-$(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h tests/glue/check.h
+$(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h src/pmutex.h \
+                           tests/glue/check.h
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) -lpthread $(EXTRA_LDFLAGS)

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "pmutex.h"
 
 #define BUS_ALIGN(n) (((n) + 7) & ~(size_t)7)
 #define BUS_WRAP UINT32_MAX             /* a record's chlen: go to 0 */
@@ -74,29 +75,17 @@ static socklen_t bell_addr(const struct bus *b, int slot,
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
 }
 
-static int bus_mutex_init(pthread_mutex_t *m) {
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
-
-    if (rc != 0)
-        return rc;
-    if ((rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) == 0 &&
-        (rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) == 0)
-        rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return rc;
-}
-
 /* A process died holding the lock, maybe halfway through a record: the
  * ring starts again empty (readers count what it held as lost). */
-static void bus_lock(struct bus *b) {
-    struct bus_header *h = b->h;
+static void bus_recover(void *ud) {
+    struct bus_header *h = ud;
 
-    if (pthread_mutex_lock(&h->lock) == EOWNERDEAD) {
-        h->tail = h->head;
-        h->wpos = h->tpos = 0;
-        pthread_mutex_consistent(&h->lock);
-    }
+    h->tail = h->head;
+    h->wpos = h->tpos = 0;
+}
+
+static void bus_lock(struct bus *b) {
+    pmutex_lock(&b->h->lock, bus_recover, b->h);
 }
 
 static void bus_unlock(struct bus *b) {
@@ -124,7 +113,7 @@ struct bus *bus_create(size_t capacity) {
         errno = rc;
         return NULL;
     }
-    if ((rc = bus_mutex_init(&b->h->lock)) != 0) {
+    if ((rc = pmutex_init(&b->h->lock)) != 0) {
         munmap(b->h, b->maplen);
         free(b);
         errno = rc;

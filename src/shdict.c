@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "pmutex.h"
 #include "shdict.h"
 
 #define SHD_ALIGN(n) (((n) + 7) & ~(size_t)7)
@@ -289,11 +290,12 @@ static void shd_recover(struct shdict *d) {
     shd_reindex(d);
 }
 
+static void shd_recover_cb(void *ud) {
+    shd_recover(ud);
+}
+
 static void shd_lock(struct shdict *d) {
-    if (pthread_mutex_lock(&d->h->lock) == EOWNERDEAD) {
-        shd_recover(d);
-        pthread_mutex_consistent(&d->h->lock);
-    }
+    pmutex_lock(&d->h->lock, shd_recover_cb, d);
 }
 
 static void shd_unlock(struct shdict *d) {
@@ -301,19 +303,6 @@ static void shd_unlock(struct shdict *d) {
 }
 
 /* --- the API ----------------------------------------------------------- */
-
-static int shd_mutex_init(pthread_mutex_t *m) {
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
-
-    if (rc != 0)
-        return rc;
-    if ((rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) == 0 &&
-        (rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) == 0)
-        rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return rc;
-}
 
 struct shdict *shdict_create(size_t capacity) {
     size_t hlen = SHD_ALIGN(sizeof(struct shd_header)), blen;
@@ -339,7 +328,7 @@ struct shdict *shdict_create(size_t capacity) {
     d->h = (struct shd_header *)(void *)base;
     d->buckets = (uint32_t *)(void *)(base + hlen);
     d->arena = base + hlen + blen;
-    if ((rc = shd_mutex_init(&d->h->lock)) != 0) {
+    if ((rc = pmutex_init(&d->h->lock)) != 0) {
         munmap(base, d->maplen);
         errno = rc;
         goto err;

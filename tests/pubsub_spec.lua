@@ -9,20 +9,7 @@ local server = require "helpers.server"
 local util = require "helpers.util"
 local harness = require "echohost.harness"
 
-local started = {}
-
-local function start(args)
-  local srv = server.start(args)
-  started[#started + 1] = srv
-  return srv
-end
-
-local function stop_all()
-  for _, srv in ipairs(started) do
-    srv:stop()
-  end
-  started = {}
-end
+local start, stop_all = server.start, server.stop_all
 
 -- Reads lines from c until want returns true for the list so far, or
 -- secs pass; the lines.
@@ -215,6 +202,18 @@ return function(conn, data)
 end
 ]]
 
+-- s subscribes and blocks its process for 1 s while p publishes 300
+-- messages; what s then gets ("unblocked", then the messages).
+local function lag(s, p)
+  assert(s:send("sub\n"))
+  assert.same({ "ok" }, read_lines(s, function(l) return #l == 1 end))
+  assert(s:send("block 1.0\n"))
+  server.sleep(0.2)
+  assert(p:send("pub 300\n"))
+  assert.same({ "done" }, read_lines(p, function(l) return #l == 1 end))
+  return read_lines(s, function(l) return l[#l] == "m300" end)
+end
+
 describe("echohost.pubsub across processes", function()
   after_each(stop_all)
 
@@ -224,13 +223,7 @@ describe("echohost.pubsub across processes", function()
     local srv = start({ "--model", "fork", "--handler", path, "--pubsub-size", "4k",
       "--lua-budget", "0" })
     local s, p = srv:connect(5), srv:connect(5)
-    assert(s:send("sub\n"))
-    assert.same({ "ok" }, read_lines(s, function(l) return #l == 1 end))
-    assert(s:send("block 1.0\n"))
-    server.sleep(0.2)
-    assert(p:send("pub 300\n"))
-    assert.same({ "done" }, read_lines(p, function(l) return #l == 1 end))
-    local got = read_lines(s, function(l) return l[#l] == "m300" end)
+    local got = lag(s, p)
     assert.equal("unblocked", got[1])
     assert.equal("m300", got[#got])
     assert.is_true(#got > 2 and #got < 100, #got .. " lines")
@@ -265,13 +258,7 @@ describe("echohost.pubsub across processes", function()
       if n == 2 then break end
     end
     assert(s and p, "no connection landed on the second worker")
-    assert(s:send("sub\n"))
-    assert.same({ "ok" }, read_lines(s, function(l) return #l == 1 end))
-    assert(s:send("block 1.0\n"))
-    server.sleep(0.2)
-    assert(p:send("pub 300\n"))
-    assert.same({ "done" }, read_lines(p, function(l) return #l == 1 end))
-    local got = read_lines(s, function(l) return l[#l] == "m300" end)
+    local got = lag(s, p)
     assert.equal("m300", got[#got])
     local out = util.pipe(server.quote(server.BIN) .. " --repl --connect " .. server.quote(ctl),
       "local n = 0; for _, w in ipairs(stats().workers) do n = n + w.pubsub_lost end; print(n)\n")
