@@ -90,35 +90,6 @@ static int repl_print(lua_State *L) {
     return 0;
 }
 
-/* Adds the lua/ directory next to the binary (the build tree: build/ or
- * build/asan/) to package.path, so echohost.pretty loads uninstalled. */
-static void repl_set_path(lua_State *L) {
-    char exe[PATH_MAX], dir[PATH_MAX + 32];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    const char *ups[] = {"/..", "/../..", NULL};
-    char *slash;
-
-    if (n <= 0)
-        return;
-    exe[n] = '\0';
-    if ((slash = strrchr(exe, '/')) == NULL)
-        return;
-    *slash = '\0';
-    for (int i = 0; ups[i]; i++) {
-        snprintf(dir, sizeof dir, "%s%s/lua/echohost/pretty.lua", exe, ups[i]);
-        if (access(dir, R_OK) != 0)
-            continue;
-        lua_getglobal(L, "package");
-        lua_pushfstring(L, "%s%s/lua/?.lua;%s%s/lua/?/init.lua;", exe, ups[i],
-                        exe, ups[i]);
-        lua_getfield(L, -2, "path");
-        lua_concat(L, 2);
-        lua_setfield(L, -2, "path");            /* package.path = ours..old */
-        lua_pop(L, 1);
-        return;
-    }
-}
-
 static int repl_require(lua_State *L) {
     lua_getglobal(L, "require");
     lua_insert(L, 1);
@@ -147,7 +118,6 @@ struct repl *repl_new(lua_State *L, const char *chunkname,
     r->chunkname = chunkname;
     r->write = write;
     r->ud = ud;
-    repl_set_path(L);
     for (int i = 0; repl_modules[i]; i++) {
         snprintf(name, sizeof name, "echohost.%s", repl_modules[i]);
         repl_tryrequire(L, name);
