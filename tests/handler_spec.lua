@@ -225,7 +225,7 @@ describe("harness", function()
     util.write_file(bad, "return 42\n")
     assert.has_error(function() harness.open(bad) end,
       bad .. ": returned number; a handler returns a function or a table "
-        .. "with handle, on_open, on_data or on_close")
+        .. "with handle, on_open, on_data, on_close or on_datagram")
   end)
 
   it("calls on_close with the reason", function()

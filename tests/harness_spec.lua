@@ -1312,7 +1312,7 @@ end }
     local ok, err = pcall(harness.open, ECHO,
       { upstreams = { ["127.0.0.1:7"] = { on_dat = print } } })
     assert.same({ false, "upstream 127.0.0.1:7: returned a table without handle, on_open, "
-      .. "on_data or on_close" }, { ok, err })
+      .. "on_data, on_close or on_datagram" }, { ok, err })
     ok, err = pcall(harness.open, ECHO, { upstreams = { ["127.0.0.1:7"] = dir() .. "/nope.lua" } })
     assert.is_false(ok)
     assert.matches("^" .. dir():gsub("%p", "%%%0") .. "/nope.lua: cannot open", err)

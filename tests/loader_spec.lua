@@ -15,7 +15,7 @@ local function write(name, text)
 end
 
 local RETURNED = ": returned %s; a handler returns a function or a table with handle, "
-  .. "on_open, on_data or on_close"
+  .. "on_open, on_data, on_close or on_datagram"
 local BOTH = ": returned a table with both handle and %s: handle(conn) serves the whole "
   .. "connection, so the callbacks would never run"
 local f = function() end
@@ -33,10 +33,22 @@ teardown(function()
 end)
 
 describe("loader.check", function()
-  it("takes a bare function as kind fn, the function in on_data", function()
+  it("takes a bare function as kind fn, the function in on_data and on_datagram", function()
     local h = assert(loader.check(f, "x.lua"))
-    assert.same({ "fn", f, nil, nil, nil }, { h.kind, h.on_data, h.on_open, h.on_close, h.handle })
+    assert.same({ "fn", f, nil, nil, nil, f },
+      { h.kind, h.on_data, h.on_open, h.on_close, h.handle, h.on_datagram })
     assert.same({}, h.modules)
+  end)
+
+  it("takes on_datagram beside callbacks, beside handle, and alone (callbacks)", function()
+    local g = function() end
+    local h = assert(loader.check({ on_data = f, on_datagram = g }, "x.lua"))
+    assert.same({ "callbacks", f, g }, { h.kind, h.on_data, h.on_datagram })
+    h = assert(loader.check({ handle = f, on_datagram = g }, "x.lua"))
+    assert.same({ "direct", f, g }, { h.kind, h.handle, h.on_datagram })
+    h = assert(loader.check({ on_datagram = g }, "x.lua"))
+    assert.same({ "callbacks", nil, nil, nil, g },
+      { h.kind, h.on_open, h.on_data, h.on_close, h.on_datagram })
   end)
 
   it("takes a table of callbacks as kind callbacks", function()
@@ -61,7 +73,7 @@ describe("loader.check", function()
     assert.same({ nil, "handler" .. RETURNED:format("nil") }, { loader.check(nil) })
   end)
 
-  for _, field in ipairs({ "handle", "on_open", "on_data", "on_close" }) do
+  for _, field in ipairs({ "handle", "on_open", "on_data", "on_close", "on_datagram" }) do
     it("refuses a " .. field .. " that is not a function", function()
       assert.same({ nil, "x.lua: " .. field .. " is a string, expected a function" },
         { loader.check({ [field] = "no" }, "x.lua") })
@@ -69,7 +81,8 @@ describe("loader.check", function()
   end
 
   it("refuses a table without handle or callbacks", function()
-    assert.same({ nil, "x.lua: returned a table without handle, on_open, on_data or on_close" },
+    assert.same({ nil, "x.lua: returned a table without handle, on_open, on_data, on_close or "
+      .. "on_datagram" },
       { loader.check({ data = f }, "x.lua") })
   end)
 

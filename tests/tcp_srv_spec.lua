@@ -298,10 +298,10 @@ end }
   it("raises on a handler the loader refuses, with the loader's message", function()
     assert.has_error(function() tcp_srv.tcp_srv("127.0.0.1", 0, 42) end,
       "bad argument #3 to 'tcp_srv' (handler: returned number; a handler returns a "
-        .. "function or a table with handle, on_open, on_data or on_close)")
+        .. "function or a table with handle, on_open, on_data, on_close or on_datagram)")
     assert.has_error(function() tcp_srv.serve(nil, {}) end,
       "bad argument #2 to 'serve' (handler: returned a table without handle, on_open, "
-        .. "on_data or on_close)")
+        .. "on_data, on_close or on_datagram)")
   end)
 
   it("scripts/tcp_echo.lua answers as the original's telnet session shows", function()

@@ -6,7 +6,8 @@
 --   local loader = require "echohost.loader"
 --   local h, err = loader.load("scripts/kv.lua")
 --   -- h = { kind = "fn"|"callbacks"|"direct", on_data = f, on_open = f,
---   --       on_close = f, handle = f, modules = {paths}, name = "scripts/kv.lua" }
+--   --       on_close = f, handle = f, on_datagram = f, modules = {paths},
+--   --       name = "scripts/kv.lua" }
 --   -- err = "scripts/kv.lua:3: unexpected symbol near 'end'"
 --
 -- loader.load(path [, provided]): runs the file in a fresh environment
@@ -22,7 +23,13 @@
 --   copy and may modify it; the caller's table and other loads never see it.
 -- loader.check(value, name): h or nil, "name: ..." under the rules of
 --   README "What a handler file may return"; a bare function is kind "fn"
---   (per message) with the function in on_data. h.modules is empty.
+--   (per message) with the function in on_data and in on_datagram (it
+--   serves datagrams too, called with the peer's "HOST:PORT" for conn). A
+--   table's on_datagram serves datagrams beside any form of the others
+--   (handle included: it is not a connection's callback); a table with
+--   only on_datagram is kind "callbacks" with no callbacks (a TCP
+--   connection to it gets nothing back and closes at its EOF).
+--   h.modules is empty.
 -- loader.env([dir, cache, modules, provided]): a fresh environment: __index
 --   is _G; `os` is a copy whose exit raises; require(name) returns
 --   provided[name] when there is one (a local file of that name does not
@@ -184,17 +191,17 @@ function M.logger(write, conn_id)
   return log
 end
 
-local HOOKS = { "handle", "on_open", "on_data", "on_close" }
+local HOOKS = { "handle", "on_open", "on_data", "on_close", "on_datagram" }
 
 -- h, or nil and the message naming name.
 function M.check(value, name)
   name = name or "handler"
   if type(value) == "function" then
-    return { kind = "fn", on_data = value, modules = {}, name = name }
+    return { kind = "fn", on_data = value, on_datagram = value, modules = {}, name = name }
   end
   if type(value) ~= "table" then
     return nil, ("%s: returned %s; a handler returns a function or a table with handle, "
-      .. "on_open, on_data or on_close"):format(name, type(value))
+      .. "on_open, on_data, on_close or on_datagram"):format(name, type(value))
   end
   local h = { modules = {}, name = name }
   for _, k in ipairs(HOOKS) do
@@ -212,10 +219,11 @@ function M.check(value, name)
         .. "the whole connection, so the callbacks would never run"):format(name, callback)
     end
     h.kind = "direct"
-  elseif callback then
+  elseif callback or h.on_datagram then
     h.kind = "callbacks"
   else
-    return nil, name .. ": returned a table without handle, on_open, on_data or on_close"
+    return nil, name .. ": returned a table without handle, on_open, on_data, on_close or "
+      .. "on_datagram"
   end
   return h
 end
