@@ -81,6 +81,9 @@ int handler_reload_logged(struct handler *h, const char *trigger);
 int handler_version(const struct handler *h);
 /* Bytes the handler's Lua state holds (what --lua-mem caps). */
 size_t handler_mem(const struct handler *h);
+/* The state and current version: what the worker's UDP listeners give
+ * rtdgram_reply (src/rt_dgram.h). Lives as long as h. */
+struct hstate *handler_state(struct handler *h);
 
 void handler_on_open(struct handler *h, conn *c);
 /* buf is the worker's scratch buffer: copy what must outlive the call. */

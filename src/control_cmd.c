@@ -159,7 +159,7 @@ static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
     const struct listener_stats *st = l->stats;
     const struct udp_stats *u = &st->udp;
 
-    lua_createtable(L, 0, 11);
+    lua_createtable(L, 0, 13);
     lua_pushstring(L, l->name);
     lua_setfield(L, -2, "name");
     lua_pushstring(L, l->kind == EH_LISTEN_TCP ? "tcp" : "udp");
@@ -180,6 +180,8 @@ static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
     cmd_setint(L, "dropped_full", stat_get(&u->dropped_full));
     cmd_setint(L, "truncated", stat_get(&u->truncated));
     cmd_setint(L, "errors", stat_get(&u->errors));
+    cmd_setint(L, "faults", stat_get(&u->faults));
+    cmd_setint(L, "no_reply", stat_get(&u->no_reply));
 }
 
 /* Slot i's figures, read where its worker writes them: {slot, pid, conns,

@@ -16,6 +16,7 @@
 #include "hload.h"
 #include "log.h"
 #include "net.h"
+#include "rt_dgram.h"
 #include "rt_fork.h"
 #include "udp.h"
 #include "upgrade.h"
@@ -402,14 +403,17 @@ static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
     }
 }
 
-/* Accepting on each TCP socket, echoing on each UDP one. 0 or -1. */
+/* Accepting on each TCP socket, echoing on each UDP one or running the
+ * handler's datagram function here, in this process's state (the one
+ * children are forked from; SIGHUP and --watch swap it). 0 or -1. */
 static int open_listeners(struct forksrv *fs) {
     for (int i = 0; i < fs->nls; i++) {
         struct flisten *fl = &fs->ls[i];
         struct udp_opts o = {
             .name = fl->l.name, .rate = fs->cfg->udp_rate,
             .own_ports = fs->udp_ports, .nown = fs->nudp,
-            .stats = &fl->udp_stats};
+            .stats = &fl->udp_stats,
+            .handler = fs->hs ? rtdgram_reply : NULL, .handler_ud = fs->hs};
         if (fl->l.kind == EH_LISTEN_UDP)
             fl->udp = udp_echo_start(fs->loop, fl->l.fd, &o);
         if (fl->l.kind == EH_LISTEN_UDP ? fl->udp == NULL

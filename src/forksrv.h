@@ -19,8 +19,8 @@ struct forksrv_listen {
 /* Accepts on the n TCP sockets of ls (owned from now on) and forks a
  * child per connection until SIGTERM/SIGINT; each child serves with hs (the
  * handler loaded here, reloaded on SIGHUP and --watch) or echoes in C (hs
- * NULL). UDP sockets are echoed in C by this process. Returns the exit
- * status. */
+ * NULL). UDP sockets are served by this process: C echo, or hs's datagram
+ * function in hs's own state. Returns the exit status. */
 int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
                  int n, struct hstate *hs);
 

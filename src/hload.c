@@ -25,7 +25,8 @@ void hload_budget(lua_State *L, long budget) {
 
 static const char *const kinds[] = {"fn", "callbacks", "direct", NULL};
 static const char *const fields[] = {"on_data", "on_open", "on_close",
-                                     "handle"};
+                                     "handle", "on_datagram"};
+#define NFIELDS 5
 
 /* Pushes what the server provides to a handler's require: a fresh
  * echohost.settings from --set, echohost.log and the handler's
@@ -49,7 +50,7 @@ static void push_provided(lua_State *L, const struct hstate *hs) {
 }
 
 /* Protected: loader.load(path, provided) (the function, the path and the
- * hstate are arguments); returns the kind, the four refs and h.modules. */
+ * hstate are arguments); returns the kind, the NFIELDS refs and h.modules. */
 static int load_proc(lua_State *L) {
     const struct hstate *hs = lua_touserdata(L, 3);
 
@@ -61,12 +62,12 @@ static int load_proc(lua_State *L) {
     lua_settop(L, 1);
     lua_getfield(L, 1, "kind");
     lua_pushinteger(L, luaL_checkoption(L, -1, NULL, kinds));
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NFIELDS; i++) {
         lua_getfield(L, 1, fields[i]);
         lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
     }
     lua_getfield(L, 1, "modules");
-    return 6;
+    return NFIELDS + 2;
 }
 
 static void free_files(struct hstate *hs) {
@@ -123,18 +124,19 @@ static int load_refs(struct hstate *hs, const char *path, struct hrefs *r,
     lua_pushstring(L, path);
     lua_pushlightuserdata(L, hs);
     hload_budget(L, hs->cfg->lua_budget);
-    if (eh_pcall(L, 3, 6) != LUA_OK) {
+    if (eh_pcall(L, 3, NFIELDS + 2) != LUA_OK) {
         copy_error(L, path, err, errlen);
         lua_gc(L, LUA_GCCOLLECT);
         return -1;
     }
-    r->kind = (enum hkind)lua_tointeger(L, -6);
-    r->data = (int)lua_tointeger(L, -5);
-    r->open = (int)lua_tointeger(L, -4);
-    r->close = (int)lua_tointeger(L, -3);
-    r->handle = (int)lua_tointeger(L, -2);
+    r->kind = (enum hkind)lua_tointeger(L, -7);
+    r->data = (int)lua_tointeger(L, -6);
+    r->open = (int)lua_tointeger(L, -5);
+    r->close = (int)lua_tointeger(L, -4);
+    r->handle = (int)lua_tointeger(L, -3);
+    r->dgram = (int)lua_tointeger(L, -2);
     set_files(hs, L, path);
-    lua_pop(L, 6);
+    lua_pop(L, NFIELDS + 2);
     return 0;
 }
 
@@ -143,7 +145,8 @@ static void unref(lua_State *L, struct hrefs *r) {
     luaL_unref(L, LUA_REGISTRYINDEX, r->open);
     luaL_unref(L, LUA_REGISTRYINDEX, r->close);
     luaL_unref(L, LUA_REGISTRYINDEX, r->handle);
-    r->data = r->open = r->close = r->handle = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, r->dgram);
+    r->data = r->open = r->close = r->handle = r->dgram = LUA_NOREF;
 }
 
 int hstate_load(struct hstate *hs, const char *path, char *err,
@@ -193,7 +196,8 @@ int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
                 size_t errlen) {
     memset(hs, 0, sizeof *hs);
     hs->cfg = cfg;
-    hs->cur.data = hs->cur.open = hs->cur.close = hs->cur.handle = LUA_NOREF;
+    hs->cur.data = hs->cur.open = hs->cur.close = hs->cur.handle =
+        hs->cur.dgram = LUA_NOREF;
     hs->path = strdup(cfg->handler);
     hs->L = lhost_newstate(0);          /* the cap after the setup */
     if (hs->path == NULL || hs->L == NULL) {

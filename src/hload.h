@@ -15,10 +15,11 @@
 enum hkind { HK_FN, HK_CALLBACKS, HK_DIRECT };
 
 /* A loaded handler: registry refs (LUA_REFNIL when absent). For HK_FN the
- * function is in data. */
+ * function is in data, and in dgram (it serves datagrams too). */
 struct hrefs {
     enum hkind kind;
     int data, open, close, handle;
+    int dgram;                  /* on_datagram: the datagram function */
 };
 
 struct hstate {

@@ -617,6 +617,15 @@ void lconn_set_runtime(lua_State *L, lconn_connect_fn fn, void *rt) {
     r->rt = rt;
 }
 
+int lconn_has_runtime(lua_State *L) {
+    const struct lconn_runtime *r;
+
+    lua_getfield(L, LUA_REGISTRYINDEX, LCONN_RUNTIME);
+    r = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return r != NULL && r->connect != NULL;
+}
+
 static int lsock_connect(lua_State *L) {
     const char *host = luaL_checkstring(L, 1);
     lua_Integer port = luaL_checkinteger(L, 2);

@@ -106,6 +106,8 @@ typedef int (*lconn_connect_fn)(lua_State *L, void *rt, const char *host,
 void lconn_push_socket_module(lua_State *L);
 /* The runtime serving L from now on (fn NULL: none, connect raises). */
 void lconn_set_runtime(lua_State *L, lconn_connect_fn fn, void *rt);
+/* 1 if a runtime serves L (its connect is set), else 0. */
+int lconn_has_runtime(lua_State *L);
 
 #define LCONN_CONNECT_TIMEOUT 60.0  /* seconds, connect's default */
 #define LCONN_UPSTREAMS_MAX 64      /* open upstream sockets per conn */

@@ -1241,6 +1241,10 @@ size_t handler_mem(const struct handler *h) {
     return lhost_mem_used(h->L);
 }
 
+struct hstate *handler_state(struct handler *h) {
+    return &h->hs;
+}
+
 struct handler *handler_create(ev_loop *loop, const struct eh_config *cfg,
                                const struct hstate *loaded) {
     struct handler *h = calloc(1, sizeof *h);

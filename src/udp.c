@@ -1,6 +1,7 @@
-/* UDP echo (RFC 862): every datagram back to its sender byte for byte,
- * batched with recvmmsg/sendmmsg; a guard against echo loops
- * (CVE-1999-0103) and a per-source rate cap; a full socket drops. */
+/* UDP echo (RFC 862): every datagram back to its sender byte for byte, or
+ * a datagram handler's reply, batched with recvmmsg/sendmmsg; a guard
+ * against echo loops (CVE-1999-0103) and a per-source rate cap before
+ * either; a full socket drops. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #define UDP_ROUNDS 8            /* batches per wake-up, then the others */
 #define UDP_SOURCES 4096        /* rate-cap entries per echo (power of 2) */
 #define UDP_PROBE 4             /* entries a source may take */
+#define UDP_ERR_LEN 2048        /* a handler fault's log line */
 
 /* One source address and what is left of its allowance. */
 struct udp_src {
@@ -32,6 +34,8 @@ struct udp_echo {
     struct udp_opts o;
     struct udp_src *srcs;       /* UDP_SOURCES of them when o.rate > 0 */
     long long last_log_ms;
+    long long last_fault_ms;    /* the last handler fault logged */
+    uint64_t unlogged;          /* faults not logged since */
 };
 
 /* The buffers of one batch. One per process, shared by its echoes (a
@@ -196,6 +200,47 @@ static void drop_log(struct udp_echo *u, const struct sockaddr_storage *ss,
     log_info("%s: dropping datagrams from %s (%s)", u->o.name, peer, why);
 }
 
+/* A handler fault: one line a second at most per echo (a sender can make
+ * every datagram fault); the count of those not logged goes in the next. */
+static void fault_log(struct udp_echo *u, const char *line) {
+    long long now = ev_time_ms(u->loop);
+
+    if (now - u->last_fault_ms < 1000) {
+        u->unlogged++;
+        return;
+    }
+    u->last_fault_ms = now;
+    if (u->unlogged)
+        log_error("%s: %llu more datagrams faulted, not logged", u->o.name,
+                  (unsigned long long)u->unlogged);
+    u->unlogged = 0;
+    log_error("%s", line);
+}
+
+/* The handler's answer to datagram i (guarded and within the rate): its
+ * length, written over the datagram, or -1 when nothing goes back. */
+static int udp_handle(struct udp_echo *u, int i) {
+    struct udp_batch *b = batch;
+    const struct sockaddr_storage *ss = &b->addr[i];
+    char peer[NET_ADDR_LEN], err[UDP_ERR_LEN];
+    struct udp_dgram d = {
+        .listener = u->o.name, .peer = peer, .buf = b->iov[i].iov_base,
+        .len = b->in[i].msg_len, .err = err, .errlen = sizeof err,
+        .max = ss->ss_family == AF_INET6 ? UDP_MAX6 : UDP_MAX4};
+    int n;
+
+    net_format_addr((const struct sockaddr *)ss, peer, sizeof peer);
+    err[0] = '\0';
+    n = u->o.handler(u->o.handler_ud, &d);
+    if (n == UDP_FAULT) {
+        stat_add(&u->o.stats->faults, 1);
+        fault_log(u, err);
+    } else if (n < 0) {
+        stat_add(&u->o.stats->no_reply, 1);
+    }
+    return n < 0 ? -1 : n;
+}
+
 /* Receives a batch: how many datagrams, 0 when there is nothing (or the
  * socket failed: counted, logged, the loop comes back). */
 static int udp_recv(struct udp_echo *u) {
@@ -227,7 +272,8 @@ static int udp_recv(struct udp_echo *u) {
     return 0;
 }
 
-/* Keeps the datagrams to answer as out[0..k): k. */
+/* Keeps the datagrams to answer as out[0..k) (the handler's replies in
+ * place of them): k. */
 static int udp_filter(struct udp_echo *u, int n) {
     struct udp_batch *b = batch;
     struct udp_stats *st = u->o.stats;
@@ -253,6 +299,12 @@ static int udp_filter(struct udp_echo *u, int n) {
         }
         b->oiov[k].iov_base = b->iov[i].iov_base;
         b->oiov[k].iov_len = b->in[i].msg_len;
+        if (u->o.handler) {
+            int len = udp_handle(u, i);
+            if (len < 0)
+                continue;
+            b->oiov[k].iov_len = (size_t)len;
+        }
         b->out[k].msg_hdr = (struct msghdr){
             .msg_name = m->msg_name, .msg_namelen = m->msg_namelen,
             .msg_iov = &b->oiov[k], .msg_iovlen = 1};

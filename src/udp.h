@@ -1,6 +1,7 @@
 /* UDP echo (RFC 862) on one listening socket: each datagram straight back
- * to its sender, batched with recvmmsg/sendmmsg, behind the loop guard and
- * the per-source rate cap. Knows the event loop, not workers. */
+ * to its sender, or the reply of a datagram handler, batched with
+ * recvmmsg/sendmmsg, behind the loop guard and the per-source rate cap.
+ * Knows the event loop, not workers nor Lua (a handler is a callback). */
 #ifndef ECHOHOST_UDP_H
 #define ECHOHOST_UDP_H
 
@@ -23,7 +24,29 @@ struct udp_stats {
     stat_t dropped_full;        /* the socket's send buffer was full */
     stat_t truncated;           /* larger than a buffer: dropped */
     stat_t errors;              /* failed receives and sends */
+    stat_t faults;              /* the handler failed: no reply */
+    stat_t no_reply;            /* the handler answered nothing (nil) */
 };
+
+#define UDP_NO_REPLY (-1)       /* a handler's result: send nothing */
+#define UDP_FAULT (-2)          /* a handler error: no reply, d->err says why */
+
+/* One datagram, as a handler gets it. */
+struct udp_dgram {
+    const char *listener;       /* "udp://127.0.0.1:7" */
+    const char *peer;           /* "127.0.0.1:5000", "[::1]:5000" */
+    char *buf;                  /* the datagram; the reply goes over it */
+    size_t len;
+    size_t max;                 /* the longest reply: UDP_MAX4 or UDP_MAX6 */
+    char *err;                  /* UDP_FAULT: the line to log */
+    size_t errlen;
+};
+
+/* A datagram handler, called for each datagram that passed the loop guard
+ * and the rate cap: the reply's length (written over d->buf, at most
+ * d->max bytes; d->len with buf untouched echoes), UDP_NO_REPLY, or
+ * UDP_FAULT with d->err filled (udp.c logs it and counts it). */
+typedef int udp_handler_fn(void *ud, struct udp_dgram *d);
 
 struct udp_opts {
     const char *name;           /* "udp://127.0.0.1:7", for the log */
@@ -32,6 +55,8 @@ struct udp_opts {
     int nown;
     int exclusive;              /* fd is polled by several processes */
     struct udp_stats *stats;    /* where to count (outlives the echo) */
+    udp_handler_fn *handler;    /* NULL: echo in C */
+    void *handler_ud;           /* its first argument (outlives the echo) */
 };
 
 struct udp_echo;

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "lpubsub.h"
 #include "net.h"
+#include "rt_dgram.h"
 #include "worker.h"
 
 #define SCRATCH_LEN (64 * 1024)   /* the worker's one read buffer */
@@ -641,12 +642,15 @@ static int worker_signals(struct worker *w) {
 
 /* --- worker ------------------------------------------------------------ */
 
-/* UDP listeners echo in C whatever --handler says (handlers serve TCP). */
+/* UDP listeners echo in C, or run the handler's datagram function in the
+ * worker's state (rt_dgram.c). */
 static int start_udp(struct worker_lsock *ls, const struct worker_start *ws) {
     struct udp_opts o = {
         .name = ls->l.name, .rate = ls->w->cfg->udp_rate,
         .own_ports = ws->udp_ports, .nown = ws->nudp_ports,
-        .exclusive = ws->exclusive, .stats = &ls->l.stats->udp};
+        .exclusive = ws->exclusive, .stats = &ls->l.stats->udp,
+        .handler = ls->w->h ? rtdgram_reply : NULL,
+        .handler_ud = ls->w->h ? handler_state(ls->w->h) : NULL};
 
     ls->udp = udp_echo_start(ls->w->loop, ls->l.fd, &o);
     return ls->udp ? 0 : -1;
