@@ -161,6 +161,26 @@
 --   h:finish([how]) ends the connection if it is still open, as the client
 --                  would: how = "eof" (default), "reset", "timeout" (idle) or
 --                  "shutdown"; returns the reason
+--   h:datagram(data [, peer])  a datagram from peer (default: conn.peer;
+--                  "HOST:PORT" or "[IPv6]:PORT"; data at most harness.UDP_MAX4
+--                  = 65507 bytes, harness.UDP_MAX6 = 65527 for an IPv6 peer)
+--                  reaches the handler's state, as a server's UDP listener
+--                  hands it on: the datagram function (the
+--                  table's on_datagram, or a bare function) runs as
+--                  fn(peer, data), with no connection (echohost.log's lines
+--                  name none), under the budget and the memory cap, and may
+--                  not wait (socket.connect raises "would wait"). Returns the
+--                  reply (a string; "" is an empty datagram), or nil when the
+--                  function returned nil, or nil and the error when it failed:
+--                  a raise, the budget, the memory cap, a reply that is not
+--                  a string or nil ("handler returned a number (expected a
+--                  string or nil)") or longer than a datagram to peer can be
+--                  ("reply of 70000 bytes is longer than a datagram can be (at
+--                  most 65507 bytes over IPv4)"); the error also goes to
+--                  h.log, and the connection goes on. A handler without a
+--                  datagram function returns data (the server echoes in C).
+--                  The loop guard and the rate cap, which the server applies
+--                  before the handler, are not the harness's.
 -- (The steps other than advance raise on an upstream instance: its client
 -- is the handler's socket.)
 -- A connection ends once, with a reason of README's table ("eof", "closed",
@@ -1343,6 +1363,66 @@ function H:finish(how)
     step(self, end_conn, how or "eof")   -- a task that is still running
   end
   return self.s.reason
+end
+
+-- Datagrams ------------------------------------------------------------------
+
+M.UDP_MAX4, M.UDP_MAX6 = 65507, 65527   -- the largest UDP payloads (udp.h)
+
+-- The largest datagram to or from peer, and the family's name.
+local function datagram_max(peer)
+  if peer:sub(1, 1) == "[" then
+    return M.UDP_MAX6, "IPv6"
+  end
+  return M.UDP_MAX4, "IPv4"
+end
+
+-- The reply r of a datagram function to peer (ok false: r is the error):
+-- r, or nil and why there is none (nil: the function answered nothing).
+local function datagram_reply(ok, r, peer)
+  if not ok then
+    return nil, r
+  elseif r ~= nil and type(r) ~= "string" then
+    return nil, ("handler returned a %s (expected a string or nil)"):format(type(r))
+  end
+  local max, family = datagram_max(peer)
+  if r and #r > max then
+    return nil, ("reply of %d bytes is longer than a datagram can be (at most %d bytes over %s)")
+      :format(#r, max, family)
+  end
+  return r
+end
+
+-- A datagram from peer reaches the handler's state: see the header.
+function H:datagram(data, peer)
+  client_only(self, "datagram")
+  peer = peer or self.s.core.peer
+  if type(peer) ~= "string" or not (peer:match("^%[[%x:.]+%]:%d+$")
+      or peer:match("^[^:%[%]]+:%d+$")) then
+    error(("bad argument #2 to 'datagram' (\"HOST:PORT\" or \"[IPv6]:PORT\" expected, got %s)")
+      :format(type(peer) == "string" and ("'" .. peer .. "'") or type(peer)), 2)
+  end
+  local max, family = datagram_max(peer)
+  if type(data) ~= "string" then
+    error(("bad argument #1 to 'datagram' (string expected, got %s)"):format(type(data)), 2)
+  elseif #data > max then
+    error(("bad argument #1 to 'datagram' (at most %d bytes over %s, got %d)")
+      :format(max, family, #data), 2)
+  end
+  local f = self.h.on_datagram
+  if not f then
+    return data                     -- no datagram function: the C echo
+  end
+  -- no conn: echohost.log's lines name none
+  local ctx = { budget = self.budget, mem = self.mem, base = self.base }
+  local ok, res = guarded(ctx, traceback, f, peer, data)
+  local r, err = datagram_reply(ok, res, peer)
+  if err then
+    self.log[#self.log + 1] = err
+  end
+  run_world(self.world)
+  run_pending(self.world, run_world)
+  return r, err
 end
 
 -- Queries --------------------------------------------------------------------
