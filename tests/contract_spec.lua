@@ -52,6 +52,22 @@ end
 local helper_v1 = 'return { tag = function(s) return "v1:" .. s end }\n'
 local helper_v2 = 'return { tag = function(s) return "v2:" .. s:upper() end }\n'
 
+-- A datagram function beside an echoing on_data, except for datagrams that
+-- trigger a fault (%s: the body run on it; it may return).
+local function faulty_datagram(trigger, body)
+  return ([[
+return {
+  on_data = function(_, data) return data end,
+  on_datagram = function(peer, data)
+    if data == %q then
+%s
+    end
+    return data:upper()
+  end,
+}
+]]):format(trigger, body)
+end
+
 -- A per-message handler of the shared dictionary: one command per message.
 local SHARED_CMDS = [[
 local shared = require "echohost.shared"
@@ -1037,6 +1053,155 @@ end }
     log = "error", log_has = { "bad argument #1 to 'subscribe' (channel of 1..250 bytes expected)",
                                "bad argument #2 to 'publish' (string expected, got number)",
                                "too many subscriptions on this connection (at most 64)" } },
+
+  -- Datagrams: a UDP listener beside the TCP one (see the u steps)
+  { name = "a bare function serves datagrams too, as fn(peer, data); nil sends nothing, '' an "
+      .. "empty datagram",
+    handler = [[
+return function(conn, data)
+  if type(conn) ~= "string" then return "tcp " .. data end
+  rec(conn, "datagram", data)
+  if data == "quiet" then return nil end
+  if data == "empty" then return "" end
+  return (conn:match("^127%.0%.0%.1:%d+$") and "from " or "? ") .. data:upper()
+end
+]],
+    steps = {
+      { c = "a", send = "x", expect = "tcp x" },
+      { u = "x", datagram = "hi", reply = "from HI" },
+      { u = "x", datagram = "quiet", reply = false },
+      { u = "x", datagram = "empty", reply = "" },
+      { u = "y", datagram = "again", reply = "from AGAIN" },
+      { c = "a", send = "y", expect = "tcp y" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { x = { "datagram hi", "datagram quiet", "datagram empty" },
+                y = { "datagram again" } } },
+
+  { name = "one file serves TCP (on_data, on_close) and datagrams (on_datagram)",
+    handler = [[
+return {
+  on_data = function(_, data) return "tcp " .. data end,
+  on_datagram = function(peer, data) rec(peer, "datagram", data); return "udp " .. data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "x", expect = "tcp x" },
+      { u = "x", datagram = "d1", reply = "udp d1" },
+      { c = "a", send = "y", expect = "tcp y" },
+      { u = "x", datagram = "d2", reply = "udp d2" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "eof" }, records = { x = { "datagram d1", "datagram d2" } } },
+
+  { name = "a direct-style handler may have on_datagram",
+    handler = [[
+return {
+  handle = function(conn)
+    local data = conn:recv()
+    if data then conn:send("got " .. data) end
+  end,
+  on_datagram = function(_, data) return "dg " .. data end,
+}
+]],
+    steps = {
+      { u = "x", datagram = "1", reply = "dg 1" },
+      { c = "a", send = "hi", expect = "got hi" },
+      { c = "a", ending = "closed", rest = "" },
+      { u = "x", datagram = "2", reply = "dg 2" },
+    } },
+
+  { name = "a table without on_datagram leaves datagrams to the C echo",
+    handler = "return { on_data = function(_, data) return data:upper() end }\n",
+    steps = {
+      { c = "a", send = "x", expect = "X" },
+      { u = "x", datagram = "as is", reply = "as is" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "an error in on_datagram costs that datagram its reply only",
+    handler = faulty_datagram("boom", '      error("boom in a datagram")'),
+    steps = {
+      { c = "a", send = "x", expect = "x" },
+      { u = "x", datagram = "boom", reply = false },
+      { u = "x", datagram = "next", reply = "NEXT" },
+      { c = "a", send = "y", expect = "y" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "handler.lua:6: boom in a datagram", "stack traceback" } },
+
+  { name = "a loop in on_datagram is stopped by --lua-budget; the next datagram is answered",
+    handler = faulty_datagram("loop", "      while true do end"),
+    args = { "--lua-budget", "100000" }, opts = { budget = 100000 },
+    steps = {
+      { u = "x", datagram = "loop", reply = false },
+      { u = "x", datagram = "next", reply = "NEXT" },
+    },
+    log = "error", log_has = { "instruction budget exceeded" } },
+
+  { name = "on_datagram over --lua-mem gets no reply; the next datagram is answered",
+    handler = faulty_datagram("eat", [[
+      local t = {}
+      for i = 1, 16384 do t[i] = string.rep("x", 4096) .. i end
+      return "survived " .. #t]]),
+    args = { "--lua-mem", "8m" }, opts = { mem = 8 * 1024 * 1024 },
+    steps = {
+      { u = "x", datagram = "eat", reply = false },
+      { u = "x", datagram = "next", reply = "NEXT" },
+    },
+    log = "error", log_has = { "not enough memory" } },
+
+  { name = "on_datagram returning a number is an error",
+    handler = faulty_datagram("num", "      return 42"),
+    steps = {
+      { u = "x", datagram = "num", reply = false },
+      { u = "x", datagram = "next", reply = "NEXT" },
+    },
+    log = "error", log_has = { "handler returned a number (expected a string or nil)" } },
+
+  { name = "a reply longer than the largest IPv4 datagram is an error; the largest is sent",
+    handler = faulty_datagram("big", [[
+      return ("x"):rep(65508)
+    elseif data == "max" then
+      return ("y"):rep(65507)]]),
+    steps = {
+      { u = "x", datagram = "big", reply = false },
+      { u = "x", datagram = "max", reply = ("y"):rep(65507) },
+    },
+    log = "error", log_has = { "reply of 65508 bytes is longer than a datagram can be "
+      .. "(at most 65507 bytes over IPv4)" } },
+
+  { name = "on_datagram may not wait: connect raises; echohost.log names no connection",
+    handler = [[
+local socket, log = require "echohost.socket", require "echohost.log"
+return { on_datagram = function(_, data)
+  log.info("datagram %s", data)
+  if data == "up" then return tostring(socket.connect("127.0.0.1", 7)) end
+  return data
+end }
+]],
+    steps = {
+      { u = "x", datagram = "hi", reply = "hi" },
+      { u = "x", datagram = "up", reply = false },
+    },
+    log = "error", log_lines = { "info: handler FILE:4: datagram hi" },
+    log_has = { "echohost.socket.connect would wait: only a coroutine of the connection "
+      .. "(handle, conn:spawn) can wait" } },
+
+  { name = "a swap reloads the datagram function and its modules",
+    handler = 'local helper = require "helper"\n'
+      .. "return { on_datagram = function(_, data) return helper.tag(data) end }\n",
+    files = { ["helper.lua"] = helper_v1 },
+    steps = {
+      { u = "x", datagram = "a", reply = "v1:a" },
+      { write = { ["helper.lua"] = helper_v2 }, reload = true },
+      { u = "x", datagram = "b", reply = "v2:B" },
+    } },
 }
 
 local INTERPRETERS = {

@@ -60,6 +60,17 @@
 --                                 closed it or shut its sending side; the
 --                                 client may still send), "reset" or "open"
 --                                 (nothing ended it; harness: h:ending())
+--   { u = "x", datagram = "hi", reply = "HI" }
+--                                 the UDP client x (a socket of its own,
+--                                 made at its first step) sends the datagram
+--                                 "hi" and gets the reply "HI"; reply = false:
+--                                 none comes (for CHECK_TIMEOUT). The servers
+--                                 get a second listener, udp://127.0.0.1:0;
+--                                 the harness calls h:datagram(data, peer) on
+--                                 the open of the last connection opened (its
+--                                 state, as a worker's serves its connections
+--                                 and its datagrams alike), or on an open of
+--                                 its own before any
 --   { touch = "name" } / { remove = "name" }   a flag file next to the handler
 --   { write = { ["helper.lua"] = "..." }, reload = true }
 --                                 rewrite files, then SIGHUP and wait for the
@@ -67,9 +78,10 @@
 --                                 the next harness.open loads the new files)
 --
 -- The prelude gives the handler rec(conn, ...), which appends
--- "conn.peer<TAB>words" to the records file, and flag(name), true when the
--- flag file exists. The drivers map conn.peer back to the connection's
--- name, so the records say which connection closed for which reason.
+-- "conn.peer<TAB>words" to the records file (conn may be a datagram's peer
+-- string), and flag(name), true when the flag file exists. The drivers map
+-- conn.peer (and a UDP client's address) back to the connection's name, so
+-- the records say which connection closed for which reason.
 local harness = require "echohost.harness"
 local server = require "helpers.server"
 local socket = require "socket"
@@ -84,13 +96,26 @@ M.RECORD_TIMEOUT = 3      -- the records and log lines of the connections' ends
 
 local PRELUDE = 'local REC, DIR = %q, %q; local function rec(conn, ...) '
   .. 'local t = table.pack(...); for i = 1, t.n do t[i] = tostring(t[i]) end; '
-  .. 'local f = assert(io.open(REC, "a")); f:write(conn.peer, "\\t", '
+  .. 'local f = assert(io.open(REC, "a")); f:write(type(conn) == "string" and conn or '
+  .. 'conn.peer, "\\t", '
   .. 'table.concat(t, " ", 1, t.n), "\\n"); f:close() end; '
   .. 'local function flag(name) local f = io.open(DIR .. "/" .. name, "r"); '
   .. 'if f then f:close() end; return f ~= nil end; '
   .. 'local _ = rec, flag\n'
 
 M.PRELUDE_LINES = 1
+M.NO_REPLY = "(no reply)"   -- a datagram step's observation when none came
+M.UDP_PORT = 41001          -- the harness's UDP clients: 127.0.0.1:(this + n)
+
+-- Whether the scenario sends datagrams (the servers then listen on UDP too).
+local function has_datagrams(sc)
+  for _, st in ipairs(sc.steps or {}) do
+    if st.datagram then
+      return true
+    end
+  end
+  return false
+end
 
 local write_file = files.spit
 
@@ -192,6 +217,8 @@ function M.expected(sc, file)
       obs.steps[i] = st.check
     elseif st.ending then
       obs.steps[i] = st.ending .. " after " .. (st.rest or "")
+    elseif st.datagram then
+      obs.steps[i] = st.reply or M.NO_REPLY
     end
   end
   for c, r in pairs(sc.reasons or {}) do
@@ -387,8 +414,37 @@ function M.run_harness(sc, dir)
       c.ended = how
       c.h:finish()
     end
+    -- datagrams: the state of the last connection opened since the last
+    -- reload, or an open of their own (made afresh after a reload, as the
+    -- servers' state is reloaded)
+    local udp, nudp, own, owns, mark = {}, 0, nil, {}, 0
+    local function datagram(st)
+      if not udp[st.u] then
+        nudp = nudp + 1
+        udp[st.u] = "127.0.0.1:" .. (M.UDP_PORT + nudp)
+        peers[udp[st.u]] = st.u
+      end
+      local h = #order > mark and order[#order].h
+      if not h then
+        if not own then
+          local opts = {}
+          for k, v in pairs(sc.opts or {}) do
+            opts[k] = v
+          end
+          opts.peer, opts.shared, opts.bus = "127.0.0.1:40000", dict, bus
+          own = harness.open(file, opts)
+          owns[#owns + 1] = own
+        end
+        h = own
+      end
+      local r = h:datagram(st.datagram, udp[st.u])
+      return r or M.NO_REPLY
+    end
     for i, st in ipairs(sc.steps) do
       apply_files(dir, st)
+      if st.reload then
+        mark, own = #order, nil
+      end
       local c = st.c and conn(st.c)
       if st.send then
         c.h:input(st.send)
@@ -428,10 +484,16 @@ function M.run_harness(sc, dir)
         local rest = take(c)
         obs.steps[i] = c.h:ending() .. " after " .. rest
         c.ended = "ending"
+      elseif st.datagram then
+        obs.steps[i] = datagram(st)
       end
     end
     local entries, lines = {}, {}
-    for _, c in ipairs(order) do
+    local all = table.move(order, 1, #order, 1, {})
+    for _, h in ipairs(owns) do
+      all[#all + 1] = { name = "(datagrams)", h = h, ended = "datagrams" }
+    end
+    for _, c in ipairs(all) do
       if not c.ended then
         error("scenario bug: connection " .. c.name .. " is not ended by a step")
       end
@@ -525,6 +587,10 @@ end
 function M.run_server(model, sc, dir)
   local file, records = M.prepare(sc, dir)
   local args = { "--model", model, "--workers", "1", "--handler", file }
+  if has_datagrams(sc) then
+    table.move({ "--listen", "127.0.0.1:0", "--listen", "udp://127.0.0.1:0" }, 1, 4,
+      #args + 1, args)
+  end
   if sc.pubsub_size then
     args[#args + 1] = "--pubsub-size"
     args[#args + 1] = sc.pubsub_size
@@ -561,6 +627,24 @@ function M.run_server(model, sc, dir)
   local srv = util.start(args)
   local obs, conns, order, peers = new_obs(), {}, {}, {}
   local reloads = 0
+  local udp = {}
+  local function datagram(st)
+    local _, uhost, uport = server.split(srv.server.listeners[2])
+    local u = udp[st.u]
+    if not u then
+      u = util.track(assert(socket.udp()))
+      assert(u:setsockname("127.0.0.1", 0))
+      local ip, port = u:getsockname()
+      udp[st.u], peers[ip .. ":" .. tostring(port)] = u, st.u
+    end
+    assert(u:sendto(st.datagram, uhost, uport))
+    u:settimeout(st.reply == false and M.CHECK_TIMEOUT or M.READ_TIMEOUT)
+    local got, err = u:receive(65536)
+    if got then
+      return got
+    end
+    return err == "timeout" and M.NO_REPLY or tostring(err)
+  end
   local function conn(name)
     local c = conns[name]
     if not c then
@@ -621,6 +705,8 @@ function M.run_server(model, sc, dir)
       local rest, how = read_to_end(c.sock, c.port, c.rport, M.READ_TIMEOUT)
       obs.steps[i] = how .. " after " .. rest
       c.ended = "ending"
+    elseif st.datagram then
+      obs.steps[i] = datagram(st)
     end
   end
   for _, c in ipairs(order) do
