@@ -1483,5 +1483,102 @@ end }
     local h = harness.open(function() end)
     assert.has_error(function() h:connect({ peer = 7 }) end,
       "bad option 'peer' to 'connect' (string expected, got number)")
+
+describe("harness datagrams", function()
+  it("calls a bare function as fn(peer, data): the reply, nil, or an empty string", function()
+    local h = harness.open(function(peer, data)
+      if data == "quiet" then return nil end
+      return type(peer) == "string" and peer .. " " .. data or "conn " .. data
+    end, { peer = "127.0.0.1:5000" })
+    assert.equal("127.0.0.1:5000 hi", h:datagram("hi"))
+    assert.equal("[::1]:7000 v6", h:datagram("v6", "[::1]:7000"))
+    assert.same({}, { h:datagram("quiet") })
+    assert.equal("conn tcp", h:input("tcp"))        -- the same function serves TCP
+    assert.same({}, h.log)
+  end)
+
+  it("runs on_datagram in the open's state, beside the connection, which goes on", function()
+    local n = 0
+    local h = harness.open({
+      on_data = function(_, data) return ("%s %d"):format(data, n) end,
+      on_datagram = function(_, data) n = n + 1; return data:upper() end,
+    })
+    assert.equal("A", h:datagram("a"))
+    assert.equal("B", h:datagram("b", "10.0.0.1:2000"))
+    assert.equal("x 2", h:input("x"))
+    h:eof()
+    assert.equal("eof", h:reason())
+    assert.equal("C", h:datagram("c"))              -- the state outlives the connection
+  end)
+
+  it("echoes when the handler has no datagram function, as the server's C echo", function()
+    local h = harness.open({ on_data = function() return "no" end })
+    assert.equal("as is", h:datagram("as is"))
+    assert.equal("", h:datagram(""))
+  end)
+
+  it("gives nil and the error for each fault, logs it, and serves the next datagram", function()
+    local h = harness.open({ on_datagram = function(_, data)
+      if data == "boom" then error("boom", 0) end
+      if data == "loop" then while true do end end
+      if data == "num" then return 42 end
+      if data == "big" then return ("x"):rep(65508) end
+      if data == "big6" then return ("x"):rep(65528) end
+      if data == "max6" then return ("x"):rep(65527) end
+      if data == "eat" then
+        local t = {}
+        for i = 1, 16384 do t[i] = ("x"):rep(4096) .. i end
+        return "survived " .. #t
+      end
+      return data
+    end }, { budget = 100000, mem = 8 * 1024 * 1024 })
+    local r, err = h:datagram("boom")
+    assert.is_nil(r)
+    assert.matches("^boom\nstack traceback:", err)
+    r, err = h:datagram("loop")
+    assert.is_nil(r)
+    assert.matches("instruction budget exceeded", err)
+    assert.same({ nil, "not enough memory" }, { h:datagram("eat") })
+    assert.same({ nil, "handler returned a number (expected a string or nil)" },
+      { h:datagram("num") })
+    assert.same({ nil, "reply of 65508 bytes is longer than a datagram can be (at most 65507 "
+      .. "bytes over IPv4)" }, { h:datagram("big") })
+    assert.same({ nil, "reply of 65528 bytes is longer than a datagram can be (at most 65527 "
+      .. "bytes over IPv6)" }, { h:datagram("big6", "[::1]:9") })
+    assert.equal(65527, #h:datagram("max6", "[::1]:9"))
+    assert.equal("next", h:datagram("next"))
+    assert.equal(6, #h.log)
+    assert.is_false(h:closed())
+    assert.is_nil(h.error)                          -- the connection had none
+  end)
+
+  it("may not wait: connect raises; echohost.log names no connection", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir " .. dir)
+    finally(function() os.execute("rm -rf " .. dir) end)
+    local f = assert(io.open(dir .. "/d.lua", "w"))
+    f:write('local socket, log = require "echohost.socket", require "echohost.log"\n',
+      'return function(_, data)\n  log.info("got %s", data)\n',
+      '  return tostring(socket.connect("127.0.0.1", 7))\nend\n')
+    f:close()
+    local h = harness.open(dir .. "/d.lua")
+    local r, err = h:datagram("x")
+    assert.is_nil(r)
+    assert.matches("d.lua:4: echohost.socket.connect would wait: " .. WAIT_RULE, err)
+    assert.same({ "info: handler " .. dir .. "/d.lua:3: got x" }, h.logs)
+  end)
+
+  it("raises on misuse: data not a string or too long, a bad peer", function()
+    local h = harness.open(function(_, d) return d end)
+    assert.has_error(function() h:datagram(42) end,
+      "bad argument #1 to 'datagram' (string expected, got number)")
+    assert.has_error(function() h:datagram(("x"):rep(65508)) end,
+      "bad argument #1 to 'datagram' (at most 65507 bytes over IPv4, got 65508)")
+    assert.equal(65527, #h:datagram(("x"):rep(65527), "[::1]:1"))
+    assert.has_error(function() h:datagram("x", "nowhere") end,
+      "bad argument #2 to 'datagram' (\"HOST:PORT\" or \"[IPv6]:PORT\" expected, got 'nowhere')")
+    assert.has_error(function() h:datagram("x", 7) end,
+      "bad argument #2 to 'datagram' (\"HOST:PORT\" or \"[IPv6]:PORT\" expected, got number)")
   end)
 end)
