@@ -65,8 +65,10 @@ end
 -- arrives for a while is sent again (UDP may drop); a reply is checked
 -- against its request (named by its text up to the first ":"). Returns
 -- how many requests were answered, how many replies were wrong, how many
--- were sent again. Bounded: at most 100 rounds of resending.
-local function exchange(socks, host, port, reqs, window)
+-- were sent again. Bounded: at most 100 rounds of resending. ok(req,
+-- reply), if given, says whether reply answers req (default: equal).
+local function exchange(socks, host, port, reqs, window, ok)
+  ok = ok or function(req, reply) return req == reply end
   local by_tag, pending, next_req, answered, wrong, resent = {}, {}, {}, 0, 0, 0
   for i, r in ipairs(reqs) do
     by_tag[r:match("^[^:]*")] = i
@@ -109,7 +111,7 @@ local function exchange(socks, host, port, reqs, window)
         local d = s:receive(65536)
         if not d then break end
         local i = by_tag[d:match("^[^:]*")]
-        if i == nil or d ~= reqs[i] then
+        if i == nil or not ok(reqs[i], d) then
           wrong = wrong + 1
         elseif pending[k][i] then
           pending[k][i] = nil
@@ -133,6 +135,40 @@ local function ask(u, host, port, data)
     assert.equal("timeout", err)
   end
   error("no reply to a " .. #data .. "-byte datagram after 20 tries")
+end
+
+-- A bare function handler: each datagram (and TCP chunk) upper-cased,
+-- with " V<version>" after it.
+local function version_src(v)
+  return ("return function(_, data) return data:upper() .. ' V%d' end\n"):format(v)
+end
+
+-- rounds times: the handler file gets version round, the first datagrams
+-- of 500 go out, swap(round) makes the server load it (and returns once
+-- every process serving datagrams has), and the rest follow; every
+-- datagram is answered by the version before or the new one, and then the
+-- new one answers.
+local function swap_rounds(srv, handler, rounds, swap)
+  local host, port = target(srv, 1)
+  local socks = {}
+  for k = 1, 4 do socks[k] = udp(host) end
+  finally(function() for _, s in ipairs(socks) do s:close() end end)
+  for round = 1, rounds do
+    util.spit(handler, version_src(round))
+    local reqs = {}
+    for i = 1, 500 do reqs[i] = payload(round .. "-" .. i, 30) end
+    for _, s in ipairs(socks) do s:settimeout(0) end
+    for k = 1, 4 do assert(socks[k]:sendto(reqs[k], host, port)) end
+    swap(round)
+    local answered, wrong = exchange(socks, host, port, reqs, 16, function(req, reply)
+      return reply == req:upper() .. " V" .. (round - 1) or reply == req:upper() .. " V" .. round
+    end)
+    assert.equal(500, answered)
+    assert.equal(0, wrong)
+    local u = udp(host)
+    assert.equal("PROBE V" .. round, ask(u, host, port, "probe"))
+    u:close()
+  end
 end
 
 describe("UDP echo", function()
@@ -366,41 +402,213 @@ describe("several listeners", function()
     assert.equal("tcp", (server.echo(host, port, "tcp")))
   end)
 
-  it("lose none while the handler is swapped by SIGHUP as datagrams flow", function()
+  it("lose none while the datagram handler is swapped by SIGHUP as datagrams flow", function()
     local dir = util.tmpdir()
     finally(function() os.execute("rm -rf " .. q(dir)) end)
     local handler = dir .. "/h.lua"
-    util.spit(handler, "return function(conn, data) return data:upper() end\n")
+    util.spit(handler, version_src(0))
     local path = dir .. "/ctl"
     local srv = server.start({ "--workers", "2", "--handler", handler, "--listen",
       "udp://127.0.0.1:0", "--listen", "127.0.0.1:0", "--udp-rate", "0", "--control", path })
-    local host, port = target(srv, 1)
-    local socks = {}
-    for k = 1, 4 do socks[k] = udp(host) end
-    finally(function() for _, s in ipairs(socks) do s:close() end end)
     local thost, tport = target(srv, 2)
-    for round = 1, 10 do
-      local reqs = {}
-      for i = 1, 500 do reqs[i] = payload(round .. "-" .. i, 30) end
-      for _, s in ipairs(socks) do s:settimeout(0) end
-      -- the first window goes out, then the swap, then the rest
-      for k = 1, 4 do assert(socks[k]:sendto(reqs[k], host, port)) end
+    swap_rounds(srv, handler, 10, function(round)
       assert.is_true(srv:signal("HUP"))
-      local answered, wrong = exchange(socks, host, port, reqs, 16)
-      assert.equal(500, answered)
-      assert.equal(0, wrong)
-      assert.equal("ROUND " .. round, (server.echo(thost, tport, "round " .. round)))
       -- the master took this SIGHUP before the next (signals do not queue)
       assert.truthy(server.wait(function()
         local _, n = srv:log():gsub("SIGHUP: reloading the handler", "")
         return n == round
       end, 5))
-    end
-    assert.truthy(server.wait(function()
-      return ctl(path, "=stats().workers[1].reloads + stats().workers[2].reloads") == "20\n"
-    end, 10))
+      assert.truthy(server.wait(function()
+        return ctl(path, "=stats().workers[1].reloads + stats().workers[2].reloads")
+          == 2 * round .. "\n"
+      end, 10))
+      assert.equal("ROUND " .. round .. " V" .. round,
+        (server.echo(thost, tport, "round " .. round)))   -- one function serves TCP too
+    end)
     local l = listeners(path)
     assert.equal("udp", l[1].kind)
     assert.equal(10, l[2].accepted)
+  end)
+end)
+
+describe("the datagram handler", function()
+  after_each(server.stop_all)
+
+  local function handler_file(src)
+    local dir = util.tmpdir()
+    finally(function() os.execute("rm -rf " .. q(dir)) end)
+    util.spit(dir .. "/h.lua", src)
+    return dir .. "/h.lua", dir .. "/ctl"
+  end
+
+  it("serves on_data and on_datagram of one file on a TCP+UDP server, IPv4 and IPv6 peers, "
+    .. "with the worker's module state", function()
+    local file = handler_file([[
+local n = 0
+return {
+  on_data = function(_, data) return ("tcp %s after %d datagrams"):format(data, n) end,
+  on_datagram = function(peer, data) n = n + 1; return peer .. " " .. data end,
+}
+]])
+    local srv = server.start({ "--workers", "1", "--handler", file, "--listen", "127.0.0.1:0",
+      "--listen", "udp://127.0.0.1:0", "--listen", "udp://[::1]:0" })
+    for i = 2, 3 do
+      local host, port = target(srv, i)
+      local u = udp(host)
+      finally(function() u:close() end)
+      assert(u:setsockname(host, 0))
+      local ip, p = u:getsockname()
+      local peer = (i == 3 and "[" .. ip .. "]" or ip) .. ":" .. p
+      assert.equal(peer .. " hello " .. i, ask(u, host, port, "hello " .. i))
+    end
+    local host, port = target(srv, 1)
+    assert.equal("tcp x after 2 datagrams", (server.echo(host, port, "x", { want = 23 })))
+  end)
+
+  it("counts faults and nil replies, and the listener goes on; the loop guard and the rate "
+    .. "cap come before the handler", function()
+    local file, path = handler_file([[
+local shared = require "echohost.shared"
+return function(_, data)
+  local calls = shared:incr("calls", 1, 0)
+  if data == "count" then return tostring(calls) end
+  if data == "boom" then error("boom") end
+  if data == "quiet" then return nil end
+  return data
+end
+]])
+    local srv = server.start({ "--workers", "1", "--handler", file, "--udp-rate", "5",
+      "--listen", "udp://127.0.0.1:0", "--listen", "udp://127.0.0.1:0", "--control", path })
+    local host, port = target(srv, 1)
+    local _, own = target(srv, 2)
+    local socks = {}
+    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    local function bound(h, p)
+      local s = udp(host, h, p)
+      socks[#socks + 1] = s
+      return s
+    end
+    -- the loop guard: from the echo and chargen ports, and the server's own
+    for _, b in ipairs({ { host, 7 }, { host, 19 }, { "127.0.0.2", own } }) do
+      assert(bound(b[1], b[2]):sendto("guarded", host, port))
+    end
+    local probe = bound("127.0.0.3")
+    assert.equal("1", ask(probe, host, port, "count"))  -- none reached the handler
+    -- the rate cap: 20 at once from one address, at most 5 a second answered
+    local burst = bound("127.0.0.4")
+    for i = 1, 20 do assert(burst:sendto("r" .. i, host, port)) end
+    local calls = tonumber(ask(probe, host, port, "count"))
+    burst:settimeout(0)
+    local got = 0
+    while burst:receive() do got = got + 1 end
+    assert.is_true(got >= 5 and got < 20, got .. " answered")
+    assert.equal(2 + got, calls)                      -- only those answered were called
+    -- a fault and a nil reply: nothing comes back, the next is answered
+    probe:settimeout(0.3)
+    assert(probe:sendto("boom", host, port))
+    assert(probe:sendto("quiet", host, port))
+    assert.equal("after", ask(probe, host, port, "after"))
+    local l = listeners(path)[1]
+    assert.equal(3, l.guard)
+    assert.equal(20 - got, l.rate)
+    local out = ctl(path, "local l = stats().listeners[1]; print(l.faults, l.no_reply, "
+      .. "l.datagrams_in - l.datagrams_out - l.dropped_guard - l.dropped_rate)")
+    assert.equal("1\t1\t2\n", out)
+    assert.matches("error: handler " .. file:gsub("%p", "%%%0") .. ": datagram from "
+      .. "127%.0%.0%.3:%d+ %(udp://127%.0%.0%.1:" .. port .. "%) not answered: "
+      .. ".-h%.lua:5: boom\nstack traceback:", srv:log())
+  end)
+
+  it("logs one fault a second per listener and counts them all", function()
+    local file, path = handler_file("return function() error('boom') end\n")
+    local srv = server.start({ "--workers", "1", "--handler", file, "--udp-rate", "0",
+      "--listen", "udp://127.0.0.1:0", "--control", path })
+    local host, port = target(srv, 1)
+    local u = udp(host)
+    finally(function() u:close() end)
+    local sent = 0
+    for _ = 1, 30 do
+      assert(u:sendto("x", host, port))
+      sent = sent + 1
+    end
+    -- later faults, until one is logged with the count of those that were not
+    assert.truthy(server.wait(function()
+      assert(u:sendto("x", host, port))
+      sent = sent + 1
+      server.sleep(0.1)
+      return srv:log():match("(%d+) more datagrams faulted, not logged")
+    end, 10))
+    local faults
+    assert.truthy(server.wait(function()
+      faults = tonumber(ctl(path, "=stats().listeners[1].faults"))
+      return faults == sent
+    end, 5), faults .. " faults counted, " .. sent .. " sent")
+    local _, lines = srv:log():gsub("not answered", "")
+    local unlogged = 0
+    for n in srv:log():gmatch("(%d+) more datagrams faulted, not logged") do
+      unlogged = unlogged + tonumber(n)
+    end
+    assert.is_true(lines >= 2 and lines + unlogged <= sent, lines .. " lines")
+  end)
+
+  it("lose none while --watch swaps the datagram handler as datagrams flow", function()
+    local file, path = handler_file(version_src(0))
+    local srv = server.start({ "--workers", "1", "--handler", file, "--watch", "--udp-rate", "0",
+      "--listen", "udp://127.0.0.1:0", "--control", path })
+    swap_rounds(srv, file, 5, function(round)   -- swap_rounds wrote the file
+      assert.truthy(server.wait(function()
+        return ctl(path, "=stats().workers[1].reloads") == round .. "\n"
+      end, 10))
+    end)
+  end)
+
+  it("lose none while reload() on the control socket swaps it as datagrams flow", function()
+    local file, path = handler_file(version_src(0))
+    local srv = server.start({ "--workers", "2", "--handler", file, "--udp-rate", "0",
+      "--listen", "udp://127.0.0.1:0", "--control", path })
+    swap_rounds(srv, file, 5, function()
+      assert.equal("true\n", ctl(path, "=reload()"))
+    end)
+  end)
+
+  it("runs in the fork server's own state under --model fork, swapped by SIGHUP as "
+    .. "datagrams flow", function()
+    local file = handler_file(version_src(0))
+    local srv = server.start({ "--model", "fork", "--handler", file, "--udp-rate", "0",
+      "--listen", "udp://127.0.0.1:0", "--listen", "127.0.0.1:0" })
+    swap_rounds(srv, file, 5, function(round)
+      assert.is_true(srv:signal("HUP"))
+      assert.truthy(srv:wait_log("version " .. (round + 1) .. " loaded", 5))
+    end)
+    local host, port = target(srv, 2)                 -- children serve TCP with it
+    assert.equal("TCP V5", (server.echo(host, port, "tcp", { want = 6 })))
+  end)
+
+  it("gives each fork child a copy of the server's state as it was at the fork", function()
+    local file = handler_file([[
+local n = 0
+return {
+  on_data = function(_, data) return ("%s %d\n"):format(data:match("%S+"), n) end,
+  on_datagram = function(_, data) n = n + 1; return data .. " " .. n end,
+}
+]])
+    local srv = server.start({ "--model", "fork", "--handler", file, "--listen",
+      "udp://127.0.0.1:0", "--listen", "127.0.0.1:0" })
+    local uhost, uport = target(srv, 1)
+    local u = udp(uhost)
+    finally(function() u:close() end)
+    assert.equal("a 1", ask(u, uhost, uport, "a"))
+    assert.equal("b 2", ask(u, uhost, uport, "b"))
+    local host, port = target(srv, 2)
+    local c = assert(socket.tcp())
+    finally(function() c:close() end)
+    c:settimeout(5)
+    assert(c:connect(host, port))
+    assert(c:send("x\n"))
+    assert.equal("x 2", c:receive("*l"))
+    assert.equal("c 3", ask(u, uhost, uport, "c"))    -- the server's state moves on
+    assert(c:send("y\n"))
+    assert.equal("y 2", c:receive("*l"))              -- the child's does not
+    assert.equal("z 3\n", (server.echo(host, port, "z\n")))   -- a new child: a new copy
   end)
 end)
