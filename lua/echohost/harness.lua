@@ -1422,7 +1422,10 @@ function H:datagram(data, peer)
   end
   run_world(self.world)
   run_pending(self.world, run_world)
-  return r, err
+  if err then
+    return nil, err
+  end
+  return r
 end
 
 -- Queries --------------------------------------------------------------------
