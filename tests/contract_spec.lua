@@ -1123,6 +1123,16 @@ return {
       { c = "a", ending = "closed", rest = "" },
     } },
 
+  { name = "a table with only on_datagram drops what a TCP client sends; its EOF closes it",
+    handler = "return { on_datagram = function(_, data) return '[' .. data .. ']' end }\n",
+    steps = {
+      { c = "a", send = "tcp" },
+      { c = "a", check = "open" },
+      { u = "x", datagram = "udp", reply = "[udp]" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
   { name = "an error in on_datagram costs that datagram its reply only",
     handler = faulty_datagram("boom", '      error("boom in a datagram")'),
     steps = {
