@@ -489,7 +489,8 @@ end
       return s
     end
     -- the loop guard: from the echo and chargen ports, and the server's own
-    for _, b in ipairs({ { host, 7 }, { host, 19 }, { "127.0.0.2", own } }) do
+    -- (on addresses of their own: the other loop guard test binds host's)
+    for _, b in ipairs({ { "127.0.0.5", 7 }, { "127.0.0.5", 19 }, { "127.0.0.2", own } }) do
       assert(bound(b[1], b[2]):sendto("guarded", host, port))
     end
     local probe = bound("127.0.0.3")
