@@ -1483,6 +1483,8 @@ end }
     local h = harness.open(function() end)
     assert.has_error(function() h:connect({ peer = 7 }) end,
       "bad option 'peer' to 'connect' (string expected, got number)")
+  end)
+end)
 
 describe("harness datagrams", function()
   it("calls a bare function as fn(peer, data): the reply, nil, or an empty string", function()
