@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -18,6 +17,7 @@
 #include "net.h"
 #include "rt_dgram.h"
 #include "rt_fork.h"
+#include "supervise.h"
 #include "udp.h"
 #include "upgrade.h"
 #include "watch.h"
@@ -45,11 +45,7 @@ struct forksrv {
     int nls;
     uint16_t udp_ports[EH_LISTEN_MAX];  /* the loop guard's own ports */
     int nudp;
-    int sigfd;
-    pid_t *kids;                /* live children, unordered */
-    int nkids, capkids;
-    struct upgrade up;          /* SIGUSR2: the new server we start */
-    int draining;
+    struct supervisor sup;      /* signals, the children, the drain */
     long long last_reject_log;
 };
 
@@ -125,10 +121,8 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
         _exit(1);
     for (int i = 0; i < fs->nls; i++)
         close(fs->ls[i].l.fd);
-    close(fs->sigfd);
+    sup_after_fork(&fs->sup);
     close(ev_fd(fs->loop));
-    if (fs->up.fd >= 0)
-        close(fs->up.fd);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_IGN);           /* the parent reopens the log */
@@ -154,28 +148,6 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
 
 /* --- the parent -------------------------------------------------------- */
 
-static int kid_add(struct forksrv *fs, pid_t pid) {
-    if (fs->nkids == fs->capkids) {
-        int cap = fs->capkids ? fs->capkids * 2 : 64;
-        pid_t *k = realloc(fs->kids, cap * sizeof *k);
-        if (k == NULL)
-            return -1;
-        fs->kids = k;
-        fs->capkids = cap;
-    }
-    fs->kids[fs->nkids++] = pid;
-    return 0;
-}
-
-static void kid_remove(struct forksrv *fs, pid_t pid) {
-    for (int i = 0; i < fs->nkids; i++) {
-        if (fs->kids[i] == pid) {
-            fs->kids[i] = fs->kids[--fs->nkids];
-            return;
-        }
-    }
-}
-
 static int reject_log_due(struct forksrv *fs) {
     long long now = ev_time_ms(fs->loop);
 
@@ -185,15 +157,13 @@ static int reject_log_due(struct forksrv *fs) {
     return 1;
 }
 
-static void reap(struct forksrv *fs);
-
 static void serve(struct forksrv *fs, int fd, const char *peer,
                   const char *listener) {
     pid_t parent = getpid(), pid;
 
-    if (fs->nkids >= fs->cfg->max_conns)
-        reap(fs);               /* a child may have exited unnoticed yet */
-    if (fs->nkids >= fs->cfg->max_conns) {
+    if (sup_count(&fs->sup) >= fs->cfg->max_conns)
+        sup_reap(&fs->sup);     /* a child may have exited unnoticed yet */
+    if (sup_count(&fs->sup) >= fs->cfg->max_conns) {
         close(fd);
         if (reject_log_due(fs))
             log_warn("max-conns %d reached: refusing %s", fs->cfg->max_conns,
@@ -209,7 +179,7 @@ static void serve(struct forksrv *fs, int fd, const char *peer,
             log_warn("fork: %s: refusing %s", strerror(errno), peer);
         return;
     }
-    if (kid_add(fs, pid) < 0)
+    if (sup_add(&fs->sup, pid, 0) < 0)
         log_error("out of memory tracking child %d", (int)pid);
     log_debug("child %d serves %s", (int)pid, peer);
 }
@@ -234,55 +204,14 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     }
 }
 
-static void reap(struct forksrv *fs) {
-    pid_t pid;
-    int status;
-
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (upgrade_reaped(&fs->up, pid, status))
-            continue;
-        kid_remove(fs, pid);
-        if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM &&
-            WTERMSIG(status) != SIGKILL)
-            log_warn("child %d was killed by signal %d (%s)", (int)pid,
-                     WTERMSIG(status), strsignal(WTERMSIG(status)));
-    }
-    if (fs->draining && fs->nkids == 0)
-        ev_stop(fs->loop);
-}
-
-/* SIGTERM to every child (its handler gets on_close "shutdown"), then
- * SIGKILL to those still there after KILL_GRACE_MS. */
-static void kill_kids(struct forksrv *fs) {
-    long long until = ev_now_ms() + KILL_GRACE_MS;
-    pid_t pid;
-
-    for (int i = 0; i < fs->nkids; i++)
-        kill(fs->kids[i], SIGTERM);
-    while (fs->nkids > 0 && ev_now_ms() < until) {
-        if ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
-            kid_remove(fs, pid);
-        else if (pid < 0)
-            break;
-        else
-            usleep(2000);
-    }
-    for (int i = 0; i < fs->nkids; i++)
-        kill(fs->kids[i], SIGKILL);
-    for (int i = 0; i < fs->nkids; i++)
-        waitpid(fs->kids[i], NULL, 0);
-    fs->nkids = 0;
-}
-
-static long deadline_proc(ev_loop *loop, long long id, void *ud) {
-    struct forksrv *fs = ud;
-
-    (void)id;
-    if (fs->nkids > 0)
-        log_info("drain deadline: killing %d children", fs->nkids);
-    kill_kids(fs);
-    ev_stop(loop);
-    return EV_NOMORE;
+/* A child ended: only a crash is worth a line. */
+static void child_exited(void *ud, int tag, pid_t pid, int status) {
+    (void)ud;
+    (void)tag;
+    if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM &&
+        WTERMSIG(status) != SIGKILL)
+        log_warn("child %d was killed by signal %d (%s)", (int)pid,
+                 WTERMSIG(status), strsignal(WTERMSIG(status)));
 }
 
 static void close_listeners(struct forksrv *fs) {
@@ -300,57 +229,20 @@ static void close_listeners(struct forksrv *fs) {
     }
 }
 
-/* Stops accepting, lets children finish until the deadline (why: the
- * log's). */
-static void drain(struct forksrv *fs, const char *why) {
-    fs->draining = 1;
-    log_info("%s: draining %d children (at most %g s)", why, fs->nkids,
-             fs->cfg->drain_timeout);
-    close_listeners(fs);
-    if (fs->nkids == 0) {
-        ev_stop(fs->loop);
-        return;
-    }
-    ev_timer_add(fs->loop, (long)(fs->cfg->drain_timeout * 1000),
-                 deadline_proc, fs);
-}
-
-/* First SIGTERM/SIGINT: drain (an upgrade under way is given up). A
- * second one: kill the children now. */
-static void stop(struct forksrv *fs, int sig) {
-    if (fs->draining) {
-        log_info("%s again: stopping now", strsignal(sig));
-        kill_kids(fs);
-        ev_stop(fs->loop);
-        return;
-    }
-    upgrade_cancel(&fs->up);
-    server_stopping();
-    drain(fs, strsignal(sig));
-}
-
-/* The new server serves: this one drains. Or it failed: we go on. */
-static void upgraded(void *ud, pid_t pid, int ok) {
-    struct forksrv *fs = ud;
-
-    if (ok)
-        drain(fs, "upgrade");
-    else
-        server_upgrade_failed(fs->cfg, pid);
+/* The drain begins: children finish their connection meanwhile. */
+static void stop_accepting(void *ud) {
+    close_listeners(ud);
 }
 
 /* SIGUSR2: the new binary gets every listening socket. */
-static void upgrade(struct forksrv *fs) {
+static void upgrade(void *ud) {
+    struct forksrv *fs = ud;
     int fds[EH_LISTEN_MAX];
     struct upgrade_fds f = {fds, fs->nls, 1, -1, -1};
 
-    if (fs->draining) {
-        log_warn("SIGUSR2: draining: no upgrade");
-        return;
-    }
     for (int i = 0; i < fs->nls; i++)
         fds[i] = fs->ls[i].l.fd;
-    upgrade_start(&fs->up, &f, fs->cfg->upgrade_timeout);
+    sup_upgrade(&fs->sup, &f);
 }
 
 static void watch_changed(void *ud);
@@ -383,25 +275,21 @@ static void watch_changed(void *ud) {
     fork_reload(ud, "--watch");
 }
 
-static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
-    struct forksrv *fs = ud;
-    struct signalfd_siginfo si;
-
-    (void)loop;
-    (void)mask;
-    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
-        if (si.ssi_signo == SIGCHLD)
-            reap(fs);
-        else if (si.ssi_signo == SIGHUP)
-            fork_reload(fs, "SIGHUP");
-        else if (si.ssi_signo == SIGUSR1)   /* children keep the old file */
-            log_reopen();
-        else if (si.ssi_signo == SIGUSR2)
-            upgrade(fs);
-        else
-            stop(fs, (int)si.ssi_signo);
-    }
+static void reload(void *ud, const char *trigger) {
+    fork_reload(ud, trigger);
 }
+
+/* SIGUSR1 reopens this process's log only: children keep the old file. */
+static const struct sup_ops fork_ops = {
+    reload, NULL, upgrade, NULL, stop_accepting, child_exited
+};
+
+/* A child serves its connection to the end, or to the drain deadline:
+ * then SIGTERM (its handler gets on_close "shutdown") and SIGKILL
+ * KILL_GRACE_MS later. */
+static const struct sup_policy fork_policy = {
+    "children", 0, 0, KILL_GRACE_MS
+};
 
 /* Accepting on each TCP socket, echoing on each UDP one or running the
  * handler's datagram function here, in this process's state (the one
@@ -438,10 +326,8 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
             fs.udp_ports[fs.nudp++] = (uint16_t)net_sock_port(NULL, ls[i].fd);
     }
     fs.loop = ev_create(64);
-    fs.sigfd = server_signalfd();
-    upgrade_init(&fs.up, fs.loop, upgraded, &fs);
-    if (fs.loop == NULL || fs.sigfd < 0 ||
-        ev_add(fs.loop, fs.sigfd, EV_READABLE, signal_proc, &fs) < 0 ||
+    if (fs.loop == NULL ||
+        sup_init(&fs.sup, fs.loop, cfg, &fork_policy, &fork_ops, &fs) < 0 ||
         open_listeners(&fs) < 0) {
         log_error("fork server: %s", strerror(errno));
         rc = 1;
@@ -451,12 +337,9 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
     } else {
         ev_run(fs.loop);
     }
-    kill_kids(&fs);
+    sup_fini(&fs.sup);
     watch_stop(fs.watch);
     close_listeners(&fs);
-    if (fs.sigfd >= 0)
-        close(fs.sigfd);
     ev_destroy(fs.loop);
-    free(fs.kids);
     return rc;
 }

@@ -24,17 +24,9 @@ struct forksrv_listen {
 int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
                  int n, struct hstate *hs);
 
-/* server.c: blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD and returns a
- * non-blocking signalfd for them, or -1 with errno. */
-int server_signalfd(void);
-/* server.c: the first stop signal (systemd hears STOPPING=1). */
-void server_stopping(void);
 /* server.c: the loop is about to run: systemd hears READY=1, or after an
  * upgrade the pid file names us and the old master hears we serve. 0, or
  * -1: not taking over (logged; exit 1). */
 int server_serving(const struct eh_config *cfg);
-/* server.c: an upgrade failed; the pid file names us again if it named
- * the new master (pid). */
-void server_upgrade_failed(const struct eh_config *cfg, pid_t pid);
 
 #endif

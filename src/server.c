@@ -8,8 +8,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "control.h"
@@ -20,6 +18,7 @@
 #include "metrics.h"
 #include "net.h"
 #include "server.h"
+#include "supervise.h"
 #include "upgrade.h"
 #include "watch.h"
 #include "worker.h"
@@ -28,7 +27,8 @@
 #define BACKOFF_MIN_MS 100        /* a worker that died young waits this, */
 #define BACKOFF_MAX_MS 5000       /* doubling up to this */
 #define LIVED_LONG_MS 2000        /* lived this long: restart at once */
-#define KILL_GRACE_MS 2000        /* past the drain deadline: SIGKILL */
+#define KILL_GRACE_MS 2000        /* workers drain themselves: past their
+                                     deadline, SIGKILL */
 #define LISTEN_NAME_LEN (NET_ADDR_LEN + 8)  /* "udp://[::1]:7" */
 
 struct master;
@@ -45,7 +45,7 @@ struct slot {
 struct master {
     const struct eh_config *cfg;
     ev_loop *loop;
-    int sigfd;
+    struct supervisor sup;      /* signals, the workers' pids, the drain */
     int exclusive;              /* one socket shared, EPOLLEXCLUSIVE */
     int nslots;
     struct slot *slots;
@@ -60,10 +60,8 @@ struct master {
     struct metrics *metrics;    /* --metrics endpoint, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
     struct watch *watch;        /* --watch */
-    struct upgrade up;          /* SIGUSR2: the new master we start */
     int wready[2];              /* started by an upgrade: closed by every
                                    worker once it serves, or -1 */
-    int draining;
     int status;
     pid_t pid;
 };
@@ -223,10 +221,8 @@ static void child_setup(struct master *m, int slot) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != m->pid)
         _exit(1);                       /* the master is already gone */
+    sup_after_fork(&m->sup);
     ev_destroy(m->loop);
-    close(m->sigfd);
-    if (m->up.fd >= 0)
-        close(m->up.fd);
     if (m->wready[0] >= 0)
         close(m->wready[0]);
     if (inherit.ready >= 0)
@@ -286,6 +282,8 @@ static void worker_spawn(struct master *m, int i) {
         return;
     }
     m->st.workers_started++;
+    if (sup_add(&m->sup, pid, i) < 0)
+        log_error("out of memory tracking worker %d (pid %d)", i, (int)pid);
     s->pid = pid;
     s->starts++;
     s->started = ev_now_ms();
@@ -302,33 +300,9 @@ static long restart_proc(ev_loop *loop, long long id, void *ud) {
     (void)loop;
     (void)id;
     s->timer = 0;
-    if (!m->draining)
+    if (!sup_draining(&m->sup))
         worker_spawn(m, (int)(s - m->slots));
     return EV_NOMORE;
-}
-
-static void describe_status(int status, char *buf, size_t len) {
-    if (WIFEXITED(status))
-        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, len, "was killed by signal %d (%s)", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)));
-    else
-        snprintf(buf, len, "stopped (status 0x%x)", status);
-}
-
-static int live_workers(const struct master *m) {
-    int n = 0;
-
-    for (int i = 0; i < m->nslots; i++)
-        n += m->slots[i].pid != 0;
-    return n;
-}
-
-static void signal_workers(struct master *m, int sig) {
-    for (int i = 0; i < m->nslots; i++)
-        if (m->slots[i].pid > 0)
-            kill(m->slots[i].pid, sig);
 }
 
 /* Slot i's worker was reaped: its figures say so (no writer is left). */
@@ -336,18 +310,6 @@ static void master_worker_gone(struct master *m, int i) {
     stats_worker_gone(&m->st.workers[i]);
     for (int l = 0; l < m->nls; l++)
         stat_set(&m->lstats[i * m->nls + l].conns_open, 0);
-}
-
-/* Kills what is left and waits for it: used when stopping at once. */
-static void kill_workers(struct master *m) {
-    signal_workers(m, SIGKILL);
-    for (int i = 0; i < m->nslots; i++) {
-        if (m->slots[i].pid > 0) {
-            waitpid(m->slots[i].pid, NULL, 0);
-            m->slots[i].pid = 0;
-            master_worker_gone(m, i);
-        }
-    }
 }
 
 /* Schedules the restart of slot i, sooner if it lived long. */
@@ -358,7 +320,7 @@ static void worker_died(struct master *m, int i, int status) {
     long delay;
 
     s->pid = 0;                         /* reaped: never signal it again */
-    describe_status(status, what, sizeof what);
+    sup_describe(status, what, sizeof what);
     if (ev_now_ms() - s->started >= LIVED_LONG_MS)
         s->fails = 0;
     delay = s->fails == 0 ? 0 : BACKOFF_MIN_MS << (s->fails - 1);
@@ -370,32 +332,24 @@ static void worker_died(struct master *m, int i, int status) {
     s->timer = ev_timer_add(m->loop, delay, restart_proc, s);
 }
 
-static void master_reap(struct master *m) {
+/* Slot i's worker was reaped (i -1: not a worker). Restarted unless
+ * draining. */
+static void master_exited(void *ud, int i, pid_t pid, int status) {
+    struct master *m = ud;
     char what[128];
-    pid_t pid;
-    int status;
 
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (upgrade_reaped(&m->up, pid, status))
-            continue;
-        for (int i = 0; i < m->nslots; i++) {
-            if (m->slots[i].pid != pid)
-                continue;
-            master_worker_gone(m, i);
-            if (m->ctl)
-                control_set_worker(m->ctl, i, 0, -1);
-            if (!m->draining) {
-                worker_died(m, i, status);
-            } else {
-                describe_status(status, what, sizeof what);
-                log_debug("worker %d (pid %d) %s", i, (int)pid, what);
-                m->slots[i].pid = 0;
-            }
-            break;
-        }
+    if (i < 0)
+        return;
+    master_worker_gone(m, i);
+    if (m->ctl)
+        control_set_worker(m->ctl, i, 0, -1);
+    if (!sup_draining(&m->sup)) {
+        worker_died(m, i, status);
+        return;
     }
-    if (m->draining && live_workers(m) == 0)
-        ev_stop(m->loop);
+    sup_describe(status, what, sizeof what);
+    log_debug("worker %d (pid %d) %s", i, (int)pid, what);
+    m->slots[i].pid = 0;
 }
 
 /* --- the handler ------------------------------------------------------- */
@@ -439,10 +393,10 @@ static void master_reload(struct master *m, const char *trigger) {
         hstate_log_refused(m->handler, trigger, err);
         return;
     }
-    n = live_workers(m);
+    n = sup_count(&m->sup);
     log_info("%s: reloading the handler in %d %s", trigger, n,
              n == 1 ? "worker" : "workers");
-    signal_workers(m, SIGHUP);
+    sup_signal_all(&m->sup, SIGHUP);
 }
 
 static void master_watched(void *ud) {
@@ -466,22 +420,23 @@ static int control_swap(void *ud, const char *path, char *err,
     return 0;
 }
 
-/* --- signals ----------------------------------------------------------- */
+/* --- supervision -------------------------------------------------------- */
 
-static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
-    struct master *m = ud;
-
-    (void)id;
-    log_warn("workers still running past the drain deadline: killing them");
-    kill_workers(m);
-    ev_stop(loop);
-    return EV_NOMORE;
+static void master_reload_proc(void *ud, const char *trigger) {
+    master_reload(ud, trigger);
 }
 
-/* Stops accepting and lets the workers drain (why: the log's). */
-static void master_drain(struct master *m, const char *why) {
-    m->draining = 1;
-    log_info("%s: draining (at most %g s)", why, m->cfg->drain_timeout);
+static void master_reopened(void *ud) {
+    struct master *m = ud;
+
+    sup_signal_all(&m->sup, SIGUSR1);
+    log_info("SIGUSR1: log reopened");
+}
+
+/* The drain begins: no more accepting, no more restarts. */
+static void master_stop_accepting(void *ud) {
+    struct master *m = ud;
+
     master_close_listeners(m);
     for (int i = 0; i < m->nslots; i++) {
         if (m->slots[i].timer) {
@@ -489,110 +444,49 @@ static void master_drain(struct master *m, const char *why) {
             m->slots[i].timer = 0;
         }
     }
-    signal_workers(m, SIGTERM);
-    if (live_workers(m) == 0) {
-        ev_stop(m->loop);
-        return;
-    }
-    ev_timer_add(m->loop, (long)(m->cfg->drain_timeout * 1000) + KILL_GRACE_MS,
-                 drain_deadline_proc, m);
 }
 
-/* First SIGTERM/SIGINT: stop accepting and let the workers drain (an
- * upgrade under way is given up). A second one: stop now. */
-static void master_stop(struct master *m, int sig) {
-    if (m->draining) {
-        log_info("%s again: stopping now", strsignal(sig));
-        kill_workers(m);
-        ev_stop(m->loop);
-        return;
-    }
-    upgrade_cancel(&m->up);
-    server_stopping();
-    master_drain(m, strsignal(sig));
-}
-
-/* The new master serves: this one hands over the control socket and
- * drains. Or it failed: the pid file names this one again. */
-static void master_upgraded(void *ud, pid_t pid, int ok) {
+/* The new master serves: this one hands over the control socket and the
+ * metrics endpoint, then drains. */
+static void master_handed_over(void *ud) {
     struct master *m = ud;
 
-    if (!ok) {
-        server_upgrade_failed(m->cfg, pid);
-        return;
-    }
     if (m->ctl)
         control_release(m->ctl);
     if (m->metrics)
         metrics_release(m->metrics);
-    master_drain(m, "upgrade");
 }
 
 /* SIGUSR2: the new binary gets every listening socket (one per --listen,
  * or one per worker per --listen) and the control socket. */
-static void master_upgrade(struct master *m) {
+static void master_upgrade(void *ud) {
+    struct master *m = ud;
     int n = m->exclusive ? m->nls : m->nslots * m->nls;
     int *fds = malloc(n * sizeof *fds);
     struct upgrade_fds f = {fds, n, m->exclusive,
                             m->ctl ? control_fd(m->ctl) : -1,
                             m->metrics ? metrics_fd(m->metrics) : -1};
 
-    if (m->draining) {
-        log_warn("SIGUSR2: draining: no upgrade");
-    } else if (fds == NULL) {
+    if (fds == NULL) {
         log_error("SIGUSR2: out of memory; still serving");
-    } else {
-        for (int i = 0; i < n; i++)
-            fds[i] = m->ls[i].fd;
-        upgrade_start(&m->up, &f, m->cfg->upgrade_timeout);
+        return;
     }
+    for (int i = 0; i < n; i++)
+        fds[i] = m->ls[i].fd;
+    sup_upgrade(&m->sup, &f);
     free(fds);
 }
 
-static void master_signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
-    struct master *m = ud;
-    struct signalfd_siginfo si;
+static const struct sup_ops master_ops = {
+    master_reload_proc, master_reopened, master_upgrade, master_handed_over,
+    master_stop_accepting, master_exited
+};
 
-    (void)loop;
-    (void)mask;
-    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
-        switch (si.ssi_signo) {
-        case SIGCHLD:
-            master_reap(m);
-            break;
-        case SIGHUP:
-            master_reload(m, "SIGHUP");
-            break;
-        case SIGUSR1:               /* logrotate renamed the log */
-            log_reopen();
-            signal_workers(m, SIGUSR1);
-            log_info("SIGUSR1: log reopened");
-            break;
-        case SIGUSR2:
-            master_upgrade(m);
-            break;
-        default:
-            master_stop(m, (int)si.ssi_signo);
-            break;
-        }
-    }
-}
-
-/* Signals of interest are blocked and read from a signalfd on the loop;
- * children inherit the mask and set their own. */
-int server_signalfd(void) {
-    sigset_t set;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
-    sigaddset(&set, SIGUSR2);
-    sigaddset(&set, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-}
+/* Workers drain themselves on SIGTERM (--drain-timeout): the master kills
+ * what is left KILL_GRACE_MS later. */
+static const struct sup_policy master_policy = {
+    "workers", 1, KILL_GRACE_MS, 0
+};
 
 /* --- process conventions ----------------------------------------------- */
 
@@ -646,23 +540,6 @@ int server_serving(const struct eh_config *cfg) {
     if (upgrade_report_ready(&inherit, err, sizeof err) < 0)
         log_warn("%s", err);
     return 0;
-}
-
-/* The new master failed: if it wrote the pid file, it names us again. */
-void server_upgrade_failed(const struct eh_config *cfg, pid_t pid) {
-    char err[DAEMON_ERR_LEN];
-
-    if (cfg->pid_file && daemon_pid_read(cfg->pid_file) == pid &&
-        daemon_pid_write(cfg->pid_file, err, sizeof err) < 0)
-        log_warn("%s", err);
-}
-
-/* The first stop signal: systemd hears STOPPING=1. */
-void server_stopping(void) {
-    char err[DAEMON_ERR_LEN];
-
-    if (daemon_notify("STOPPING=1", err, sizeof err) < 0)
-        log_warn("%s", err);
 }
 
 /* --- master ------------------------------------------------------------ */
@@ -720,10 +597,9 @@ static int master_init(struct master *m, char *addr, size_t len) {
     if (master_listen(m, addr, len) < 0)
         return -1;
     m->loop = ev_create(64);
-    m->sigfd = server_signalfd();
-    upgrade_init(&m->up, m->loop, master_upgraded, m);
-    if (m->loop == NULL || m->sigfd < 0 ||
-        ev_add(m->loop, m->sigfd, EV_READABLE, master_signal_proc, m) < 0 ||
+    if (m->loop == NULL ||
+        sup_init(&m->sup, m->loop, m->cfg, &master_policy, &master_ops,
+                 m) < 0 ||
         (upgraded && pipe2(m->wready, O_CLOEXEC) < 0)) {
         log_error("master: %s", strerror(errno));
         return -1;
@@ -749,14 +625,13 @@ static int master_init(struct master *m, char *addr, size_t len) {
 }
 
 static void master_fini(struct master *m) {
+    sup_fini(&m->sup);          /* kills what is left, before its figures go */
     watch_stop(m->watch);
     metrics_close(m->metrics);
     if (m->ctl)
         control_close(m->ctl);
     if (m->ls)
         master_close_listeners(m);
-    if (m->sigfd >= 0)
-        close(m->sigfd);
     for (int i = 0; i < 2; i++)
         if (m->wready[i] >= 0)
             close(m->wready[i]);
@@ -817,7 +692,6 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     memset(&m, 0, sizeof m);
     m.cfg = cfg;
     m.handler = hs;
-    m.sigfd = -1;
     m.wready[0] = m.wready[1] = -1;
     if (master_init(&m, addr, sizeof addr) < 0 || server_settle(cfg) < 0) {
         master_fini(&m);
@@ -833,7 +707,6 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     } else {
         ev_run(m.loop);
     }
-    kill_workers(&m);
     master_fini(&m);
     return m.status;
 }
