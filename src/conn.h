@@ -12,31 +12,20 @@
 #include "config.h"
 #include "ev.h"
 
-struct worker;
 struct handler;
 struct hstate;
-struct conn_out;                /* output queue, private to worker.c */
-struct worker_lsock;
 
-typedef struct conn {
-    int fd;
-    uint64_t id;                /* unique within the server run */
-    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412" */
-    const char *listener;       /* its listener's name: "127.0.0.1:8888" */
-    struct worker *w;
-    void *hdata;                /* owned by the handler runtime */
-    /* the fields below are private to worker.c */
-    struct conn_out *out;
-    struct worker_lsock *ls;    /* the listener that accepted it */
-    unsigned flags;
-    long long idle_timer;
-    long long last_active_ms;
-    long long opened_ms;
-    uint64_t bytes_in, bytes_out;   /* this connection's (control: conns()) */
-    struct conn *prev, *next;
-} conn;
+typedef struct conn conn;       /* private to worker.c */
 
 /* --- worker.c, for the handler runtime ------------------------------------ */
+
+/* Unique within the server run. */
+uint64_t conn_id(const conn *c);
+/* "127.0.0.1:53412", "[::1]:53412" */
+const char *conn_peer(const conn *c);
+/* What the handler runtime keeps for c (NULL at first), owned by it. */
+void *conn_data(const conn *c);
+void conn_set_data(conn *c, void *data);
 
 /* Queues len bytes (copied) for the client. 0, or -1 when the connection is
  * closing or gone. The queue may pass the high-water mark: callers that must

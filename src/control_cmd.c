@@ -526,50 +526,63 @@ static void cmd_quote(struct cmd_out *o, const char *s) {
     cmd_printf(o, "\"");
 }
 
+/* The listing of conns() as it is built: past CONTROL_CONNS_MAX, or when
+ * the reply fills, connections are only counted. */
+struct cmd_conns {
+    struct cmd_out *o;
+    long long now;
+    int n, more;
+};
+
+static void cmd_w_conn(void *ud, const struct conn_info *ci) {
+    struct cmd_conns *l = ud;
+    struct cmd_out *o = l->o;
+    size_t mark = o->len;
+
+    if (l->n >= CONTROL_CONNS_MAX) {
+        l->more++;
+        return;
+    }
+    cmd_printf(o, "{id=%llu,peer=", (unsigned long long)ci->id);
+    cmd_quote(o, ci->peer);
+    cmd_printf(o, ",listener=");
+    cmd_quote(o, ci->listener);
+    cmd_printf(o, ",bytes_in=%llu,bytes_out=%llu,age=%.3f,idle=%.3f,"
+               "pending=%zu},", (unsigned long long)ci->bytes_in,
+               (unsigned long long)ci->bytes_out,
+               (l->now - ci->opened_ms) / 1000.0,
+               (l->now - ci->last_active_ms) / 1000.0, ci->pending);
+    if (o->full || o->len > sizeof o->buf - 64) {
+        o->len = mark;                  /* keep room for the end */
+        o->full = 0;
+        l->more++;
+        l->n = CONTROL_CONNS_MAX;
+        return;
+    }
+    l->n++;
+}
+
 static void cmd_w_conns(struct worker *w, struct cmd_out *o) {
-    long long now = ev_now_ms();
-    int n = 0, more = 0;
+    struct cmd_conns l = {o, ev_now_ms(), 0, 0};
 
     cmd_printf(o, "{");
-    for (conn *c = w->conns; c; c = c->next) {
-        size_t mark = o->len;
-        if (n >= CONTROL_CONNS_MAX) {
-            more++;
-            continue;
-        }
-        cmd_printf(o, "{id=%llu,peer=", (unsigned long long)c->id);
-        cmd_quote(o, c->peer);
-        cmd_printf(o, ",listener=");
-        cmd_quote(o, c->listener);
-        cmd_printf(o, ",bytes_in=%llu,bytes_out=%llu,age=%.3f,idle=%.3f,"
-                   "pending=%zu},", (unsigned long long)c->bytes_in,
-                   (unsigned long long)c->bytes_out,
-                   (now - c->opened_ms) / 1000.0,
-                   (now - c->last_active_ms) / 1000.0, conn_pending(c));
-        if (o->full || o->len > sizeof o->buf - 64) {
-            o->len = mark;                  /* keep room for the end */
-            o->full = 0;
-            more++;
-            n = CONTROL_CONNS_MAX;
-            continue;
-        }
-        n++;
-    }
-    cmd_printf(o, "more=%d}", more);
+    worker_each_conn(w, cmd_w_conn, &l);
+    cmd_printf(o, "more=%d}", l.more);
 }
 
 /* handler <path>, or reload (path NULL): {ok=true,version=N} or
  * {ok=false,error="file:line: ..."}; the old handler stays on failure. */
 static void cmd_w_swap(struct worker *w, const char *path,
                        struct cmd_out *o) {
+    struct handler *h = worker_handler(w);
     char err[512];
 
-    if (w->h == NULL) {
+    if (h == NULL) {
         cmd_printf(o, "{ok=false,error=\"this server echoes in C (started "
                    "without --handler): nothing to swap\"}");
         return;
     }
-    if (handler_reload(w->h, path, err, sizeof err) < 0) {
+    if (handler_reload(h, path, err, sizeof err) < 0) {
         worker_note_reload(w, -1);
         cmd_printf(o, "{ok=false,error=");
         cmd_quote(o, err);
@@ -577,7 +590,7 @@ static void cmd_w_swap(struct worker *w, const char *path,
         return;
     }
     worker_note_reload(w, 0);
-    cmd_printf(o, "{ok=true,version=%d}", handler_version(w->h));
+    cmd_printf(o, "{ok=true,version=%d}", handler_version(h));
 }
 
 static void cmd_w_answer(struct worker *w, const char *req, struct cmd_out *o) {

@@ -32,7 +32,7 @@ struct handler {
     size_t inbuf_max;           /* bytes buffered for a coroutine */
 };
 
-/* Per-connection state of the runtime: c->hdata. */
+/* Per-connection state of the runtime: conn_data(c). */
 struct hconn {
     struct handler *h;
     conn *c;
@@ -306,7 +306,7 @@ static void co_start(struct hconn *hc) {
     cap_restore(h, cap);
     if (task_start(hc, h->L, 1) == NULL) {
         lua_pop(h->L, 2);
-        log_error("handler: out of memory for connection %s", hc->c->peer);
+        log_error("handler: out of memory for connection %s", conn_peer(hc->c));
         conn_close(hc->c);
     }
 }
@@ -1071,16 +1071,16 @@ void handler_on_open(struct handler *h, conn *c) {
     size_t cap;
 
     if (hc == NULL) {
-        log_error("handler: out of memory for connection %s", c->peer);
+        log_error("handler: out of memory for connection %s", conn_peer(c));
         conn_close(c);
         return;
     }
     hc->h = h;
     hc->c = c;
-    c->hdata = hc;
+    conn_set_data(c, hc);
     cap = cap_lift(h);
-    hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)c->id, c->peer,
-                      h->inbuf_max);
+    hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)conn_id(c),
+                      conn_peer(c), h->inbuf_max);
     hc->ud_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
     cap_restore(h, cap);
     if (h->hs.cur.kind == HK_DIRECT)
@@ -1091,7 +1091,7 @@ void handler_on_open(struct handler *h, conn *c) {
 
 void handler_on_data(struct handler *h, conn *c, const char *buf,
                      size_t len) {
-    struct hconn *hc = c->hdata;
+    struct hconn *hc = conn_data(c);
     struct task *t;
     size_t took;
 
@@ -1124,12 +1124,12 @@ void handler_on_data(struct handler *h, conn *c, const char *buf,
     task_resume(t, h->L, 1);
     return;
 nomem:
-    log_error("handler: out of memory buffering input of %s", c->peer);
+    log_error("handler: out of memory buffering input of %s", conn_peer(c));
     conn_close(c);
 }
 
 void handler_on_eof(struct handler *h, conn *c) {
-    struct hconn *hc = c->hdata;
+    struct hconn *hc = conn_data(c);
     struct task *t;
     (void)h;
 
@@ -1145,7 +1145,7 @@ void handler_on_eof(struct handler *h, conn *c) {
 }
 
 void handler_on_drain(struct handler *h, conn *c) {
-    struct hconn *hc = c->hdata;
+    struct hconn *hc = conn_data(c);
     struct task *t;
     size_t len, cap;
     const char *s;
@@ -1187,7 +1187,7 @@ static void conn_gone_tasks(struct hconn *hc, int code) {
 }
 
 const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
-    struct hconn *hc = c->hdata;
+    struct hconn *hc = conn_data(c);
 
     if (hc == NULL)
         return reason;
@@ -1210,7 +1210,7 @@ const char *handler_on_close(struct handler *h, conn *c, const char *reason) {
         lua_gc(h->L, LUA_GCCOLLECT);
     free(hc->ibuf);
     free(hc);
-    c->hdata = NULL;
+    conn_set_data(c, NULL);
     return reason;
 }
 

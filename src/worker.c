@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 #include "lpubsub.h"
 #include "net.h"
 #include "rt_dgram.h"
+#include "supervise.h"
 #include "worker.h"
 
 #define SCRATCH_LEN (64 * 1024)   /* the worker's one read buffer */
@@ -44,7 +44,82 @@ struct conn_out {
     char data[];
 };
 
+/* A listener in the worker: accepting (TCP) or echoing (UDP). */
+struct worker_lsock {
+    struct worker *w;
+    struct worker_listener l;   /* l.fd -1 once draining */
+    struct udp_echo *udp;       /* UDP: the echo on l.fd */
+};
+
+struct conn {
+    int fd;
+    uint64_t id;                /* unique within the server run */
+    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412" */
+    const char *listener;       /* its listener's name: "127.0.0.1:8888" */
+    struct worker *w;
+    void *hdata;                /* owned by the handler runtime */
+    struct conn_out *out;
+    struct worker_lsock *ls;    /* the listener that accepted it */
+    unsigned flags;
+    long long last_active_ms;
+    long long opened_ms;
+    uint64_t bytes_in, bytes_out;   /* this connection's (control: conns()) */
+    struct conn *prev, *next;
+};
+
+struct worker {
+    int slot;                   /* 0 .. workers-1 */
+    const struct eh_config *cfg;
+    ev_loop *loop;
+    struct handler *h;          /* NULL: C echo */
+    struct worker_stats *stats;
+    struct worker_lsock *ls;    /* its listeners */
+    int nls;
+    int exclusive;              /* their fds shared with the other workers */
+    int spare_fd;               /* kept for EMFILE (see accept_proc) */
+    int sigfd;
+    char *scratch;              /* the one read buffer of this worker */
+    size_t scratch_len;
+    conn *conns;                /* open connections */
+    conn *dead;                 /* closed, freed after the iteration */
+    uint64_t next_id;
+    long long sweep_timer;
+    struct sup_drain drain;     /* SIGTERM */
+    long long last_reject_log;
+};
+
 static void conn_kill(conn *c, int reason);
+
+/* --- what others see ---------------------------------------------------- */
+
+uint64_t conn_id(const conn *c) {
+    return c->id;
+}
+
+const char *conn_peer(const conn *c) {
+    return c->peer;
+}
+
+void *conn_data(const conn *c) {
+    return c->hdata;
+}
+
+void conn_set_data(conn *c, void *data) {
+    c->hdata = data;
+}
+
+void worker_each_conn(struct worker *w, worker_conn_proc *proc, void *ud) {
+    for (conn *c = w->conns; c; c = c->next) {
+        struct conn_info ci = {
+            c->id, c->peer, c->listener, c->bytes_in, c->bytes_out,
+            c->opened_ms, c->last_active_ms, conn_pending(c)};
+        proc(ud, &ci);
+    }
+}
+
+struct handler *worker_handler(struct worker *w) {
+    return w->h;
+}
 
 /* --- reading and writing ----------------------------------------------- */
 
@@ -369,7 +444,7 @@ static void worker_after(ev_loop *loop, void *ud) {
     }
     if (w->h)                   /* one store an iteration, for stats() */
         stat_set(&w->stats->lua_mem, handler_mem(w->h));
-    if (w->draining && w->conns == NULL)
+    if (sup_drain_done(&w->drain))
         ev_stop(loop);
 }
 
@@ -542,18 +617,6 @@ static void kill_all(struct worker *w, int reason) {
         conn_kill(w->conns, reason);
 }
 
-static long drain_deadline_proc(ev_loop *loop, long long id, void *ud) {
-    struct worker *w = ud;
-
-    (void)id;
-    if (w->conns != NULL)
-        log_info("drain deadline: closing %llu connections",
-                 (unsigned long long)stat_get(&w->stats->conns_open));
-    kill_all(w, R_SHUTDOWN);
-    ev_stop(loop);
-    return EV_NOMORE;
-}
-
 /* Stops accepting and echoing datagrams: closes every listener. */
 static void close_listeners(struct worker *w) {
     for (int i = 0; i < w->nls; i++) {
@@ -570,24 +633,28 @@ static void close_listeners(struct worker *w) {
     }
 }
 
+static void drain_begin(void *ud) {
+    close_listeners(ud);
+}
+
+static int drain_busy(void *ud) {
+    return ((struct worker *)ud)->conns != NULL;
+}
+
+static void drain_end(void *ud, int deadline) {
+    struct worker *w = ud;
+
+    if (deadline && w->conns != NULL)
+        log_info("drain deadline: closing %llu connections",
+                 (unsigned long long)stat_get(&w->stats->conns_open));
+    kill_all(w, R_SHUTDOWN);
+}
+
 /* First SIGTERM: stop accepting, let connections finish until the drain
  * deadline. A second one closes everything now. */
-static void worker_drain(struct worker *w) {
-    if (w->draining) {
-        kill_all(w, R_SHUTDOWN);
-        ev_stop(w->loop);
-        return;
-    }
-    w->draining = 1;
-    close_listeners(w);
-    if (w->conns == NULL) {
-        ev_stop(w->loop);
-        return;
-    }
-    w->drain_timer = ev_timer_add(w->loop,
-                                  (long)(w->cfg->drain_timeout * 1000),
-                                  drain_deadline_proc, w);
-}
+static const struct sup_drain_ops drain_ops = {
+    drain_begin, drain_busy, drain_end
+};
 
 void worker_note_reload(struct worker *w, int rc) {
     stat_add(rc == 0 ? &w->stats->reloads : &w->stats->reload_failures, 1);
@@ -605,39 +672,29 @@ static void worker_reload(struct worker *w) {
     worker_note_reload(w, handler_reload_logged(w->h, "SIGHUP"));
 }
 
-static void signal_proc(ev_loop *loop, int fd, void *ud, int mask) {
+static void worker_signal(void *ud, int signo) {
     struct worker *w = ud;
-    struct signalfd_siginfo si;
 
-    (void)loop;
-    (void)mask;
-    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
-        if (si.ssi_signo == SIGTERM)
-            worker_drain(w);
-        else if (si.ssi_signo == SIGHUP)
-            worker_reload(w);
-        else if (si.ssi_signo == SIGUSR1)
-            log_reopen();
-    }
+    if (signo == SIGTERM)
+        sup_drain_stop(&w->drain, (long)(w->cfg->drain_timeout * 1000));
+    else if (signo == SIGHUP)
+        worker_reload(w);
+    else if (signo == SIGUSR1)
+        log_reopen();
 }
 
-/* SIGTERM, SIGHUP and SIGUSR1 arrive through a signalfd; SIGINT is the master's
- * (a terminal's ^C reaches the whole group: the master relays it once). */
+/* SIGTERM, SIGHUP and SIGUSR1 arrive through a signalfd; SIGINT is the
+ * master's (a terminal's ^C reaches the whole group: the master relays it
+ * once). */
 static int worker_signals(struct worker *w) {
-    sigset_t set;
+    static const int sigs[] = {SIGTERM, SIGHUP, SIGUSR1};
 
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGUSR2, SIG_IGN);           /* upgrades are the master's */
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
-    sigprocmask(SIG_SETMASK, &set, NULL);
-    w->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (w->sigfd < 0)
-        return -1;
-    return ev_add(w->loop, w->sigfd, EV_READABLE, signal_proc, w);
+    w->sigfd = sup_signals(w->loop, sigs, (int)(sizeof sigs / sizeof *sigs), 1,
+                           worker_signal, w);
+    return w->sigfd < 0 ? -1 : 0;
 }
 
 /* --- worker ------------------------------------------------------------ */
@@ -687,6 +744,7 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
     w->loop = ev_create(1024);
     w->scratch_len = SCRATCH_LEN;
     w->scratch = malloc(w->scratch_len);
+    sup_drain_init(&w->drain, w->loop, &drain_ops, w);
     if (w->loop == NULL || w->scratch == NULL || worker_signals(w) < 0) {
         log_error("worker %d: %s", w->slot, strerror(errno));
         return 1;

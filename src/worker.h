@@ -45,34 +45,22 @@ struct worker_start {
     struct worker_stats *stats; /* this slot in the master's mapping */
 };
 
-/* A listener in the worker: accepting (TCP) or echoing (UDP). */
-struct worker_lsock {
-    struct worker *w;
-    struct worker_listener l;   /* l.fd -1 once draining */
-    struct udp_echo *udp;       /* UDP: the echo on l.fd */
+struct worker;                  /* private to worker.c */
+
+/* What the control channel shows of one open connection. */
+struct conn_info {
+    uint64_t id;
+    const char *peer, *listener;
+    uint64_t bytes_in, bytes_out;
+    long long opened_ms, last_active_ms;    /* ev_now_ms() clock */
+    size_t pending;             /* bytes queued for the client */
 };
 
-struct worker {
-    int slot;                   /* 0 .. workers-1 */
-    const struct eh_config *cfg;
-    ev_loop *loop;
-    struct handler *h;          /* NULL: C echo */
-    struct worker_stats *stats;
-    struct worker_lsock *ls;    /* its listeners */
-    int nls;
-    int exclusive;              /* their fds shared with the other workers */
-    int spare_fd;               /* kept for EMFILE (see accept_proc) */
-    int sigfd;
-    char *scratch;              /* the one read buffer of this worker */
-    size_t scratch_len;
-    conn *conns;                /* open connections */
-    conn *dead;                 /* closed, freed after the iteration */
-    uint64_t next_id;
-    long long sweep_timer;
-    long long drain_timer;
-    int draining;
-    long long last_reject_log;
-};
+typedef void worker_conn_proc(void *ud, const struct conn_info *ci);
+/* proc(ud, ...) for each open connection, the newest first. */
+void worker_each_conn(struct worker *w, worker_conn_proc *proc, void *ud);
+/* The worker's handler runtime, or NULL: it echoes in C. */
+struct handler *worker_handler(struct worker *w);
 
 /* Counts a handler reload that returned rc (0 or -1) and publishes the
  * version the worker runs now. */
