@@ -284,11 +284,11 @@ static const struct sup_ops fork_ops = {
     reload, NULL, upgrade, NULL, stop_accepting, child_exited
 };
 
-/* A child serves its connection to the end, or to the drain deadline:
- * then SIGTERM (its handler gets on_close "shutdown") and SIGKILL
- * KILL_GRACE_MS later. */
+/* A child serves its connection to the end, or to the drain deadline
+ * (nothing unusual: no warning): then SIGTERM (its handler gets on_close
+ * "shutdown") and SIGKILL KILL_GRACE_MS later. */
 static const struct sup_policy fork_policy = {
-    "children", 0, 0, KILL_GRACE_MS
+    "children", 0, 0, KILL_GRACE_MS, LOG_INFO
 };
 
 /* Accepting on each TCP socket, echoing on each UDP one or running the

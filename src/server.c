@@ -483,9 +483,9 @@ static const struct sup_ops master_ops = {
 };
 
 /* Workers drain themselves on SIGTERM (--drain-timeout): the master kills
- * what is left KILL_GRACE_MS later. */
+ * what is left KILL_GRACE_MS later, which is worth a warning. */
 static const struct sup_policy master_policy = {
-    "workers", 1, KILL_GRACE_MS, 0
+    "workers", 1, KILL_GRACE_MS, 0, LOG_WARN
 };
 
 /* --- process conventions ----------------------------------------------- */

@@ -216,8 +216,8 @@ static void master_end(void *ud, int deadline) {
     struct supervisor *s = ud;
 
     if (deadline && s->nkids > 0)
-        log_warn("drain deadline: killing %d %s still running", s->nkids,
-                 s->policy->noun);
+        log_msg(s->policy->deadline_level, "drain deadline: killing %d %s "
+                "still running", s->nkids, s->policy->noun);
     sup_kill_all(s);
 }
 

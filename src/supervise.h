@@ -71,6 +71,8 @@ struct sup_policy {
     long deadline_extra_ms;     /* past --drain-timeout before killing */
     long term_grace_ms;         /* killing: SIGTERM, SIGKILL this much
                                    later; 0: SIGKILL at once */
+    int deadline_level;         /* the log level of killing at the
+                                   deadline (LOG_WARN, LOG_INFO) */
 };
 
 struct sup_child {
