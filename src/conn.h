@@ -83,7 +83,7 @@ void handler_on_eof(struct handler *h, conn *c);
 /* Output fell to the low-water mark after having passed the high one. */
 void handler_on_drain(struct handler *h, conn *c);
 /* The connection is going away (reason: "eof", "error", "timeout", "reset",
- * "shutdown", "closed"); release c->hdata. c is freed after this returns.
+ * "shutdown", "closed"); release conn_data(c). c is freed after this returns.
  * Returns the reason the handler saw ("error" after a handler error). */
 const char *handler_on_close(struct handler *h, conn *c, const char *reason);
 
