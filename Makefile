@@ -47,9 +47,13 @@ HOST_SRC := $(filter-out $(LUA_MAIN),$(wildcard src/*.c))
 GLUE_SRC := $(wildcard glue/*.c)
 GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
 ifneq ($(wildcard glue/gen.lua),)
-GLUE_GEN := $(BUILD)/glue/glue_types.c
-GLUE_GENH:= $(BUILD)/glue/glue_types.h
+GLUE_GEN := $(BUILD)/glue/glue_prelude.c
+GLUE_GENH:= $(BUILD)/glue/glue_prelude.h
 endif
+# The glue runtime without Lua (the library libechohost-glue); lglue.c and
+# glue_lua.c are its Lua binding, echohost.glue.
+GLUE_LUA_SRC := glue/lglue.c glue/glue_lua.c
+GLUE_RT_SRC  := $(filter-out $(GLUE_LUA_SRC),$(GLUE_SRC))
 
 # Lua modules built into the binary (src/embed.lua), compiled when first
 # required: every one of lua/echohost/, so that the handler loader, the
@@ -85,7 +89,13 @@ TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
 BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
 GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
-all: deps-check $(BIN) $(LUABIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) $(BUS_TEST)
+GLUE_RT_OBJ:= $(patsubst %.c,$(BUILD)/%.o,$(GLUE_RT_SRC) $(GLUE_GEN))
+# The glue C library: the runtime and the prelude's types, no Lua.
+GLUE_SONAME := libechohost-glue.so.0
+GLUE_LIBS  := $(if $(GLUE_GEN),$(BUILD)/lib/libechohost-glue.a \
+              $(BUILD)/lib/$(GLUE_SONAME))
+all: deps-check $(BIN) $(LUABIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) \
+     $(BUS_TEST) $(GLUE_LIBS)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -115,7 +125,7 @@ ifneq ($(GLUE_GEN),)
 $(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS) | deps-check
 	@mkdir -p $(BUILD)/glue
 	@printf '  GEN %s\n' $(GLUE_GEN)
-	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_types $(GLUE_DEFS)
+	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_prelude $(GLUE_DEFS)
 endif
 
 $(BUILD)/lua/echohost/%.so: $(GLUE_GENH) | deps-check
@@ -142,10 +152,27 @@ $(BUILD)/tests/sdsim: tests/sdsim.c
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
 
-$(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_OBJ) tests/glue/check.h
+# The runtime's tests link without Lua; test_lua tests the binding.
+$(BUILD)/tests/glue/%: tests/glue/%.c $(GLUE_RT_OBJ) tests/glue/check.h \
+                       tests/glue/tinfo.h
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $< $(GLUE_RT_OBJ) -lm \
+	    $(EXTRA_LDFLAGS)
+$(BUILD)/tests/glue/test_lua: tests/glue/test_lua.c $(GLUE_OBJ) tests/glue/check.h
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $< $(GLUE_OBJ) $(LUA_LIBS) -lm \
+	    $(EXTRA_LDFLAGS)
+
+$(BUILD)/lib/libechohost-glue.a: $(GLUE_RT_OBJ)
+	@mkdir -p $(dir $@)
+	@printf '  AR %s\n' $@
+	$(Q)rm -f $@ && ar rcs $@ $^
+$(BUILD)/lib/$(GLUE_SONAME): $(GLUE_RT_OBJ)
+	@mkdir -p $(dir $@)
+	@printf '  SO %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,$(GLUE_SONAME) -o $@ $^ -lm \
 	    $(EXTRA_LDFLAGS)
 glue-test: $(GLUE_TESTS)
 

@@ -1,13 +1,11 @@
 /* Glue runtime: thread_info, the managed heap (bump allocation, Cheney
- * copying collector over explicit roots), strings, fn values, call(). */
+ * copying collector over explicit roots), strings, fn values (opaque host
+ * references: the host releases and compares them), the type registry. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <lauxlib.h>
-
 #include "glue.h"
-#include "glue_types.h"
 
 #define GLUE_NURSERY    GLUE_HEAP_MIN           /* CertiCoq's NURSERY_SIZE */
 #define GLUE_HEAP_MAX   ((size_t)1 << 27)       /* words: 1 GiB */
@@ -31,8 +29,9 @@ struct glue_registry {
     int nkept, capkept;
 };
 
-/* Creates a thread_info with an empty heap and the generated types
- * registered; NULL when out of memory. Free with free_tinfo. */
+/* Creates a thread_info with an empty heap, no types registered (the
+ * generated NAME_register adds a file's types) and no host; NULL when out
+ * of memory. Free with free_tinfo. */
 struct thread_info *make_tinfo(void) {
     struct thread_info *ti = calloc(1, sizeof *ti);
 
@@ -49,24 +48,20 @@ struct thread_info *make_tinfo(void) {
     ti->heap->max = GLUE_HEAP_MAX;
     ti->alloc = ti->heap->space;
     ti->limit = ti->alloc + GLUE_NURSERY;
-    for (int i = 0; glue_builtin_types[i]; i++)
-        if (glue_add_type(ti, glue_builtin_types[i]) < 0)
-            goto err;
     return ti;
 err:
     free_tinfo(ti);
     return NULL;
 }
 
-/* Frees the heap, the roots, the declared types; releases the registry
- * refs of fn values (ti->L must still be open). */
+/* Frees the heap, the roots, the declared types; releases the host
+ * references of fn values (the host must still be alive). */
 void free_tinfo(struct thread_info *ti) {
     if (ti == NULL)
         return;
     if (ti->heap) {
-        for (size_t i = 0; ti->L && i < ti->heap->nfns; i++)
-            luaL_unref(ti->L, LUA_REGISTRYINDEX,
-                       (int)Long_val(Field(ti->heap->fns[i], 0)));
+        for (size_t i = 0; ti->release && i < ti->heap->nfns; i++)
+            ti->release(ti->host, glue_fn_ref(ti->heap->fns[i]));
         free(ti->heap->space);
         free(ti->heap->roots);
         free(ti->heap->free);
@@ -129,7 +124,7 @@ static value forward(struct gc_state *gc, value v) {
     return (value)(dst + 1);
 }
 
-/* fn blocks that did not survive release their Lua function. */
+/* fn blocks that did not survive release their host reference. */
 static void sweep_fns(struct gc_state *gc) {
     struct glue_heap *h = gc->ti->heap;
     size_t j = 0;
@@ -138,9 +133,8 @@ static void sweep_fns(struct gc_state *gc) {
         value f = h->fns[i];
         if ((uval)f > gc->from && (uval)f < gc->from_end) {
             if (Hd_val(f) != 0) {
-                if (gc->ti->L)
-                    luaL_unref(gc->ti->L, LUA_REGISTRYINDEX,
-                               (int)Long_val(Field(f, 0)));
+                if (gc->ti->release)
+                    gc->ti->release(gc->ti->host, glue_fn_ref(f));
                 continue;
             }
             f = Field(f, 0);
@@ -302,10 +296,10 @@ const char *glue_string(value v, size_t *len) {
     return (const char *)b;
 }
 
-/* A fn value holding a registry ref to a Lua function (ti owns the ref
- * from now on and releases it when the block dies); 0 when there is no
- * room or memory (the ref stays the caller's). */
-value glue_make_fn(struct thread_info *ti, int ref) {
+/* A fn value holding a host reference (ti owns it from now on and hands
+ * it to ti->release when the block dies); 0 when there is no room or
+ * memory (the reference stays the caller's). */
+value glue_make_fn(struct thread_info *ti, intptr_t ref) {
     struct glue_heap *h = ti->heap;
     value *p;
 
@@ -325,28 +319,14 @@ value glue_make_fn(struct thread_info *ti, int ref) {
     return (value)p;
 }
 
-/* The thread_info kept in L's registry by echohost.glue, or NULL. */
-struct thread_info *glue_tinfo_of(lua_State *L) {
-    struct thread_info **box;
-
-    lua_getfield(L, LUA_REGISTRYINDEX, GLUE_TINFO_KEY);
-    box = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return box ? *box : NULL;
+/* The host reference a fn value holds. */
+intptr_t glue_fn_ref(value fn) {
+    return Long_val(Field(fn, 0));
 }
 
-/* Pushes the Lua function a fn value holds. */
-void glue_push_closure(struct thread_info *ti, lua_State *L, value fn) {
-    (void)ti;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, (lua_Integer)Long_val(Field(fn, 0)));
-}
-
-static int is_fn(value v) {
-    return Is_block(v) && v != 0 && Tag_val(v) == Fn_tag;
-}
-
-/* 1 when a and b are the same value (structurally; fn values: the same Lua
- * function), 0 when not, -1 when out of memory. No recursion. */
+/* 1 when a and b are the same value (structurally; fn values: the same
+ * function, as ti->same says; without a host, none is), 0 when not, -1
+ * when out of memory. No recursion. */
 int glue_equal(struct thread_info *ti, value a, value b) {
     size_t n = 0, cap = 64;
     value *st = malloc(cap * 2 * sizeof *st);
@@ -362,14 +342,8 @@ int glue_equal(struct thread_info *ti, value a, value b) {
         if (Is_long(x) || Is_long(y) || Hd_val(x) != Hd_val(y)) {
             eq = 0;
         } else if (Tag_val(x) == Fn_tag) {
-            if (ti == NULL || ti->L == NULL) {
-                eq = 0;
-                continue;
-            }
-            glue_push_closure(ti, ti->L, x);
-            glue_push_closure(ti, ti->L, y);
-            eq = lua_rawequal(ti->L, -1, -2);
-            lua_pop(ti->L, 2);
+            eq = ti && ti->same &&
+                 ti->same(ti->host, glue_fn_ref(x), glue_fn_ref(y));
         } else if (No_scan(Tag_val(x))) {
             eq = memcmp((void *)x, (void *)y,
                         Wosize_val(x) * sizeof(value)) == 0;
@@ -391,65 +365,6 @@ int glue_equal(struct thread_info *ti, value a, value b) {
     }
     free(st);
     return eq;
-}
-
-/* --- call ----------------------------------------------------------------- */
-
-struct call_args {
-    struct thread_info *ti;
-    value clo, arg, result;
-};
-
-static int call_body(lua_State *L) {
-    struct call_args *c = lua_touserdata(L, 1);
-
-    glue_push_closure(c->ti, L, c->clo);
-    c->ti->push(L, c->ti, c->arg, &glue_ty_any);
-    lua_call(L, 1, 1);
-    c->result = c->ti->to(L, c->ti, -1);
-    return 0;
-}
-
-static int call_msgh(lua_State *L) {
-    const char *msg = lua_tostring(L, 1);
-
-    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
-    return 1;
-}
-
-static value call_failed(struct thread_info *ti, const char *msg) {
-    ti->raised = 1;
-    snprintf(ti->error, sizeof ti->error, "%s", msg);
-    return 0;
-}
-
-/* Calls the Lua function held by the fn value clo with arg (as a Lua value
- * of unknown type: ints and strings become Lua ints and strings) on ti->L,
- * in protected mode. Returns the result converted back to a value; when
- * the function raised (or clo is not a fn), returns 0 with ti->raised set
- * and the message (with traceback) in ti->error. A GC point. */
-value call(struct thread_info *ti, value clo, value arg) {
-    struct call_args c = {ti, clo, arg, 0};
-    lua_State *L = ti->L;
-    int base;
-
-    ti->raised = 0;
-    ti->error[0] = '\0';
-    if (L == NULL || ti->push == NULL)
-        return call_failed(ti, "call: no Lua state");
-    if (!is_fn(clo))
-        return call_failed(ti, "call: not a closure");
-    base = lua_gettop(L);
-    lua_pushcfunction(L, call_msgh);
-    lua_pushcfunction(L, call_body);
-    lua_pushlightuserdata(L, &c);
-    if (lua_pcall(L, 1, 0, base + 1) != LUA_OK) {
-        call_failed(ti, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-        lua_settop(L, base);
-        return 0;
-    }
-    lua_settop(L, base);
-    return c.result;
 }
 
 /* --- Registry ----------------------------------------------------------- */

@@ -1,13 +1,12 @@
 /* Glue values: CertiCoq's value layout, the managed heap, type descriptors,
- * printers, the reader and closure calls. */
+ * printers, the reader and declarations. No Lua: a host (the Lua binding,
+ * glue_lua.h) gives fn values their meaning through thread_info's hooks. */
 #ifndef ECHOHOST_GLUE_H
 #define ECHOHOST_GLUE_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-
-#include <lua.h>
 
 /* --- Values (CertiCoq runtime/values.h) ----------------------------------
  * A value is a word. Low bit 1: an unboxed 63-bit integer or constructor
@@ -30,7 +29,7 @@ typedef uintptr_t header_t;
 #define Make_header(size, tag)  ((header_t)(size) << 10 | (header_t)(tag))
 
 #define No_scan_tag     251     /* tags >= this: fields are not values */
-#define Fn_tag          251     /* Field 0: Val_long(registry ref) */
+#define Fn_tag          251     /* Field 0: Val_long(host reference) */
 #define String_tag      252     /* bytes, OCaml padding in the last byte */
 #define No_scan(t)      ((t) >= No_scan_tag)
 
@@ -122,20 +121,22 @@ struct glue_registry;
 
 struct thread_info;
 
-/* Set by the Lua binding: v to a Lua value, and back (may raise). */
-typedef void glue_push_fn_t(lua_State *L, struct thread_info *ti, value v,
-                            const struct glue_ty *ty);
-typedef value glue_to_fn_t(lua_State *L, struct thread_info *ti, int idx);
+/* The host of fn values (a Lua state for the Lua binding): a fn block
+ * holds one of its references, an integer. The runtime calls out when a
+ * fn block dies (release) and to compare two of them (same: 1 when the
+ * references name one function). Both may be NULL (no host). */
+typedef void glue_release_fn(void *host, intptr_t ref);
+typedef int glue_same_fn(void *host, intptr_t a, intptr_t b);
 
 struct thread_info {
     value *alloc;
     value *limit;
     struct glue_heap *heap;
     size_t nalloc;                      /* words allocated, ever */
-    lua_State *L;                       /* fn values live in its registry */
-    glue_push_fn_t *push;
-    glue_to_fn_t *to;
-    int raised;                         /* set by call() when it failed */
+    void *host;                         /* owner of fn references */
+    glue_release_fn *release;
+    glue_same_fn *same;
+    int raised;                         /* set by a host's call() ... */
     char error[GLUE_ERR_LEN];           /* ... and why */
     struct glue_registry *reg;          /* generated and declared types */
 };
@@ -159,18 +160,12 @@ void glue_unroot(struct thread_info *ti, int slot);
 
 value glue_make_string(struct thread_info *ti, const char *s, size_t len);
 const char *glue_string(value v, size_t *len);
-value glue_make_fn(struct thread_info *ti, int ref);
-void glue_push_closure(struct thread_info *ti, lua_State *L, value fn);
+value glue_make_fn(struct thread_info *ti, intptr_t ref);
+intptr_t glue_fn_ref(value fn);
 int glue_equal(struct thread_info *ti, value a, value b);
 
-value call(struct thread_info *ti, value clo, value arg);
-
-/* The thread_info of a Lua state where echohost.glue was required (kept in
- * its registry under this key), or NULL. */
-#define GLUE_TINFO_KEY  "echohost.glue.tinfo"
-struct thread_info *glue_tinfo_of(lua_State *L);
-
-/* --- Type registry: generated types plus those declared at run time ----- */
+/* --- Type registry: generated types (registered by their NAME_register)
+ * plus those declared at run time --------------------------------------- */
 const struct glue_type *glue_find_type(struct thread_info *ti,
                                        const char *name);
 const struct glue_type *glue_find_ctor(struct thread_info *ti,

@@ -7,7 +7,8 @@
 
 #include <lauxlib.h>
 
-#include "glue.h"
+#include "glue_lua.h"
+#include "glue_prelude.h"
 
 int luaopen_echohost_glue(lua_State *L);
 
@@ -640,35 +641,17 @@ static void add_types(lua_State *L, int mod, int from) {
     lua_pop(L, 1);
 }
 
-static int tinfo_gc(lua_State *L) {
-    struct thread_info **box = lua_touserdata(L, 1);
+/* The state's thread_info, with the prelude's types on first use. */
+static value to_value(lua_State *L, struct thread_info *ti, int idx);
 
-    free_tinfo(*box);
-    *box = NULL;
-    return 0;
-}
-
-/* Creates the state's thread_info (once), kept in the registry; its box
- * is created before any value, so it is finalized after all of them. */
 static struct thread_info *open_tinfo(lua_State *L) {
-    struct thread_info *ti = glue_tinfo_of(L), **box;
+    struct thread_info *ti = glue_tinfo_of(L);
 
     if (ti)
         return ti;
-    box = lua_newuserdatauv(L, sizeof *box, 0);
-    *box = NULL;
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, tinfo_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    if ((ti = make_tinfo()) == NULL)
+    ti = glue_lua_open(L, push_value, to_value);
+    if (glue_prelude_register(ti) < 0)
         luaL_error(L, "not enough memory");
-    *box = ti;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    ti->L = lua_tothread(L, -1);
-    lua_pop(L, 1);
-    ti->push = push_value;
-    lua_setfield(L, LUA_REGISTRYINDEX, GLUE_TINFO_KEY);
     return ti;
 }
 
@@ -730,9 +713,7 @@ static void createmeta(lua_State *L) {
 }
 
 int luaopen_echohost_glue(lua_State *L) {
-    struct thread_info *ti = open_tinfo(L);
-
-    ti->to = to_value;
+    open_tinfo(L);
     createmeta(L);
     luaL_newlib(L, glue_funcs);
     lua_newtable(L);

@@ -19,7 +19,7 @@ for target in read decl; do
     clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=all -Iglue -Ibuild/glue $LUA_CFLAGS \
         -o "$OUT/fuzz_$target" "tests/fuzz/fuzz_$target.c" glue/*.c \
-        build/glue/glue_types.c $LUA_LIBS -lm
+        build/glue/glue_prelude.c $LUA_LIBS -lm
     mkdir -p "$scratch/$target"
     "$OUT/fuzz_$target" "$scratch/$target" "tests/fuzz/$target" \
         -max_total_time="$SECONDS_EACH" -max_len=4096 -rss_limit_mb=1024 \

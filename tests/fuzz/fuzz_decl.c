@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "glue_types.h"
+#include "glue_prelude.h"
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     char *s;
     int from;
 
-    if (ti == NULL && (ti = make_tinfo()) == NULL)
+    if (ti == NULL && ((ti = make_tinfo()) == NULL ||
+                       glue_prelude_register(ti) < 0))
         return 0;
     from = glue_ntypes(ti);
     if (glue_declare(ti, (const char *)data, size, "f", err, sizeof err) == 0)

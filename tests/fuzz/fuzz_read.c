@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "glue_types.h"
+#include "glue_prelude.h"
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
@@ -17,7 +17,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     char *text, *text2;
     int slot;
 
-    if (ti == NULL && (ti = make_tinfo()) == NULL)
+    if (ti == NULL && ((ti = make_tinfo()) == NULL ||
+                       glue_prelude_register(ti) < 0))
         return 0;
     if (glue_read(ti, (const char *)data, size, NULL, &v, &ty, err,
                   sizeof err) < 0) {

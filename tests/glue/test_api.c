@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "glue_types.h"
+#include "tinfo.h"
 #include "check.h"
 
 static value list_v, ident_v, option_v, pair_v;
@@ -84,7 +84,7 @@ static void test_names(void) {
 
 static void test_printers(void) {
     value a[3], b[3], p[2], o[2], q[3];
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     char buf[16];
 
     list_v = make_list_cons(Val_long(1), make_list_cons(Val_long(-2),
@@ -109,7 +109,7 @@ static void test_printers(void) {
 }
 
 static void test_heap_alloc(void) {
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     value l = make_list_nil(), v;
     size_t n = 0, room = (size_t)(ti->limit - ti->alloc);
 
@@ -128,7 +128,7 @@ static void test_heap_alloc(void) {
 }
 
 static void test_strings(void) {
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     size_t len;
     const char *s;
 

@@ -1,18 +1,13 @@
-/* C tests of the glue runtime: the collector and its roots, checked
- * growth, deep values printed and read without recursion, fn values and
- * call() with its error path. */
+/* C tests of the glue runtime (linked without Lua): the collector and its
+ * roots, checked growth, deep values printed and read without recursion,
+ * fn values through host hooks. */
 #include <stdlib.h>
 
-#include <lauxlib.h>
-#include <lualib.h>
-
-#include "glue_types.h"
+#include "tinfo.h"
 #include "check.h"
 
 /* Elements of the deep list; GLUE_TEST_DEEP overrides (valgrind). */
 static long deep = 1000000;
-
-int luaopen_echohost_glue(lua_State *L);
 
 static const struct glue_ty *list_of(const struct glue_ty *a) {
     return glue_ty_app(&glue_type_list, 1, (const struct glue_ty *[]){a});
@@ -30,7 +25,7 @@ static value heap_list(struct thread_info *ti, long n) {
 }
 
 static void test_roots(void) {
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     const struct glue_ty *li = list_of(&glue_ty_int);
     value l = heap_list(ti, 1000);
     char before[8192], after[8192];
@@ -50,7 +45,7 @@ static void test_roots(void) {
 }
 
 static void test_limit(void) {
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     int slot = glue_root(ti, heap_list(ti, 20000));
 
     glue_set_heap_max(ti, 1 << 17);
@@ -64,7 +59,7 @@ static void test_limit(void) {
 }
 
 static void test_deep(void) {
-    struct thread_info *ti = make_tinfo();
+    struct thread_info *ti = prelude_tinfo();
     const struct glue_ty *li = list_of(&glue_ty_int), *ty;
     value l = heap_list(ti, deep), back;
     int slot = glue_root(ti, l);
@@ -91,59 +86,45 @@ static void test_deep(void) {
     free_tinfo(ti);
 }
 
-/* A fn value for the Lua function that the chunk returns. */
-static value lua_fn(lua_State *L, struct thread_info *ti, const char *chunk) {
-    if (luaL_dostring(L, chunk) != LUA_OK)
-        return 0;
-    return glue_make_fn(ti, luaL_ref(L, LUA_REGISTRYINDEX));
+/* A host that counts what the collector releases; same: equal refs. */
+static int released[8];
+
+static void count_release(void *host, intptr_t ref) {
+    (void)host;
+    released[ref]++;
 }
 
-static void test_call(void) {
-    lua_State *L = luaL_newstate();
-    struct thread_info *ti;
-    value inc, boom, bad, r;
-    size_t len;
+static int same_ref(void *host, intptr_t a, intptr_t b) {
+    (void)host;
+    return a == b;
+}
 
-    luaL_openlibs(L);
-    luaL_requiref(L, "echohost.glue", luaopen_echohost_glue, 0);
-    lua_pop(L, 1);
-    ti = glue_tinfo_of(L);
-    ASSERT_TRUE(ti != NULL);
-    glue_reserve(ti, 64);
-    inc = lua_fn(L, ti, "return function(x) return x + 1 end");
-    boom = lua_fn(L, ti, "return function(x) error('boom ' .. x) end");
-    bad = lua_fn(L, ti, "return function() return {} end");
-    int s1 = glue_root(ti, inc), s2 = glue_root(ti, boom);
-    ASSERT_EQ(Tag_val(inc), Fn_tag);
+static void test_fn_host(void) {
+    struct thread_info *ti = prelude_tinfo();
+    value f1, f2, f3;
+    int s1, s3;
 
-    r = call(ti, inc, Val_long(41));
-    ASSERT_EQ(ti->raised, 0);
-    ASSERT_EQ(r, Val_long(42));
-    r = call(ti, glue_root_get(ti, s2), Val_long(7));
-    ASSERT_EQ(r, 0);
-    ASSERT_EQ(ti->raised, 1);
-    ASSERT_TRUE(strstr(ti->error, "boom 7") != NULL);
-    ASSERT_TRUE(strstr(ti->error, "stack traceback") != NULL);
-    r = call(ti, bad, Val_long(1));
-    ASSERT_EQ(ti->raised, 1);
-    ASSERT_TRUE(strstr(ti->error, "cannot make a glue value of a table"));
-    r = call(ti, Val_long(3), Val_long(1));
-    ASSERT_EQ(ti->raised, 1);
-    ASSERT_STR_EQ(ti->error, "call: not a closure");
-
-    value s = lua_fn(L, ti, "return function(x) return ('<' .. x .. '>') end");
-    glue_reserve(ti, 8);
-    r = call(ti, s, glue_make_string(ti, "hi", 2));
-    ASSERT_EQ(ti->raised, 0);
-    ASSERT_TRUE(memcmp(glue_string(r, &len), "<hi>", 4) == 0);
-    ASSERT_EQ(len, 4);
-
-    ASSERT_EQ(glue_collect(ti, 0, 1), 0);       /* unrooted fns released */
-    r = call(ti, glue_root_get(ti, s1), Val_long(1));
-    ASSERT_EQ(r, Val_long(2));
-    glue_unroot(ti, s1);
-    glue_unroot(ti, s2);
-    lua_close(L);                               /* frees ti */
+    ASSERT_EQ(glue_reserve(ti, 16), 0);
+    f1 = glue_make_fn(ti, 1);
+    f2 = glue_make_fn(ti, 2);
+    f3 = glue_make_fn(ti, 1);
+    ASSERT_EQ(Tag_val(f1), Fn_tag);
+    ASSERT_EQ(glue_fn_ref(f2), 2);
+    ASSERT_EQ(glue_equal(ti, f1, f3), 0);       /* no host: never the same */
+    ti->release = count_release;
+    ti->same = same_ref;
+    ASSERT_EQ(glue_equal(ti, f1, f3), 1);
+    ASSERT_EQ(glue_equal(ti, f1, f2), 0);
+    s1 = glue_root(ti, f1);
+    s3 = glue_root(ti, f3);
+    ASSERT_EQ(glue_collect(ti, 0, 1), 0);       /* f2 died */
+    ASSERT_EQ(released[2], 1);
+    ASSERT_EQ(released[1], 0);
+    ASSERT_EQ(glue_fn_ref(glue_root_get(ti, s1)), 1);
+    glue_unroot(ti, s3);
+    free_tinfo(ti);                             /* f1 and f3 released */
+    ASSERT_EQ(released[1], 2);
+    ASSERT_EQ(released[2], 1);
 }
 
 int main(void) {
@@ -152,7 +133,7 @@ int main(void) {
     test_roots();
     test_limit();
     test_deep();
-    test_call();
+    test_fn_host();
     glue_ty_free_all();
     return check_done();
 }

@@ -2,7 +2,7 @@
  * results, inferred types, and the exact error messages. */
 #include <stdlib.h>
 
-#include "glue_types.h"
+#include "tinfo.h"
 #include "check.h"
 
 static struct thread_info *ti;
@@ -112,7 +112,7 @@ static void test_declare(void) {
 }
 
 int main(void) {
-    ti = make_tinfo();
+    ti = prelude_tinfo();
     test_read_ok();
     test_read_errors();
     test_declare();
