@@ -81,7 +81,7 @@ TOOLBIN := $(if $(wildcard tests/bench/bench.c),$(BUILD)/echohost-bench) \
            $(if $(wildcard tests/bench/refecho.c),$(BUILD)/refecho)
 
 .PHONY: all run test test-only lint asan asan-test bench bench-quick fuzz \
-        clean deps bench-deps install glue-test
+        clean deps bench-deps install install-glue glue-test
 # Helpers of the tests: ptyrun runs a command on a pseudo-terminal (REPL),
 # sdsim starts one as systemd would (socket activation, NOTIFY_SOCKET).
 TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
@@ -223,6 +223,7 @@ asan: deps-check
 	    build/asan/tests/ptyrun build/asan/tests/sdsim \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(BUS_TEST)) \
+	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_LIBS)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(TOOLBIN))
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
@@ -240,7 +241,7 @@ fuzz: $(GLUE_GEN)
 # --- install, clean -----------------------------------------------------------
 LUA_CMOD_DIR := $(PREFIX)/lib/lua/5.4
 LUA_LMOD_DIR := $(PREFIX)/share/lua/5.4
-install: all
+install: all $(if $(GLUE_LIBS),install-glue)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_CMOD_DIR)/echohost \
 	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/echohost
@@ -248,6 +249,24 @@ install: all
 	$(if $(SOS),install -m 644 $(SOS) $(DESTDIR)$(LUA_CMOD_DIR)/echohost/)
 	$(if $(wildcard lua/echohost/*.lua),install -m 644 lua/echohost/*.lua \
 	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost/)
+
+# The glue C library: headers, libechohost-glue.{a,so}, echohost-glue.pc, and
+# echohost-glue-gen (a lua5.4 script; gen.lua and the prelude in its share).
+GLUE_VERSION := 0.1.0
+GLUE_SHARE   := $(PREFIX)/share/echohost/glue
+install-glue: all
+	install -d $(DESTDIR)$(PREFIX)/include/echohost $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(GLUE_SHARE) $(DESTDIR)$(PREFIX)/bin
+	install -m 644 glue/glue.h $(GLUE_GENH) $(DESTDIR)$(PREFIX)/include/echohost/
+	install -m 644 $(BUILD)/lib/libechohost-glue.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/lib/$(GLUE_SONAME) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf $(GLUE_SONAME) $(DESTDIR)$(PREFIX)/lib/libechohost-glue.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(GLUE_VERSION)|' \
+	    glue/echohost-glue.pc.in >$(DESTDIR)$(PREFIX)/lib/pkgconfig/echohost-glue.pc
+	install -m 644 glue/gen.lua glue/prelude.glue $(DESTDIR)$(GLUE_SHARE)/
+	sed -e 's|@LUA@|$(shell command -v $(LUA))|' -e 's|@SHARE@|$(GLUE_SHARE)|' \
+	    glue/echohost-glue-gen.in >$(DESTDIR)$(PREFIX)/bin/echohost-glue-gen
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/echohost-glue-gen
 
 clean:
 	rm -rf build

@@ -602,11 +602,12 @@ local function write(name, text)
   f:close()
 end
 
-local USAGE = "usage: lua5.4 glue/gen.lua [--prelude FILE.glue] "
-  .. "[--include-dir DIR] -o OUTBASE FILE.glue...\n"
-
-local function main(argv)
-  local base, files, opts = nil, {}, {}
+-- The command line; defaults: prog (the usage line's command), prelude,
+-- incdir (the installed echohost-glue-gen's). Returns the exit status.
+function M.main(argv, defaults)
+  defaults = defaults or {}
+  local base, files = nil, {}
+  local opts = { prelude = defaults.prelude, incdir = defaults.incdir }
   local i = 1
   while i <= #argv do
     local a = argv[i]
@@ -627,7 +628,8 @@ local function main(argv)
     return a < b
   end)
   if not base or #files == 0 then
-    io.stderr:write(USAGE)
+    io.stderr:write("usage: ", defaults.prog or "lua5.4 glue/gen.lua",
+      " [--prelude FILE.glue] [--include-dir DIR] -o OUTBASE FILE.glue...\n")
     return 2
   end
   local env, err = M.newenv(), nil
@@ -647,7 +649,7 @@ local function main(argv)
 end
 
 if arg and arg[0] and arg[0]:match("gen%.lua$") then
-  os.exit(main(arg))
+  os.exit(M.main(arg))
 end
 
 return M
