@@ -99,7 +99,8 @@ describe("the glue C library (make install)", function()
 
   -- Runs cmd in dir with the temporary prefix's pkg-config file.
   local function sh(cmd)
-    return run(("cd %s && export PKG_CONFIG_PATH=%s/lib/pkgconfig && %s"):format(q(dir), q(prefix), cmd))
+    return run(("cd %s && export PKG_CONFIG_PATH=%s/lib/pkgconfig && %s")
+      :format(q(dir), q(prefix), cmd))
   end
 
   it("installs headers, both libraries with a soname, the .pc and the generator", function()
@@ -148,7 +149,8 @@ describe("the glue C library (make install)", function()
     assert.equal("", out)
     assert.equal(0, status)
     out = sh(("LD_LIBRARY_PATH=%s/lib ldd ./app_shared"):format(q(prefix)))
-    assert.matches(("libechohost%%-glue%%.so%%.0 => %s/lib/"):format(prefix:gsub("%p", "%%%0")), out)
+    local lib = prefix:gsub("%p", "%%%0") .. "/lib/"
+    assert.matches("libechohost%-glue%.so%.0 => " .. lib, out)
     out, status = sh(("LD_LIBRARY_PATH=%s/lib ./app_shared"):format(q(prefix)))
     assert.equal(WANT, out)
     assert.equal(0, status)
@@ -162,7 +164,8 @@ describe("the glue C library (make install)", function()
     assert.equal(0, status)
     out = sh("ldd ./app_static")
     assert.is_nil(out:find("echohost", 1, true))
-    local vg = os.getenv("ECHOHOST_ASAN") and "" or "valgrind -q --leak-check=full --error-exitcode=9 "
+    local vg = os.getenv("ECHOHOST_ASAN") and ""
+      or "valgrind -q --leak-check=full --error-exitcode=9 "
     out, status = sh(vg .. "./app_static")
     assert.equal(WANT, out)
     assert.equal(0, status)
