@@ -27,12 +27,12 @@ Q := @
 endif
 
 # --- Debian packages --------------------------------------------------------
-# lua5.4 + headers: the embedded language; lua-lpeg: the glue generator;
+# lua5.4 + headers: the embedded language (and the glue generator's);
 # lua-busted, lua-check, lua-socket: the test suite and its clients;
 # libedit-dev: line editing in the REPL; valgrind: leak checks of the glue;
 # gcc, libc6-dev: the compiler (its libasan/libubsan serve make asan-test);
 # prometheus: its promtool checks what --metrics serves.
-DEPS_PKGS  := gcc libc6-dev lua5.4 liblua5.4-dev lua-lpeg lua-busted lua-check lua-socket \
+DEPS_PKGS  := gcc libc6-dev lua5.4 liblua5.4-dev lua-busted lua-check lua-socket \
               libedit-dev pkg-config valgrind prometheus
 # make bench: the peers it measures (socat, python3 asyncio, nodejs, haproxy's
 # Lua service) and gnuplot for the chart; taskset comes with util-linux.
@@ -44,7 +44,7 @@ FUZZ_PKGS  := clang libclang-rt-14-dev
 # echohost-lua's main (the rest of it is the binary's objects)
 LUA_MAIN := src/luamain.c
 HOST_SRC := $(filter-out $(LUA_MAIN),$(wildcard src/*.c))
-GLUE_SRC := $(wildcard glue/*.c)
+GLUE_SRC := $(filter-out glue/gluedecl.c,$(wildcard glue/*.c))
 GLUE_DEFS:= $(sort $(wildcard glue/*.glue))
 ifneq ($(wildcard glue/gen.lua),)
 GLUE_GEN := $(BUILD)/glue/glue_prelude.c
@@ -54,6 +54,8 @@ endif
 # glue_lua.c are its Lua binding, echohost.glue.
 GLUE_LUA_SRC := glue/lglue.c glue/glue_lua.c
 GLUE_RT_SRC  := $(filter-out $(GLUE_LUA_SRC),$(GLUE_SRC))
+# The generator's parser: glue_decl.c (glue.declare's) as a command.
+GLUE_DECL    := $(if $(GLUE_GEN),$(BUILD)/glue/glue-decl)
 
 # Lua modules built into the binary (src/embed.lua), compiled when first
 # required: every one of lua/echohost/, so that the handler loader, the
@@ -122,10 +124,19 @@ $(BUILD)/%.o: %.c $(GLUE_GENH) | deps-check
 	$(Q)$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
 
 ifneq ($(GLUE_GEN),)
-$(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS) | deps-check
+$(GLUE_GEN) $(GLUE_GENH) &: glue/gen.lua $(GLUE_DEFS) $(GLUE_DECL) | deps-check
 	@mkdir -p $(BUILD)/glue
 	@printf '  GEN %s\n' $(GLUE_GEN)
-	$(Q)$(LUA) glue/gen.lua -o $(BUILD)/glue/glue_prelude $(GLUE_DEFS)
+	$(Q)$(LUA) glue/gen.lua --decl-tool $(GLUE_DECL) -o $(BUILD)/glue/glue_prelude \
+	    $(GLUE_DEFS)
+
+# Built from the sources (not the objects, which wait for the generated
+# header): the runtime needs none of the generated types.
+$(GLUE_DECL): glue/gluedecl.c $(GLUE_RT_SRC) $(wildcard glue/*.h) | deps-check
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(filter-out -MMD -MP,$(ALL_CFLAGS)) -o $@ glue/gluedecl.c \
+	    $(GLUE_RT_SRC) -lm $(EXTRA_LDFLAGS)
 endif
 
 $(BUILD)/lua/echohost/%.so: $(GLUE_GENH) | deps-check
@@ -251,12 +262,13 @@ install: all $(if $(GLUE_LIBS),install-glue)
 	    $(DESTDIR)$(LUA_LMOD_DIR)/echohost/)
 
 # The glue C library: headers, libechohost-glue.{a,so}, echohost-glue.pc, and
-# echohost-glue-gen (a lua5.4 script; gen.lua and the prelude in its share).
+# echohost-glue-gen (a lua5.4 script: gen.lua and the prelude in its share,
+# the parser glue-decl in lib/echohost).
 GLUE_VERSION := 0.1.0
 GLUE_SHARE   := $(PREFIX)/share/echohost/glue
 install-glue: all
 	install -d $(DESTDIR)$(PREFIX)/include/echohost $(DESTDIR)$(PREFIX)/lib/pkgconfig \
-	    $(DESTDIR)$(GLUE_SHARE) $(DESTDIR)$(PREFIX)/bin
+	    $(DESTDIR)$(GLUE_SHARE) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/echohost
 	install -m 644 glue/glue.h $(GLUE_GENH) $(DESTDIR)$(PREFIX)/include/echohost/
 	install -m 644 $(BUILD)/lib/libechohost-glue.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/lib/$(GLUE_SONAME) $(DESTDIR)$(PREFIX)/lib/
@@ -264,7 +276,9 @@ install-glue: all
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(GLUE_VERSION)|' \
 	    glue/echohost-glue.pc.in >$(DESTDIR)$(PREFIX)/lib/pkgconfig/echohost-glue.pc
 	install -m 644 glue/gen.lua glue/prelude.glue $(DESTDIR)$(GLUE_SHARE)/
+	install -m 755 $(GLUE_DECL) $(DESTDIR)$(PREFIX)/lib/echohost/
 	sed -e 's|@LUA@|$(shell command -v $(LUA))|' -e 's|@SHARE@|$(GLUE_SHARE)|' \
+	    -e 's|@DECL@|$(PREFIX)/lib/echohost/glue-decl|' \
 	    glue/echohost-glue-gen.in >$(DESTDIR)$(PREFIX)/bin/echohost-glue-gen
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/echohost-glue-gen
 

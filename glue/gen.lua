@@ -1,242 +1,56 @@
 -- Glue generator: turns .glue declarations into C (constructors, tags,
 -- argument structs, printers, type descriptors), CertiCoq style.
 -- Usage: lua5.4 glue/gen.lua [--prelude FILE.glue] [--include-dir DIR]
---          -o OUTBASE FILE.glue...                  (writes OUTBASE.c/.h)
+--          [--decl-tool PATH] -o OUTBASE FILE.glue...  (writes OUTBASE.c/.h)
+-- The declarations are parsed by glue-decl (glue/gluedecl.c over
+-- glue_decl.c: glue.declare's parser): --decl-tool, else
+-- $ECHOHOST_GLUE_DECL, else build/glue/glue-decl of this source tree.
 -- --prelude: declarations the files may use that are compiled already (the
 -- library's prelude): not emitted, their header glue_prelude.h included.
 -- --include-dir: includes read <DIR/glue.h> instead of "glue.h".
-local lpeg = require "lpeg"
-
-local P, R, S, V, C = lpeg.P, lpeg.R, lpeg.S, lpeg.V, lpeg.C
-
 local M = {}
 
-M.MAX_NAME = 127                -- the reader's limit, and glue_decl.c's
-
--- Lexer ---------------------------------------------------------------------
-
-local space = S" \t\r\n\f\v"^1
-local comment = P{ "(*" * (V(1) + (1 - P"(*" - P"*)"))^0 * "*)" }
-local skip = (space + comment)^0 * lpeg.Cp()
-local ident = C((R("az", "AZ") + "_") * (R("az", "AZ", "09") + "_")^0)
-local punct = C(P":=" + S"():|.")
-
-local function fail(pos, msg)
-  error({ pos = pos, msg = msg }, 0)
-end
-
--- Reads the token at pos: {kind, text, pos}, kind "ident", a punctuation
--- string or "eof"; returns it and the position after it. Lazy, so that
--- errors come in text order (as in glue_decl.c).
-local function lex(text, pos)
-  pos = skip:match(text, pos)
-  if text:sub(pos, pos + 1) == "(*" then fail(pos, "unterminated comment") end
-  if pos > #text then
-    return { kind = "eof", text = "end of input", pos = pos }, pos
-  end
-  local id = ident:match(text, pos)
-  if id and #id > M.MAX_NAME then fail(pos, "name too long") end
-  if id then return { kind = "ident", text = id, pos = pos }, pos + #id end
-  local p = punct:match(text, pos)
-  if p then return { kind = p, text = "'" .. p .. "'", pos = pos }, pos + #p end
-  fail(pos, string.format("unexpected character '%s'", text:sub(pos, pos)))
-end
-
--- Parser --------------------------------------------------------------------
-
-local Parser = {}
-Parser.__index = Parser
-
-function Parser:peek()
-  if not self.tok then self.tok, self.pos = lex(self.text, self.pos) end
-  return self.tok
-end
-
-function Parser:next()
-  local t = self:peek()
-  self.tok = nil
-  return t
-end
-
-function Parser:expect(kind, what)
-  local t = self:peek()
-  if t.kind ~= kind then fail(t.pos, "expected " .. what .. ", got " .. t.text) end
-  return self:next()
-end
-
 local BASE = { int = true, string = true, fn = true }
-M.MAX_CTORS, M.MAX_PARAMS, M.MAX_DEPTH, M.MAX_ARITY = 200, 16, 100, 200
 
--- Types are checked while they are parsed, in the order of glue_decl.c,
--- so both report the same first error. d: the declaration being read.
-function Parser:named(d, head, depth)
-  local t = self:next()
-  local e = { name = t.text, pos = t.pos, args = {} }
-  local want
-  for i, p in ipairs(d.params) do
-    if p.name == e.name then want, e.param = 0, i end
-  end
-  if not want then
-    if BASE[e.name] then want = 0
-    elseif e.name == d.name then want = #d.params
-    elseif self.env.types[e.name] then want = #self.env.types[e.name].params
-    else fail(e.pos, "unknown type " .. e.name) end
-  end
-  self:peek()   -- the next token is read before the arity check, as in dnamed
-  while head and (self:peek().kind == "ident" or self:peek().kind == "(") do
-    if #e.args == M.MAX_PARAMS then fail(self:peek().pos, "too many arguments") end
-    e.args[#e.args + 1] = self:atom(d, false, depth + 1)
-  end
-  if #e.args ~= want then
-    fail(e.pos, string.format("%s expects %d argument%s, got %d", e.name, want,
-      want == 1 and "" or "s", #e.args))
-  end
-  return e
+-- Parsing -----------------------------------------------------------------
+-- One grammar: the declarations are parsed and checked by glue_decl.c (as
+-- glue.declare parses them), run as the glue-decl command, which prints
+-- them as a Lua chunk (or the first error, "file:line:col: message").
+
+local function shq(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- atom := ident | '(' texpr ')'; texpr := ident atom* | '(' texpr ')'
-function Parser:atom(d, head, depth)
-  local t = self:peek()
-  if depth > M.MAX_DEPTH then fail(t.pos, "type nested too deeply") end
-  if t.kind == "ident" then return self:named(d, head, depth) end
-  self:expect("(", "a type")
-  local e = self:atom(d, true, depth + 1)
-  self:expect(")", "')'")
-  return e
-end
-
-function Parser:fields(d, ctor)
-  while self:peek().kind == "(" do
-    self:next()
-    local names = { self:expect("ident", "a field name") }
-    for _, f in ipairs(ctor.fields) do
-      if f.name == names[1].text then
-        fail(names[1].pos, string.format("duplicate field %s in %s", f.name, ctor.name))
-      end
-    end
-    if #ctor.fields == M.MAX_ARITY then fail(names[1].pos, "too many fields in " .. ctor.name) end
-    ctor.fields[#ctor.fields + 1] = { name = names[1].text, pos = names[1].pos }
-    while self:peek().kind == "ident" do
-      local n = self:next()
-      for _, f in ipairs(ctor.fields) do
-        if f.name == n.text then
-          fail(n.pos, string.format("duplicate field %s in %s", f.name, ctor.name))
-        end
-      end
-      if #ctor.fields == M.MAX_ARITY then fail(n.pos, "too many fields in " .. ctor.name) end
-      names[#names + 1] = n
-      ctor.fields[#ctor.fields + 1] = { name = n.text, pos = n.pos }
-    end
-    self:expect(":", "':'")
-    local ty = self:atom(d, true, 0)
-    self:expect(")", "')'")
-    for i = #ctor.fields - #names + 1, #ctor.fields do ctor.fields[i].type = ty end
+-- A declaration as glue-decl prints it, in the shape emission uses:
+-- params {name}, ctors {name, tag, ordinal, fields {name, type}}.
+local function decl_of(t)
+  local d = { name = t.name, prelude = t.prelude, params = {}, ctors = {},
+    nboxed = 0, nunboxed = 0 }
+  for i, p in ipairs(t.params) do d.params[i] = { name = p } end
+  for i, c in ipairs(t.ctors) do
+    d.ctors[i] = { name = c.name, tag = i - 1, ordinal = c.ordinal, fields = c.fields }
+    if #c.fields == 0 then d.nunboxed = d.nunboxed + 1 else d.nboxed = d.nboxed + 1 end
   end
-end
-
-function Parser:ctors(d)
-  if self:peek().kind == "|" then self:next() end
-  local nboxed, nunboxed = 0, 0
-  while true do
-    local c = self:peek()
-    if c.kind ~= "ident" then self:expect("ident", "a constructor name") end
-    if #d.ctors == M.MAX_CTORS then fail(c.pos, "too many constructors in " .. d.name) end
-    local prev = self.env.owner[c.text]
-    if prev then fail(c.pos, string.format("duplicate constructor %s (in %s)", c.text, prev)) end
-    self:next()
-    self.env.owner[c.text] = d.name
-    local ctor = { name = c.text, pos = c.pos, fields = {}, tag = #d.ctors }
-    d.ctors[#d.ctors + 1] = ctor
-    self:fields(d, ctor)
-    if #ctor.fields == 0 then
-      ctor.ordinal, nunboxed = nunboxed, nunboxed + 1
-    else
-      ctor.ordinal, nboxed = nboxed, nboxed + 1
-    end
-    local t = self:next()
-    if t.kind == "." then break end
-    if t.kind ~= "|" then fail(t.pos, "expected '|' or '.', got " .. t.text) end
-  end
-  d.nboxed, d.nunboxed = nboxed, nunboxed
-end
-
-function Parser:params(d)
-  while self:peek().kind == "(" do
-    self:next()
-    if self:peek().kind ~= "ident" then self:expect("ident", "a parameter name") end
-    while self:peek().kind == "ident" do
-      local p = self:next()
-      if BASE[p.text] then fail(p.pos, "cannot redefine base type " .. p.text) end
-      for _, q in ipairs(d.params) do
-        if q.name == p.text then fail(p.pos, "duplicate parameter " .. p.text) end
-      end
-      if #d.params == M.MAX_PARAMS then fail(p.pos, "too many parameters") end
-      d.params[#d.params + 1] = { name = p.text, pos = p.pos }
-    end
-    self:expect(")", "')'")
-  end
-end
-
-function Parser:decl()
-  local kw = self:peek()
-  if kw.kind ~= "ident" or kw.text ~= "Inductive" then
-    fail(kw.pos, "expected 'Inductive', got " .. kw.text)
-  end
-  self:next()
-  local name = self:expect("ident", "a type name")
-  if BASE[name.text] then fail(name.pos, "cannot redefine base type " .. name.text) end
-  if self.env.types[name.text] then fail(name.pos, "duplicate type " .. name.text) end
-  local d = { name = name.text, pos = name.pos, params = {}, ctors = {} }
-  self:params(d)
-  self:expect(":=", "':='")
-  self:ctors(d)
   return d
 end
 
--- Parses and checks the text of one file; appends its declarations to
--- env.decls. Raises {pos, msg} on the first error.
-function M.parse(text, env)
-  local self = setmetatable({ text = text, pos = 1, env = env }, Parser)
-  while self:peek().kind ~= "eof" do
-    local d = self:decl()
-    env.types[d.name] = d
-    env.decls[#env.decls + 1] = d
+-- Parses the files (after prelude, whose types are marked d.prelude) with
+-- the glue-decl at tool; returns {decls = ...}, or nil and the message.
+function M.load(files, prelude, tool)
+  local cmd = { shq(tool) }
+  if prelude then cmd[#cmd + 1] = "--prelude " .. shq(prelude) end
+  for _, f in ipairs(files) do cmd[#cmd + 1] = shq(f) end
+  local p = assert(io.popen(table.concat(cmd, " ")))
+  local out = p:read("a")
+  local ok, _, status = p:close()
+  if not ok then
+    if out == "" then return nil, ("%s failed (status %d)"):format(tool, status) end
+    return nil, (out:gsub("\n$", ""))
   end
-end
-
-function M.newenv()
-  return { types = {}, owner = {}, decls = {} }
-end
-
-local function linecol(text, pos)
-  local line, start = 1, 1
-  for nl in text:sub(1, pos - 1):gmatch("()\n") do
-    line, start = line + 1, nl + 1
-  end
-  return line, pos - start + 1
-end
-
--- Adds the declarations of text to env; returns env, or nil and
--- "name:line:col: message" (env then holds part of them).
-function M.check(env, text, name)
-  local ok, e = pcall(M.parse, text, env)
-  if ok then return env end
-  if type(e) ~= "table" then error(e, 0) end
-  local line, col = linecol(text, e.pos)
-  return nil, string.format("%s:%d:%d: %s", name, line, col, e.msg)
-end
-
--- Parses every file; returns env, or nil and "file:line:col: message".
-function M.load(files, env)
-  env = env or M.newenv()
-  for _, name in ipairs(files) do
-    local f, err = io.open(name, "rb")
-    if not f then return nil, err end
-    local text = f:read("a")
-    f:close()
-    local _, msg = M.check(env, text, name)
-    if msg then return nil, msg end
-  end
+  local chunk, err = load(out, "=glue-decl", "t", {})
+  if not chunk then return nil, tool .. ": " .. err end
+  local env = { decls = {} }
+  for i, t in ipairs(chunk()) do env.decls[i] = decl_of(t) end
   return env
 end
 
@@ -604,17 +418,26 @@ end
 
 -- The command line; defaults: prog (the usage line's command), prelude,
 -- incdir (the installed echohost-glue-gen's). Returns the exit status.
+-- build/glue/glue-decl next to this file's folder (the source tree's).
+function M.default_tool()
+  local src = debug.getinfo(1, "S").source
+  local dir = src:match("^@(.*)/[^/]*$") or "."
+  return dir .. "/../build/glue/glue-decl"
+end
+
 function M.main(argv, defaults)
   defaults = defaults or {}
   local base, files = nil, {}
-  local opts = { prelude = defaults.prelude, incdir = defaults.incdir }
+  local opts = { prelude = defaults.prelude, incdir = defaults.incdir,
+    tool = defaults.tool or os.getenv("ECHOHOST_GLUE_DECL") or M.default_tool() }
   local i = 1
   while i <= #argv do
     local a = argv[i]
-    if a == "-o" or a == "--prelude" or a == "--include-dir" then
+    if a == "-o" or a == "--prelude" or a == "--include-dir" or a == "--decl-tool" then
       if not argv[i + 1] then files = {}; break end
       if a == "-o" then base = argv[i + 1]
       elseif a == "--prelude" then opts.prelude = argv[i + 1]
+      elseif a == "--decl-tool" then opts.tool = argv[i + 1]
       else opts.incdir = argv[i + 1] end
       i = i + 2
     else
@@ -629,15 +452,11 @@ function M.main(argv, defaults)
   end)
   if not base or #files == 0 then
     io.stderr:write("usage: ", defaults.prog or "lua5.4 glue/gen.lua",
-      " [--prelude FILE.glue] [--include-dir DIR] -o OUTBASE FILE.glue...\n")
+      " [--prelude FILE.glue] [--include-dir DIR] [--decl-tool PATH]",
+      " -o OUTBASE FILE.glue...\n")
     return 2
   end
-  local env, err = M.newenv(), nil
-  if opts.prelude then
-    env, err = M.load({ opts.prelude }, env)
-    for _, d in ipairs(env and env.decls or {}) do d.prelude = true end
-  end
-  if env then env, err = M.load(files, env) end
+  local env, err = M.load(files, opts.prelude, opts.tool)
   if not env then
     io.stderr:write(err, "\n")
     return 1

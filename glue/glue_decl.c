@@ -1,6 +1,6 @@
-/* Glue declarations at run time: parses "Inductive T (A) := C (f : A)."
- * text (the syntax and the messages of glue/gen.lua) into type
- * descriptors and registers them, all or nothing. */
+/* Glue declarations: parses "Inductive T (A) := C (f : A)." text into
+ * type descriptors and registers them, all or nothing. The one parser of
+ * the syntax: glue.declare's, and the generator's (through glue-decl). */
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>

@@ -7,9 +7,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECONDS_EACH=${FUZZ_SECONDS:-30}
 OUT=build/fuzz
-LUA_CFLAGS=$(pkg-config --cflags lua5.4 2>/dev/null ||
-    echo -I/usr/include/lua5.4)
-LUA_LIBS=$(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+# The glue runtime, without Lua and without glue-decl's main.
+GLUE_RT="glue/glue.c glue/glue_decl.c glue/glue_print.c glue/glue_ty.c"
 mkdir -p "$OUT"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -17,9 +16,9 @@ trap 'rm -rf "$scratch"' EXIT
 for target in read decl; do
     echo "  FUZZ $target (${SECONDS_EACH}s)"
     clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=all -Iglue -Ibuild/glue $LUA_CFLAGS \
-        -o "$OUT/fuzz_$target" "tests/fuzz/fuzz_$target.c" glue/*.c \
-        build/glue/glue_prelude.c $LUA_LIBS -lm
+        -fno-sanitize-recover=all -Iglue -Ibuild/glue \
+        -o "$OUT/fuzz_$target" "tests/fuzz/fuzz_$target.c" $GLUE_RT \
+        build/glue/glue_prelude.c -lm
     mkdir -p "$scratch/$target"
     "$OUT/fuzz_$target" "$scratch/$target" "tests/fuzz/$target" \
         -max_total_time="$SECONDS_EACH" -max_len=4096 -rss_limit_mb=1024 \

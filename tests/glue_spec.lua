@@ -1,7 +1,6 @@
 -- echohost.glue: constructors, introspection, printing and reading,
 -- declarations (run time and generator, same messages), memory.
 local glue = require "echohost.glue"
-local gen = dofile("glue/gen.lua")
 local util = require "helpers.util"
 
 local BIN = require("helpers.server").BIN
@@ -16,7 +15,11 @@ local function from_table(t)
   return l
 end
 
-local run = util.run
+-- gen.lua parses with the glue-decl of this build (ASan: build/asan/).
+local function run(cmd)
+  local tool = (os.getenv("ECHOHOST_BUILD") or "build") .. "/glue/glue-decl"
+  return util.run("ECHOHOST_GLUE_DECL='" .. tool .. "' " .. cmd)
+end
 
 describe("echohost.glue constructors", function()
   it("builds and prints the prelude's values as CertiCoq does", function()
@@ -433,8 +436,8 @@ describe("glue print/read round trip", function()
   end)
 end)
 
--- Each case: declarations text, and the message both glue.declare and
--- gen.lua give (with the chunk name "t").
+-- Each case: declarations text, and the message glue.declare gives (with
+-- the chunk name "t"); gen.lua parses with the same code (glue-decl).
 local decl_errors = {
   { "Inductive a1 := A1 (* open", "t:1:20: unterminated comment" },
   { "Inductive a2 := A2 # B", "t:1:20: unexpected character '#'" },
@@ -528,73 +531,12 @@ describe("glue.declare", function()
   end)
 
   for _, case in ipairs(decl_errors) do
-    it("reports " .. case[2]:sub(1, 70) .. " (as gen.lua does)", function()
+    it("reports " .. case[2]:sub(1, 70), function()
       local ok, err = glue.declare(case[1], "t")
       assert.is_nil(ok)
       assert.equal(case[2], err)
-      local env = assert(gen.load({ "glue/prelude.glue" }))
-      local _, gerr = gen.check(env, case[1], "t")
-      assert.equal(case[2], gerr)
     end)
   end
-end)
-
-describe("glue.declare and gen.lua", function()
-  -- Random token soups (seeded): both parsers must give the same verdict
-  -- and the same message. gen's env mirrors what glue.declare registered.
-  local seed = tonumber(os.getenv("GLUE_SEED")) or os.time()
-  local vocab = { "Inductive", "Inductive", "Inductive", ":=", ":=", "(", ")", "(", ")",
-    ":", ":", "|", "|", ".", ".", "int", "string", "fn", "list", "option", "prod",
-    "A", "B", "x", "y", "(*", "*)", "\n", " ", "#", "C", "D" }
-
-  local function copy_env(env)
-    local c = { types = {}, owner = {}, decls = {} }
-    for k, v in pairs(env.types) do c.types[k] = v end
-    for k, v in pairs(env.owner) do c.owner[k] = v end
-    for i, v in ipairs(env.decls) do c.decls[i] = v end
-    return c
-  end
-
-  it("agree on 3000 random texts (seed " .. seed .. ")", function()
-    math.randomseed(seed)
-    local env = assert(gen.load({ "glue/prelude.glue" }))
-    for k in pairs(glue.types) do             -- types other specs declared
-      if not env.types[k] then env.types[k] = { params = {} } end
-    end
-    local agreed_ok = 0
-    for n = 1, 3000 do
-      local toks = {}
-      if n % 2 == 0 then                      -- soup
-        for i = 1, math.random(1, 14) do toks[i] = vocab[math.random(#vocab)] end
-      else                                    -- a declaration, then mutated
-        toks = { "Inductive", "T", "(", "A", ")", ":=", "C", "(", "x", ":", "list", "A", ")",
-          "|", "D", "(", "y", ":", "prod", "int", "(", "option", "A", ")", ")", "." }
-        for _ = 1, math.random(0, 3) do
-          local i = math.random(#toks)
-          local r = math.random(3)
-          if r == 1 then table.remove(toks, i)
-          elseif r == 2 then table.insert(toks, i, vocab[math.random(#vocab)])
-          else toks[i] = vocab[math.random(#vocab)] end
-        end
-      end
-      for i, t in ipairs(toks) do                   -- fresh names, mostly
-        if (t == "C" or t == "D" or t == "x" or t == "T") and math.random(10) > 1 then
-          toks[i] = t .. "r" .. n .. "_" .. i
-        end
-      end
-      local text = table.concat(toks, " ")
-      local ok, err = glue.declare(text, "t")
-      local try = copy_env(env)
-      local genv, gerr = gen.check(try, text, "t")
-      assert(err == gerr, ("%q: declare says %s, gen says %s"):format(text,
-        tostring(err), tostring(gerr)))
-      assert.equal(ok == true, genv ~= nil)
-      if ok then
-        env, agreed_ok = try, agreed_ok + 1
-      end
-    end
-    assert.is_true(agreed_ok >= 100, agreed_ok .. " declarations accepted")
-  end)
 end)
 
 describe("glue/gen.lua", function()
@@ -670,10 +612,24 @@ Inductive kw (A) := K (ti : int) (argv : A) (int : string) (if : fn)
     assert.equal(1, status)
   end)
 
+  it("reports what glue.declare reports: one parser (glue_decl.c) for both", function()
+    local dir = assert(util.tmpdir())
+    finally(function() os.execute("rm -rf " .. dir) end)
+    for i, case in ipairs(decl_errors) do
+      local src = ("%s/c%d.glue"):format(dir, i)
+      util.spit(src, case[1])
+      local _, want = glue.declare(case[1], src)
+      local msg, status = run(("lua5.4 glue/gen.lua -o %s/never glue/prelude.glue %s")
+        :format(dir, src))
+      assert.equal(want .. "\n", msg)
+      assert.equal(1, status)
+    end
+  end)
+
   it("prints usage without arguments", function()
     local msg, status = run("lua5.4 glue/gen.lua")
     assert.equal("usage: lua5.4 glue/gen.lua [--prelude FILE.glue] [--include-dir DIR] "
-      .. "-o OUTBASE FILE.glue...\n", msg)
+      .. "[--decl-tool PATH] -o OUTBASE FILE.glue...\n", msg)
     assert.equal(2, status)
   end)
 end)

@@ -106,7 +106,8 @@ describe("the glue C library (make install)", function()
   it("installs headers, both libraries with a soname, the .pc and the generator", function()
     for _, f in ipairs({ "include/echohost/glue.h", "include/echohost/glue_prelude.h",
         "lib/libechohost-glue.a", "lib/libechohost-glue.so.0", "lib/libechohost-glue.so",
-        "lib/pkgconfig/echohost-glue.pc", "bin/echohost-glue-gen" }) do
+        "lib/pkgconfig/echohost-glue.pc", "bin/echohost-glue-gen",
+        "lib/echohost/glue-decl" }) do
       assert(io.open(prefix .. "/" .. f), f .. " not installed"):close()
     end
     local out = run("objdump -p " .. q(prefix .. "/lib/libechohost-glue.so") .. " | grep SONAME")
