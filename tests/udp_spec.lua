@@ -41,7 +41,8 @@ end
 local function udp(host, bind_host, bind_port)
   local u = assert(host:find(":") and socket.udp6() or socket.udp())
   if bind_host then
-    assert(u:setsockname(bind_host, bind_port or 0))
+    local ok, err = u:setsockname(bind_host, bind_port or 0)
+    assert(ok, tostring(err) .. " binding " .. bind_host .. ":" .. tostring(bind_port))
   end
   return u
 end
@@ -49,8 +50,13 @@ end
 -- A loopback address of this run's own (127.X.Y.Z), for sockets bound to
 -- fixed ports such as 7: another run of these specs at the same time (a
 -- parallel checkout) binds the same ports on other addresses.
-local spare = ("127.%d.%d.%d"):format(math.random(100, 254), math.random(0, 254),
-  math.random(1, 254))
+-- busted seeds math.random with the time: two runs started in the same
+-- second would pick the same one, so this run's pid picks it.
+local spare
+do
+  local pid = require("echohost.proc").getpid()
+  spare = ("127.%d.%d.%d"):format(100 + pid % 150, (pid // 150) % 255, 1 + (pid // 38250) % 254)
+end
 
 -- The listener of srv named kind://host:port: host and port.
 local function target(srv, i)
