@@ -25,88 +25,6 @@
 
 /* --- the socket ----------------------------------------------------------- */
 
-static int control_addr(const char *path, struct sockaddr_un *sa) {
-    memset(sa, 0, sizeof *sa);
-    sa->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa->sun_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    strcpy(sa->sun_path, path);
-    return 0;
-}
-
-/* A path that exists may be reused only when it is a socket nobody accepts
- * on (a server that died without unlinking it). 0 when free, -1 with err. */
-static int control_check_path(const char *path, char *err, size_t errlen) {
-    struct sockaddr_un sa;
-    struct stat st;
-    int fd, rc;
-
-    if (lstat(path, &st) < 0) {
-        if (errno == ENOENT)
-            return 0;
-        snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
-        return -1;
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "control socket %s: path exists and is not a "
-                 "socket (refusing to replace it)", path);
-        return -1;
-    }
-    if (control_addr(path, &sa) < 0 ||
-        (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
-        return -1;
-    }
-    rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
-    close(fd);
-    if (rc == 0) {
-        snprintf(err, errlen, "control socket %s: in use by a running server",
-                 path);
-        return -1;
-    }
-    if (errno != ECONNREFUSED) {
-        snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
-        return -1;
-    }
-    if (unlink(path) < 0 && errno != ENOENT) {
-        snprintf(err, errlen, "control socket %s: stale socket: unlink: %s",
-                 path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* Binds with umask 077, so the socket is 0600 from birth (fchmod before
- * bind does nothing to a Unix socket). */
-static int control_listen(const char *path, char *err, size_t errlen) {
-    struct sockaddr_un sa;
-    mode_t old;
-    int fd, rc;
-
-    if (control_addr(path, &sa) < 0) {
-        snprintf(err, errlen, "control socket %s: path too long", path);
-        return -1;
-    }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "control socket: %s", strerror(errno));
-        return -1;
-    }
-    old = umask(077);
-    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    umask(old);
-    if (rc < 0 || chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
-        snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
-        if (rc == 0)
-            unlink(path);
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static void control_accept(ev_loop *loop, int fd, void *ud, int mask);
 
 /* CONTROL_EVAL_MS, or ECHOHOST_CONTROL_EVAL_MS (milliseconds, > 0). */
@@ -123,6 +41,7 @@ static struct control *control_listen_on(ev_loop *loop,
                                          const struct eh_config *cfg,
                                          int fd, char *err, size_t errlen) {
     struct control *ctl = calloc(1, sizeof *ctl);
+    char nerr[NET_ERR_LEN];
 
     if (ctl == NULL) {
         snprintf(err, errlen, "control socket: out of memory");
@@ -139,14 +58,19 @@ static struct control *control_listen_on(ev_loop *loop,
         goto err;
     }
     strcpy(ctl->path, cfg->control);
-    if (fd < 0 && (control_check_path(ctl->path, err, errlen) < 0 ||
-                   (ctl->fd = control_listen(ctl->path, err, errlen)) < 0))
-        goto err;
+    if (fd < 0) {
+        ctl->fd = net_unix_server(nerr, ctl->path, 0600, 16, NET_NONBLOCK,
+                                  &ctl->id);
+        if (ctl->fd < 0) {
+            snprintf(err, errlen, "control socket %s", nerr);
+            goto err;
+        }
+    }
     ctl->owns_path = fd < 0;
     if (ev_add(loop, ctl->fd, EV_READABLE, control_accept, ctl) == EV_ERR) {
         snprintf(err, errlen, "control socket: %s", strerror(errno));
         if (ctl->owns_path)
-            unlink(ctl->path);
+            net_unix_unlink(ctl->path, &ctl->id);
         goto err;
     }
     return ctl;
@@ -173,6 +97,7 @@ int control_fd(const struct control *ctl) {
 
 void control_claim(struct control *ctl) {
     ctl->owns_path = 1;
+    net_unix_id_of(ctl->path, &ctl->id);    /* the old master's file */
 }
 
 void control_release(struct control *ctl) {
@@ -657,7 +582,7 @@ static void control_free(struct control *ctl, int owner) {
         if (owner)
             ev_del(ctl->loop, ctl->fd, EV_READABLE);
         if (owner && ctl->owns_path)
-            unlink(ctl->path);
+            net_unix_unlink(ctl->path, &ctl->id);
         close(ctl->fd);
     }
     for (int i = 0; i < ctl->nworkers; i++) {
@@ -826,7 +751,7 @@ static int control_connect(const char *path) {
     struct sockaddr_un sa;
     int fd;
 
-    if (control_addr(path, &sa) < 0)
+    if (net_unix_addr(path, &sa) < 0)
         return -1;
     if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
         return -1;

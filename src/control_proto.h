@@ -15,6 +15,7 @@
 #include "config.h"
 #include "control.h"
 #include "ev.h"
+#include "net.h"
 
 /* Server -> client frames: "<type> <len>\n<len bytes>". Client -> server:
  * lines ending in "\n"; CONTROL_META starts a line carrying the client's
@@ -88,6 +89,7 @@ struct control {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int owns_path;              /* unlinks it at the end: not while an
                                    upgrade takes over, nor once handed over */
+    struct net_unix_id id;      /* the socket file it bound */
     struct control_worker *workers;
     int nworkers;
     unsigned seq;               /* request numbers: late replies are dropped */

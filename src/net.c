@@ -1,5 +1,5 @@
-/* Sockets without Lua, the one OS socket layer: resolving, listen and
- * accept, non-blocking connect, options, address text, the monotonic
+/* Sockets without Lua, the one OS socket layer: resolving, TCP and Unix
+ * listen and accept, non-blocking connect, options, address text, the monotonic
  * clock; errors written into a caller buffer [Redis anet.c]. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,10 +27,30 @@ static void net_set_error(char *err, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* "unix:/run/x.sock", the path made one printable word, cut to fit. */
+static int format_unix(const struct sockaddr_un *un, char *buf, size_t len) {
+    const char *p = un->sun_path;
+    size_t max = sizeof un->sun_path, at = 5, i = 0;
+
+    if (len < 6)
+        return NET_ERR;
+    memcpy(buf, "unix:", 5);
+    if (p[0] == '\0' && p[1] != '\0') {
+        buf[at++] = '@';                /* abstract: a NUL, then the name */
+        i = 1;
+    }
+    for (; i < max && p[i] != '\0' && at + 1 < len; i++)
+        buf[at++] = p[i] > ' ' && p[i] <= '~' ? p[i] : '?';
+    buf[at] = '\0';
+    return NET_OK;
+}
+
 int net_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
     char host[INET6_ADDRSTRLEN];
     int n;
 
+    if (sa->sa_family == AF_UNIX)
+        return format_unix((const struct sockaddr_un *)sa, buf, len);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
@@ -203,6 +224,144 @@ int net_udp_server(char *err, const char *host, int port, int flags) {
     return net_server(err, host, port, 0, flags, NET_RES_DGRAM);
 }
 
+/* --- Unix sockets ------------------------------------------------------ */
+
+int net_unix_addr(const char *path, struct sockaddr_un *sa) {
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa->sun_path) {
+        errno = ENAMETOOLONG;
+        return NET_ERR;
+    }
+    strcpy(sa->sun_path, path);
+    return NET_OK;
+}
+
+/* A path that exists may be reused only when it is a socket nobody accepts
+ * on (a server that died without unlinking it). NET_OK when free (a stale
+ * socket removed), NET_ERR with err. */
+static int unix_take_path(char *err, const char *path) {
+    struct sockaddr_un sa;
+    struct stat st;
+    int fd, rc;
+
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return NET_OK;
+        net_set_error(err, "%s: %s", path, strerror(errno));
+        return NET_ERR;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        net_set_error(err, "%s: path exists and is not a socket (refusing "
+                      "to replace it)", path);
+        return NET_ERR;
+    }
+    if (net_unix_addr(path, &sa) < 0 ||
+        (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+        net_set_error(err, "%s: %s", path, strerror(errno));
+        return NET_ERR;
+    }
+    rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    close(fd);
+    if (rc == 0) {
+        net_set_error(err, "%s: in use by a running server", path);
+        return NET_ERR;
+    }
+    if (e != ECONNREFUSED) {
+        net_set_error(err, "%s: %s", path, strerror(e));
+        return NET_ERR;
+    }
+    if (unlink(path) < 0 && errno != ENOENT) {
+        net_set_error(err, "%s: stale socket: unlink: %s", path,
+                      strerror(errno));
+        return NET_ERR;
+    }
+    return NET_OK;
+}
+
+/* fchmod before bind does nothing to a Unix socket: umask 077 makes the
+ * file 0700 at most from birth, chmod then sets mode. */
+int net_unix_server(char *err, const char *path, unsigned mode, int backlog,
+                    int flags, struct net_unix_id *id) {
+    int type = SOCK_STREAM | SOCK_CLOEXEC;
+    const char *what = "socket";
+    struct sockaddr_un sa;
+    struct stat st;
+    mode_t old;
+    int fd, rc = -1;
+
+    if (net_unix_addr(path, &sa) < 0) {
+        net_set_error(err, "%s: path too long (at most %zu bytes)", path,
+                      sizeof sa.sun_path - 1);
+        return NET_ERR;
+    }
+    if (unix_take_path(err, path) < 0)
+        return NET_ERR;
+    if (flags & NET_NONBLOCK)
+        type |= SOCK_NONBLOCK;
+    if ((fd = socket(AF_UNIX, type, 0)) < 0)
+        goto err;
+    what = "bind";
+    old = umask(077);
+    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc < 0)
+        goto err;
+    what = "chmod";
+    if (chmod(path, mode & 0777) < 0)
+        goto err;
+    what = "listen";
+    if (listen(fd, backlog) < 0 || lstat(path, &st) < 0)
+        goto err;
+    id->dev = st.st_dev;
+    id->ino = st.st_ino;
+    return fd;
+err:
+    net_set_error(err, "%s: %s: %s", path, what, strerror(errno));
+    if (rc == 0)
+        unlink(path);
+    if (fd >= 0)
+        close(fd);
+    return NET_ERR;
+}
+
+int net_unix_id_of(const char *path, struct net_unix_id *id) {
+    struct stat st;
+
+    memset(id, 0, sizeof *id);
+    if (lstat(path, &st) < 0)
+        return NET_ERR;
+    if (!S_ISSOCK(st.st_mode)) {
+        errno = ENOTSOCK;
+        return NET_ERR;
+    }
+    id->dev = st.st_dev;
+    id->ino = st.st_ino;
+    return NET_OK;
+}
+
+void net_unix_unlink(const char *path, const struct net_unix_id *id) {
+    struct stat st;
+
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+        st.st_dev == id->dev && st.st_ino == id->ino)
+        unlink(path);
+}
+
+/* "unix:pid=4242,uid=1000": who is at the other end of a Unix socket (its
+ * address is unnamed as a rule, so it would say nothing). */
+static void unix_peer(int fd, char *buf, size_t len) {
+    struct ucred cr;
+    socklen_t n = sizeof cr;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &n) == 0)
+        snprintf(buf, len, "unix:pid=%d,uid=%u", (int)cr.pid,
+                 (unsigned)cr.uid);
+    else
+        snprintf(buf, len, "unix:");
+}
+
 int net_accept(int lfd, char *peer, size_t peerlen) {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -213,7 +372,9 @@ int net_accept(int lfd, char *peer, size_t peerlen) {
         fd = accept4(lfd, (struct sockaddr *)&ss, &len,
                      SOCK_NONBLOCK | SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
-    if (fd >= 0 && peer != NULL)
+    if (fd >= 0 && peer != NULL && ss.ss_family == AF_UNIX)
+        unix_peer(fd, peer, peerlen);
+    else if (fd >= 0 && peer != NULL)
         net_format_addr((struct sockaddr *)&ss, peer, peerlen);
     return fd < 0 ? NET_ERR : fd;
 }

@@ -1,6 +1,6 @@
 /* Sockets without Lua, the one OS socket layer [Redis anet.h]: resolving,
- * TCP listen and accept, non-blocking connect, options, address text and
- * the monotonic clock of deadlines. Errors go into a caller buffer char
+ * TCP and Unix listen and accept, non-blocking connect, options, address
+ * text and the monotonic clock of deadlines. Errors go into a caller buffer char
  * err[NET_ERR_LEN] (may be NULL). */
 #ifndef ECHOHOST_NET_H
 #define ECHOHOST_NET_H
@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
 
 #define NET_OK 0
 #define NET_ERR -1
@@ -58,16 +60,46 @@ int net_tcp_server(char *err, const char *host, int port, int backlog,
  * NET_REUSEPORT, NET_FREE; no SO_REUSEADDR: for UDP it would share the
  * port). The fd, or NET_ERR with err filled. */
 int net_udp_server(char *err, const char *host, int port, int flags);
+/* The socket file a process bound (net_unix_server): it removes only its
+ * own, not one a later server put at the same path. */
+struct net_unix_id {
+    dev_t dev;
+    ino_t ino;
+};
+
+/* sa for path: 0, or NET_ERR with errno ENAMETOOLONG. */
+int net_unix_addr(const char *path, struct sockaddr_un *sa);
+/* A Unix stream socket listening on path with backlog, close-on-exec
+ * (flags: NET_NONBLOCK), of file mode `mode` from birth (bound under umask
+ * 077, then chmod: it is never more open than asked). A path that exists
+ * is taken over only when it is a stale socket (its connect is refused: a
+ * server died without removing it); a live one or any other file is
+ * refused. The fd with *id filled, or NET_ERR with err naming the path:
+ * "/run/e.sock: in use by a running server", "/x: path exists and is not
+ * a socket (refusing to replace it)", "/x/y: bind: No such file or
+ * directory". */
+int net_unix_server(char *err, const char *path, unsigned mode, int backlog,
+                    int flags, struct net_unix_id *id);
+/* *id of the socket file at path now (one another process bound and
+ * handed over); NET_ERR with errno (then *id matches no file). */
+int net_unix_id_of(const char *path, struct net_unix_id *id);
+/* Removes path if it is still the socket file id names. */
+void net_unix_unlink(const char *path, const struct net_unix_id *id);
+
 /* accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC, retrying EINTR. The fd, or
  * NET_ERR with errno kept (EAGAIN, EMFILE...) so callers can branch; peer
- * (NET_ADDR_LEN bytes, may be NULL) receives "127.0.0.1:53412". */
+ * (NET_ADDR_LEN bytes, may be NULL) receives "127.0.0.1:53412", or for a
+ * Unix socket the client's credentials, "unix:pid=4242,uid=1000". */
 int net_accept(int lfd, char *peer, size_t peerlen);
 
 int net_nonblock(char *err, int fd, int on);
 /* SO_LINGER 0: the close that follows sends an RST, dropping unsent data. */
 void net_abort(int fd);
 
-/* "127.0.0.1:53412" or "[::1]:53412" into buf; NET_OK or NET_ERR. */
+/* "127.0.0.1:53412" or "[::1]:53412" into buf; NET_OK or NET_ERR (too
+ * short). AF_UNIX: "unix:" and the path, "@" for an abstract one's NUL,
+ * any byte outside '!'..'~' as '?', cut to fit (so it can be logged as one
+ * word whatever sent it). */
 int net_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 /* The local address of fd, formatted as above. */
 int net_sock_name(char *err, int fd, char *buf, size_t len);
