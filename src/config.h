@@ -6,22 +6,31 @@
 #include <stddef.h>
 
 enum eh_model { EH_MODEL_EVENT, EH_MODEL_FORK };
-enum eh_listen_kind { EH_LISTEN_TCP, EH_LISTEN_UDP };
+enum eh_listen_kind { EH_LISTEN_TCP, EH_LISTEN_UDP, EH_LISTEN_UNIX };
 
 #define EH_LISTEN_MAX 16        /* --listen given at most this often */
 #define EH_UDP_RATE 1000        /* --udp-rate default, datagrams/s */
+#define EH_UNIX_MODE 0600       /* a unix: listener's file, unless ,mode= */
+#define EH_UNIX_PATH_MAX 107    /* longest unix: path (sun_path, its NUL) */
+#define EH_PROXY_TIMEOUT 3.0    /* --proxy-timeout default, seconds */
 
-/* One --listen: "127.0.0.1:8888", "[::1]:7", "*:7", "udp://127.0.0.1:7". */
+/* One --listen: "127.0.0.1:8888", "[::1]:7", "*:7", "udp://127.0.0.1:7",
+ * "unix:/run/echo.sock", the stream ones optionally with ",proxy" (and a
+ * unix one with ",mode=0660"). */
 struct eh_listen {
     enum eh_listen_kind kind;
-    char host[256];             /* "127.0.0.1", "::1", "0.0.0.0" */
+    char host[256];             /* "127.0.0.1", "::1", "0.0.0.0"; unix: the
+                                   path (shorter than sun_path) */
     int port;                   /* 0: the kernel picks, the log says which */
+    int proxy;                  /* ,proxy: a PROXY v1/v2 header comes first */
+    unsigned mode;              /* unix: the socket file's mode */
 };
 
 struct eh_config {
     struct eh_listen listen[EH_LISTEN_MAX];     /* in command-line order */
     int nlisten;                /* 1..EH_LISTEN_MAX */
     long udp_rate;              /* datagrams/s per source address; 0 = off */
+    double proxy_timeout;       /* seconds a PROXY header may take (> 0) */
     int workers;                /* event model: worker processes */
     enum eh_model model;
     int max_conns;              /* per worker (event) / live children (fork) */

@@ -162,9 +162,10 @@ static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
     lua_createtable(L, 0, 13);
     lua_pushstring(L, l->name);
     lua_setfield(L, -2, "name");
-    lua_pushstring(L, l->kind == EH_LISTEN_TCP ? "tcp" : "udp");
+    lua_pushstring(L, l->kind == EH_LISTEN_TCP ? "tcp" :
+                      l->kind == EH_LISTEN_UNIX ? "unix" : "udp");
     lua_setfield(L, -2, "kind");
-    if (l->kind == EH_LISTEN_TCP) {
+    if (l->kind != EH_LISTEN_UDP) {
         cmd_setint(L, "conns", stat_get(&st->conns_open));
         cmd_setint(L, "accepted", stat_get(&st->accepted));
         cmd_setint(L, "bytes_in", stat_get(&st->bytes_in));

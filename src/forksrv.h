@@ -9,14 +9,15 @@
 
 struct hstate;
 
-/* A bound socket: TCP listening, or UDP. */
+/* A bound socket: TCP or unix listening, or UDP. */
 struct forksrv_listen {
     enum eh_listen_kind kind;
     int fd;                     /* non-blocking */
+    int proxy;                  /* ,proxy: a PROXY header comes first */
     const char *name;           /* "127.0.0.1:8888", "udp://[::1]:7" */
 };
 
-/* Accepts on the n TCP sockets of ls (owned from now on) and forks a
+/* Accepts on the n stream sockets of ls (owned from now on) and forks a
  * child per connection until SIGTERM/SIGINT; each child serves with hs (the
  * handler loaded here, reloaded on SIGHUP and --watch) or echoes in C (hs
  * NULL). UDP sockets are served by this process: C echo, or hs's datagram

@@ -35,11 +35,15 @@ static void usage(FILE *f) {
 "server options:\n"
 "  --listen ADDR:PORT    address to serve (default 127.0.0.1:8888; [::1]:PORT\n"
 "                        for IPv6, *:PORT for every IPv4 address, udp://ADDR:PORT\n"
-"                        for UDP (echo, or the handler's on_datagram); port 0\n"
-"                        picks a free port and logs it);\n"
-"                        repeatable (at most 16)\n"
+"                        for UDP (echo, or the handler's on_datagram),\n"
+"                        unix:PATH for a Unix socket (mode 0600, or\n"
+"                        ,mode=0660); port 0 picks a free port and logs it);\n"
+"                        ,proxy after a TCP or unix: one: PROXY v1/v2 header\n"
+"                        first; repeatable (at most 16)\n"
 "  --udp-rate N          datagrams/s answered per source address, per worker\n"
 "                        and UDP listener (default 1000, 0=off)\n"
+"  --proxy-timeout SECS  how long a ,proxy listener waits for the header\n"
+"                        (default 3)\n"
 "  --workers N           worker processes (default: number of cores)\n"
 "  --model event|fork    event loop (default) or a process per connection\n"
 "  --max-conns N         connections per worker / live children (default 10000)\n"
@@ -112,6 +116,7 @@ void config_defaults(struct eh_config *c) {
     c->listen[0].port = 8888;
     c->nlisten = 1;
     c->udp_rate = EH_UDP_RATE;
+    c->proxy_timeout = EH_PROXY_TIMEOUT;
     c->workers = n > 0 ? (int)n : 1;
     c->model = EH_MODEL_EVENT;
     c->max_conns = 10000;
@@ -126,14 +131,21 @@ void config_defaults(struct eh_config *c) {
 }
 
 /* "127.0.0.1:8888", "[::1]:8888", "*:8888", ":8888", each optionally
- * after "udp://". 0 or -1. */
-static int parse_listen(const char *s, struct eh_listen *l) {
+ * after "udp://"; or "unix:PATH". s is the address alone. 0 or -1. */
+static int parse_address(const char *s, struct eh_listen *l) {
     const char *colon, *host;
     size_t hlen;
     char *end;
     long port;
 
     l->kind = EH_LISTEN_TCP;
+    if (strncmp(s, "unix:", 5) == 0) {
+        l->kind = EH_LISTEN_UNIX;
+        if (s[5] == '\0' || strlen(s + 5) > EH_UNIX_PATH_MAX)
+            return -1;
+        strcpy(l->host, s + 5);
+        return 0;
+    }
     if (strncmp(s, "udp://", 6) == 0) {
         l->kind = EH_LISTEN_UDP;
         s += 6;
@@ -149,7 +161,7 @@ static int parse_listen(const char *s, struct eh_listen *l) {
     } else {
         colon = strrchr(s, ':');
         if (colon == NULL || memchr(s, '/', colon - s) != NULL)
-            return -1;              /* "tcp://...", "unix:/x": not ours */
+            return -1;              /* "tcp://...", "unix/x": not ours */
         hlen = colon - s;
     }
     errno = 0;
@@ -169,22 +181,72 @@ static int parse_listen(const char *s, struct eh_listen *l) {
     return 0;
 }
 
+/* The options after the address, each after a comma: "proxy" (TCP and
+ * unix), "mode=0660" (unix). NULL, or what is wrong. */
+static const char *listen_options(const char *o, struct eh_listen *l) {
+    while (*o++ == ',') {
+        size_t n = strcspn(o, ",");
+        char *end;
+        if (n == 5 && strncmp(o, "proxy", 5) == 0) {
+            if (l->kind == EH_LISTEN_UDP)
+                return ",proxy needs a TCP or unix: listener";
+            l->proxy = 1;
+        } else if (n > 5 && strncmp(o, "mode=", 5) == 0) {
+            unsigned long mode = strtoul(o + 5, &end, 8);
+            if (l->kind != EH_LISTEN_UNIX)
+                return ",mode needs a unix: listener";
+            if (o[5] < '0' || o[5] > '7' || end != o + n || mode > 0777)
+                return "want ,mode=OCTAL, 0..0777";
+            l->mode = (unsigned)mode;
+        } else {
+            return "unknown option: want ,proxy, or ,mode=OCTAL after "
+                   "unix:PATH";
+        }
+        o += n;
+    }
+    return NULL;
+}
+
+#define LISTEN_FORMS "HOST:PORT, [IPv6]:PORT, *:PORT, udp://HOST:PORT or " \
+                     "unix:PATH, port 0..65535"
+
+/* An address and its options: NULL, or what is wrong. */
+static const char *parse_listen(const char *s, struct eh_listen *l) {
+    size_t n = strcspn(s, ",");
+    char addr[sizeof l->host + 16];
+
+    memset(l, 0, sizeof *l);
+    l->mode = EH_UNIX_MODE;
+    if (n >= sizeof addr)
+        return "want " LISTEN_FORMS;
+    memcpy(addr, s, n);
+    addr[n] = '\0';
+    if (parse_address(addr, l) < 0)
+        return "want " LISTEN_FORMS;
+    return listen_options(s + n, l);
+}
+
+static int same_listener(const struct eh_listen *a, const struct eh_listen *b) {
+    if (a->kind != b->kind || strcmp(a->host, b->host) != 0)
+        return 0;
+    return a->kind == EH_LISTEN_UNIX || (a->port != 0 && a->port == b->port);
+}
+
 /* Adds --listen a (the first one replaces the default): 0, or 2 after the
  * usage error. */
 static int add_listen(struct eh_config *c, int *given, const char *a) {
     struct eh_listen l;
+    const char *why = parse_listen(a, &l);
 
-    if (parse_listen(a, &l) < 0)
-        return usage_error("bad --listen '%s' (want HOST:PORT, [IPv6]:PORT, "
-                           "*:PORT or udp://HOST:PORT, port 0..65535)", a);
+    if (why)
+        return usage_error("bad --listen '%s' (%s)", a, why);
     if (!*given)
         c->nlisten = 0;
     *given = 1;
     if (c->nlisten == EH_LISTEN_MAX)
         return usage_error("too many --listen (at most %d)", EH_LISTEN_MAX);
-    for (int i = 0; i < c->nlisten && l.port != 0; i++)
-        if (c->listen[i].kind == l.kind && c->listen[i].port == l.port &&
-            strcmp(c->listen[i].host, l.host) == 0)
+    for (int i = 0; i < c->nlisten; i++)
+        if (same_listener(&c->listen[i], &l))
             return usage_error("--listen '%s' given twice", a);
     c->listen[c->nlisten++] = l;
     return 0;
@@ -194,7 +256,7 @@ static int add_listen(struct eh_config *c, int *given, const char *a) {
 static int parse_metrics(const char *s, struct eh_config *c) {
     struct eh_listen l;
 
-    if (parse_listen(s, &l) < 0 || l.kind != EH_LISTEN_TCP)
+    if (parse_address(s, &l) < 0 || l.kind != EH_LISTEN_TCP)
         return -1;
     memcpy(c->metrics_host, l.host, sizeof c->metrics_host);
     c->metrics_port = l.port;
@@ -270,12 +332,14 @@ enum {
     OPT_LUA_MEM, OPT_LUA_BUDGET, OPT_LOG_LEVEL, OPT_SCRIPT, OPT_REPL,
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
     OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
-    OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT, OPT_TEST
+    OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT, OPT_TEST,
+    OPT_PROXY_TIMEOUT
 };
 
 static const struct option options[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
     {"udp-rate", required_argument, NULL, OPT_UDP_RATE},
+    {"proxy-timeout", required_argument, NULL, OPT_PROXY_TIMEOUT},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"model", required_argument, NULL, OPT_MODEL},
     {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
@@ -318,11 +382,28 @@ struct cli {
     int lua_mem, lua_budget;    /* given on the command line */
     int listen;                 /* --listen given: the default is gone */
     int udp_rate;               /* --udp-rate given */
+    int proxy_timeout;          /* --proxy-timeout given */
 };
 
 static int has_udp(const struct eh_config *c) {
     for (int i = 0; i < c->nlisten; i++)
         if (c->listen[i].kind == EH_LISTEN_UDP)
+            return 1;
+    return 0;
+}
+
+static int has_proxy(const struct eh_config *c) {
+    for (int i = 0; i < c->nlisten; i++)
+        if (c->listen[i].proxy)
+            return 1;
+    return 0;
+}
+
+/* --control on the path of a unix: listener: one would refuse the other. */
+static int control_is_listener(const struct eh_config *c) {
+    for (int i = 0; i < c->nlisten && c->control; i++)
+        if (c->listen[i].kind == EH_LISTEN_UNIX &&
+            strcmp(c->listen[i].host, c->control) == 0)
             return 1;
     return 0;
 }
@@ -352,6 +433,12 @@ static int check_combination(const struct cli *cli) {
         return usage_error("%s is a server option (not with --script or "
                            "--repl)", c->log_file ? "--log" : c->pid_file ?
                            "--pid-file" : "--user");
+    if (cli->proxy_timeout && !(server && has_proxy(c)))
+        return usage_error("--proxy-timeout needs a --listen ...,proxy (it "
+                           "bounds the wait for a PROXY header)");
+    if (server && control_is_listener(c))
+        return usage_error("--control '%s' is also a --listen unix: path",
+                           c->control);
     if (c->control && c->model == EH_MODEL_FORK)
         return usage_error("--control needs --model event (the fork model "
                            "has no workers to control)");
@@ -381,6 +468,13 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                                    "0..100000000, 0=off)", a);
             c->udp_rate = n;
             cli->udp_rate = 1;
+            break;
+        case OPT_PROXY_TIMEOUT:
+            if (parse_seconds(a, &c->proxy_timeout) < 0 ||
+                c->proxy_timeout < 0.001 || c->proxy_timeout > 3600)
+                return usage_error("bad --proxy-timeout '%s' (want seconds, "
+                                   "0.001..3600)", a);
+            cli->proxy_timeout = 1;
             break;
         case OPT_WORKERS:
             if (parse_long(a, 1, 1024, &n) < 0)

@@ -29,7 +29,7 @@
 #define LIVED_LONG_MS 2000        /* lived this long: restart at once */
 #define KILL_GRACE_MS 2000        /* workers drain themselves: past their
                                      deadline, SIGKILL */
-#define LISTEN_NAME_LEN (NET_ADDR_LEN + 8)  /* "udp://[::1]:7" */
+#define LISTEN_NAME_LEN (EH_UNIX_PATH_MAX + 8)  /* "unix:/run/x.sock" */
 
 struct master;
 
@@ -56,6 +56,7 @@ struct master {
     struct listener_stats *lstats;      /* shared, as ls */
     uint16_t udp_ports[EH_LISTEN_MAX];  /* of the UDP listeners */
     int nudp;
+    struct net_unix_id unix_ids[EH_LISTEN_MAX]; /* the files it bound */
     struct control *ctl;        /* --control socket, or NULL */
     struct metrics *metrics;    /* --metrics endpoint, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
@@ -128,21 +129,46 @@ static int activated_sockets(const struct eh_config *cfg, int slots,
     return fd;
 }
 
-/* A socket for l, non-blocking (flags: NET_REUSEPORT, NET_FREE). The fd,
- * or NET_ERR with err. */
-static int listen_one(char *err, const struct eh_listen *l, int flags) {
+/* A socket for l, non-blocking (flags: NET_REUSEPORT, NET_FREE; a unix:
+ * one fills *id, the file it bound). The fd, or NET_ERR with err. */
+static int listen_one(char *err, const struct eh_listen *l, int flags,
+                      struct net_unix_id *id) {
+    char nerr[NET_ERR_LEN];
+    int fd;
+
     if (l->kind == EH_LISTEN_UDP)
         return net_udp_server(err, l->host, l->port, NET_NONBLOCK | flags);
-    return net_tcp_server(err, l->host, l->port, BACKLOG,
-                          NET_NONBLOCK | flags);
+    if (l->kind == EH_LISTEN_TCP)
+        return net_tcp_server(err, l->host, l->port, BACKLOG,
+                              NET_NONBLOCK | flags);
+    fd = net_unix_server(nerr, l->host, l->mode, BACKLOG, NET_NONBLOCK, id);
+    if (fd < 0)
+        snprintf(err, NET_ERR_LEN, "listen unix:%.*s", NET_ERR_LEN - 16,
+                 nerr);
+    return fd;
 }
 
-/* "127.0.0.1:8888" or "udp://[::1]:7": the address fd really has. */
+/* Removes the socket files of the unix: listeners that ids say were bound
+ * (at exit: a server that is killed leaves a stale one, taken over by the
+ * next start). */
+static void unlink_unix(const struct eh_config *cfg,
+                        const struct net_unix_id *ids) {
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].kind == EH_LISTEN_UNIX && ids[i].ino != 0)
+            net_unix_unlink(cfg->listen[i].host, &ids[i]);
+}
+
+/* "127.0.0.1:8888", "udp://[::1]:7" or "unix:/run/x.sock": the address fd
+ * really has. */
 static int listen_name(char *err, const struct eh_listen *l, int fd,
                        char *buf, size_t len) {
     const char *scheme = l->kind == EH_LISTEN_UDP ? "udp://" : "";
     size_t n = strlen(scheme);
 
+    if (l->kind == EH_LISTEN_UNIX) {
+        snprintf(buf, len, "unix:%.*s", EH_UNIX_PATH_MAX, l->host);
+        return 0;
+    }
     memcpy(buf, scheme, n);
     return net_sock_name(err, fd, buf + n, len - n);
 }
@@ -151,30 +177,44 @@ static int listen_name(char *err, const struct eh_listen *l, int fd,
  * ECHOHOST_ACCEPT=exclusive selects the other): one socket per worker slot,
  * all SO_REUSEPORT on the same port (the first learns the port when it is
  * 0). The master keeps them open, so a dead worker's queued connections
- * (and datagrams) wait for its replacement. Exclusive mode: one socket
- * that every worker polls with EPOLLEXCLUSIVE. 0 or -1 (logged). */
+ * (and datagrams) wait for its replacement. Exclusive mode, and a unix:
+ * listener always (a path has one socket): one socket that every worker
+ * polls with EPOLLEXCLUSIVE (so are the sockets systemd
+ * passed: act, the first, or -1). 0 or -1 (logged). */
 static int master_listen_one(struct master *m, int l, int act) {
     struct eh_listen spec = m->cfg->listen[l];
-    int flags = m->exclusive ? 0 : NET_REUSEPORT;
+    int shared = m->exclusive || spec.kind == EH_LISTEN_UNIX;
+    int flags = shared ? 0 : NET_REUSEPORT;
     char err[NET_ERR_LEN];
 
     for (int i = 0; i < m->nslots; i++) {
         struct worker_listener *wl = &m->ls[i * m->nls + l];
-        int fd = i > 0 && m->exclusive ? m->ls[l].fd
-                 : act >= 0 ? act + (m->exclusive ? l : i * m->nls + l)
-                 : listen_one(err, &spec, flags |
-                              (i == 0 && spec.port ? NET_FREE : 0));
+        int fd;
+
+        if (act >= 0 && i > 0 && shared && !m->exclusive)
+            close(act + i * m->nls + l);    /* that socket again: unused */
+        fd = i > 0 && shared ? m->ls[l].fd
+             : act >= 0 ? act + (m->exclusive ? l : i * m->nls + l)
+             : listen_one(err, &spec, flags |
+                          (i == 0 && spec.port ? NET_FREE : 0),
+                          &m->unix_ids[l]);
         if (fd < 0) {
             log_error("%s", err);
             return -1;
         }
         wl->kind = spec.kind;
         wl->fd = fd;
+        wl->shared = shared;
+        wl->proxy = spec.proxy;
         wl->name = m->names[l];
         wl->stats = &m->lstats[i * m->nls + l];
-        if (i == 0 && ((spec.port = net_sock_port(err, fd)) < 0 ||
-                       listen_name(err, &spec, fd, m->names[l],
-                                   LISTEN_NAME_LEN) < 0)) {
+        if (i == 0 && spec.kind != EH_LISTEN_UNIX &&
+            (spec.port = net_sock_port(err, fd)) < 0) {
+            log_error("%s", err);
+            return -1;
+        }
+        if (i == 0 && listen_name(err, &spec, fd, m->names[l],
+                                  LISTEN_NAME_LEN) < 0) {
             log_error("%s", err);
             return -1;
         }
@@ -208,7 +248,7 @@ static int master_listen(struct master *m, char *addr, size_t len) {
 
 static void master_close_listeners(struct master *m) {
     for (int i = 0; i < m->nslots * m->nls; i++) {
-        if (m->ls[i].fd >= 0 && (i < m->nls || !m->exclusive))
+        if (m->ls[i].fd >= 0 && (i < m->nls || !m->ls[i].shared))
             close(m->ls[i].fd);
         m->ls[i].fd = -1;
     }
@@ -229,9 +269,9 @@ static void child_setup(struct master *m, int slot) {
         close(inherit.ready);           /* the master reports, once */
     control_after_fork(m->ctl);         /* operators' fds are the master's */
     metrics_after_fork(m->metrics);     /* and so are the scrapers' */
-    for (int i = 0; i < m->nslots && !m->exclusive; i++)
+    for (int i = 0; i < m->nslots; i++)
         for (int l = 0; l < m->nls && i != slot; l++)
-            if (m->ls[i * m->nls + l].fd >= 0)
+            if (m->ls[i * m->nls + l].fd >= 0 && !m->ls[i * m->nls + l].shared)
                 close(m->ls[i * m->nls + l].fd);
 }
 
@@ -632,6 +672,7 @@ static void master_fini(struct master *m) {
         control_close(m->ctl);
     if (m->ls)
         master_close_listeners(m);
+    unlink_unix(m->cfg, m->unix_ids);
     for (int i = 0; i < 2; i++)
         if (m->wready[i] >= 0)
             close(m->wready[i]);
@@ -731,11 +772,13 @@ static int handler_readable(const struct eh_config *cfg) {
 static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     static char names[EH_LISTEN_MAX][LISTEN_NAME_LEN];
     struct forksrv_listen ls[EH_LISTEN_MAX];
+    struct net_unix_id ids[EH_LISTEN_MAX];
     char err[DAEMON_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
     int shared, act = activated_sockets(cfg, 1, &shared, err, sizeof err);
     size_t at = 0;
-    int n;
+    int n, rc;
 
+    memset(ids, 0, sizeof ids);
     if (act == -2) {
         log_error("%s", err);
         return 1;
@@ -743,14 +786,16 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     for (n = 0; n < cfg->nlisten; n++) {
         const struct eh_listen *l = &cfg->listen[n];
         ls[n].kind = l->kind;
+        ls[n].proxy = l->proxy;
         ls[n].name = names[n];
-        ls[n].fd = act >= 0 ? act + n : listen_one(err, l, 0);
+        ls[n].fd = act >= 0 ? act + n : listen_one(err, l, 0, &ids[n]);
         if (ls[n].fd < 0 ||
             listen_name(err, l, ls[n].fd, names[n], sizeof names[n]) < 0) {
             log_error("%s", err);
             n += ls[n].fd >= 0;
             while (n-- > 0)
                 close(ls[n].fd);
+            unlink_unix(cfg, ids);
             return 1;
         }
         at += snprintf(addr + at, sizeof addr - at, "%s%s", n ? " " : "",
@@ -759,12 +804,15 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     if (server_settle(cfg) < 0) {
         while (n-- > 0)
             close(ls[n].fd);
+        unlink_unix(cfg, ids);
         return 1;
     }
     log_notice("listening on %s (fork model, %s)", addr,
                cfg->handler ? cfg->handler : "C echo");
     log_started();
-    return forksrv_main(cfg, ls, n, hs);
+    rc = forksrv_main(cfg, ls, n, hs);
+    unlink_unix(cfg, ids);
+    return rc;
 }
 
 /* Loads the handler once, before anything listens: a file that does not

@@ -486,7 +486,7 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
 static void accept_proc(ev_loop *loop, int fd, void *ud, int mask);
 
 static int accept_start(struct worker_lsock *ls) {
-    int mask = EV_READABLE | (ls->w->exclusive ? EV_EXCLUSIVE : 0);
+    int mask = EV_READABLE | (ls->l.shared ? EV_EXCLUSIVE : 0);
 
     if (ls->l.fd < 0)
         return 0;

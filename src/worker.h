@@ -24,8 +24,11 @@ struct listener_stats {
 /* One socket the master bound, as a worker gets it. */
 struct worker_listener {
     enum eh_listen_kind kind;
-    int fd;                     /* non-blocking; TCP: listening */
-    const char *name;           /* "127.0.0.1:8888", "udp://[::1]:7" */
+    int fd;                     /* non-blocking; TCP, unix: listening */
+    int shared;                 /* one fd for every slot (EPOLLEXCLUSIVE) */
+    int proxy;                  /* ,proxy: a PROXY header comes first */
+    const char *name;           /* "127.0.0.1:8888", "udp://[::1]:7",
+                                   "unix:/run/x.sock" */
     struct listener_stats *stats;   /* this slot's, in the shared mapping */
 };
 
