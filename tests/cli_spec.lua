@@ -122,13 +122,14 @@ describe("echohost --listen", function()
   local bad = { "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
     "127.0.0.1: 80", "127.0.0.1:+80", "127.0.0.1:80x", "[::1]80", "[::1", "udp://",
     "udp://127.0.0.1", "udp://127.0.0.1:", "udp://[::1]", "udp:/127.0.0.1:7",
-    "tcp://127.0.0.1:7", "sctp://127.0.0.1:7", "unix:/tmp/x" }
+    "tcp://127.0.0.1:7", "sctp://127.0.0.1:7", "unix:", ",proxy", "unix/tmp/x",
+    "unix:/" .. string.rep("x", 107), "127.0.0.1:7 ,proxy" }
   for _, a in ipairs(bad) do
     it("refuses '" .. a .. "' with the forms it takes (exit 2)", function()
       local code, err = server.run({ "--listen", a }, 5)
       assert.equal(2, code)
       assert.equal("echohost: bad --listen '" .. a .. "' (want HOST:PORT, [IPv6]:PORT, "
-        .. "*:PORT or udp://HOST:PORT, port 0..65535)", err:match("^[^\n]*"))
+        .. "*:PORT, udp://HOST:PORT or unix:PATH, port 0..65535)", err:match("^[^\n]*"))
       assert.matches("Try 'echohost %-%-help'", err)
     end)
   end
@@ -146,6 +147,52 @@ describe("echohost --listen", function()
     code, err = server.run(args, 5)
     assert.equal(2, code)
     assert.equal("echohost: too many --listen (at most 16)", err:match("^[^\n]*"))
+  end)
+
+  local bad_options = {
+    ["udp://127.0.0.1:7,proxy"] = ",proxy needs a TCP or unix: listener",
+    ["127.0.0.1:7,mode=0600"] = ",mode needs a unix: listener",
+    ["unix:/tmp/x,mode=0800"] = "want ,mode=OCTAL, 0..0777",
+    ["unix:/tmp/x,mode=1777"] = "want ,mode=OCTAL, 0..0777",
+    ["unix:/tmp/x,mode="] = "unknown option: want ,proxy, or ,mode=OCTAL after unix:PATH",
+    ["unix:/tmp/x,mode=-1"] = "want ,mode=OCTAL, 0..0777",
+    ["unix:/tmp/x,mode=06x"] = "want ,mode=OCTAL, 0..0777",
+    ["127.0.0.1:7,"] = "unknown option: want ,proxy, or ,mode=OCTAL after unix:PATH",
+    ["127.0.0.1:7,proxy,"] = "unknown option: want ,proxy, or ,mode=OCTAL after unix:PATH",
+    ["127.0.0.1:7,PROXY"] = "unknown option: want ,proxy, or ,mode=OCTAL after unix:PATH",
+    ["[::1]:7,proxy=1"] = "unknown option: want ,proxy, or ,mode=OCTAL after unix:PATH",
+  }
+  for a, why in pairs(bad_options) do
+    it("refuses the options of '" .. a .. "' saying why (exit 2)", function()
+      local code, err = server.run({ "--listen", a }, 5)
+      assert.equal(2, code)
+      assert.equal("echohost: bad --listen '" .. a .. "' (" .. why .. ")", err:match("^[^\n]*"))
+    end)
+  end
+
+  it("refuses one unix: path twice, and --control on a listener's path", function()
+    local code, err = server.run({ "--listen", "unix:/tmp/x", "--listen", "unix:/tmp/x,proxy" }, 5)
+    assert.equal(2, code)
+    assert.equal("echohost: --listen 'unix:/tmp/x,proxy' given twice", err:match("^[^\n]*"))
+    code, err = server.run({ "--listen", "127.0.0.1:7,proxy", "--listen", "127.0.0.1:7" }, 5)
+    assert.equal(2, code)
+    assert.equal("echohost: --listen '127.0.0.1:7' given twice", err:match("^[^\n]*"))
+    code, err = server.run({ "--listen", "unix:/tmp/x", "--control", "/tmp/x" }, 5)
+    assert.equal(2, code)
+    assert.equal("echohost: --control '/tmp/x' is also a --listen unix: path",
+      err:match("^[^\n]*"))
+  end)
+
+  it("refuses --proxy-timeout without a ,proxy listener, and a bad timeout", function()
+    local code, err = server.run({ "--listen", "127.0.0.1:0", "--proxy-timeout", "1" }, 5)
+    assert.equal(2, code)
+    assert.matches("^echohost: %-%-proxy%-timeout needs a %-%-listen %.%.%.,proxy", err)
+    for _, a in ipairs({ "0", "-1", "x", "3601", "" }) do
+      code, err = server.run({ "--listen", "127.0.0.1:0,proxy", "--proxy-timeout", a }, 5)
+      assert.equal(2, code)
+      assert.equal("echohost: bad --proxy-timeout '" .. a .. "' (want seconds, 0.001..3600)",
+        err:match("^[^\n]*"))
+    end
   end)
 
   it("refuses --udp-rate without a UDP listener, and a bad rate", function()
