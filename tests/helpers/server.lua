@@ -16,7 +16,8 @@
 --   srv.listeners              every listener as the log names it, in
 --                              --listen order: {"127.0.0.1:40123",
 --                              "udp://[::1]:39000", ...}
---   server.split(name)         "udp://[::1]:7" -> "udp", "::1", 7
+--   server.split(name)         "udp://[::1]:7" -> "udp", "::1", 7;
+--                              "unix:/run/x.sock" -> "unix", "/run/x.sock"
 --   srv:log()                  stderr so far (a string)
 --   srv:wait_log(pat, secs)    first capture of pat in the log, or nil
 --   srv:children()             pids whose parent is the server (workers)
@@ -208,6 +209,9 @@ function M.start(args, opts)
 end
 
 function M.split(name)
+  if name:match("^unix:") then
+    return "unix", name:sub(6)
+  end
   local kind, rest = name:match("^(%a+)://(.*)$")
   local host, port = (rest or name):match("^%[?(.-)%]?:(%d+)$")
   return kind or "tcp", host, tonumber(port)
