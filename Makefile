@@ -90,6 +90,7 @@ TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
 # C tests of the glue runtime (tests/glue/test_*.c), run by tests/suites/glue.sh.
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
 BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
+PROXY_TEST := $(if $(wildcard tests/proxy/test_proxy.c),$(BUILD)/tests/proxy/test_proxy)
 GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
 GLUE_RT_OBJ:= $(patsubst %.c,$(BUILD)/%.o,$(GLUE_RT_SRC) $(GLUE_GEN))
 # The glue C library: the runtime and the prelude's types, no Lua.
@@ -97,7 +98,7 @@ GLUE_SONAME := libechohost-glue.so.0
 GLUE_LIBS  := $(if $(GLUE_GEN),$(BUILD)/lib/libechohost-glue.a \
               $(BUILD)/lib/$(GLUE_SONAME))
 all: deps-check $(BIN) $(LUABIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) \
-     $(BUS_TEST) $(GLUE_LIBS)
+     $(BUS_TEST) $(PROXY_TEST) $(GLUE_LIBS)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -193,6 +194,13 @@ $(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h src/pmutex
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) -lpthread $(EXTRA_LDFLAGS)
 
+$(BUILD)/tests/proxy/test_proxy: tests/proxy/test_proxy.c tests/proxy/proxy_props.h \
+    src/proxyproto.c src/proxyproto.h src/net.c tests/glue/check.h
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -Itests/proxy -o $@ $(filter %.c,$^) \
+	    $(EXTRA_LDFLAGS)
+
 $(BUILD)/refecho: tests/bench/refecho.c
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
@@ -235,6 +243,7 @@ asan: deps-check
 	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_TESTS)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(BUS_TEST)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(GLUE_LIBS)) \
+	    $(patsubst $(BUILD)/%,build/asan/%,$(PROXY_TEST)) \
 	    $(patsubst $(BUILD)/%,build/asan/%,$(TOOLBIN))
 asan-test: asan
 	@ECHOHOST_ASAN=1 sh tests/run.sh build/asan
