@@ -154,6 +154,19 @@ static void cmd_setint(lua_State *L, const char *name, uint64_t v) {
     lua_setfield(L, -2, name);
 }
 
+/* A ,proxy listener's header counters, into its table on top. */
+static void cmd_proxy_stats(lua_State *L, const struct listener_stats *st) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "proxy");
+    cmd_setint(L, "proxy_ok", stat_get(&st->proxy_ok));
+    cmd_setint(L, "proxy_local", stat_get(&st->proxy_local));
+    cmd_setint(L, "proxy_missing", stat_get(&st->proxy_missing));
+    cmd_setint(L, "proxy_malformed", stat_get(&st->proxy_malformed));
+    cmd_setint(L, "proxy_oversized", stat_get(&st->proxy_oversized));
+    cmd_setint(L, "proxy_truncated", stat_get(&st->proxy_truncated));
+    cmd_setint(L, "proxy_timeout", stat_get(&st->proxy_timeout));
+}
+
 /* A listener's counters: {name, kind = "tcp", conns, ...} or the UDP ones. */
 static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
     const struct listener_stats *st = l->stats;
@@ -170,6 +183,8 @@ static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
         cmd_setint(L, "accepted", stat_get(&st->accepted));
         cmd_setint(L, "bytes_in", stat_get(&st->bytes_in));
         cmd_setint(L, "bytes_out", stat_get(&st->bytes_out));
+        if (l->proxy)
+            cmd_proxy_stats(L, st);
         return;
     }
     cmd_setint(L, "datagrams_in", stat_get(&u->datagrams_in));

@@ -1,6 +1,7 @@
 /* Fork model: accept, fork a child per connection, the parent closes its
  * copy and accepts again; children are reaped as they exit. */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "hload.h"
 #include "log.h"
 #include "net.h"
+#include "proxyproto.h"
 #include "rt_dgram.h"
 #include "rt_fork.h"
 #include "supervise.h"
@@ -103,14 +105,58 @@ static int echo_blocking(const struct eh_config *cfg, int fd,
     return 0;
 }
 
+/* In the child, on a ,proxy listener: reads the PROXY header from fd
+ * (still non-blocking) within --proxy-timeout, then peer is the client it
+ * names. 0, or -1 when the header is refused (logged). */
+static int child_proxy(const struct eh_config *cfg, int fd, char *peer,
+                       size_t len, const char *listener) {
+    static struct proxy_in in;
+    double until = net_now() + cfg->proxy_timeout;
+    const char *why = "none whole within --proxy-timeout";
+    struct proxy_hdr h;
+    int rc;
+
+    while ((rc = proxy_read(&in, fd, &h, &why)) == PROXY_MORE) {
+        struct pollfd p = {fd, POLLIN, 0};
+        double left = until - net_now();
+        if (left <= 0 || poll(&p, 1, (int)(left * 1000) + 1) == 0) {
+            why = "none whole within --proxy-timeout";
+            break;
+        }
+    }
+    if (rc == PROXY_DONE) {
+        if (!h.local)
+            net_format_addr((const struct sockaddr *)&h.src, peer, len);
+        return 0;
+    }
+    log_warn("%s: closing %s: PROXY header: %s", listener, peer, why);
+    return -1;
+}
+
+/* In the child: the connection with the handler, or the C echo. The exit
+ * status. */
+static int child_serve(struct forksrv *fs, int fd, const char *peer,
+                       struct rtfork_tally *t) {
+    int status;
+
+    net_nonblock(NULL, fd, 0);
+    if (fs->hs == NULL)
+        return echo_blocking(fs->cfg, fd, t);
+    status = rtfork_serve(fs->hs, fd, peer, t);
+    fflush(NULL);               /* what the handler wrote with io.write */
+    return status;
+}
+
 /* In the child: no master state, default signals but ^C (the master's),
  * die with the master, blocking I/O. Never returns.
  * Every page the child writes is a copy-on-write fault (and on a VM a TLB
  * flush): it frees nothing it inherited and leaves by _exit, so no atexit
  * handler, destructor or stdio cleanup touches memory. */
 static void child_run(struct forksrv *fs, pid_t parent, int fd,
-                      const char *peer, const char *listener) {
+                      const char *from, const struct flisten *fl) {
     const struct eh_config *cfg = fs->cfg;
+    const char *listener = fl->l.name;
+    char peer[NET_ADDR_LEN];
     struct rtfork_tally t = {0, 0, "closed"};
     long long started = ev_now_ms();
     sigset_t none;
@@ -129,12 +175,14 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     signal(SIGUSR2, SIG_IGN);           /* and upgrades */
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    net_nonblock(NULL, fd, 0);
-    if (fs->hs) {
-        status = rtfork_serve(fs->hs, fd, peer, &t);
-        fflush(NULL);           /* what the handler wrote with io.write */
+    snprintf(peer, sizeof peer, "%s", from);
+    if (fl->l.proxy &&
+        child_proxy(cfg, fd, peer, sizeof peer, listener) < 0) {
+        t.reason = "proxy";
+        status = 0;
+        close(fd);
     } else {
-        status = echo_blocking(cfg, fd, &t);
+        status = child_serve(fs, fd, peer, &t);
     }
     if (cfg->access_log)
         log_conn(LOG_NOTICE, (unsigned long long)getpid(), "access: id=%d "
@@ -158,7 +206,7 @@ static int reject_log_due(struct forksrv *fs) {
 }
 
 static void serve(struct forksrv *fs, int fd, const char *peer,
-                  const char *listener) {
+                  const struct flisten *fl) {
     pid_t parent = getpid(), pid;
 
     if (sup_count(&fs->sup) >= fs->cfg->max_conns)
@@ -172,7 +220,7 @@ static void serve(struct forksrv *fs, int fd, const char *peer,
     }
     pid = fork();
     if (pid == 0)
-        child_run(fs, parent, fd, peer, listener);
+        child_run(fs, parent, fd, peer, fl);
     close(fd);
     if (pid < 0) {
         if (reject_log_due(fs))
@@ -194,7 +242,7 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     for (int i = 0; i < ACCEPT_MAX && fl->l.fd >= 0; i++) {
         int fd = net_accept(lfd, peer, sizeof peer);
         if (fd >= 0) {
-            serve(fs, fd, peer, fl->l.name);
+            serve(fs, fd, peer, fl);
             continue;
         }
         if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO &&

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "lpubsub.h"
 #include "net.h"
+#include "proxyproto.h"
 #include "rt_dgram.h"
 #include "supervise.h"
 #include "worker.h"
@@ -30,12 +31,15 @@ enum {
     CONN_CLOSING = 1 << 5,      /* conn_close: flush, then close */
     CONN_DEAD = 1 << 6,         /* on w->dead, freed after the iteration */
     CONN_SHUTWR = 1 << 7,       /* conn_shutdown_send: FIN once flushed */
-    CONN_REASON_SHIFT = 8       /* index into reasons[] */
+    CONN_PROXY = 1 << 8,        /* its PROXY header is not in yet: the
+                                   handler has not seen it */
+    CONN_REASON_SHIFT = 9       /* index into reasons[] */
 };
 
-enum { R_EOF, R_ERROR, R_TIMEOUT, R_RESET, R_SHUTDOWN, R_CLOSED };
+/* R_PROXY: its PROXY header was refused (only the access log sees it) */
+enum { R_EOF, R_ERROR, R_TIMEOUT, R_RESET, R_SHUTDOWN, R_CLOSED, R_PROXY };
 static const char *const reasons[] = {
-    "eof", "error", "timeout", "reset", "shutdown", "closed"
+    "eof", "error", "timeout", "reset", "shutdown", "closed", "proxy"
 };
 
 /* Bytes queued for the client: data[head .. head+len). */
@@ -54,12 +58,16 @@ struct worker_lsock {
 struct conn {
     int fd;
     uint64_t id;                /* unique within the server run */
-    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412" */
+    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412",
+                                   "unix:pid=4242,uid=1000"; behind
+                                   ,proxy: the header's source */
     const char *listener;       /* its listener's name: "127.0.0.1:8888" */
     struct worker *w;
     void *hdata;                /* owned by the handler runtime */
     struct conn_out *out;
     struct worker_lsock *ls;    /* the listener that accepted it */
+    struct proxy_in *pin;       /* ,proxy: until the header is in */
+    long long proxy_timer;      /* --proxy-timeout for it, or 0 */
     unsigned flags;
     long long last_active_ms;
     long long opened_ms;
@@ -406,6 +414,10 @@ static void conn_kill(conn *c, int reason) {
 
     if (c->flags & CONN_DEAD)
         return;
+    if (c->proxy_timer) {
+        ev_timer_del(w->loop, c->proxy_timer);
+        c->proxy_timer = 0;
+    }
     c->flags |= CONN_DEAD | (unsigned)reason << CONN_REASON_SHIFT;
     ev_forget(w->loop, c->fd);          /* closed by worker_after */
     c->flags &= ~(CONN_READING | CONN_WRITING);
@@ -416,7 +428,7 @@ static void conn_kill(conn *c, int reason) {
 static void conn_free(struct worker *w, conn *c) {
     const char *reason = reasons[c->flags >> CONN_REASON_SHIFT];
 
-    if (w->h)
+    if (w->h && !(c->flags & CONN_PROXY))
         reason = handler_on_close(w->h, c, reason);
     if (w->cfg->access_log)
         log_conn(LOG_NOTICE, c->id, "access: id=%llu peer=%s listener=%s "
@@ -428,6 +440,7 @@ static void conn_free(struct worker *w, conn *c) {
     stat_sub(&c->ls->l.stats->conns_open, 1);
     close(c->fd);
     free(c->out);
+    free(c->pin);
     free(c);
     stat_add(&w->stats->closed, 1);
     stat_sub(&w->stats->conns_open, 1);
@@ -448,13 +461,105 @@ static void worker_after(ev_loop *loop, void *ud) {
         ev_stop(loop);
 }
 
+static int reject_log_due(struct worker *w);
+
+/* --- the PROXY header (,proxy listeners) ------------------------------- */
+
+/* Counts a refused header and closes its connection: nothing else sees
+ * it (the handler has not been told of it). */
+static void proxy_refuse(conn *c, int rc, const char *why) {
+    struct listener_stats *st = c->ls->l.stats;
+
+    switch (rc) {
+    case PROXY_MISSING: stat_add(&st->proxy_missing, 1); break;
+    case PROXY_MALFORMED: stat_add(&st->proxy_malformed, 1); break;
+    case PROXY_OVERSIZED: stat_add(&st->proxy_oversized, 1); break;
+    case PROXY_TRUNCATED: stat_add(&st->proxy_truncated, 1); break;
+    default: stat_add(&st->proxy_timeout, 1); break;     /* PROXY_MORE: time is up */
+    }
+    if (reject_log_due(c->w))
+        log_warn("%s: closing %s: PROXY header: %s", c->listener, c->peer,
+                 why);
+    conn_kill(c, R_PROXY);
+}
+
+static long proxy_timeout_proc(ev_loop *loop, long long id, void *ud) {
+    conn *c = ud;
+
+    (void)loop;
+    (void)id;
+    c->proxy_timer = 0;
+    proxy_refuse(c, PROXY_MORE, "none whole within --proxy-timeout");
+    return EV_NOMORE;
+}
+
+/* The header is in: the client is who it names (LOCAL, UNKNOWN: the
+ * socket's peer), and the connection starts for the handler. */
+static void proxy_accept(conn *c, const struct proxy_hdr *h) {
+    struct listener_stats *st = c->ls->l.stats;
+
+    if (h->local)
+        stat_add(&st->proxy_local, 1);
+    else if (net_format_addr((const struct sockaddr *)&h->src, c->peer,
+                             sizeof c->peer) == 0)
+        stat_add(&st->proxy_ok, 1);
+    free(c->pin);
+    c->pin = NULL;
+    ev_timer_del(c->w->loop, c->proxy_timer);
+    c->proxy_timer = 0;
+    c->flags &= ~CONN_PROXY;
+    /* what followed the header is still in the socket: the same readable
+     * registration, the usual proc (no epoll_ctl) */
+    ev_add(c->w->loop, c->fd, EV_READABLE, conn_read_proc, c);
+    if (c->w->h)
+        handler_on_open(c->w->h, c);
+}
+
+static void proxy_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    conn *c = ud;
+    struct proxy_hdr h;
+    const char *why = NULL;
+    int rc;
+
+    (void)loop;
+    (void)mask;
+    rc = proxy_read(c->pin, fd, &h, &why);
+    if (rc == PROXY_DONE)
+        proxy_accept(c, &h);
+    else if (rc < 0)
+        proxy_refuse(c, rc, why);
+}
+
+/* A connection of a ,proxy listener waits for its header first. 0 or -1. */
+static int proxy_start(struct worker *w, conn *c) {
+    c->pin = calloc(1, sizeof *c->pin);
+    if (c->pin == NULL)
+        return -1;
+    c->proxy_timer = ev_timer_add(w->loop,
+                                  (long)(w->cfg->proxy_timeout * 1000 + 0.5),
+                                  proxy_timeout_proc, c);
+    if (c->proxy_timer < 0) {
+        c->proxy_timer = 0;
+        return -1;
+    }
+    c->flags |= CONN_PROXY;
+    return 0;
+}
+
 static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     struct worker *w = ls->w;
     conn *c = calloc(1, sizeof *c);
+    ev_file_proc *proc = ls->l.proxy ? proxy_read_proc : conn_read_proc;
 
-    if (c == NULL || ev_add(w->loop, fd, EV_READABLE, conn_read_proc, c) < 0) {
+    if (c == NULL || ev_add(w->loop, fd, EV_READABLE, proc, c) < 0 ||
+        (ls->l.proxy && proxy_start(w, c) < 0)) {
         log_warn("connection from %s dropped: %s", peer, strerror(errno));
         stat_add(&w->stats->socket_errors, 1);
+        if (c && c->proxy_timer)
+            ev_timer_del(w->loop, c->proxy_timer);
+        if (c)
+            ev_forget(w->loop, fd);
+        free(c ? c->pin : NULL);
         free(c);
         close(fd);
         return;
@@ -465,7 +570,7 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     c->listener = ls->l.name;
     c->ls = ls;
     c->w = w;
-    c->flags = CONN_READING;
+    c->flags |= CONN_READING;
     c->last_active_ms = ev_time_ms(w->loop);
     c->opened_ms = c->last_active_ms;
     conn_link(&w->conns, c);
@@ -473,7 +578,7 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     stat_add(&w->stats->conns_open, 1);
     stat_add(&ls->l.stats->accepted, 1);
     stat_add(&ls->l.stats->conns_open, 1);
-    if (w->h)
+    if (w->h && !(c->flags & CONN_PROXY))
         handler_on_open(w->h, c);
     /* the client spoke first (RFC 862): its bytes are often there already,
      * and reading now saves an epoll_wait per connection */

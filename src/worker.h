@@ -15,9 +15,14 @@
 /* Counters of one listener in one worker slot, in the same shared mapping
  * as worker_stats (nlisten per slot). */
 struct listener_stats {
-    stat_t conns_open;          /* TCP: connections now open */
+    stat_t conns_open;          /* TCP, unix: connections now open */
     stat_t accepted;
     stat_t bytes_in, bytes_out;
+    /* ,proxy: headers taken (with an address; LOCAL or UNKNOWN), and the
+     * connections closed for theirs (see enum PROXY_* in proxyproto.h) */
+    stat_t proxy_ok, proxy_local;
+    stat_t proxy_missing, proxy_malformed, proxy_oversized;
+    stat_t proxy_truncated, proxy_timeout;
     struct udp_stats udp;       /* UDP: datagrams */
 } __attribute__((aligned(64)));
 
