@@ -31,12 +31,15 @@ endif
 # lua-busted, lua-check, lua-socket: the test suite and its clients;
 # libedit-dev: line editing in the REPL; valgrind: leak checks of the glue;
 # gcc, libc6-dev: the compiler (its libasan/libubsan serve make asan-test);
-# prometheus: its promtool checks what --metrics serves.
+# prometheus: its promtool checks what --metrics serves; haproxy: the load
+# balancer tests/proxy_spec.lua puts in front of echohost (send-proxy,
+# send-proxy-v2, its health checks; make bench's peer too).
 DEPS_PKGS  := gcc libc6-dev lua5.4 liblua5.4-dev lua-busted lua-check lua-socket \
-              libedit-dev pkg-config valgrind prometheus
-# make bench: the peers it measures (socat, python3 asyncio, nodejs, haproxy's
-# Lua service) and gnuplot for the chart; taskset comes with util-linux.
-BENCH_PKGS := socat python3 nodejs haproxy gnuplot-nox
+              libedit-dev pkg-config valgrind prometheus haproxy
+# make bench: the peers it measures (socat, python3 asyncio, nodejs; haproxy's
+# Lua service, from DEPS_PKGS) and gnuplot for the chart; taskset comes with
+# util-linux.
+BENCH_PKGS := socat python3 nodejs gnuplot-nox
 # make fuzz: clang, and the libFuzzer runtime (not a dependency of clang-14).
 FUZZ_PKGS  := clang libclang-rt-14-dev
 
