@@ -533,11 +533,29 @@ static const struct sup_policy master_policy = {
 static uid_t run_uid;           /* --user, looked up at the start */
 static gid_t run_gid;
 
+/* The unix: listeners' files it bound (ids), given to --user. 0 or -1
+ * with err. */
+static int chown_unix(const struct eh_config *cfg,
+                      const struct net_unix_id *ids, char *err, size_t len) {
+    for (int i = 0; i < cfg->nlisten; i++) {
+        const char *path = cfg->listen[i].host;
+        if (cfg->listen[i].kind == EH_LISTEN_UNIX && ids[i].ino != 0 &&
+            chown(path, run_uid, run_gid) < 0) {
+            snprintf(err, len, "listen unix:%.*s: chown: %s",
+                     EH_UNIX_PATH_MAX, path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Bound: the pid file, then root is dropped (--user; the control socket
- * given to that user first). Started by an upgrade, the pid file waits
- * for the take-over (server_serving), and a master that is not root runs
- * as the old one did, which dropped it. 0, or -1 (logged). */
-static int server_settle(const struct eh_config *cfg) {
+ * and the unix: listeners it bound (ids) given to that user first).
+ * Started by an upgrade, the pid file waits for the take-over
+ * (server_serving), and a master that is not root runs as the old one
+ * did, which dropped it. 0, or -1 (logged). */
+static int server_settle(const struct eh_config *cfg,
+                         const struct net_unix_id *ids) {
     char err[DAEMON_ERR_LEN];
 
     if (cfg->pid_file && !upgraded &&
@@ -550,6 +568,8 @@ static int server_settle(const struct eh_config *cfg) {
                  cfg->control, strerror(errno));
         goto err;
     }
+    if (chown_unix(cfg, ids, err, sizeof err) < 0)
+        goto err;
     if (daemon_drop(cfg->user, run_uid, run_gid, err, sizeof err) < 0)
         goto err;
     log_info("running as %s (uid %d)", cfg->user, (int)run_uid);
@@ -734,7 +754,8 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     m.cfg = cfg;
     m.handler = hs;
     m.wready[0] = m.wready[1] = -1;
-    if (master_init(&m, addr, sizeof addr) < 0 || server_settle(cfg) < 0) {
+    if (master_init(&m, addr, sizeof addr) < 0 ||
+        server_settle(cfg, m.unix_ids) < 0) {
         master_fini(&m);
         return 1;
     }
@@ -801,7 +822,7 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
         at += snprintf(addr + at, sizeof addr - at, "%s%s", n ? " " : "",
                        names[n]);
     }
-    if (server_settle(cfg) < 0) {
+    if (server_settle(cfg, ids) < 0) {
         while (n-- > 0)
             close(ls[n].fd);
         unlink_unix(cfg, ids);

@@ -580,10 +580,11 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     stat_add(&ls->l.stats->conns_open, 1);
     if (w->h && !(c->flags & CONN_PROXY))
         handler_on_open(w->h, c);
-    /* the client spoke first (RFC 862): its bytes are often there already,
-     * and reading now saves an epoll_wait per connection */
+    /* the client spoke first (RFC 862; a balancer, its PROXY header): its
+     * bytes are often there already, and reading now saves an epoll_wait
+     * per connection */
     if ((c->flags & (CONN_READING | CONN_DEAD)) == CONN_READING)
-        conn_read_proc(w->loop, fd, c, EV_READABLE);
+        proc(w->loop, fd, c, EV_READABLE);
 }
 
 /* --- accepting --------------------------------------------------------- */

@@ -130,6 +130,25 @@ for _, model in ipairs({ "event", "fork" }) do
   end)
 end
 
+describe("a unix: listener with --user", function()
+  local it_root = uid() == "0" and it or pending
+  it_root("is given to that user, and removed by it at exit (both models)", function()
+    os.execute("chmod 777 " .. q(dir))          -- nobody may remove it
+    for _, model in ipairs({ "event", "fork" }) do
+      local path = dir .. "/" .. model .. ".sock"
+      local srv = server.start({ "--model", model, "--user", "nobody", "--listen",
+        "unix:" .. path })
+      assert.truthy(srv:wait_log("running as nobody", 5))
+      local p = io.popen("stat -c '%u %a' " .. q(path))
+      assert.equal("65534 600", p:read("l"))
+      p:close()
+      assert.equal("nobody's", (server.exchange(connect(path), "nobody's")))
+      assert.equal(0, srv:stop())
+      assert.is_false(exists(path))
+    end
+  end)
+end)
+
 describe("a unix: listener beside a TCP one", function()
   it("is served by every worker, counted in stats() as kind unix", function()
     local path, ctl = dir .. "/u.sock", dir .. "/ctl"
