@@ -475,7 +475,7 @@ static void proxy_refuse(conn *c, int rc, const char *why) {
     case PROXY_MALFORMED: stat_add(&st->proxy_malformed, 1); break;
     case PROXY_OVERSIZED: stat_add(&st->proxy_oversized, 1); break;
     case PROXY_TRUNCATED: stat_add(&st->proxy_truncated, 1); break;
-    default: stat_add(&st->proxy_timeout, 1); break;     /* PROXY_MORE: time is up */
+    default: stat_add(&st->proxy_timeout, 1); break;   /* PROXY_MORE */
     }
     if (reject_log_due(c->w))
         log_warn("%s: closing %s: PROXY header: %s", c->listener, c->peer,
