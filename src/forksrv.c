@@ -328,8 +328,14 @@ static void reload(void *ud, const char *trigger) {
 }
 
 /* SIGUSR1 reopens this process's log only: children keep the old file. */
+/* The new server serves: the unix: listeners' files are its own now. */
+static void handed_over(void *ud) {
+    (void)ud;
+    server_release_unix();
+}
+
 static const struct sup_ops fork_ops = {
-    reload, NULL, upgrade, NULL, stop_accepting, child_exited
+    reload, NULL, upgrade, handed_over, stop_accepting, child_exited
 };
 
 /* A child serves its connection to the end, or to the drain deadline

@@ -29,5 +29,8 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
  * upgrade the pid file names us and the old master hears we serve. 0, or
  * -1: not taking over (logged; exit 1). */
 int server_serving(const struct eh_config *cfg);
+/* server.c: a new server took over: the unix: listeners' files are its
+ * own to remove, no longer this one's. */
+void server_release_unix(void);
 
 #endif

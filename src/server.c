@@ -56,7 +56,6 @@ struct master {
     struct listener_stats *lstats;      /* shared, as ls */
     uint16_t udp_ports[EH_LISTEN_MAX];  /* of the UDP listeners */
     int nudp;
-    struct net_unix_id unix_ids[EH_LISTEN_MAX]; /* the files it bound */
     struct control *ctl;        /* --control socket, or NULL */
     struct metrics *metrics;    /* --metrics endpoint, or NULL */
     struct hstate *handler;     /* the current version, or NULL: C echo */
@@ -70,6 +69,10 @@ struct master {
 static struct upgrade_inherit inherit = {  /* what the old master handed */
     .control = -1, .metrics = -1, .ready = -1};
 static int upgraded;            /* started by an old master's SIGUSR2 */
+/* The socket files of the unix: listeners that are this process's to
+ * remove at exit: those it bound, or took over from an old master once
+ * serving in its place (zero: not its own, e.g. handed to a new one). */
+static struct net_unix_id unix_ids[EH_LISTEN_MAX];
 
 /* --- listening --------------------------------------------------------- */
 
@@ -148,14 +151,24 @@ static int listen_one(char *err, const struct eh_listen *l, int flags,
     return fd;
 }
 
-/* Removes the socket files of the unix: listeners that ids say were bound
- * (at exit: a server that is killed leaves a stale one, taken over by the
- * next start). */
-static void unlink_unix(const struct eh_config *cfg,
-                        const struct net_unix_id *ids) {
+/* Removes the socket files of the unix: listeners that are still this
+ * process's (at exit: a server that is killed leaves a stale one, taken
+ * over by the next start). */
+static void unlink_unix(const struct eh_config *cfg) {
     for (int i = 0; i < cfg->nlisten; i++)
-        if (cfg->listen[i].kind == EH_LISTEN_UNIX && ids[i].ino != 0)
-            net_unix_unlink(cfg->listen[i].host, &ids[i]);
+        if (cfg->listen[i].kind == EH_LISTEN_UNIX && unix_ids[i].ino != 0)
+            net_unix_unlink(cfg->listen[i].host, &unix_ids[i]);
+}
+
+/* Serving in an old master's place: its files are ours to remove. */
+static void claim_unix(const struct eh_config *cfg) {
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].kind == EH_LISTEN_UNIX)
+            net_unix_id_of(cfg->listen[i].host, &unix_ids[i]);
+}
+
+void server_release_unix(void) {
+    memset(unix_ids, 0, sizeof unix_ids);
 }
 
 /* "127.0.0.1:8888", "udp://[::1]:7" or "unix:/run/x.sock": the address fd
@@ -197,7 +210,7 @@ static int master_listen_one(struct master *m, int l, int act) {
              : act >= 0 ? act + (m->exclusive ? l : i * m->nls + l)
              : listen_one(err, &spec, flags |
                           (i == 0 && spec.port ? NET_FREE : 0),
-                          &m->unix_ids[l]);
+                          &unix_ids[l]);
         if (fd < 0) {
             log_error("%s", err);
             return -1;
@@ -495,6 +508,7 @@ static void master_handed_over(void *ud) {
         control_release(m->ctl);
     if (m->metrics)
         metrics_release(m->metrics);
+    server_release_unix();
 }
 
 /* SIGUSR2: the new binary gets every listening socket (one per --listen,
@@ -533,13 +547,12 @@ static const struct sup_policy master_policy = {
 static uid_t run_uid;           /* --user, looked up at the start */
 static gid_t run_gid;
 
-/* The unix: listeners' files it bound (ids), given to --user. 0 or -1
- * with err. */
-static int chown_unix(const struct eh_config *cfg,
-                      const struct net_unix_id *ids, char *err, size_t len) {
+/* The unix: listeners' files it bound, given to --user. 0 or -1 with
+ * err. */
+static int chown_unix(const struct eh_config *cfg, char *err, size_t len) {
     for (int i = 0; i < cfg->nlisten; i++) {
         const char *path = cfg->listen[i].host;
-        if (cfg->listen[i].kind == EH_LISTEN_UNIX && ids[i].ino != 0 &&
+        if (cfg->listen[i].kind == EH_LISTEN_UNIX && unix_ids[i].ino != 0 &&
             chown(path, run_uid, run_gid) < 0) {
             snprintf(err, len, "listen unix:%.*s: chown: %s",
                      EH_UNIX_PATH_MAX, path, strerror(errno));
@@ -550,12 +563,11 @@ static int chown_unix(const struct eh_config *cfg,
 }
 
 /* Bound: the pid file, then root is dropped (--user; the control socket
- * and the unix: listeners it bound (ids) given to that user first).
+ * and the unix: listeners it bound given to that user first).
  * Started by an upgrade, the pid file waits for the take-over
  * (server_serving), and a master that is not root runs as the old one
  * did, which dropped it. 0, or -1 (logged). */
-static int server_settle(const struct eh_config *cfg,
-                         const struct net_unix_id *ids) {
+static int server_settle(const struct eh_config *cfg) {
     char err[DAEMON_ERR_LEN];
 
     if (cfg->pid_file && !upgraded &&
@@ -568,7 +580,7 @@ static int server_settle(const struct eh_config *cfg,
                  cfg->control, strerror(errno));
         goto err;
     }
-    if (chown_unix(cfg, ids, err, sizeof err) < 0)
+    if (chown_unix(cfg, err, sizeof err) < 0)
         goto err;
     if (daemon_drop(cfg->user, run_uid, run_gid, err, sizeof err) < 0)
         goto err;
@@ -597,6 +609,7 @@ int server_serving(const struct eh_config *cfg) {
         return -1;
     }
     log_notice("upgrade: serving in place of pid %d", (int)inherit.old);
+    claim_unix(cfg);
     if (upgrade_report_ready(&inherit, err, sizeof err) < 0)
         log_warn("%s", err);
     return 0;
@@ -692,7 +705,7 @@ static void master_fini(struct master *m) {
         control_close(m->ctl);
     if (m->ls)
         master_close_listeners(m);
-    unlink_unix(m->cfg, m->unix_ids);
+    unlink_unix(m->cfg);
     for (int i = 0; i < 2; i++)
         if (m->wready[i] >= 0)
             close(m->wready[i]);
@@ -755,7 +768,7 @@ static int master_main(const struct eh_config *cfg, struct hstate *hs) {
     m.handler = hs;
     m.wready[0] = m.wready[1] = -1;
     if (master_init(&m, addr, sizeof addr) < 0 ||
-        server_settle(cfg, m.unix_ids) < 0) {
+        server_settle(cfg) < 0) {
         master_fini(&m);
         return 1;
     }
@@ -793,13 +806,11 @@ static int handler_readable(const struct eh_config *cfg) {
 static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
     static char names[EH_LISTEN_MAX][LISTEN_NAME_LEN];
     struct forksrv_listen ls[EH_LISTEN_MAX];
-    struct net_unix_id ids[EH_LISTEN_MAX];
     char err[DAEMON_ERR_LEN], addr[EH_LISTEN_MAX * LISTEN_NAME_LEN];
     int shared, act = activated_sockets(cfg, 1, &shared, err, sizeof err);
     size_t at = 0;
     int n, rc;
 
-    memset(ids, 0, sizeof ids);
     if (act == -2) {
         log_error("%s", err);
         return 1;
@@ -809,30 +820,30 @@ static int fork_main(const struct eh_config *cfg, struct hstate *hs) {
         ls[n].kind = l->kind;
         ls[n].proxy = l->proxy;
         ls[n].name = names[n];
-        ls[n].fd = act >= 0 ? act + n : listen_one(err, l, 0, &ids[n]);
+        ls[n].fd = act >= 0 ? act + n : listen_one(err, l, 0, &unix_ids[n]);
         if (ls[n].fd < 0 ||
             listen_name(err, l, ls[n].fd, names[n], sizeof names[n]) < 0) {
             log_error("%s", err);
             n += ls[n].fd >= 0;
             while (n-- > 0)
                 close(ls[n].fd);
-            unlink_unix(cfg, ids);
+            unlink_unix(cfg);
             return 1;
         }
         at += snprintf(addr + at, sizeof addr - at, "%s%s", n ? " " : "",
                        names[n]);
     }
-    if (server_settle(cfg, ids) < 0) {
+    if (server_settle(cfg) < 0) {
         while (n-- > 0)
             close(ls[n].fd);
-        unlink_unix(cfg, ids);
+        unlink_unix(cfg);
         return 1;
     }
     log_notice("listening on %s (fork model, %s)", addr,
                cfg->handler ? cfg->handler : "C echo");
     log_started();
     rc = forksrv_main(cfg, ls, n, hs);
-    unlink_unix(cfg, ids);
+    unlink_unix(cfg);
     return rc;
 }
 

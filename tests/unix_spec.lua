@@ -130,6 +130,53 @@ for _, model in ipairs({ "event", "fork" }) do
   end)
 end
 
+describe("a unix: listener through a binary upgrade (SIGUSR2)", function()
+  local function gone(pid)
+    local st = server.state(pid)
+    return st == nil or st == "Z"
+  end
+
+  local function pid_in(path)
+    local f = io.open(path)
+    local pid = f and tonumber(f:read("a"):match("^(%d+)\n$"))
+    if f then
+      f:close()
+    end
+    return pid
+  end
+
+  for _, model in ipairs({ "event", "fork" }) do
+    it("stays with the new master, which removes it at exit (" .. model .. ")", function()
+      local bin, path, pidf = dir .. "/echohost", dir .. "/up.sock", dir .. "/pid"
+      assert(os.execute("cp " .. q(server.BIN) .. " " .. q(bin)))
+      local saved = server.BIN
+      server.BIN = bin
+      local ok, srv = pcall(server.start, { "--model", model, "--workers", "2",
+        "--pid-file", pidf, "--listen", "unix:" .. path, "--listen", "127.0.0.1:0" })
+      server.BIN = saved
+      assert(ok, srv)
+      assert.equal("before", (server.exchange(connect(path), "before")))
+      local old = srv.pid
+      assert(os.execute("kill -USR2 " .. old))
+      local new = server.wait(function()
+        local p = pid_in(pidf)
+        return p and p ~= old and gone(old) and p
+      end, 30)
+      finally(function()
+        if new and not gone(new) then
+          os.execute("kill -KILL " .. new)
+        end
+      end)
+      assert.truthy(new, srv:log())
+      assert.equal("socket 600", file_mode(path))   -- the old one left it
+      assert.equal("after", (server.exchange(connect(path), "after")))
+      assert(os.execute("kill -TERM " .. new))
+      assert.truthy(server.wait(function() return gone(new) end, 10))
+      assert.is_false(exists(path))                 -- the new one removed it
+    end)
+  end
+end)
+
 describe("a unix: listener with --user", function()
   local it_root = uid() == "0" and it or pending
   it_root("is given to that user, and removed by it at exit (both models)", function()
