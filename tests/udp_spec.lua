@@ -31,9 +31,24 @@ local function listeners(path)
   return t
 end
 
+-- busted keeps one finally() per test: cleanup(fn) gathers a test's, run
+-- in reverse order at its end.
+local cleanups
+local function cleanup(fn)
+  if not cleanups then
+    local list = {}
+    cleanups = list
+    finally(function()
+      cleanups = nil
+      for i = #list, 1, -1 do list[i]() end
+    end)
+  end
+  cleanups[#cleanups + 1] = fn
+end
+
 local function control_path()
   local dir = util.tmpdir()
-  finally(function() os.execute("rm -rf " .. q(dir)) end)
+  cleanup(function() os.execute("rm -rf " .. q(dir)) end)
   return dir .. "/ctl"
 end
 
@@ -164,7 +179,7 @@ local function swap_rounds(srv, handler, rounds, swap)
   local host, port = target(srv, 1)
   local socks = {}
   for k = 1, 4 do socks[k] = udp(host) end
-  finally(function() for _, s in ipairs(socks) do s:close() end end)
+  cleanup(function() for _, s in ipairs(socks) do s:close() end end)
   for round = 1, rounds do
     util.spit(handler, version_src(round))
     local reqs = {}
@@ -195,7 +210,7 @@ describe("UDP echo", function()
       local h, port = target(srv, 1)
       assert.equal(host, h)
       local u = udp(host)
-      finally(function() u:close() end)
+      cleanup(function() u:close() end)
       local sizes = {}
       for n = 1, 64 do sizes[#sizes + 1] = n end
       for b = 7, 16 do
@@ -227,7 +242,7 @@ describe("UDP echo", function()
     local host, port = target(srv, 1)
     local socks = {}
     for k = 1, 8 do socks[k] = udp(host) end
-    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    cleanup(function() for _, s in ipairs(socks) do s:close() end end)
     local reqs = {}
     for i = 1, 100000 do
       reqs[i] = payload(tostring(i), 8 + i % 57)
@@ -249,7 +264,7 @@ describe("UDP echo", function()
       "--control", path })
     local host, port = target(srv, 1)
     local u = udp(host)
-    finally(function() u:close() end)
+    cleanup(function() u:close() end)
     assert.equal("", ask(u, host, port, ""))
     for i = 1, 50 do
       local gone = udp(host)
@@ -275,7 +290,7 @@ describe("the UDP loop guard", function()
     local host, port = target(srv, 1)
     local _, own = target(srv, 2)
     local guarded = {}
-    finally(function() for _, g in ipairs(guarded) do g:close() end end)
+    cleanup(function() for _, g in ipairs(guarded) do g:close() end end)
     -- as root: sockets on the echo, chargen and time ports and on the
     -- server's own ports of other loopback addresses
     for _, bind in ipairs({ { spare, 7 }, { spare, 19 }, { spare, 37 }, { "127.0.0.2", own },
@@ -287,7 +302,7 @@ describe("the UDP loop guard", function()
     -- one worker, one socket: once the probe is answered, the datagrams
     -- sent before it were served (or dropped)
     local probe = udp(host)
-    finally(function() probe:close() end)
+    cleanup(function() probe:close() end)
     assert.equal("probe", ask(probe, host, port, "probe"))
     for _, g in ipairs(guarded) do
       g:settimeout(0)
@@ -311,7 +326,7 @@ describe("the UDP loop guard", function()
     local host, port = target(srv, 1)
     local u = udp(host)
     local other = udp(host, "127.0.0.2")    -- another source: its own allowance
-    finally(function() u:close(); other:close() end)
+    cleanup(function() u:close(); other:close() end)
     local t0 = socket.gettime()
     for i = 1, 40 do
       assert(u:sendto("r" .. i, host, port))
@@ -365,7 +380,7 @@ describe("several listeners", function()
     -- a connection held open on the second: conns() names it
     local host, port = target(srv, 2)
     local c = assert(socket.tcp6())
-    finally(function() c:close() end)
+    cleanup(function() c:close() end)
     c:settimeout(5)
     assert(c:connect(host, port))
     assert(c:send("x"))
@@ -396,7 +411,7 @@ describe("several listeners", function()
     end
     local host, port = target(srv, 2)
     local u = udp(host)
-    finally(function() u:close() end)
+    cleanup(function() u:close() end)
     assert.equal("fork udp", ask(u, host, port, "fork udp"))
   end)
 
@@ -405,7 +420,7 @@ describe("several listeners", function()
       "--listen", "127.0.0.1:0", "--udp-rate", "0" }, { env = { ECHOHOST_ACCEPT = "exclusive" } })
     local host, port = target(srv, 1)
     local socks = { udp(host), udp(host) }
-    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    cleanup(function() for _, s in ipairs(socks) do s:close() end end)
     local reqs = {}
     for i = 1, 2000 do reqs[i] = payload(tostring(i), 40) end
     local answered, wrong = exchange(socks, host, port, reqs, 16)
@@ -417,7 +432,7 @@ describe("several listeners", function()
 
   it("lose none while the datagram handler is swapped by SIGHUP as datagrams flow", function()
     local dir = util.tmpdir()
-    finally(function() os.execute("rm -rf " .. q(dir)) end)
+    cleanup(function() os.execute("rm -rf " .. q(dir)) end)
     local handler = dir .. "/h.lua"
     util.spit(handler, version_src(0))
     local path = dir .. "/ctl"
@@ -449,7 +464,7 @@ describe("the datagram handler", function()
 
   local function handler_file(src)
     local dir = util.tmpdir()
-    finally(function() os.execute("rm -rf " .. q(dir)) end)
+    cleanup(function() os.execute("rm -rf " .. q(dir)) end)
     util.spit(dir .. "/h.lua", src)
     return dir .. "/h.lua", dir .. "/ctl"
   end
@@ -468,7 +483,7 @@ return {
     for i = 2, 3 do
       local host, port = target(srv, i)
       local u = udp(host)
-      finally(function() u:close() end)
+      cleanup(function() u:close() end)
       assert(u:setsockname(host, 0))
       local ip, p = u:getsockname()
       local peer = (i == 3 and "[" .. ip .. "]" or ip) .. ":" .. p
@@ -495,7 +510,7 @@ end
     local host, port = target(srv, 1)
     local _, own = target(srv, 2)
     local socks = {}
-    finally(function() for _, s in ipairs(socks) do s:close() end end)
+    cleanup(function() for _, s in ipairs(socks) do s:close() end end)
     local function bound(h, p)
       local s = udp(host, h, p)
       socks[#socks + 1] = s
@@ -538,7 +553,7 @@ end
       "--listen", "udp://127.0.0.1:0", "--control", path })
     local host, port = target(srv, 1)
     local u = udp(host)
-    finally(function() u:close() end)
+    cleanup(function() u:close() end)
     local sent = 0
     for _ = 1, 30 do
       assert(u:sendto("x", host, port))
@@ -609,12 +624,12 @@ return {
       "udp://127.0.0.1:0", "--listen", "127.0.0.1:0" })
     local uhost, uport = target(srv, 1)
     local u = udp(uhost)
-    finally(function() u:close() end)
+    cleanup(function() u:close() end)
     assert.equal("a 1", ask(u, uhost, uport, "a"))
     assert.equal("b 2", ask(u, uhost, uport, "b"))
     local host, port = target(srv, 2)
     local c = assert(socket.tcp())
-    finally(function() c:close() end)
+    cleanup(function() c:close() end)
     c:settimeout(5)
     assert(c:connect(host, port))
     assert(c:send("x\n"))
