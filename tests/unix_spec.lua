@@ -131,19 +131,7 @@ for _, model in ipairs({ "event", "fork" }) do
 end
 
 describe("a unix: listener through a binary upgrade (SIGUSR2)", function()
-  local function gone(pid)
-    local st = server.state(pid)
-    return st == nil or st == "Z"
-  end
-
-  local function pid_in(path)
-    local f = io.open(path)
-    local pid = f and tonumber(f:read("a"):match("^(%d+)\n$"))
-    if f then
-      f:close()
-    end
-    return pid
-  end
+  local gone, pid_in = server.gone, server.pid_in
 
   for _, model in ipairs({ "event", "fork" }) do
     it("stays with the new master, which removes it at exit (" .. model .. ")", function()

@@ -9,21 +9,7 @@ local socket = require "socket"
 
 local q, slurp, spit, tmpdir = server.quote, util.slurp, util.spit, util.tmpdir
 
--- A process that exited: gone, or a zombie (an old master's parent may be
--- an init that does not reap).
-local function gone(pid)
-  local st = server.state(pid)
-  return st == nil or st == "Z"
-end
-
-local function pid_in(path)
-  local f = io.open(path)
-  local pid = f and tonumber(f:read("a"):match("^(%d+)\n$"))
-  if f then
-    f:close()
-  end
-  return pid
-end
+local gone, pid_in = server.gone, server.pid_in
 
 -- Installs what as path the way a release is installed: a new file
 -- renamed over the old one (a running binary cannot be written to).

@@ -129,6 +129,23 @@ end
 
 -- Pids whose parent is pid: /proc/<pid>/task/<pid>/children, else a scan
 -- of /proc (no ps: under ASan's LD_PRELOAD it hangs).
+-- Whether pid exited: gone, or a zombie (an old master's parent may be an
+-- init that does not reap).
+function M.gone(pid)
+  local st = M.state(pid)
+  return st == nil or st == "Z"
+end
+
+-- The pid a pid file holds ("PID\n"), or nil.
+function M.pid_in(path)
+  local f = io.open(path)
+  local pid = f and tonumber(f:read("a"):match("^(%d+)\n$"))
+  if f then
+    f:close()
+  end
+  return pid
+end
+
 local function children_of(pid)
   local kids = {}
   if not read_file("/proc/" .. pid .. "/stat") then
