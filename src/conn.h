@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "ev.h"
+#include "net.h"
 
 struct handler;
 struct hstate;
@@ -22,7 +23,9 @@ typedef struct conn conn;       /* private to worker.c */
 /* Unique within the server run. */
 uint64_t conn_id(const conn *c);
 /* "127.0.0.1:53412", "[::1]:53412" */
-const char *conn_peer(const conn *c);
+const char *conn_peer(conn *c);
+/* The same, unnamed until asked (net_peer_name). */
+const struct net_peer *conn_net_peer(const conn *c);
 /* What the handler runtime keeps for c (NULL at first), owned by it. */
 void *conn_data(const conn *c);
 void conn_set_data(conn *c, void *data);

@@ -508,7 +508,7 @@ static int lconn_index(lua_State *L) {
     if (strcmp(k, "id") == 0)
         lua_pushinteger(L, u->id);
     else if (strcmp(k, "peer") == 0)
-        lua_pushstring(L, u->peer);
+        lua_pushstring(L, lconn_peer(u));
     else if (strcmp(k, "state") == 0) {
         if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
             lua_newtable(L);
@@ -530,7 +530,7 @@ static int lconn_tostring(lua_State *L) {
     if (done(u))
         lua_pushfstring(L, "echohost.conn %I (closed)", u->id);
     else
-        lua_pushfstring(L, "echohost.conn %I (%s)", u->id, u->peer);
+        lua_pushfstring(L, "echohost.conn %I (%s)", u->id, lconn_peer(u));
     return 1;
 }
 
@@ -579,7 +579,8 @@ void lconn_createmeta(lua_State *L) {
 }
 
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
-                        lua_Integer id, const char *peer, size_t frame_max) {
+                        lua_Integer id, const struct net_peer *peer,
+                        size_t frame_max) {
     struct lconn *u = lua_newuserdatauv(L, sizeof *u, 1);
 
     memset(u, 0, sizeof *u);
@@ -588,9 +589,13 @@ struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
     u->id = id;
     u->timeout = -1;
     u->frame_max = frame_max;
-    strncpy(u->peer, peer, sizeof u->peer - 1);
+    u->peer = *peer;
     luaL_setmetatable(L, LCONN_NAME);
     return u;
+}
+
+const char *lconn_peer(struct lconn *u) {
+    return net_peer_name(&u->peer);
 }
 
 /* --- the handler's echohost.socket --------------------------------------- */

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <lua.h>
 
+#include "net.h"
+
 #define LCONN_NAME "echohost.conn"
 #define LCONN_TIMER "echohost.timer"
 #define LCONN_TIMERS_MAX 64         /* armed timers per connection */
@@ -64,7 +66,7 @@ struct lconn {
     int end_code;                   /* errno of how it ended (ECONNRESET) */
     lua_Integer id;
     double timeout;                 /* seconds; < 0: none */
-    char peer[64];
+    struct net_peer peer;           /* lconn_peer() names it */
     /* framed receive: bytes read past a frame, rbuf[roff .. rlen) */
     char *rbuf;
     size_t roff, rlen, rcap;
@@ -85,7 +87,10 @@ void lconn_createmeta(lua_State *L);
 /* Pushes a new conn object served by ops; frames of receive are at most
  * frame_max bytes. Raises on memory errors. */
 struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
-                        lua_Integer id, const char *peer, size_t frame_max);
+                        lua_Integer id, const struct net_peer *peer,
+                        size_t frame_max);
+/* conn.peer: "127.0.0.1:53412", named when first asked. */
+const char *lconn_peer(struct lconn *u);
 /* The connection ended; code: the errno later calls report (0, or
  * ECONNRESET after a reset). */
 void lconn_gone(lua_State *L, struct lconn *u, int code);

@@ -362,21 +362,41 @@ static void unix_peer(int fd, char *buf, size_t len) {
         snprintf(buf, len, "unix:");
 }
 
-int net_accept(int lfd, char *peer, size_t peerlen) {
-    struct sockaddr_storage ss;
+int net_accept_peer(int lfd, struct net_peer *p) {
     socklen_t len;
     int fd;
 
     do {
-        len = sizeof ss;
-        fd = accept4(lfd, (struct sockaddr *)&ss, &len,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+        len = sizeof p->addr;   /* a Unix peer's path is cut: unused */
+        fd = accept4(lfd, &p->addr.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
-    if (fd >= 0 && peer != NULL && ss.ss_family == AF_UNIX)
-        unix_peer(fd, peer, peerlen);
-    else if (fd >= 0 && peer != NULL)
-        net_format_addr((struct sockaddr *)&ss, peer, peerlen);
-    return fd < 0 ? NET_ERR : fd;
+    if (fd < 0)
+        return NET_ERR;
+    p->name[0] = '\0';
+    if (p->addr.sa.sa_family == AF_UNIX)
+        unix_peer(fd, p->name, sizeof p->name);
+    return fd;
+}
+
+const char *net_peer_name(struct net_peer *p) {
+    if (p->name[0] == '\0' &&
+        net_format_addr(&p->addr.sa, p->name, sizeof p->name) < 0)
+        snprintf(p->name, sizeof p->name, "?");
+    return p->name;
+}
+
+void net_peer_set_name(struct net_peer *p, const char *name) {
+    memset(&p->addr, 0, sizeof p->addr);
+    snprintf(p->name, sizeof p->name, "%s", name[0] ? name : "?");
+}
+
+int net_accept(int lfd, char *peer, size_t peerlen) {
+    struct net_peer p;
+    int fd = net_accept_peer(lfd, &p);
+
+    if (fd >= 0 && peer != NULL)
+        snprintf(peer, peerlen, "%s", net_peer_name(&p));
+    return fd;
 }
 
 void net_abort(int fd) {

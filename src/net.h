@@ -86,6 +86,25 @@ int net_unix_id_of(const char *path, struct net_unix_id *id);
 /* Removes path if it is still the socket file id names. */
 void net_unix_unlink(const char *path, const struct net_unix_id *id);
 
+/* A peer's address, named only when asked (net_peer_name): most
+ * connections of the C echo never are. A Unix socket's peer is named at
+ * accept (its credentials, SO_PEERCRED). */
+struct net_peer {
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } addr;
+    char name[NET_ADDR_LEN];    /* "" until named */
+};
+
+/* net_accept, the peer kept unnamed in p. */
+int net_accept_peer(int lfd, struct net_peer *p);
+/* "127.0.0.1:53412", "[::1]:53412", "unix:pid=4242,uid=1000". */
+const char *net_peer_name(struct net_peer *p);
+/* A peer known only by its name (an upstream's "host:port"). */
+void net_peer_set_name(struct net_peer *p, const char *name);
+
 /* accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC, retrying EINTR. The fd, or
  * NET_ERR with errno kept (EAGAIN, EMFILE...) so callers can branch; peer
  * (NET_ADDR_LEN bytes, may be NULL) receives "127.0.0.1:53412", or for a

@@ -93,7 +93,7 @@ static void fault(struct hconn *hc, lua_State *L, int status) {
     const char *msg = lua_tostring(L, -1);
 
     log_error("handler %s: connection %s (id %lld) closed: %s",
-              hc->h->hs.path, hc->u->peer, (long long)hc->u->id,
+              hc->h->hs.path, lconn_peer(hc->u), (long long)hc->u->id,
               msg ? msg : "(error object is not a string)");
     lua_pop(L, 1);
     if (!hc->faulted)
@@ -281,8 +281,9 @@ static void task_fail(struct task *t, const char *msg, int code) {
 static struct task *task_start(struct hconn *hc, lua_State *from, int nargs) {
     struct task *t;
 
-    if (hc->ntasks >= LCONN_TASKS_MAX || (t = calloc(1, sizeof *t)) == NULL)
+    if (hc->ntasks >= LCONN_TASKS_MAX || (t = malloc(sizeof *t)) == NULL)
         return NULL;
+    memset(t, 0, sizeof *t);    /* not calloc: it skips malloc's tcache */
     t->hc = hc;
     t->send_ref = LUA_NOREF;
     t->co = lua_newthread(from);
@@ -890,6 +891,7 @@ static int up_try(struct hup *up) {
 static int up_result(struct hup *up, lua_State *L, int how) {
     struct hconn *hc = up->hc;
     char msg[NET_ADDR_LEN + 128];
+    struct net_peer peer;
     int err = up->err;
 
     if (how == UP_FAILED) {
@@ -899,7 +901,8 @@ static int up_result(struct hup *up, lua_State *L, int how) {
     }
     freeaddrinfo(up->ai);
     up->ai = up->cur = NULL;
-    up->u = lconn_new(L, &up_ops, up, hc->u->id, up->addr, hc->h->inbuf_max);
+    net_peer_set_name(&peer, up->addr);
+    up->u = lconn_new(L, &up_ops, up, hc->u->id, &peer, hc->h->inbuf_max);
     up->u->upstream = 1;
     lua_pushvalue(L, -1);
     up->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1067,9 +1070,11 @@ static int ev_connect(lua_State *L, void *rt, const char *host, int port,
 /* --- the worker's calls --------------------------------------------------- */
 
 void handler_on_open(struct handler *h, conn *c) {
-    struct hconn *hc = calloc(1, sizeof *hc);
+    struct hconn *hc = malloc(sizeof *hc);     /* calloc skips the tcache */
     size_t cap;
 
+    if (hc)
+        memset(hc, 0, sizeof *hc);
     if (hc == NULL) {
         log_error("handler: out of memory for connection %s", conn_peer(c));
         conn_close(c);
@@ -1080,7 +1085,7 @@ void handler_on_open(struct handler *h, conn *c) {
     conn_set_data(c, hc);
     cap = cap_lift(h);
     hc->u = lconn_new(h->L, &ev_ops, hc, (lua_Integer)conn_id(c),
-                      conn_peer(c), h->inbuf_max);
+                      conn_net_peer(c), h->inbuf_max);
     hc->ud_ref = luaL_ref(h->L, LUA_REGISTRYINDEX);
     cap_restore(h, cap);
     if (h->hs.cur.kind == HK_DIRECT)

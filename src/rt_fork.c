@@ -356,7 +356,7 @@ static void frt_fault(struct frt *f) {
     const char *msg = lua_tostring(f->L, -1);
 
     log_error("handler %s: connection %s (id %lld) closed: %s", f->hs->path,
-              f->u->peer, (long long)f->u->id,
+              lconn_peer(f->u), (long long)f->u->id,
               msg ? msg : "(error object is not a string)");
     lua_pop(f->L, 1);
     f->faulted = 1;
@@ -760,10 +760,12 @@ static int connect_fail(lua_State *L, struct fup *up) {
  * open. */
 static int connect_done(lua_State *L, struct fup *up) {
     struct lconn *c = up->f->u;
+    struct net_peer peer;
 
     freeaddrinfo(up->ai);
     up->ai = up->cur = NULL;
-    up->u = lconn_new(L, &up_ops, up, c->id, up->addr, c->frame_max);
+    net_peer_set_name(&peer, up->addr);
+    up->u = lconn_new(L, &up_ops, up, c->id, &peer, c->frame_max);
     up->u->upstream = 1;
     lua_pushvalue(L, -1);
     up->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1096,6 +1098,7 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer,
                  struct rtfork_tally *t) {
     struct frt *f = &child;
     const struct hrefs *r = &hs->cur;
+    struct net_peer np;
     struct sigaction sa;
     sigset_t term;
 
@@ -1115,7 +1118,8 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer,
     lhost_set_mem_limit(f->L, 0);
     lconn_set_runtime(f->L, f_connect, f);
     llog_set_conn(frt_conn_id);
-    f->u = lconn_new(f->L, &fork_ops, f, (lua_Integer)getpid(), peer,
+    net_peer_set_name(&np, peer);
+    f->u = lconn_new(f->L, &fork_ops, f, (lua_Integer)getpid(), &np,
                      hs->cfg->high_water);
     f->conn_ref = luaL_ref(f->L, LUA_REGISTRYINDEX);
     lhost_set_mem_limit(f->L, f->mem);

@@ -58,8 +58,7 @@ struct worker_lsock {
 struct conn {
     int fd;
     uint64_t id;                /* unique within the server run */
-    char peer[64];              /* "127.0.0.1:53412", "[::1]:53412",
-                                   "unix:pid=4242,uid=1000"; behind
+    struct net_peer peer;       /* named when first asked; behind
                                    ,proxy: the header's source */
     const char *listener;       /* its listener's name: "127.0.0.1:8888" */
     struct worker *w;
@@ -104,8 +103,12 @@ uint64_t conn_id(const conn *c) {
     return c->id;
 }
 
-const char *conn_peer(const conn *c) {
-    return c->peer;
+const char *conn_peer(conn *c) {
+    return net_peer_name(&c->peer);
+}
+
+const struct net_peer *conn_net_peer(const conn *c) {
+    return &c->peer;
 }
 
 void *conn_data(const conn *c) {
@@ -119,7 +122,7 @@ void conn_set_data(conn *c, void *data) {
 void worker_each_conn(struct worker *w, worker_conn_proc *proc, void *ud) {
     for (conn *c = w->conns; c; c = c->next) {
         struct conn_info ci = {
-            c->id, c->peer, c->listener, c->bytes_in, c->bytes_out,
+            c->id, conn_peer(c), c->listener, c->bytes_in, c->bytes_out,
             c->opened_ms, c->last_active_ms, conn_pending(c)};
         proc(ud, &ci);
     }
@@ -151,7 +154,7 @@ static void conn_fail(conn *c, int err) {
     int reset = err == ECONNRESET || err == EPIPE;
 
     stat_add(reset ? &c->w->stats->resets : &c->w->stats->socket_errors, 1);
-    log_debug("conn %llu (%s): %s", (unsigned long long)c->id, c->peer,
+    log_debug("conn %llu (%s): %s", (unsigned long long)c->id, conn_peer(c),
               strerror(err));
     conn_kill(c, reset ? R_RESET : R_ERROR);
 }
@@ -433,7 +436,7 @@ static void conn_free(struct worker *w, conn *c) {
     if (w->cfg->access_log)
         log_conn(LOG_NOTICE, c->id, "access: id=%llu peer=%s listener=%s "
                  "worker=%d in=%llu out=%llu ms=%lld reason=%s",
-                 (unsigned long long)c->id, c->peer, c->listener, w->slot,
+                 (unsigned long long)c->id, conn_peer(c), c->listener, w->slot,
                  (unsigned long long)c->bytes_in,
                  (unsigned long long)c->bytes_out,
                  ev_time_ms(w->loop) - c->opened_ms, reason);
@@ -478,7 +481,7 @@ static void proxy_refuse(conn *c, int rc, const char *why) {
     default: stat_add(&st->proxy_timeout, 1); break;   /* PROXY_MORE */
     }
     if (reject_log_due(c->w))
-        log_warn("%s: closing %s: PROXY header: %s", c->listener, c->peer,
+        log_warn("%s: closing %s: PROXY header: %s", c->listener, conn_peer(c),
                  why);
     conn_kill(c, R_PROXY);
 }
@@ -500,8 +503,8 @@ static void proxy_accept(conn *c, const struct proxy_hdr *h) {
 
     if (h->local)
         stat_add(&st->proxy_local, 1);
-    else if (net_format_addr((const struct sockaddr *)&h->src, c->peer,
-                             sizeof c->peer) == 0)
+    else if (net_format_addr((const struct sockaddr *)&h->src, c->peer.name,
+                             sizeof c->peer.name) == 0)
         stat_add(&st->proxy_ok, 1);
     free(c->pin);
     c->pin = NULL;
@@ -546,14 +549,18 @@ static int proxy_start(struct worker *w, conn *c) {
     return 0;
 }
 
-static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
+static void conn_create(struct worker_lsock *ls, int fd,
+                        struct net_peer *peer) {
     struct worker *w = ls->w;
-    conn *c = calloc(1, sizeof *c);
+    conn *c = malloc(sizeof *c);   /* calloc would skip malloc's tcache */
     ev_file_proc *proc = ls->l.proxy ? proxy_read_proc : conn_read_proc;
 
+    if (c)
+        memset(c, 0, sizeof *c);
     if (c == NULL || ev_add(w->loop, fd, EV_READABLE, proc, c) < 0 ||
         (ls->l.proxy && proxy_start(w, c) < 0)) {
-        log_warn("connection from %s dropped: %s", peer, strerror(errno));
+        log_warn("connection from %s dropped: %s", net_peer_name(peer),
+                 strerror(errno));
         stat_add(&w->stats->socket_errors, 1);
         if (c && c->proxy_timer)
             ev_timer_del(w->loop, c->proxy_timer);
@@ -566,7 +573,7 @@ static void conn_create(struct worker_lsock *ls, int fd, const char *peer) {
     }
     c->fd = fd;
     c->id = ++w->next_id;
-    memcpy(c->peer, peer, sizeof c->peer);
+    c->peer = *peer;
     c->listener = ls->l.name;
     c->ls = ls;
     c->w = w;
@@ -660,12 +667,12 @@ static int accept_shed(struct worker_lsock *ls, int err) {
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     struct worker_lsock *ls = ud;
     struct worker *w = ls->w;
-    char peer[NET_ADDR_LEN];
+    struct net_peer peer;
 
     (void)loop;
     (void)mask;
     for (int i = 0; i < ACCEPT_MAX; i++) {
-        int fd = net_accept(lfd, peer, sizeof peer);
+        int fd = net_accept_peer(lfd, &peer);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
@@ -687,10 +694,10 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
             stat_add(&w->stats->rejected, 1);
             if (reject_log_due(w))
                 log_warn("max-conns %d reached: refusing %s",
-                         w->cfg->max_conns, peer);
+                         w->cfg->max_conns, net_peer_name(&peer));
             continue;
         }
-        conn_create(ls, fd, peer);
+        conn_create(ls, fd, &peer);
     }
 }
 
@@ -711,7 +718,7 @@ static long sweep_proc(ev_loop *loop, long long id, void *ud) {
         if (now - c->last_active_ms >= idle) {
             stat_add(&w->stats->timeouts, 1);
             log_debug("conn %llu (%s): idle timeout",
-                      (unsigned long long)c->id, c->peer);
+                      (unsigned long long)c->id, conn_peer(c));
             conn_kill(c, R_TIMEOUT);
         }
     }
