@@ -4,10 +4,10 @@
  * floor any event-loop echo must reach. With udp://HOST:PORT, the floor of a
  * UDP echo: blocking recvmmsg, then sendmmsg of the batch, nothing else.
  * The options are the variants the benchmark checks it against (none may
- * beat the reference anywhere): -e edge-triggered, -w wait for epoll
- * before the first read, -d TCP_DEFER_ACCEPT, -1 one accept per wake-up,
- * -c SO_INCOMING_CPU on the listener.
- * Usage: refecho [-e] [-w] [-d] [-1] [-c] [HOST:PORT | udp://HOST:PORT]
+ * beat the reference anywhere): -e edge-triggered (-l level-triggered, the
+ * default), -w wait for epoll before the first read, -d TCP_DEFER_ACCEPT,
+ * -1 one accept per wake-up, -c SO_INCOMING_CPU on the listener.
+ * Usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [HOST:PORT | udp://HOST:PORT]
  * (default 127.0.0.1:0). */
 
 #include <errno.h>
@@ -62,8 +62,11 @@ static int ref_listen(const char *spec, int type, struct sockaddr_in *bound) {
     fd = socket(AF_INET, type | SOCK_CLOEXEC |
                 (type == SOCK_STREAM ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0) return -1;
-    if (type == SOCK_STREAM)
+    if (type == SOCK_STREAM) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        /* accepted sockets inherit it: no setsockopt per connection */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
         (type == SOCK_STREAM && listen(fd, SOMAXCONN) < 0) ||
         getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
@@ -87,7 +90,7 @@ static void ref_close(int fd) {
 static void ref_read(int ep, int fd);
 
 static void ref_accept(int ep, int lfd) {
-    int i, one = 1;
+    int i;
 
     for (i = 0; i < (opt_one ? 1 : REF_ACCEPTS); i++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -97,7 +100,6 @@ static void ref_accept(int ep, int lfd) {
             close(fd);
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         ev.data.fd = fd;
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
             close(fd);
@@ -236,12 +238,13 @@ int main(int argc, char **argv) {
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-e") == 0) opt_et = 1;
+        else if (strcmp(argv[i], "-l") == 0) opt_et = 0;
         else if (strcmp(argv[i], "-w") == 0) opt_wait = 1;
         else if (strcmp(argv[i], "-d") == 0) opt_defer = 1;
         else if (strcmp(argv[i], "-1") == 0) opt_one = 1;
         else if (strcmp(argv[i], "-c") == 0) opt_cpu = 1;
         else if (argv[i][0] == '-') {
-            fprintf(stderr, "usage: refecho [-e] [-w] [-d] [-1] [-c] "
+            fprintf(stderr, "usage: refecho [-e|-l] [-w] [-d] [-1] [-c] "
                     "[HOST:PORT | udp://HOST:PORT]\n");
             return 2;
         } else spec = argv[i];
