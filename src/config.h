@@ -30,6 +30,7 @@ struct eh_config {
     struct eh_listen listen[EH_LISTEN_MAX];     /* in command-line order */
     int nlisten;                /* 1..EH_LISTEN_MAX */
     long udp_rate;              /* datagrams/s per source address; 0 = off */
+    long busy_poll_us;          /* a worker polls this long before sleeping */
     double proxy_timeout;       /* seconds a PROXY header may take (> 0) */
     int workers;                /* event model: worker processes */
     enum eh_model model;

@@ -43,6 +43,7 @@ struct ev_loop {
     unsigned round;
     long long now;              /* ev_now_ms() at the last wake-up */
     int stop;
+    long busy_us;               /* ev_set_busy_poll */
     ev_after_proc *after;
     void *after_ud;
 };
@@ -96,9 +97,32 @@ static void api_del(ev_loop *loop, int fd, int old, int mask) {
         epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ee);
 }
 
+static long long now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* Waits up to ms (-1: forever); returns the number of fired events. */
 static int api_poll(ev_loop *loop, int ms) {
-    int n = epoll_wait(loop->epfd, loop->fired, EV_MAX_FIRED, ms);
+    int n;
+
+    if (loop->busy_us > 0 && ms != 0) {
+        long long spin = loop->busy_us, start = now_us();
+        if (ms > 0 && spin > (long long)ms * 1000)
+            spin = (long long)ms * 1000;
+        do {
+            n = epoll_wait(loop->epfd, loop->fired, EV_MAX_FIRED, 0);
+            if (n != 0)
+                return n < 0 ? 0 : n;
+        } while (now_us() - start < spin);
+        if (ms > 0) {
+            ms -= (int)(spin / 1000);
+            if (ms <= 0)
+                return 0;
+        }
+    }
+    n = epoll_wait(loop->epfd, loop->fired, EV_MAX_FIRED, ms);
     return n < 0 ? 0 : n;
 }
 
@@ -427,4 +451,8 @@ void ev_run(ev_loop *loop) {
 
 void ev_stop(ev_loop *loop) {
     loop->stop = 1;
+}
+
+void ev_set_busy_poll(ev_loop *loop, long us) {
+    loop->busy_us = us > 0 ? us : 0;
 }

@@ -49,6 +49,10 @@ int ev_timer_del(ev_loop *loop, long long id);
 void ev_set_after(ev_loop *loop, ev_after_proc *proc, void *ud);
 void ev_run(ev_loop *loop);                      /* until ev_stop */
 void ev_stop(ev_loop *loop);
+/* Before sleeping in epoll_wait, poll without waiting for up to us
+ * microseconds (bounded by the next timer): no sleep and wake-up between
+ * close events, at the cost of a busy CPU meanwhile. 0: off. */
+void ev_set_busy_poll(ev_loop *loop, long us);
 long long ev_now_ms(void);                       /* monotonic clock */
 /* ev_now_ms() as of the loop's last wake-up: no syscall, for hot paths. */
 long long ev_time_ms(const ev_loop *loop);

@@ -44,6 +44,8 @@ static void usage(FILE *f) {
 "                        and UDP listener (default 1000, 0=off)\n"
 "  --proxy-timeout SECS  how long a ,proxy listener waits for the header\n"
 "                        (default 3)\n"
+"  --busy-poll USECS     a worker keeps polling this long before it sleeps\n"
+"                        (default 0: sleeps at once; for VMs, at a CPU cost)\n"
 "  --workers N           worker processes (default: number of cores)\n"
 "  --model event|fork    event loop (default) or a process per connection\n"
 "  --max-conns N         connections per worker / live children (default 10000)\n"
@@ -333,13 +335,14 @@ enum {
     OPT_CONNECT, OPT_HISTORY, OPT_VERSION, OPT_SET, OPT_ACCESS_LOG,
     OPT_SHARED_SIZE, OPT_PUBSUB_SIZE, OPT_UDP_RATE, OPT_LOG, OPT_LOG_FORMAT,
     OPT_PID_FILE, OPT_USER, OPT_METRICS, OPT_UPGRADE_TIMEOUT, OPT_TEST,
-    OPT_PROXY_TIMEOUT
+    OPT_PROXY_TIMEOUT, OPT_BUSY_POLL
 };
 
 static const struct option options[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
     {"udp-rate", required_argument, NULL, OPT_UDP_RATE},
     {"proxy-timeout", required_argument, NULL, OPT_PROXY_TIMEOUT},
+    {"busy-poll", required_argument, NULL, OPT_BUSY_POLL},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"model", required_argument, NULL, OPT_MODEL},
     {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
@@ -383,6 +386,7 @@ struct cli {
     int listen;                 /* --listen given: the default is gone */
     int udp_rate;               /* --udp-rate given */
     int proxy_timeout;          /* --proxy-timeout given */
+    int busy_poll;              /* --busy-poll given */
 };
 
 static int has_udp(const struct eh_config *c) {
@@ -439,6 +443,12 @@ static int check_combination(const struct cli *cli) {
     if (server && control_is_listener(c))
         return usage_error("--control '%s' is also a --listen unix: path",
                            c->control);
+    if (cli->busy_poll && !server)
+        return usage_error("--busy-poll is a server option (not with "
+                           "--script or --repl)");
+    if (cli->busy_poll && c->model == EH_MODEL_FORK)
+        return usage_error("--busy-poll needs --model event (a child of the "
+                           "fork model waits in its own reads)");
     if (c->control && c->model == EH_MODEL_FORK)
         return usage_error("--control needs --model event (the fork model "
                            "has no workers to control)");
@@ -475,6 +485,13 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
                 return usage_error("bad --proxy-timeout '%s' (want seconds, "
                                    "0.001..3600)", a);
             cli->proxy_timeout = 1;
+            break;
+        case OPT_BUSY_POLL:
+            if (parse_long(a, 0, 100000, &n) < 0)
+                return usage_error("bad --busy-poll '%s' (want microseconds "
+                                   "0..100000, 0=off)", a);
+            c->busy_poll_us = n;
+            cli->busy_poll = 1;
             break;
         case OPT_WORKERS:
             if (parse_long(a, 1, 1024, &n) < 0)

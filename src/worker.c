@@ -858,6 +858,8 @@ static int worker_init(struct worker *w, const struct worker_start *ws) {
     w->scratch_len = SCRATCH_LEN;
     w->scratch = malloc(w->scratch_len);
     sup_drain_init(&w->drain, w->loop, &drain_ops, w);
+    if (w->loop)
+        ev_set_busy_poll(w->loop, w->cfg->busy_poll_us);
     if (w->loop == NULL || w->scratch == NULL || worker_signals(w) < 0) {
         log_error("worker %d: %s", w->slot, strerror(errno));
         return 1;

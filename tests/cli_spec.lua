@@ -207,6 +207,23 @@ describe("echohost --listen", function()
     end
   end)
 
+  it("refuses a bad --busy-poll, and it with --model fork, --repl or --script", function()
+    for _, a in ipairs({ "-1", "x", "1.5", "100001" }) do
+      local code, err = server.run({ "--busy-poll", a }, 5)
+      assert.equal(2, code)
+      assert.equal("echohost: bad --busy-poll '" .. a .. "' (want microseconds 0..100000, "
+        .. "0=off)", err:match("^[^\n]*"))
+    end
+    local code, err = server.run({ "--busy-poll", "50", "--model", "fork" }, 5)
+    assert.equal(2, code)
+    assert.matches("^echohost: %-%-busy%-poll needs %-%-model event", err)
+    for _, mode in ipairs({ "--repl", "--script" }) do
+      code, err = server.run({ "--busy-poll", "50", mode }, 5)
+      assert.equal(2, code)
+      assert.matches("^echohost: %-%-busy%-poll is a server option", err)
+    end
+  end)
+
   it("a taken port among several: exit 1 naming it, before listening", function()
     local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0" })
     finally(function() srv:stop() end)

@@ -217,6 +217,43 @@ describe("echohost out of descriptors", function()
   end)
 end)
 
+describe("echohost --busy-poll", function()
+  after_each(server.stop_all)
+
+  -- CPU ticks (10 ms) the worker takes in the half second after one echo
+  local function ticks_after_echo(args)
+    local srv = server.start(args)
+    local worker = assert(srv:wait_children(1, 5))[1]
+    assert.equal("warm", server.echo(srv.host, srv.port, "warm"))
+    server.sleep(0.5)                   -- past any spin of the warm-up
+    local t0 = server.cpu_ticks(worker)
+    assert.equal("x", server.echo(srv.host, srv.port, "x"))
+    server.sleep(0.5)
+    return server.cpu_ticks(worker) - t0
+  end
+
+  it("keeps polling for the time it is given after an event, then sleeps", function()
+    -- 100 ms of polling after the last event (the close): about 10 ticks;
+    -- a spin without its bound would take the whole half second (50)
+    local spun = ticks_after_echo({ "--workers", "1", "--idle-timeout", "0",
+      "--busy-poll", "100000" })
+    assert.is_true(spun >= 5 and spun <= 30, "ticks " .. spun)
+    local slept = ticks_after_echo({ "--workers", "1", "--idle-timeout", "0" })
+    assert.is_true(slept <= 3, "without --busy-poll: ticks " .. slept)
+  end)
+
+  it("serves 50 concurrent clients byte-exact while polling", function()
+    local srv = server.start({ "--workers", "2", "--busy-poll", "50" })
+    local cs = {}
+    finally(function() for _, c in ipairs(cs) do c:close() end end)
+    for i = 1, 50 do cs[i] = srv:connect(3) end
+    for round = 1, 20 do
+      for i, c in ipairs(cs) do assert(c:send(("%d:%d\n"):format(i, round))) end
+      for i, c in ipairs(cs) do assert.equal(("%d:%d"):format(i, round), c:receive("*l")) end
+    end
+  end)
+end)
+
 describe("echohost command line", function()
   local bad = {
     { { "--workers", "0" }, "bad %-%-workers '0'" },

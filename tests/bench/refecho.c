@@ -6,8 +6,10 @@
  * The options are the variants the benchmark checks it against (none may
  * beat the reference anywhere): -e edge-triggered (-l level-triggered, the
  * default), -w wait for epoll before the first read, -d TCP_DEFER_ACCEPT,
- * -1 one accept per wake-up, -c SO_INCOMING_CPU on the listener.
- * Usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [HOST:PORT | udp://HOST:PORT]
+ * -1 one accept per wake-up, -c SO_INCOMING_CPU on the listener, -s USECS
+ * busy-poll: epoll_wait with no timeout for that long before sleeping.
+ * Usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS]
+ *                [HOST:PORT | udp://HOST:PORT]
  * (default 127.0.0.1:0). */
 
 #include <errno.h>
@@ -21,6 +23,7 @@
 #include <sys/epoll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REF_BUF     (64 * 1024)
@@ -37,6 +40,7 @@ struct ref_pending {
 };
 
 static int opt_et, opt_wait, opt_defer, opt_one, opt_cpu;
+static long opt_spin;           /* -s USECS: epoll_wait(0) that long first */
 
 static struct ref_pending **ref_out;    /* indexed by fd */
 static int ref_maxfd;
@@ -178,11 +182,27 @@ static void ref_write(int ep, int fd) {
         ref_read(ep, fd);               /* bytes that came meanwhile */
 }
 
+static long long ref_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void ref_loop(int ep, int lfd) {
     struct epoll_event evs[REF_EVENTS];
 
     for (;;) {
-        int i, n = epoll_wait(ep, evs, REF_EVENTS, -1);
+        int i, n = 0;
+        /* -s: stay awake a while; on a VM each sleep and wake-up of
+         * either side costs the other a hypervisor round trip */
+        if (opt_spin) {
+            long long start = ref_now_us();
+            do
+                n = epoll_wait(ep, evs, REF_EVENTS, 0);
+            while (n == 0 && ref_now_us() - start < opt_spin);
+        }
+        if (n == 0)
+            n = epoll_wait(ep, evs, REF_EVENTS, -1);
         if (n < 0 && errno != EINTR) return;
         for (i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
@@ -243,8 +263,10 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "-d") == 0) opt_defer = 1;
         else if (strcmp(argv[i], "-1") == 0) opt_one = 1;
         else if (strcmp(argv[i], "-c") == 0) opt_cpu = 1;
+        else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc)
+            opt_spin = atol(argv[++i]);
         else if (argv[i][0] == '-') {
-            fprintf(stderr, "usage: refecho [-e|-l] [-w] [-d] [-1] [-c] "
+            fprintf(stderr, "usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS] "
                     "[HOST:PORT | udp://HOST:PORT]\n");
             return 2;
         } else spec = argv[i];
