@@ -281,9 +281,8 @@ static void task_fail(struct task *t, const char *msg, int code) {
 static struct task *task_start(struct hconn *hc, lua_State *from, int nargs) {
     struct task *t;
 
-    if (hc->ntasks >= LCONN_TASKS_MAX || (t = malloc(sizeof *t)) == NULL)
+    if (hc->ntasks >= LCONN_TASKS_MAX || (t = calloc(1, sizeof *t)) == NULL)
         return NULL;
-    memset(t, 0, sizeof *t);    /* not calloc: it skips malloc's tcache */
     t->hc = hc;
     t->send_ref = LUA_NOREF;
     t->co = lua_newthread(from);
@@ -1070,11 +1069,9 @@ static int ev_connect(lua_State *L, void *rt, const char *host, int port,
 /* --- the worker's calls --------------------------------------------------- */
 
 void handler_on_open(struct handler *h, conn *c) {
-    struct hconn *hc = malloc(sizeof *hc);     /* calloc skips the tcache */
+    struct hconn *hc = calloc(1, sizeof *hc);
     size_t cap;
 
-    if (hc)
-        memset(hc, 0, sizeof *hc);
     if (hc == NULL) {
         log_error("handler: out of memory for connection %s", conn_peer(c));
         conn_close(c);

@@ -552,11 +552,9 @@ static int proxy_start(struct worker *w, conn *c) {
 static void conn_create(struct worker_lsock *ls, int fd,
                         struct net_peer *peer) {
     struct worker *w = ls->w;
-    conn *c = malloc(sizeof *c);   /* calloc would skip malloc's tcache */
+    conn *c = calloc(1, sizeof *c);
     ev_file_proc *proc = ls->l.proxy ? proxy_read_proc : conn_read_proc;
 
-    if (c)
-        memset(c, 0, sizeof *c);
     if (c == NULL || ev_add(w->loop, fd, EV_READABLE, proc, c) < 0 ||
         (ls->l.proxy && proxy_start(w, c) < 0)) {
         log_warn("connection from %s dropped: %s", net_peer_name(peer),
