@@ -149,6 +149,18 @@ local fresh = {
 }
 
 local scenarios = {
+  { name = "the handler's Lua state runs the generational collector",
+    handler = [[
+local mode = collectgarbage("incremental")      -- the mode it was in
+collectgarbage(mode)
+return function() return mode end
+]],
+    steps = {
+      { c = "a", send = "which?", expect = "generational" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
   { name = "a per-message function answers each of several sends",
     handler = 'return function(_, data) return "<" .. data .. ">" end\n',
     steps = {
