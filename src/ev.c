@@ -48,10 +48,14 @@ struct ev_loop {
     void *after_ud;
 };
 
-long long ev_now_ms(void) {
+static long long now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+long long ev_now_ms(void) {
+    return now_us() / 1000;
 }
 
 long long ev_time_ms(const ev_loop *loop) {
@@ -95,12 +99,6 @@ static void api_del(ev_loop *loop, int fd, int old, int mask) {
         api_add(loop, fd, old, mask);
     else
         epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ee);
-}
-
-static long long now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* Waits up to ms (-1: forever); returns the number of fired events. */

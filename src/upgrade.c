@@ -17,6 +17,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "supervise.h"
 #include "upgrade.h"
 
 #define FD_FIRST 3              /* as LISTEN_FDS: after stdin/out/err */
@@ -321,23 +322,13 @@ void upgrade_cancel(struct upgrade *u) {
     }
 }
 
-static void describe(int status, char *buf, size_t len) {
-    if (WIFEXITED(status))
-        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, len, "was killed by signal %d (%s)", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)));
-    else
-        snprintf(buf, len, "stopped (status 0x%x)", status);
-}
-
 int upgrade_reaped(struct upgrade *u, pid_t pid, int status) {
     char what[128];
 
     if (u->pid == 0 || pid != u->pid)
         return 0;
     u->pid = 0;
-    describe(status, what, sizeof what);
+    sup_describe(status, what, sizeof what);
     if (u->ready || u->cancelled) {
         if (u->ready)
             log_warn("upgrade: the new master (pid %d) %s", (int)pid, what);
