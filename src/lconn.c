@@ -100,7 +100,7 @@ static int upstream_only(lua_State *L, const char *what) {
 /* conn:after(secs, fn), conn:every(secs, fn): upvalue 2 is 1 for every. */
 static int lconn_timer(lua_State *L) {
     struct lconn *u = checkconn(L);
-    int every = (int)lua_tointeger(L, lua_upvalueindex(2));
+    int every = (int)lua_tointeger(L, lua_upvalueindex(1));
     double secs = luaL_checknumber(L, 2);
     struct ltimer *t, **p;
 
@@ -173,17 +173,16 @@ void lconn_gone(lua_State *L, struct lconn *u, int code) {
         u->end_code = code;
 }
 
-/* luaL_checkudata, comparing the metatable with upvalue 1 instead of
- * looking it up by name on every call (two calls per message). */
+static const char conn_magic[] = LCONN_NAME;
+
+/* luaL_checkudata without its metatable lookups (this runs twice per
+ * message): a full userdata of a conn's size that starts with the address
+ * of conn_magic, which only lconn_new writes. Light userdata and strings
+ * fail the size test, other values have no block. */
 static struct lconn *checkconn(lua_State *L) {
     struct lconn *u = lua_touserdata(L, 1);
-    int ok = u != NULL && lua_getmetatable(L, 1);
 
-    if (ok) {
-        ok = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-    }
-    if (!ok)
+    if (u == NULL || lua_rawlen(L, 1) != sizeof *u || u->magic != conn_magic)
         luaL_typeerror(L, 1, LCONN_NAME);
     return u;
 }
@@ -494,32 +493,6 @@ static int lconn_settimeout(lua_State *L) {
     return 1;
 }
 
-/* __index: methods first (upvalue 1), then id, peer and state. */
-static int lconn_index(lua_State *L) {
-    struct lconn *u = lua_touserdata(L, 1);
-    const char *k;
-
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
-        return 1;
-    k = lua_tostring(L, 2);
-    if (k == NULL)
-        return 1;
-    if (strcmp(k, "id") == 0)
-        lua_pushinteger(L, u->id);
-    else if (strcmp(k, "peer") == 0)
-        lua_pushstring(L, lconn_peer(u));
-    else if (strcmp(k, "state") == 0) {
-        if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
-            lua_newtable(L);
-            lua_pushvalue(L, -1);
-            lua_setiuservalue(L, 1, 1);         /* created on first use */
-        }
-    } else
-        lua_pushnil(L);
-    return 1;
-}
-
 static int lconn_newindex(lua_State *L) {
     return luaL_error(L, "echohost.conn fields are read-only "
                       "(keep your data in conn.state)");
@@ -557,22 +530,91 @@ static const luaL_Reg lconn_meta[] = {
     {NULL, NULL}
 };
 
-/* Every function gets the metatable as upvalue 1 (see checkconn). */
+/* conn.state: created on first use, kept as the conn's user value. */
+static void state_push(lua_State *L, int conn) {
+    if (lua_getiuservalue(L, conn, 1) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, conn, 1);
+    }
+}
+
+/* A method call is a lookup on the conn (two per echoed message); through
+ * the shared metatable's C __index it costs a C call (~370 instructions,
+ * callgrind). A conn in use gets its own metatable instead, whose __index
+ * is a table of its methods and fields (id, peer, state): one table lookup
+ * (~130). Its LCONN_OWN_META-th lookup makes them (~4,000 instructions and
+ * ~700 bytes, once), so short and idle connections keep the shared one. */
+#define LCONN_OWN_META 16
+
+/* Sets all of the table at index from in the table at -1. */
+static void copy_fields(lua_State *L, int from) {
+    lua_pushnil(L);
+    while (lua_next(L, from)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+}
+
+/* Gives the conn at index 1 (metatable: the shared one) its own; methods:
+ * the methods table. */
+static void own_meta(lua_State *L, struct lconn *u, int methods) {
+    int top = lua_gettop(L);
+
+    lua_getmetatable(L, 1);
+    lua_createtable(L, 0, 7);                   /* shared, mt */
+    copy_fields(L, top + 1);
+    lua_createtable(L, 0, 16);                  /* shared, mt, index */
+    copy_fields(L, methods);
+    lua_pushinteger(L, u->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, lconn_peer(u));
+    lua_setfield(L, -2, "peer");
+    state_push(L, 1);
+    lua_setfield(L, -2, "state");
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, 1);
+    lua_settop(L, top);
+}
+
+/* The shared __index: methods first (upvalue 1), then id, peer and state. */
+static int lconn_index(lua_State *L) {
+    struct lconn *u = lua_touserdata(L, 1);
+    const char *k;
+
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) {
+        if (++u->lookups == LCONN_OWN_META)
+            own_meta(L, u, lua_upvalueindex(1));
+        return 1;
+    }
+    k = lua_tostring(L, 2);
+    if (k == NULL)
+        return 1;
+    if (strcmp(k, "id") == 0)
+        lua_pushinteger(L, u->id);
+    else if (strcmp(k, "peer") == 0)
+        lua_pushstring(L, lconn_peer(u));
+    else if (strcmp(k, "state") == 0)
+        state_push(L, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 void lconn_createmeta(lua_State *L) {
     luaL_newmetatable(L, LCONN_NAME);
-    lua_pushvalue(L, -1);
-    luaL_setfuncs(L, lconn_meta, 1);
-    luaL_newlibtable(L, lconn_methods);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, lconn_methods, 1);         /* methods, upvalue mt */
+    luaL_setfuncs(L, lconn_meta, 0);
+    luaL_newlib(L, lconn_methods);
     for (int every = 0; every < 2; every++) {
-        lua_pushvalue(L, -2);
         lua_pushinteger(L, every);
-        lua_pushcclosure(L, lconn_timer, 2);    /* upvalues mt, every */
+        lua_pushcclosure(L, lconn_timer, 1);    /* upvalue: every */
         lua_setfield(L, -2, every ? "every" : "after");
     }
     lua_pushcclosure(L, lconn_index, 1);
-    lua_setfield(L, -2, "__index");             /* mt.__index = lconn_index */
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     timer_createmeta(L);
     lpubsub_createmeta(L);
@@ -584,6 +626,7 @@ struct lconn *lconn_new(lua_State *L, const struct lconn_ops *ops, void *rt,
     struct lconn *u = lua_newuserdatauv(L, sizeof *u, 1);
 
     memset(u, 0, sizeof *u);
+    u->magic = conn_magic;
     u->ops = ops;
     u->rt = rt;
     u->id = id;

@@ -59,6 +59,8 @@ struct ltimer {
 /* The userdata behind a conn object. A handler may keep it past its
  * connection: lconn_gone() detaches it from the runtime. */
 struct lconn {
+    const char *magic;              /* lconn_new's mark (see checkconn) */
+    unsigned lookups;               /* through the shared __index */
     const struct lconn_ops *ops;    /* NULL once the connection is gone */
     void *rt;                       /* the runtime's per-connection state */
     int closed;                     /* conn:close() was called */

@@ -161,6 +161,37 @@ return function() return mode end
       { c = "a", ending = "closed", rest = "" },
     } },
 
+  -- The event and fork servers give a conn that has made 16 method
+  -- lookups its own metatable (lconn.c): before and after, the same fields.
+  { name = "a conn's fields, methods and errors are the same after many method calls",
+    handler = [[
+return { handle = function(conn)
+  conn.state.kept = "kept"
+  local state = conn.state
+  local function look()
+    local ok, err = pcall(function() conn.id = 1 end)
+    return ("%s %s %s %s %s %s %s|"):format(math.type(conn.id),
+      conn.peer:match("^127%.0%.0%.1:%d+$") and "peer" or conn.peer,
+      conn.state.kept, tostring(conn.state == state), tostring(conn.nosuch),
+      tostring(conn[1]), ok and "writable" or err:match("echohost.conn.*"))
+  end
+  local before = look()
+  for _ = 1, 40 do conn:settimeout(nil) end
+  local after = look()
+  local ok, err = pcall(function() return conn:send(42) end)
+  conn:send(before .. after .. (ok and "no error" or err:match("bad argument.*")))
+  local data = conn:recv()
+  conn:send(data)
+end }
+]],
+    steps = {
+      { c = "a", expect = ("integer peer kept true nil nil echohost.conn fields are read-only "
+          .. "(keep your data in conn.state)|"):rep(2)
+          .. "bad argument #1 to 'send' (string expected, got number)" },
+      { c = "a", send = "still", expect = "still" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
   { name = "a per-message function answers each of several sends",
     handler = 'return function(_, data) return "<" .. data .. ">" end\n',
     steps = {

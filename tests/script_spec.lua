@@ -35,6 +35,37 @@ describe("echohost --script", function()
     assert.equal("ok integer", out)
   end)
 
+  -- lhost.c keeps freed blocks of 1-4 KiB for reuse by size class: strings
+  -- and tables that grow and shrink through the classes keep their bytes.
+  it("keeps every string's and table's contents while its state reuses freed blocks", function()
+    local out, status = script([[
+      local function fill(n, seed)
+        local t = {}
+        for i = 1, n do t[i] = string.char(65 + (i * 7 + seed) % 26) end
+        return table.concat(t)
+      end
+      local kept, bad = {}, 0
+      for round = 1, 20 do
+        local drop = {}
+        for n = 1000, 4200, 37 do
+          local s = fill(n, round + n)
+          if n % 2 == 0 then kept[#kept + 1] = { s, n, round + n } else drop[#drop + 1] = s end
+        end
+        local t = {}
+        for i = 1, 600 do t[i] = i * round end     -- array: 1 KiB ... 16 KiB
+        for i = 600, 1, -1 do if t[i] ~= i * round then bad = bad + 1 end; t[i] = nil end
+        drop, t = nil, nil
+        collectgarbage()
+      end
+      for _, k in ipairs(kept) do
+        if k[1] ~= fill(k[2], k[3]) then bad = bad + 1 end
+      end
+      io.write(#kept, " kept, ", bad, " bad")
+    ]])
+    assert.equal(0, status)
+    assert.equal("880 kept, 0 bad", out)
+  end)
+
   it("prints an error with a traceback and exits 1", function()
     local out, status, path = script("local x = nil\nerror('boom')\n")
     assert.equal(1, status)
