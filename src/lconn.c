@@ -581,7 +581,7 @@ static void own_meta(lua_State *L, struct lconn *u, int methods) {
 
 /* The shared __index: methods first (upvalue 1), then id, peer and state. */
 static int lconn_index(lua_State *L) {
-    struct lconn *u = lua_touserdata(L, 1);
+    struct lconn *u = checkconn(L);     /* it can be called by hand */
     const char *k;
 
     lua_pushvalue(L, 2);

@@ -387,3 +387,33 @@ end
     end
   end)
 end)
+
+-- The C conn object's shared __index, called by hand with something else
+-- than a conn (the harness's conn is Lua: its metatable is another).
+local index_misuse = [[
+return { handle = function(conn)
+  local index = getmetatable(conn).__index
+  local ok, err = pcall(index, 42, "recv")
+  conn:send((ok and "no error" or err:match("bad argument.*")) .. "\n")
+  ok, err = pcall(index, io.stdout, "recv")
+  conn:send((ok and "no error" or err:match("bad argument.*")) .. "\n")
+  conn:send(tostring(index(conn, "id") == conn.id) .. "\n")
+  conn:close()
+end }
+]]
+
+for _, model in ipairs({ "event", "fork" }) do
+  describe("the conn's shared __index under --model " .. model, function()
+    after_each(util.cleanup)
+    it("raises for a value that is not a conn", function()
+      local path = dir .. "/index_misuse.lua"
+      util.write_file(path, index_misuse)
+      local srv = util.start({ "--model", model, "--workers", "1", "--handler", path })
+      local c = util.connect(srv.port)
+      local got = util.read_all(c)
+      assert.equal("bad argument #1 to '?' (echohost.conn expected, got number)\n"
+        .. "bad argument #1 to '?' (echohost.conn expected, got FILE*)\n"
+        .. "true\n", got)
+    end)
+  end)
+end
