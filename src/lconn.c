@@ -97,7 +97,7 @@ static int upstream_only(lua_State *L, const char *what) {
                       "conn", what);
 }
 
-/* conn:after(secs, fn), conn:every(secs, fn): upvalue 2 is 1 for every. */
+/* conn:after(secs, fn), conn:every(secs, fn): upvalue 1 is 1 for every. */
 static int lconn_timer(lua_State *L) {
     struct lconn *u = checkconn(L);
     int every = (int)lua_tointeger(L, lua_upvalueindex(1));

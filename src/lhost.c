@@ -92,7 +92,6 @@ static void cache_drop(struct lhost_mem *m) {
             m->bin[c] = *(void **)p;
             free(p);
         }
-    m->cached = 0;
 }
 
 int luaopen_echohost_glue(lua_State *L);
@@ -118,8 +117,7 @@ static void *lhost_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     size_t old = ptr ? osize : 0;
 
     if (nsize == 0) {
-        if (ptr)
-            block_free(m, ptr, old);
+        block_free(m, ptr, old);            /* NULL: old is 0, free(NULL) */
         m->used -= old;
         return NULL;
     }
