@@ -4,8 +4,9 @@
 --   echohost --handler scripts/proxy.lua --set upstream=127.0.0.1:7000
 --
 -- settings: upstream = HOST:PORT (or [v6]:PORT), connect_timeout = seconds
--- (default 5). A client whose upstream cannot be reached is closed, and the
--- reason is logged at warn.
+-- (default 5), copy = lua (copy in a Lua loop instead of conn:pipe). A
+-- client whose upstream cannot be reached is closed, and the reason is
+-- logged at warn.
 local socket = require "echohost.socket"
 local settings = require "echohost.settings"
 local log = require "echohost.log"
@@ -19,8 +20,9 @@ assert(host, "upstream=HOST:PORT expected, got " .. target)
 port = tonumber(port)
 local connect_timeout = tonumber(settings.connect_timeout or "5")
 
--- Copies from one side to the other until from ends, then passes the end
--- on: EOF as a half-close, a reset as a reset.
+-- conn:pipe moves the bytes in C and passes the end on (EOF as a
+-- half-close, a reset as a reset). copy=lua does the same in a Lua loop, a
+-- chunk at a time: the place to look at or change the bytes.
 local function pump(from, to)
   while true do
     local data, _, code = from:recv()
@@ -39,6 +41,12 @@ local function pump(from, to)
   end
 end
 
+local function pipe(from, to)
+  from:pipe(to)
+end
+
+local copy = settings.copy == "lua" and pump or pipe
+
 return {
   handle = function(conn)
     local up, err = socket.connect(host, port, connect_timeout)
@@ -46,7 +54,7 @@ return {
       log.warn("%s: upstream %s: %s", conn.peer, target, err)
       return
     end
-    conn:spawn(pump, up, conn)
-    pump(conn, up)
+    conn:spawn(copy, up, conn)
+    copy(conn, up)
   end,
 }

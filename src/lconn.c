@@ -394,17 +394,28 @@ static int lconn_send(lua_State *L) {
     return u->ops->send(L, u, s, len);
 }
 
+void lconn_shutdown_send(lua_State *L, struct lconn *u) {
+    (void)L;
+    if (!done(u) && !u->wshut) {
+        u->wshut = 1;
+        u->ops->shutdown(u);
+    }
+}
+
 static int lconn_shutdown(lua_State *L) {
     struct lconn *u = checkconn(L);
     static const char *const how[] = {"send", NULL};
 
     luaL_checkoption(L, 2, "send", how);
-    if (!done(u) && !u->wshut) {
-        u->wshut = 1;
-        u->ops->shutdown(u);
-    }
+    lconn_shutdown_send(L, u);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+static void conn_finish(lua_State *L, struct lconn *u, int reset);
+
+void lconn_end_reset(lua_State *L, struct lconn *u) {
+    conn_finish(L, u, 1);
 }
 
 static int conn_end(lua_State *L, int reset);
@@ -426,9 +437,7 @@ static int lconn_sleep(lua_State *L) {
 
 /* conn:close() and conn:reset(): the timers go, then the runtime ends the
  * connection its way; a second call does nothing. */
-static int conn_end(lua_State *L, int reset) {
-    struct lconn *u = checkconn(L);
-
+static void conn_finish(lua_State *L, struct lconn *u, int reset) {
     if (!done(u)) {
         timers_cancel(L, u);
         lpubsub_cancel_all(L, u);
@@ -440,8 +449,54 @@ static int conn_end(lua_State *L, int reset) {
             u->ops->close(u);
     }
     u->closed = 1;
+}
+
+static int conn_end(lua_State *L, int reset) {
+    conn_finish(L, checkconn(L), reset);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+static int pipe_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    return lua_gettop(L) - (int)ctx;
+}
+
+/* Pushes M.pipe of echohost.conn (built in: src/embed.lua), required once
+ * per state. */
+static void push_lua_pipe(lua_State *L) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "echohost.conn") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+        lua_getfield(L, -1, "echohost.conn");
+        lua_remove(L, -2);
+        lua_pushliteral(L, "echohost.conn");
+        lua_call(L, 1, 1);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, "echohost.conn");
+    }
+    lua_getfield(L, -1, "pipe");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/* conn:pipe(to): the runtime's pipe where it has one for the pair, else
+ * M.pipe, the definition. */
+static int lconn_pipe(lua_State *L) {
+    struct lconn *from = checkconn(L), *to = lua_touserdata(L, 2);
+    int n;
+
+    if (to == NULL || lua_rawlen(L, 2) != sizeof *to || to->magic != conn_magic)
+        luaL_typeerror(L, 2, LCONN_NAME);
+    lua_settop(L, 2);
+    if (!done(from) && !done(to) && !to->wshut && from->ops->pipe &&
+        (n = from->ops->pipe(L, from, to)) >= 0)
+        return n;
+    push_lua_pipe(L);
+    lua_insert(L, 1);
+    lua_callk(L, 2, LUA_MULTRET, 0, pipe_k);
+    return pipe_k(L, LUA_OK, 0);
 }
 
 static int lconn_close(lua_State *L) {
@@ -509,6 +564,7 @@ static int lconn_tostring(lua_State *L) {
 
 static const luaL_Reg lconn_methods[] = {
     {"close", lconn_close},
+    {"pipe", lconn_pipe},
     {"receive", lconn_receive},
     {"receiveuntil", lconn_receiveuntil},
     {"recv", lconn_recv},

@@ -44,6 +44,12 @@ struct lconn_ops {
      * function like a timer's (lpubsub_push, the call). */
     void (*deliver)(struct lconn *u, struct lsub *s, const char *ch,
                     size_t chlen, const char *msg, size_t len);
+    /* from:pipe(to) moved in C (NULL: M.pipe of lua/echohost/conn.lua
+     * runs, the definition): from and to are open, to not shut; the bytes
+     * a receive read past a frame go first. Returns pipe's results as recv
+     * does, or
+     * -1 (nothing pushed) where it does not serve the pair: M.pipe runs. */
+    int (*pipe)(lua_State *L, struct lconn *from, struct lconn *to);
 };
 
 /* A timer of conn:after/conn:every: the "echohost.timer" userdata. */
@@ -133,6 +139,11 @@ int lconn_too_many(lua_State *L, const char *kind, int max);
 /* I/O failure results, the one helper for every runtime: nil, msg, code.
  * Returns 3. */
 int lconn_fail(lua_State *L, const char *msg, int code);
+
+/* What conn:shutdown("send") and conn:reset() do, for a runtime ending
+ * the other side of a pipe. */
+void lconn_shutdown_send(lua_State *L, struct lconn *u);
+void lconn_end_reset(lua_State *L, struct lconn *u);
 
 /* The close reason's errno for the results of recv and send. */
 int lconn_reason_code(const char *reason);

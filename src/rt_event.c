@@ -180,8 +180,16 @@ struct task {
     int send_ref;               /* the string a parked send writes */
     size_t send_off;            /* upstream send: bytes written so far */
     long long timer;            /* the wait's timeout, or 0 */
+    struct tpipe *pipe;         /* it runs conn:pipe (in C) */
     struct task *next;
 };
+
+struct tpipe;
+static void pipe_free(struct task *t);
+static void pipe_failed(struct task *t, const char *msg, int code);
+static void pipe_data(struct task *t, const char *s, size_t n);
+static void pipe_go(struct task *t);
+static int ev_pipe(lua_State *L, struct lconn *from, struct lconn *to);
 
 static struct task *task_of(lua_State *L) {
     return *(struct task **)lua_getextraspace(L);
@@ -210,6 +218,7 @@ static void task_end(struct task *t) {
         ev_timer_del(hc->h->loop, t->timer);
     if (t->send_ref != LUA_NOREF)
         luaL_unref(L, LUA_REGISTRYINDEX, t->send_ref);
+    pipe_free(t);
     *(struct task **)lua_getextraspace(t->co) = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     free(t);
@@ -269,6 +278,10 @@ static void task_resume(struct task *t, lua_State *from, int nargs) {
 
 /* Resumes the parked t with nil, msg, code. */
 static void task_fail(struct task *t, const char *msg, int code) {
+    if (t->pipe) {
+        pipe_failed(t, msg, code);
+        return;
+    }
     size_t cap = cap_lift(t->hc->h);
     int n = lconn_fail(t->co, msg, code);
     cap_restore(t->hc->h, cap);
@@ -628,7 +641,7 @@ static void bell_del(int fd) {
 
 static const struct lconn_ops ev_ops = {
     ev_recv, ev_send, ev_sleep, ev_close, ev_shutdown, ev_reset,
-    ev_timer_arm, ev_timer_disarm, ev_spawn, ev_deliver
+    ev_timer_arm, ev_timer_disarm, ev_spawn, ev_deliver, ev_pipe
 };
 
 /* --- upstream sockets ------------------------------------------------------ */
@@ -705,6 +718,14 @@ static void up_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
         return;
     up->drained = n > 0 && (size_t)n < max;
     up->reader = NULL;
+    if (t->pipe) {
+        if (n > 0)
+            pipe_data(t, up_buf, (size_t)n);
+        else
+            pipe_failed(t, "closed", n == 0 ? 0 :
+                        errno == EPIPE ? ECONNRESET : errno);
+        return;
+    }
     cap = cap_lift(up->hc->h);
     if (n > 0) {
         lua_pushlstring(t->co, up_buf, (size_t)n);
@@ -772,6 +793,11 @@ static void up_write_proc(ev_loop *loop, int fd, void *ud, int mask) {
     int r, nres;
     (void)mask;
 
+    if (t->pipe) {
+        up->writer = NULL;
+        pipe_go(t);
+        return;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->send_ref);
     s = lua_tolstring(L, -1, &len);
     r = up_write(fd, s, len, &t->send_off);
@@ -852,9 +878,326 @@ static void up_shutdown(struct lconn *u) {
 
 static const struct lconn_ops up_ops = {
     up_recv, up_send, up_sleep, up_close, up_shutdown, up_reset,
-    NULL, NULL, NULL, NULL      /* lconn raises for timers, spawn and
+    NULL, NULL, NULL, NULL,     /* lconn raises for timers, spawn and
                                    subscribe */
+    ev_pipe
 };
+
+/* --- conn:pipe ----------------------------------------------------------------- */
+
+/* from:pipe(to) of two objects of one connection (the conn, its upstream
+ * sockets) runs here with no Lua per chunk: what from gives is written to
+ * to at once, and the coroutine parks only on from (nothing to read) or to
+ * (full), as recv and send would; it is resumed once, with M.pipe's
+ * results (lua/echohost/conn.lua, the definition). */
+enum { PIPE_READ, PIPE_WRITE };
+enum { P_NEXT = 0, P_PARKED = -1, P_RAISE = -2 };
+#define PIPE_BURST 16           /* upstream reads per wake-up: then the loop */
+
+struct tpipe {
+    struct lconn *from, *to;    /* on the coroutine's stack: kept alive */
+    int side;                   /* where it is parked */
+    char *buf;                  /* read from from, not yet sent to to */
+    size_t off, len, cap;
+    lua_Integer moved;          /* bytes to has taken */
+};
+
+static char pipe_raise_mark;    /* resumed with it and a message: raise */
+
+static void pipe_free(struct task *t) {
+    if (t->pipe) {
+        free(t->pipe->buf);
+        free(t->pipe);
+        t->pipe = NULL;
+    }
+}
+
+/* The connection u belongs to, if this runtime serves it. */
+static struct hconn *pipe_hc(const struct lconn *u) {
+    if (u->ops == &ev_ops)
+        return u->rt;
+    if (u->ops == &up_ops)
+        return ((struct hup *)u->rt)->hc;
+    return NULL;
+}
+
+static struct hup *pipe_up(const struct lconn *u) {
+    return u->ops == &up_ops ? u->rt : NULL;
+}
+
+static int pipe_done(const struct lconn *u) {
+    return u->closed || u->ops == NULL;
+}
+
+/* The end: the other side hears of it as M.pipe passes it on, and pipe's
+ * results are pushed on the coroutine; returns how many. */
+static int pipe_end(struct task *t, int side, const char *msg, int code) {
+    struct tpipe *p = t->pipe;
+    struct lconn *from = p->from, *to = p->to;
+    lua_Integer moved = p->moved;
+    lua_State *co = t->co;
+    size_t cap;
+    int n;
+
+    pipe_free(t);
+    if (side == PIPE_WRITE)
+        lconn_end_reset(co, from);
+    else if (code == ECONNRESET)
+        lconn_end_reset(co, to);
+    else
+        lconn_shutdown_send(co, to);
+    cap = cap_lift(t->hc->h);
+    if (side == PIPE_READ && code == 0 && strcmp(msg, "closed") == 0) {
+        lua_pushinteger(co, moved);
+        n = 1;
+    } else {
+        n = lconn_fail(co, msg, code);
+        lua_pushinteger(co, moved);
+        n++;
+    }
+    cap_restore(t->hc->h, cap);
+    return n;
+}
+
+/* What send would raise: the message is pushed for the caller to raise. */
+static int pipe_busy(struct task *t, const char *obj) {
+    size_t cap = cap_lift(t->hc->h);
+
+    lua_pushfstring(t->co, "conn:send: another coroutine is waiting to "
+                    "write this %s", obj);
+    cap_restore(t->hc->h, cap);
+    pipe_free(t);
+    return P_RAISE;
+}
+
+/* Keeps s[0..n) (it may lie in p->buf) to be sent once to can take it. */
+static int pipe_keep(struct tpipe *p, const char *s, size_t n) {
+    if (p->buf && s >= p->buf && s < p->buf + p->cap) {
+        memmove(p->buf, s, n);
+    } else {
+        if (n > p->cap) {
+            char *b = realloc(p->buf, n);
+            if (b == NULL)
+                return -1;
+            p->buf = b;
+            p->cap = n;
+        }
+        memcpy(p->buf, s, n);
+    }
+    p->off = 0;
+    p->len = n;
+    return 0;
+}
+
+/* to:send(s) of M.pipe: P_NEXT (all taken), P_PARKED (the rest kept),
+ * P_RAISE, or pipe's results (the end). */
+static int pipe_send(struct task *t, const char *s, size_t n) {
+    struct tpipe *p = t->pipe;
+    struct lconn *to = p->to;
+    struct hup *up = pipe_up(to);
+    struct hconn *hc = t->hc;
+    size_t off = 0;
+    int r;
+
+    if (pipe_done(to) || to->wshut)
+        return pipe_end(t, PIPE_WRITE, "closed", to->wshut ? 0 : to->end_code);
+    p->len = p->off = 0;
+    if (up == NULL) {
+        if (hc->gone || conn_can_send(hc->c) || conn_closing(hc->c)) {
+            if (conn_closing(hc->c) || conn_send(hc->c, s, n) < 0)
+                return pipe_end(t, PIPE_WRITE, "closed", hc->u->end_code);
+            p->moved += (lua_Integer)n;
+            return P_NEXT;
+        }
+        if (hc->writer)
+            return pipe_busy(t, "connection");
+        if (pipe_keep(p, s, n) < 0)
+            return pipe_end(t, PIPE_WRITE, "not enough memory", ENOMEM);
+        hc->writer = t;
+        task_park(t, HW_SEND, to->timeout);
+        p->side = PIPE_WRITE;
+        return P_PARKED;
+    }
+    r = up_write(up->fd, s, n, &off);
+    p->moved += (lua_Integer)off;
+    if (r > 0)
+        return P_NEXT;
+    if (r < 0)
+        return pipe_end(t, PIPE_WRITE, "closed",
+                        errno == EPIPE ? ECONNRESET : errno);
+    if (up->writer)
+        return pipe_busy(t, "upstream socket");
+    if (pipe_keep(p, s + off, n - off) < 0)
+        return pipe_end(t, PIPE_WRITE, "not enough memory", ENOMEM);
+    if (ev_add(hc->h->loop, up->fd, EV_WRITABLE, up_write_proc, up) < 0)
+        return pipe_end(t, PIPE_WRITE, "closed", errno);
+    up->writer = t;
+    task_park(t, HW_SEND, to->timeout);
+    t->up = up;
+    p->side = PIPE_WRITE;
+    return P_PARKED;
+}
+
+static void pipe_park_read(struct task *t, struct hup *up) {
+    t->recv_max = 0;
+    task_park(t, HW_RECV, t->pipe->from->timeout);
+    t->pipe->side = PIPE_READ;
+    if (up) {
+        up->reader = t;
+        t->up = up;
+    } else {
+        t->hc->reader = t;
+    }
+}
+
+/* from:recv() of M.pipe and the send of what it gave, until one of them
+ * must wait or the pipe ends. */
+static int pipe_run(struct task *t) {
+    struct hconn *hc = t->hc;
+    int burst = 0, r = P_NEXT;
+
+    while (r == P_NEXT) {
+        struct tpipe *p = t->pipe;
+        struct hup *up = pipe_up(p->from);
+        ssize_t n;
+
+        if (p->len > p->off) {
+            r = pipe_send(t, p->buf + p->off, p->len - p->off);
+            continue;
+        }
+        if (pipe_done(p->from))
+            return pipe_end(t, PIPE_READ, "closed", p->from->end_code);
+        if (up == NULL) {
+            if (hc->ilen > hc->ioff) {
+                const char *s = hc->ibuf + hc->ioff;
+                size_t len = hc->ilen - hc->ioff;
+                hc->ioff = hc->ilen;
+                if (hc->paused) {
+                    hc->paused = 0;
+                    conn_want_read(hc->c, 1);
+                }
+                r = pipe_send(t, s, len);
+                continue;
+            }
+            if (hc->eof || conn_closing(hc->c) || hc->gone)
+                return pipe_end(t, PIPE_READ, "closed", 0);
+            pipe_park_read(t, NULL);
+            return P_PARKED;
+        }
+        if (up->drained || burst++ == PIPE_BURST) {
+            if (ev_add(hc->h->loop, up->fd, EV_READABLE, up_read_proc, up) < 0)
+                return pipe_end(t, PIPE_READ, "closed", errno);
+            up->drained = 0;    /* epoll says when there is more */
+            pipe_park_read(t, up);
+            return P_PARKED;
+        }
+        n = recv(up->fd, up_buf, sizeof up_buf, 0);
+        if (n > 0) {
+            up->drained = (size_t)n < sizeof up_buf;
+            r = pipe_send(t, up_buf, (size_t)n);
+        } else if (n == 0) {
+            return pipe_end(t, PIPE_READ, "closed", 0);
+        } else if (errno == EAGAIN || errno == EINTR) {
+            up->drained = 1;
+        } else {
+            return pipe_end(t, PIPE_READ, "closed",
+                            errno == EPIPE ? ECONNRESET : errno);
+        }
+    }
+    return r;
+}
+
+/* The wait t was parked in is over (its slot was cleared by the caller). */
+static void pipe_unpark(struct task *t) {
+    if (t->timer) {
+        ev_timer_del(t->hc->h->loop, t->timer);
+        t->timer = 0;
+    }
+    t->wait = HW_NONE;
+    t->up = NULL;
+}
+
+/* After r of pipe_run, outside the coroutine: it goes on if it ended. */
+static void pipe_after(struct task *t, int r) {
+    if (r == P_PARKED)
+        return;
+    if (r == P_RAISE) {
+        size_t cap = cap_lift(t->hc->h);
+        lua_pushlightuserdata(t->co, &pipe_raise_mark);
+        lua_insert(t->co, -2);
+        cap_restore(t->hc->h, cap);
+        r = 2;
+    }
+    task_resume(t, t->hc->h->L, r);
+}
+
+/* to can take more (its writer slot was cleared): the rest goes. */
+static void pipe_go(struct task *t) {
+    struct tpipe *p = t->pipe;
+    int r;
+
+    if (t->up)
+        ev_del(t->hc->h->loop, t->up->fd, EV_WRITABLE);
+    pipe_unpark(t);
+    r = pipe_send(t, p->buf + p->off, p->len - p->off);
+    if (r == P_NEXT)
+        r = pipe_run(t);
+    pipe_after(t, r);
+}
+
+/* from gave s (its reader slot was cleared). */
+static void pipe_data(struct task *t, const char *s, size_t n) {
+    int r;
+
+    pipe_unpark(t);
+    r = pipe_send(t, s, n);
+    if (r == P_NEXT)
+        r = pipe_run(t);
+    pipe_after(t, r);
+}
+
+/* The wait failed (EOF, a reset, a timeout, the end; t is unparked). */
+static void pipe_failed(struct task *t, const char *msg, int code) {
+    pipe_unpark(t);
+    task_resume(t, t->hc->h->L, pipe_end(t, t->pipe->side, msg, code));
+}
+
+static int pipe_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    if (lua_touserdata(L, (int)ctx + 1) == &pipe_raise_mark)
+        return lua_error(L);            /* the message is on top */
+    return lua_gettop(L) - (int)ctx;
+}
+
+static int ev_pipe(lua_State *L, struct lconn *from, struct lconn *to) {
+    struct task *t = task_of(L);
+    struct hconn *hc = pipe_hc(from);
+    struct hup *up = pipe_up(from);
+    int r;
+
+    /* elsewhere M.pipe runs, and its recv and send say what is wrong */
+    if (t == NULL || hc == NULL || t->hc != hc || pipe_hc(to) != hc ||
+        !hc->direct || t->pipe || (up ? up->reader : hc->reader) != NULL)
+        return -1;
+    if ((t->pipe = calloc(1, sizeof *t->pipe)) == NULL)
+        return luaL_error(L, "not enough memory");
+    t->pipe->from = from;
+    t->pipe->to = to;
+    if (from->rlen > from->roff) {      /* bytes a receive read past its frame */
+        if (pipe_keep(t->pipe, from->rbuf + from->roff,
+                      from->rlen - from->roff) < 0) {
+            pipe_free(t);
+            return luaL_error(L, "not enough memory");
+        }
+        from->roff = from->rlen;
+    }
+    r = pipe_run(t);
+    if (r == P_RAISE)
+        return lua_error(L);
+    if (r == P_PARKED)
+        return lua_yieldk(L, 0, lua_gettop(L), pipe_k);
+    return r;
+}
 
 /* --- connect ----------------------------------------------------------------- */
 
@@ -1116,6 +1459,10 @@ void handler_on_data(struct handler *h, conn *c, const char *buf,
         return;                 /* no coroutine left: closing */
     }
     hc->reader = NULL;
+    if (t->pipe) {
+        pipe_data(t, buf, len);
+        return;
+    }
     {
         size_t cap = cap_lift(h);
         took = recv_push(t->co, buf, len, t->recv_max);
@@ -1156,6 +1503,10 @@ void handler_on_drain(struct handler *h, conn *c) {
     if (hc == NULL || (t = hc->writer) == NULL)
         return;
     hc->writer = NULL;
+    if (t->pipe) {
+        pipe_go(t);
+        return;
+    }
     cap = cap_lift(h);
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->send_ref);
     s = lua_tolstring(t->co, -1, &len);

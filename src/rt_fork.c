@@ -682,7 +682,8 @@ static void f_deliver(struct lconn *u, struct lsub *s, const char *ch,
 
 static const struct lconn_ops fork_ops = {
     f_recv, f_send, f_sleep, f_close, f_shutdown, f_reset,
-    f_timer_arm, f_timer_disarm, f_spawn, f_deliver
+    f_timer_arm, f_timer_disarm, f_spawn, f_deliver,
+    NULL                        /* pipe: M.pipe of echohost.conn */
 };
 
 /* --- upstream sockets ----------------------------------------------------- */
@@ -736,7 +737,7 @@ static void up_reset(struct lconn *u) {
 /* lconn raises for timers and spawn on an upstream before these. */
 static const struct lconn_ops up_ops = {
     up_recv, up_send, f_sleep, up_close, up_shutdown, up_reset,
-    NULL, NULL, NULL, NULL
+    NULL, NULL, NULL, NULL, NULL
 };
 
 /* The connect failed with up->err at up->addr (as echohost.socket's). */

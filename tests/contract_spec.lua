@@ -928,6 +928,105 @@ end }
       { c = "a", ending = "closed", rest = "" },
     } },
 
+  -- conn:pipe (the event runtime moves the bytes in C; M.pipe of
+  -- lua/echohost/conn.lua is the definition the others run)
+
+  { name = "conn:pipe moves bytes both ways through an upstream, passes the half-close on "
+      .. "and returns the bytes moved",
+    upstreams = { up = "return function(conn, data) return data:upper() end\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  conn:spawn(function() rec(conn, "up->conn", up:pipe(conn)) end)
+  rec(conn, "conn->up", conn:pipe(up))
+end }
+]],
+    steps = {
+      { c = "a", send = "abc", expect = "ABC" },
+      { c = "a", send = "defg", expect = "DEFG" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "conn->up 7", "up->conn 7" } } },
+
+  { name = "conn:pipe passes an upstream's reset on as a reset and returns nil, 'closed', 104",
+    upstreams = { up = "return { handle = function(conn) conn:recv(); conn:reset() end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  assert(up:send(conn:recv()))
+  rec(conn, "up->conn", up:pipe(conn))
+end }
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", ending = "reset", rest = "" },
+    },
+    records = { a = { "up->conn nil closed 104 0" } } },
+
+  { name = "conn:pipe(conn) echoes, bytes a receive read past its frame first, then the half-close",
+    handler = [[
+return { handle = function(conn)
+  local line = conn:receive("*l")
+  conn:send(line:upper() .. "\n")
+  rec(conn, "pipe", conn:pipe(conn))
+end }
+]],
+    steps = {
+      { c = "a", send = "hi\nthere", expect = "HI\nthere" },
+      { c = "a", send = "more", expect = "more" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "pipe 9" } } },
+
+  { name = "conn:pipe times out as recv does: the end is passed on, nil, 'timeout', 110",
+    upstreams = { up = "return function(conn, data) return data end\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  conn:settimeout(0.2)
+  rec(conn, "conn->up", conn:pipe(up))
+  rec(conn, "up", up:recv())
+  conn:send("after\n")
+end }
+]],
+    steps = {
+      { c = "a", wait = 0.5 },
+      { c = "a", ending = "closed", rest = "after\n" },
+    },
+    records = { a = { "conn->up nil timeout 110 0", "up nil closed 0" } } },
+
+  { name = "conn:pipe's misuse: not a conn raises; outside a coroutine it would wait",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    if data == "type" then
+      local ok, err = pcall(function() return conn:pipe(42) end)
+      return tostring(err):match("bad argument.*") .. "\n"
+    end
+    conn:pipe(conn)
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", send = "type",
+        expect = "bad argument #1 to 'pipe' (echohost.conn expected, got number)\n" },
+      { c = "a", send = "wait" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "error" },
+    log = "error",
+    log_has = { "conn:recv would wait: only a coroutine of the connection "
+      .. "(handle, conn:spawn) can wait for data" } },
+
   { name = "a refused connect gives nil, 'connect ADDR: Connection refused', 111",
     handler = [[
 local socket = require "echohost.socket"

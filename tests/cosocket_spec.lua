@@ -79,18 +79,22 @@ for _, model in ipairs({ "event", "fork" }) do
   describe("scripts/proxy.lua under --model " .. model, function()
     after_each(util.cleanup)
 
-    it("carries 16 MiB both ways at once, byte for byte, then the half-close", function()
-      local proxy = start_pair(model)
-      local c = (util.connect(proxy.port))
-      local ok, got, ended = stream(c, 16 * 1024 * 1024, { half_close = true })
-      assert.same({ true, 16 * 1024 * 1024 }, { ok, got })
-      -- the client's FIN went upstream; the echo's FIN came back through
-      if ended ~= "closed" then        -- LuaSocket: nil, "closed", "" at EOF
-        c:settimeout(5)
-        local data, err, partial = c:receive("*a")
-        assert.same({ "", "closed" }, { data or partial, err or "closed" })
-      end
-    end)
+    -- conn:pipe (C under the event loop), and the same copy in a Lua loop
+    for _, copy in ipairs({ "pipe", "lua" }) do
+      it("carries 16 MiB both ways at once, byte for byte, then the half-close (copy="
+        .. copy .. ")", function()
+        local proxy = start_pair(model, { "--set", "copy=" .. copy })
+        local c = (util.connect(proxy.port))
+        local ok, got, ended = stream(c, 16 * 1024 * 1024, { half_close = true })
+        assert.same({ true, 16 * 1024 * 1024 }, { ok, got })
+        -- the client's FIN went upstream; the echo's FIN came back through
+        if ended ~= "closed" then        -- LuaSocket: nil, "closed", "" at EOF
+          c:settimeout(5)
+          local data, err, partial = c:receive("*a")
+          assert.same({ "", "closed" }, { data or partial, err or "closed" })
+        end
+      end)
+    end
 
     it("keeps the client's connection open for reading after the client's half-close", function()
       local proxy = start_pair(model)

@@ -542,6 +542,43 @@ function Conn:spawn(fn, ...)
   return true
 end
 
+-- conn:pipe(to): the definition of every interpreter's pipe (the event
+-- runtime moves the bytes in C, with the same results and the same ends):
+-- what from receives is sent to to until from ends; its end is passed on
+-- (a reset as to:reset(), any other as to:shutdown("send")), and a send
+-- that fails resets from. Returns the bytes moved after an EOF (or after
+-- from was closed), else nil, message, code and the bytes moved.
+function M.pipe(from, to)
+  local moved = 0
+  while true do
+    local data, err, code = from:recv()
+    if not data then
+      if code == 104 then
+        to:reset()
+      else
+        to:shutdown("send")
+      end
+      if err == "closed" and code == 0 then
+        return moved
+      end
+      return nil, err, code, moved
+    end
+    local ok, serr, scode = to:send(data)
+    if not ok then
+      from:reset()
+      return nil, serr, scode, moved
+    end
+    moved = moved + #data
+  end
+end
+
+function Conn:pipe(to)
+  if getmetatable(to) ~= conn_mt then
+    error(("bad argument #1 to 'pipe' (echohost.conn expected, got %s)"):format(type(to)), 2)
+  end
+  return M.pipe(self, to)
+end
+
 function conn_mt.__index(self, k)
   local c = core_of(self)
   if Conn[k] then
