@@ -229,10 +229,12 @@ end
 -- run (pinned with the client: both proxies pay for it alike).
 local backend = {}
 
-local function proxy_lua()
-  return ECHOHOST .. " --workers 1 --listen 127.0.0.1:0 --max-conns 20000 --idle-timeout 0 "
-    .. "--drain-timeout 1 --handler " .. ROOT .. "/scripts/proxy.lua --set upstream=127.0.0.1:"
-    .. backend.port
+local function proxy_lua(copy)
+  return function()
+    return ECHOHOST .. " --workers 1 --listen 127.0.0.1:0 --max-conns 20000 --idle-timeout 0 "
+      .. "--drain-timeout 1 --handler " .. ROOT .. "/scripts/proxy.lua --set upstream=127.0.0.1:"
+      .. backend.port .. (copy and " --set copy=" .. copy or "")
+  end
 end
 
 -- name: key; title: table row; cmd(port, cfg): command line (port given only
@@ -283,8 +285,12 @@ local SERVERS = {
       return string.format("BENCH_PORT=%d BENCH_DIR=%s BENCH_MSG_SIZE=%d",
         port, sh_quote(SCRIPTS), cfg.size)
     end },
-  { name = "proxy_lua", title = "echohost scripts/proxy.lua → C echo", cmd = proxy_lua,
+  { name = "proxy_lua", title = "echohost scripts/proxy.lua → C echo", cmd = proxy_lua(),
     echohost = true, proxy = true, configs = { rr50 = true, stream = true } },
+  -- the same proxy copying in a Lua loop: what Lua costs per message there
+  { name = "proxy_loop", title = "echohost scripts/proxy.lua copy=lua → C echo",
+    cmd = proxy_lua("lua"), echohost = true, proxy = true,
+    configs = { rr50 = true, stream = true } },
   { name = "haproxy_tcp", title = "HAProxy TCP proxy → C echo", fixed_port = true,
     tool = "haproxy", proxy = true, configs = { rr50 = true, stream = true },
     cmd = function() return "haproxy -db -f " .. SCRIPTS .. "/haproxy_tcp.cfg" end,
@@ -955,7 +961,7 @@ write_file(OUT .. "/results.json", json_encode({
   interference = interference(), fork_probe = results.fork,
 }) .. "\n")
 local drew = chart(servers, m)
-if not opts.quick then
+if not opts.quick and not opts.only then     -- only a full run is the record
   os.execute(string.format("cp %s %s", sh_quote(OUT .. "/results.md"), sh_quote(RESULTS)))
   if drew then
     os.execute(string.format("cp %s %s", sh_quote(OUT .. "/chart.png"), sh_quote(RESULTS)))
