@@ -968,6 +968,24 @@ end }
     },
     records = { a = { "up->conn nil closed 104 0" } } },
 
+  { name = "conn:pipe resets its source when a send fails: an upstream that went away",
+    upstreams = { up = "return { handle = function(conn) conn:recv(); conn:reset() end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  rec(conn, "conn->up", conn:pipe(up))
+end }
+]],
+    steps = {
+      { c = "a", send = "x" },
+      { c = "a", wait = 0.3 },
+      { c = "a", send = "y" },
+      { c = "a", ending = "reset", rest = "" },
+    },
+    records = { a = { "conn->up nil closed 104 1" } } },
+
   { name = "conn:pipe(conn) echoes, bytes a receive read past its frame first, then the half-close",
     handler = [[
 return { handle = function(conn)
