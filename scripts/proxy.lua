@@ -51,7 +51,9 @@ return {
   handle = function(conn)
     local up, err = socket.connect(host, port, connect_timeout)
     if not up then
-      log.warn("%s: upstream %s: %s", conn.peer, target, err)
+      if err ~= "closed" then   -- "closed": the client went away meanwhile
+        log.warn("%s: upstream %s: %s", conn.peer, target, err)
+      end
       return
     end
     conn:spawn(copy, up, conn)

@@ -96,6 +96,18 @@ for _, model in ipairs({ "event", "fork" }) do
       end)
     end
 
+    it("closes a client whose upstream refuses, and logs why at warn", function()
+      local proxy = util.start({ "--workers", "1", "--model", model, "--handler", PROXY,
+                                 "--set", "upstream=127.0.0.1:1" })
+      local c = (util.connect(proxy.port))
+      c:settimeout(5)
+      local data, _, partial = c:receive("*a")  -- closed with nothing sent
+      assert.equal("", data or partial)
+      assert.truthy(proxy.server:wait_log("warn: handler scripts/proxy%.lua:%d+: conn %d+: "
+        .. "127%.0%.0%.1:%d+: upstream 127%.0%.0%.1:1: connect 127%.0%.0%.1:1: "
+        .. "Connection refused", 5), proxy.log_text())
+    end)
+
     it("keeps the client's connection open for reading after the client's half-close", function()
       local proxy = start_pair(model)
       local c = (util.connect(proxy.port))
