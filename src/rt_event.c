@@ -899,7 +899,8 @@ struct tpipe {
     int side;                   /* where it is parked */
     char *buf;                  /* read from from, not yet sent to to */
     size_t off, len, cap;
-    lua_Integer moved;          /* bytes to has taken */
+    size_t chunk;               /* the chunk being sent: counted once out */
+    lua_Integer moved;          /* bytes of the chunks to has taken */
 };
 
 static char pipe_raise_mark;    /* resumed with it and a message: raise */
@@ -1001,12 +1002,14 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
 
     if (pipe_done(to) || to->wshut)
         return pipe_end(t, PIPE_WRITE, "closed", to->wshut ? 0 : to->end_code);
+    if (!(p->buf && s >= p->buf && s < p->buf + p->cap))
+        p->chunk = n;           /* a new one, not the rest of a kept one */
     p->len = p->off = 0;
     if (up == NULL) {
         if (hc->gone || conn_can_send(hc->c) || conn_closing(hc->c)) {
             if (conn_closing(hc->c) || conn_send(hc->c, s, n) < 0)
                 return pipe_end(t, PIPE_WRITE, "closed", hc->u->end_code);
-            p->moved += (lua_Integer)n;
+            p->moved += (lua_Integer)p->chunk;
             return P_NEXT;
         }
         if (hc->writer)
@@ -1019,9 +1022,10 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
         return P_PARKED;
     }
     r = up_write(up->fd, s, n, &off);
-    p->moved += (lua_Integer)off;
-    if (r > 0)
+    if (r > 0) {
+        p->moved += (lua_Integer)p->chunk;
         return P_NEXT;
+    }
     if (r < 0)
         return pipe_end(t, PIPE_WRITE, "closed",
                         errno == EPIPE ? ECONNRESET : errno);
@@ -1189,6 +1193,7 @@ static int ev_pipe(lua_State *L, struct lconn *from, struct lconn *to) {
             pipe_free(t);
             return luaL_error(L, "not enough memory");
         }
+        t->pipe->chunk = t->pipe->len;
         from->roff = from->rlen;
     }
     r = pipe_run(t);
