@@ -971,9 +971,14 @@ static int pipe_busy(struct task *t, const char *obj) {
     return P_RAISE;
 }
 
+/* Whether s lies in p->buf: the rest of a kept chunk. */
+static int pipe_owns(const struct tpipe *p, const char *s) {
+    return p->buf && s >= p->buf && s < p->buf + p->cap;
+}
+
 /* Keeps s[0..n) (it may lie in p->buf) to be sent once to can take it. */
 static int pipe_keep(struct tpipe *p, const char *s, size_t n) {
-    if (p->buf && s >= p->buf && s < p->buf + p->cap) {
+    if (pipe_owns(p, s)) {
         memmove(p->buf, s, n);
     } else {
         if (n > p->cap) {
@@ -1002,7 +1007,7 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
 
     if (pipe_done(to) || to->wshut)
         return pipe_end(t, PIPE_WRITE, "closed", to->wshut ? 0 : to->end_code);
-    if (!(p->buf && s >= p->buf && s < p->buf + p->cap))
+    if (!pipe_owns(p, s))
         p->chunk = n;           /* a new one, not the rest of a kept one */
     p->len = p->off = 0;
     if (up == NULL) {
