@@ -147,6 +147,27 @@ describe("echohost.tcp_srv", function()
     good:close()
   end)
 
+  it("conn:pipe(conn) echoes until the client's EOF, then passes it on", function()
+    local srv, port = listener()
+    local c = connect(port)
+    assert(c:send("abc"))
+    assert(c:shutdown("send"))
+    local out = os.tmpname()
+    local handler = {handle = function(conn)
+      local f = assert(io.open(out, "w"))     -- the child's result, for the parent
+      f:write(table.concat({ tostring(conn:pipe(conn)), tostring(conn:send("late")) }, " "))
+      f:close()
+    end}
+    assert.is_true(tcp_srv.serve(srv, handler, {max_accepts = 1}))
+    assert.equal("abc", c:recv())
+    assert.same({nil, "closed", 0}, {c:recv()})
+    c:close()
+    local f = assert(io.open(out))
+    assert.equal("3 nil", f:read("a"))      -- the bytes moved; the conn was shut
+    f:close()
+    os.remove(out)
+  end)
+
   it("serves callbacks and passes on_close how each connection ended", function()
     local srv, port = listener()
     local log = os.tmpname()

@@ -13,7 +13,7 @@
 -- loaded by loader.load (a failure: nil, message). In the child, conn is
 -- echohost.conn (lua/echohost/conn.lua, the harness's too) over the client
 -- socket: recv, receive, receiveuntil (frames of at most opts.high_water
--- bytes, default 256 KiB), send, close ("flush, then close": a callback's
+-- bytes, default 256 KiB), send, pipe, close ("flush, then close": a callback's
 -- reply is still sent), shutdown("send"), reset (a plain close here:
 -- echohost.socket has no SO_LINGER, so the client sees a FIN, not an RST),
 -- sleep (a poll on a socket of its own), settimeout, conn.id (the child's
