@@ -209,7 +209,7 @@ int hstate_open(struct hstate *hs, const struct eh_config *cfg, char *err,
      * instructions per message). The incremental default lets garbage
      * reach the whole heap before it collects. */
     if (hs->L)
-        lua_gc(hs->L, LUA_GCGEN, getenv("EH_MINOR") ? atoi(getenv("EH_MINOR")) : 50, getenv("EH_MAJOR") ? atoi(getenv("EH_MAJOR")) : 0);
+        lua_gc(hs->L, LUA_GCGEN, 50, 0);
     if (hs->path == NULL || hs->L == NULL) {
         snprintf(err, errlen, "%s: cannot create a Lua state", cfg->handler);
         goto err;

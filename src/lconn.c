@@ -179,12 +179,16 @@ static const char conn_magic[] = LCONN_NAME;
  * message): a full userdata of a conn's size that starts with the address
  * of conn_magic, which only lconn_new writes. Light userdata and strings
  * fail the size test, other values have no block. */
-static struct lconn *checkconn(lua_State *L) {
-    struct lconn *u = lua_touserdata(L, 1);
+static struct lconn *checkconn_at(lua_State *L, int idx) {
+    struct lconn *u = lua_touserdata(L, idx);
 
-    if (u == NULL || lua_rawlen(L, 1) != sizeof *u || u->magic != conn_magic)
-        luaL_typeerror(L, 1, LCONN_NAME);
+    if (u == NULL || lua_rawlen(L, idx) != sizeof *u || u->magic != conn_magic)
+        luaL_typeerror(L, idx, LCONN_NAME);
     return u;
+}
+
+static struct lconn *checkconn(lua_State *L) {
+    return checkconn_at(L, 1);
 }
 
 static int done(const struct lconn *u) {
@@ -394,8 +398,7 @@ static int lconn_send(lua_State *L) {
     return u->ops->send(L, u, s, len);
 }
 
-void lconn_shutdown_send(lua_State *L, struct lconn *u) {
-    (void)L;
+void lconn_shutdown_send(struct lconn *u) {
     if (!done(u) && !u->wshut) {
         u->wshut = 1;
         u->ops->shutdown(u);
@@ -407,7 +410,7 @@ static int lconn_shutdown(lua_State *L) {
     static const char *const how[] = {"send", NULL};
 
     luaL_checkoption(L, 2, "send", how);
-    lconn_shutdown_send(L, u);
+    lconn_shutdown_send(u);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -484,11 +487,9 @@ static void push_lua_pipe(lua_State *L) {
 /* conn:pipe(to): the runtime's pipe where it has one for the pair, else
  * M.pipe, the definition. */
 static int lconn_pipe(lua_State *L) {
-    struct lconn *from = checkconn(L), *to = lua_touserdata(L, 2);
+    struct lconn *from = checkconn(L), *to = checkconn_at(L, 2);
     int n;
 
-    if (to == NULL || lua_rawlen(L, 2) != sizeof *to || to->magic != conn_magic)
-        luaL_typeerror(L, 2, LCONN_NAME);
     lua_settop(L, 2);
     if (!done(from) && !done(to) && !to->wshut && from->ops->pipe &&
         (n = from->ops->pipe(L, from, to)) >= 0)

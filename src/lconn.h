@@ -47,8 +47,8 @@ struct lconn_ops {
     /* from:pipe(to) moved in C (NULL: M.pipe of lua/echohost/conn.lua
      * runs, the definition): from and to are open, to not shut; the bytes
      * a receive read past a frame go first. Returns pipe's results as recv
-     * does, or
-     * -1 (nothing pushed) where it does not serve the pair: M.pipe runs. */
+     * does, or -1 (nothing pushed) where it does not serve the pair: then
+     * M.pipe runs. */
     int (*pipe)(lua_State *L, struct lconn *from, struct lconn *to);
 };
 
@@ -142,7 +142,7 @@ int lconn_fail(lua_State *L, const char *msg, int code);
 
 /* What conn:shutdown("send") and conn:reset() do, for a runtime ending
  * the other side of a pipe. */
-void lconn_shutdown_send(lua_State *L, struct lconn *u);
+void lconn_shutdown_send(struct lconn *u);
 void lconn_end_reset(lua_State *L, struct lconn *u);
 
 /* The close reason's errno for the results of recv and send. */

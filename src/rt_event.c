@@ -694,8 +694,14 @@ static void up_abandon(struct hup *up) {
     free(up);
 }
 
+/* An upstream's I/O error as recv and send report it: a write to a peer
+ * that went away is its reset. */
+static int up_errno(int e) {
+    return e == EPIPE ? ECONNRESET : e;
+}
+
 static int up_ioerr(lua_State *L, int e) {
-    return lconn_fail(L, "closed", e == EPIPE ? ECONNRESET : e);
+    return lconn_fail(L, "closed", up_errno(e));
 }
 
 /* The socket stays watched after a read (a proxy reads again at once: no
@@ -722,8 +728,7 @@ static void up_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
         if (n > 0)
             pipe_data(t, up_buf, (size_t)n);
         else
-            pipe_failed(t, "closed", n == 0 ? 0 :
-                        errno == EPIPE ? ECONNRESET : errno);
+            pipe_failed(t, "closed", n == 0 ? 0 : up_errno(errno));
         return;
     }
     cap = cap_lift(up->hc->h);
@@ -946,7 +951,7 @@ static int pipe_end(struct task *t, int side, const char *msg, int code) {
     else if (code == ECONNRESET)
         lconn_end_reset(co, to);
     else
-        lconn_shutdown_send(co, to);
+        lconn_shutdown_send(to);
     cap = cap_lift(t->hc->h);
     if (side == PIPE_READ && code == 0 && strcmp(msg, "closed") == 0) {
         lua_pushinteger(co, moved);
@@ -1032,8 +1037,7 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
         return P_NEXT;
     }
     if (r < 0)
-        return pipe_end(t, PIPE_WRITE, "closed",
-                        errno == EPIPE ? ECONNRESET : errno);
+        return pipe_end(t, PIPE_WRITE, "closed", up_errno(errno));
     if (up->writer)
         return pipe_busy(t, "upstream socket");
     if (pipe_keep(p, s + off, n - off) < 0)
@@ -1109,8 +1113,7 @@ static int pipe_run(struct task *t) {
         } else if (errno == EAGAIN || errno == EINTR) {
             up->drained = 1;
         } else {
-            return pipe_end(t, PIPE_READ, "closed",
-                            errno == EPIPE ? ECONNRESET : errno);
+            return pipe_end(t, PIPE_READ, "closed", up_errno(errno));
         }
     }
     return r;
