@@ -8,6 +8,12 @@ BUILD   ?= build
 
 LUA_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA_LIBS   := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+# The binaries take Lua in whole from liblua5.4.a (as Debian's lua5.4 does):
+# one library fewer mapped in every process the fork model starts, and every
+# lua_* and luaL_* a C module may call is there (-rdynamic exports them).
+LUA_STATIC := -Wl,--whole-archive $(shell pkg-config --variable=libdir lua5.4 \
+              2>/dev/null || echo /usr/lib/x86_64-linux-gnu)/liblua5.4.a \
+              -Wl,--no-whole-archive
 
 CWARNS  := -Wall -Wextra -Wshadow -Wundef -Wwrite-strings -Wstrict-prototypes \
            -Wmissing-prototypes -Wold-style-definition -Wformat=2 \
@@ -18,7 +24,7 @@ endif
 
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(CWARNS) $(CFLAGS) $(EXTRA_CFLAGS) \
              -Isrc -Iglue -I$(BUILD)/glue $(LUA_CFLAGS) -MMD -MP
-LDLIBS_ALL = $(LUA_LIBS) -ledit -lm -ldl
+LDLIBS_ALL = $(LUA_STATIC) -lm -ldl
 
 ifeq ($(V),1)
 Q :=
@@ -204,10 +210,11 @@ $(BUILD)/tests/proxy/test_proxy: tests/proxy/test_proxy.c tests/proxy/proxy_prop
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -Itests/proxy -o $@ $(filter %.c,$^) \
 	    $(EXTRA_LDFLAGS)
 
+# -z now: no lazy binding in the children of refecho -f (as in echohost's)
 $(BUILD)/refecho: tests/bench/refecho.c
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
-	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(EXTRA_LDFLAGS)
+	$(Q)$(CC) $(ALL_CFLAGS) -Wl,-z,now -o $@ $< $(EXTRA_LDFLAGS)
 
 -include $(OBJ:.o=.d) $(BUILD)/src/luamain.d
 

@@ -40,6 +40,7 @@ struct flisten {
 
 struct forksrv {
     const struct eh_config *cfg;
+    pid_t pid;                  /* the master's: a child checks its parent */
     struct hstate *hs;          /* the loaded handler, or NULL: C echo */
     struct watch *watch;        /* --watch */
     ev_loop *loop;
@@ -108,8 +109,8 @@ static int echo_blocking(const struct eh_config *cfg, int fd,
 /* In the child, on a ,proxy listener: reads the PROXY header from fd
  * (still non-blocking) within --proxy-timeout, then peer is the client it
  * names. 0, or -1 when the header is refused (logged). */
-static int child_proxy(const struct eh_config *cfg, int fd, char *peer,
-                       size_t len, const char *listener) {
+static int child_proxy(const struct eh_config *cfg, int fd,
+                       struct net_peer *peer, const char *listener) {
     static struct proxy_in in;
     double until = net_now() + cfg->proxy_timeout;
     const char *why = "none whole within --proxy-timeout";
@@ -126,23 +127,25 @@ static int child_proxy(const struct eh_config *cfg, int fd, char *peer,
     }
     if (rc == PROXY_DONE) {
         if (!h.local)
-            net_format_addr((const struct sockaddr *)&h.src, peer, len);
+            net_format_addr((const struct sockaddr *)&h.src, peer->name,
+                            sizeof peer->name);
         return 0;
     }
-    log_warn("%s: closing %s: PROXY header: %s", listener, peer, why);
+    log_warn("%s: closing %s: PROXY header: %s", listener,
+             net_peer_name(peer), why);
     return -1;
 }
 
 /* In the child: the connection with the handler, or the C echo. The exit
  * status. */
-static int child_serve(struct forksrv *fs, int fd, const char *peer,
+static int child_serve(struct forksrv *fs, int fd, struct net_peer *peer,
                        struct rtfork_tally *t) {
     int status;
 
     net_nonblock(NULL, fd, 0);
     if (fs->hs == NULL)
         return echo_blocking(fs->cfg, fd, t);
-    status = rtfork_serve(fs->hs, fd, peer, t);
+    status = rtfork_serve(fs->hs, fd, net_peer_name(peer), t);
     fflush(NULL);               /* what the handler wrote with io.write */
     return status;
 }
@@ -150,20 +153,21 @@ static int child_serve(struct forksrv *fs, int fd, const char *peer,
 /* In the child: no master state, default signals but ^C (the master's),
  * die with the master, blocking I/O. Never returns.
  * Every page the child writes is a copy-on-write fault (and on a VM a TLB
- * flush): it frees nothing it inherited and leaves by _exit, so no atexit
- * handler, destructor or stdio cleanup touches memory. */
-static void child_run(struct forksrv *fs, pid_t parent, int fd,
-                      const char *from, const struct flisten *fl) {
+ * flush), and every page of code it runs first a fault too: it frees
+ * nothing it inherited and leaves by _exit, so no atexit handler,
+ * destructor or stdio cleanup touches memory, and it names the peer and
+ * reads the clock only for what uses them. */
+static void child_run(struct forksrv *fs, int fd, struct net_peer *peer,
+                      const struct flisten *fl) {
     const struct eh_config *cfg = fs->cfg;
     const char *listener = fl->l.name;
-    char peer[NET_ADDR_LEN];
     struct rtfork_tally t = {0, 0, "closed"};
-    long long started = ev_now_ms();
+    long long started = cfg->access_log ? ev_now_ms() : 0;
     sigset_t none;
     int status;
 
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent)
+    if (getppid() != fs->pid)
         _exit(1);
     for (int i = 0; i < fs->nls; i++)
         close(fs->ls[i].l.fd);
@@ -175,9 +179,7 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     signal(SIGUSR2, SIG_IGN);           /* and upgrades */
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    snprintf(peer, sizeof peer, "%s", from);
-    if (fl->l.proxy &&
-        child_proxy(cfg, fd, peer, sizeof peer, listener) < 0) {
+    if (fl->l.proxy && child_proxy(cfg, fd, peer, listener) < 0) {
         t.reason = "proxy";
         status = 0;
         close(fd);
@@ -187,7 +189,7 @@ static void child_run(struct forksrv *fs, pid_t parent, int fd,
     if (cfg->access_log)
         log_conn(LOG_NOTICE, (unsigned long long)getpid(), "access: id=%d "
                  "peer=%s listener=%s in=%llu out=%llu ms=%lld reason=%s",
-                 (int)getpid(), peer, listener,
+                 (int)getpid(), net_peer_name(peer), listener,
                  (unsigned long long)t.bytes_in,
                  (unsigned long long)t.bytes_out, ev_now_ms() - started,
                  t.reason);
@@ -205,9 +207,11 @@ static int reject_log_due(struct forksrv *fs) {
     return 1;
 }
 
-static void serve(struct forksrv *fs, int fd, const char *peer,
+/* The master's work per connection is the bound of the fork model (it
+ * forks them one after the other): it names no peer it does not log. */
+static void serve(struct forksrv *fs, int fd, struct net_peer *peer,
                   const struct flisten *fl) {
-    pid_t parent = getpid(), pid;
+    pid_t pid;
 
     if (sup_count(&fs->sup) >= fs->cfg->max_conns)
         sup_reap(&fs->sup);     /* a child may have exited unnoticed yet */
@@ -215,34 +219,35 @@ static void serve(struct forksrv *fs, int fd, const char *peer,
         close(fd);
         if (reject_log_due(fs))
             log_warn("max-conns %d reached: refusing %s", fs->cfg->max_conns,
-                     peer);
+                     net_peer_name(peer));
         return;
     }
     pid = fork();
     if (pid == 0)
-        child_run(fs, parent, fd, peer, fl);
+        child_run(fs, fd, peer, fl);
     close(fd);
     if (pid < 0) {
         if (reject_log_due(fs))
-            log_warn("fork: %s: refusing %s", strerror(errno), peer);
+            log_warn("fork: %s: refusing %s", strerror(errno),
+                     net_peer_name(peer));
         return;
     }
     if (sup_add(&fs->sup, pid, 0) < 0)
         log_error("out of memory tracking child %d", (int)pid);
-    log_debug("child %d serves %s", (int)pid, peer);
+    log_debug("child %d serves %s", (int)pid, net_peer_name(peer));
 }
 
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     struct flisten *fl = ud;
     struct forksrv *fs = fl->fs;
-    char peer[NET_ADDR_LEN];
+    struct net_peer peer;
 
     (void)loop;
     (void)mask;
     for (int i = 0; i < ACCEPT_MAX && fl->l.fd >= 0; i++) {
-        int fd = net_accept(lfd, peer, sizeof peer);
+        int fd = net_accept_peer(lfd, &peer);
         if (fd >= 0) {
-            serve(fs, fd, peer, fl);
+            serve(fs, fd, &peer, fl);
             continue;
         }
         if (errno != EAGAIN && errno != ECONNABORTED && errno != EPROTO &&
@@ -372,6 +377,7 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
 
     memset(&fs, 0, sizeof fs);
     fs.cfg = cfg;
+    fs.pid = getpid();
     fs.hs = hs;
     for (int i = 0; i < n && i < EH_LISTEN_MAX; i++) {
         fs.ls[fs.nls].fs = &fs;

@@ -12,11 +12,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <editline/readline.h>
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "control.h"
+#include "edit.h"
 #include "lhost.h"
 #include "repl.h"
 
@@ -43,6 +43,7 @@ struct repl {
 struct repl_input {
     lua_State *L;               /* prompts and completion, or NULL */
     int tty;
+    const struct edit *ed;      /* line editing on the terminal, or NULL */
     int cancelled;              /* the last read was ended by Ctrl-C */
     char *history;              /* file, or NULL: not a terminal, or not
                                    writable (said once) */
@@ -389,7 +390,7 @@ static void repl_history_save(struct repl_input *in) {
 
     if (repl_history_create(in->history) < 0)
         repl_history_lost(in, errno);
-    else if ((err = write_history(in->history)) != 0)
+    else if ((err = in->ed->write_history(in->history)) != 0)
         repl_history_lost(in, err);
 }
 
@@ -440,11 +441,12 @@ static char *repl_match(const char *text, int state) {
 }
 
 static char **repl_complete(const char *text, int start, int end) {
+    const struct edit *ed = edit_get();     /* loaded: it calls us */
     lua_State *L = repl_completing ? repl_completing->L : NULL;
     int top;
     (void)start; (void)end;
 
-    rl_attempted_completion_over = 1;       /* never file names */
+    *ed->attempted_completion_over = 1;     /* never file names */
     if (L == NULL)
         return NULL;
     repl_matches_free();
@@ -454,8 +456,8 @@ static char **repl_complete(const char *text, int start, int end) {
     if (lua_pcall(L, 1, 0, 0) != LUA_OK)
         repl_matches_free();
     lua_settop(L, top);
-    rl_completion_append_character = '\0';  /* "glue." goes on */
-    return rl_completion_matches(text, repl_match);
+    *ed->completion_append_character = '\0';  /* "glue." goes on */
+    return ed->completion_matches(text, repl_match);
 }
 
 void repl_input_use_state(struct repl_input *in, lua_State *L) {
@@ -501,16 +503,18 @@ struct repl_input *repl_input_open(const char *history) {
     in->tty = isatty(STDIN_FILENO);
     if (!in->tty)
         return in;
+    if ((in->ed = edit_get()) == NULL)
+        return in;
     in->history = repl_history_path(history);
     repl_completing = in;
-    rl_attempted_completion_function = repl_complete;
-    rl_completer_word_break_characters = repl_word_breaks;
-    using_history();
-    stifle_history(REPL_HISTORY_MAX);
+    *in->ed->attempted_completion_function = repl_complete;
+    *in->ed->completer_word_break_characters = repl_word_breaks;
+    in->ed->using_history();
+    in->ed->stifle_history(REPL_HISTORY_MAX);
     if (in->history && repl_history_create(in->history) < 0)
         repl_history_lost(in, errno);       /* before the first prompt */
     if (in->history)
-        read_history(in->history);
+        in->ed->read_history(in->history);
     return in;
 }
 
@@ -542,6 +546,7 @@ static void repl_prompt_sigint(int sig) {
 char *repl_input_read(struct repl_input *in, int more) {
     struct sigaction sa, old;
     char prompt[256];
+    const char *p;
     char *line;
 
     in->cancelled = 0;
@@ -552,15 +557,22 @@ char *repl_input_read(struct repl_input *in, int more) {
     sa.sa_handler = repl_prompt_sigint;         /* no SA_RESTART */
     sigaction(SIGINT, &sa, &old);
     repl_prompt_intr = 0;
-    line = readline(repl_prompt(in, more, prompt, sizeof prompt));
+    p = repl_prompt(in, more, prompt, sizeof prompt);
+    if (in->ed) {
+        line = in->ed->readline(p);
+    } else {                    /* a terminal without libedit */
+        fputs(p, stdout);
+        fflush(stdout);
+        line = repl_getline();
+    }
     sigaction(SIGINT, &old, NULL);
     if (line == NULL && repl_prompt_intr) {
         putchar('\n');
         in->cancelled = 1;
         return strdup("");
     }
-    if (line && *line) {
-        add_history(line);
+    if (line && *line && in->ed) {
+        in->ed->add_history(line);
         if (in->history)
             repl_history_save(in);
     }

@@ -7,11 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <editline/readline.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 
+#include "edit.h"
 #include "lhost.h"
 #include "script.h"
 
@@ -282,16 +282,22 @@ static int script_handle(lua_State *L, char **argv) {
 
 /* ---- the REPL [lua.c doREPL] -------------------------------------------- */
 
+/* Line editing: on a terminal, when libedit loads. */
+static const struct edit *script_edit(void) {
+    return isatty(0) ? edit_get() : NULL;
+}
+
 /* Reads a line after the prompt; NULL at the end of input. A terminal gets
  * line editing and history (libedit); other input is echoed after the
  * prompt, as GNU readline does for lua5.4. Free the line with free(). */
 static char *script_readline(const char *prompt) {
+    const struct edit *ed = script_edit();
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
 
-    if (isatty(0))
-        return readline(prompt);
+    if (ed)
+        return ed->readline(prompt);
     fputs(prompt, stdout);
     fflush(stdout);
     if ((n = getline(&line, &cap, stdin)) < 0) {
@@ -360,8 +366,8 @@ static int script_addreturn(lua_State *L) {
 
     if (status == LUA_OK) {
         lua_remove(L, -2);                      /* "return ..." */
-        if (line[0] != '\0' && isatty(0))
-            add_history(line);
+        if (line[0] != '\0' && script_edit())
+            script_edit()->add_history(line);
     } else {
         lua_pop(L, 2);                          /* the error, "return ..." */
     }
@@ -375,8 +381,8 @@ static int script_multiline(lua_State *L) {
         const char *line = lua_tolstring(L, 1, &len);
         int status = luaL_loadbuffer(L, line, len, "=stdin");
         if (!script_incomplete(L, status) || !script_pushline(L, 0)) {
-            if (isatty(0))
-                add_history(line);
+            if (script_edit())
+                script_edit()->add_history(line);
             return status;
         }
         lua_pushliteral(L, "\n");
@@ -418,7 +424,8 @@ static void script_repl(lua_State *L) {
     int status;
 
     progname = NULL;            /* errors at the prompt have no prefix */
-    rl_readline_name = "lua";
+    if (script_edit())
+        *script_edit()->readline_name = "lua";
     while ((status = script_loadline(L)) != -1) {
         if (status == LUA_OK)
             status = script_docall(L, 0, LUA_MULTRET);

@@ -113,4 +113,24 @@ describe("echohost --model fork", function()
     assert.equal(0, srv:wait_exit(5))
     assert.is_nil(server.state(kid))
   end)
+
+  -- Each mapped library is areas a fork copies and an exit unmaps, per
+  -- connection here: Lua is linked in (liblua5.4.a), and the prompts' line
+  -- editing (libedit and what it pulls in) is loaded only by a prompt.
+  it("maps no library but libc and libm, in the master and a child", function()
+    local srv = server.start({ "--model", "fork" })
+    local c = srv:connect(3)
+    finally(function() c:close() end)
+    assert(c:send("x\n"))
+    assert.equal("x", c:receive("*l"))
+    for _, pid in ipairs({ srv.pid, srv:children()[1] }) do
+      local libs = {}
+      for line in io.lines("/proc/" .. pid .. "/maps") do
+        local lib = line:match("/([^/]+%.so[%.%d]*)$")
+        if lib then libs[lib:match("^[^.]+")] = true end
+      end
+      libs["ld-linux-x86-64"], libs.libasan, libs.libubsan = nil, nil, nil  -- asan-test
+      assert.same({ libc = true, libm = true }, libs)
+    end
+  end)
 end)

@@ -8,11 +8,15 @@
  * default), -w wait for epoll before the first read, -d TCP_DEFER_ACCEPT,
  * -1 one accept per wake-up, -c SO_INCOMING_CPU on the listener, -s USECS
  * busy-poll: epoll_wait with no timeout for that long before sleeping.
- * Usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS]
+ * -f is the floor of the other design, a process per connection: blocking
+ * accept, fork, the child echoes with blocking reads and writes and _exits,
+ * reaped after the next accept (so that its CPU time is counted); no epoll.
+ * Usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS] [-f]
  *                [HOST:PORT | udp://HOST:PORT]
  * (default 127.0.0.1:0). */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -23,6 +27,7 @@
 #include <sys/epoll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,7 +44,7 @@ struct ref_pending {
     char data[];
 };
 
-static int opt_et, opt_wait, opt_defer, opt_one, opt_cpu;
+static int opt_et, opt_wait, opt_defer, opt_one, opt_cpu, opt_fork;
 static long opt_spin;           /* -s USECS: epoll_wait(0) that long first */
 
 static struct ref_pending **ref_out;    /* indexed by fd */
@@ -216,6 +221,32 @@ static void ref_loop(int ep, int lfd) {
     }
 }
 
+/* -f: a child per connection. */
+static void ref_fork_loop(int lfd) {
+    int flags = fcntl(lfd, F_GETFL);
+
+    fcntl(lfd, F_SETFL, flags & ~O_NONBLOCK);
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return;
+        }
+        if (fork() == 0) {
+            ssize_t n;
+            close(lfd);
+            while ((n = read(fd, ref_buf, sizeof ref_buf)) > 0)
+                for (ssize_t off = 0, w; off < n; off += w)
+                    if ((w = write(fd, ref_buf + off, (size_t)(n - off))) <= 0)
+                        _exit(0);
+            _exit(0);
+        }
+        close(fd);
+    }
+}
+
 /* UDP: each batch straight back; what a full socket does not take is
  * dropped, as echohost does. */
 static void ref_udp_loop(int fd) {
@@ -250,6 +281,15 @@ static void ref_udp_loop(int fd) {
     }
 }
 
+/* The line the benchmark waits for. */
+static void ref_ready(const char *scheme, const struct sockaddr_in *sa) {
+    char host[INET_ADDRSTRLEN];
+
+    inet_ntop(AF_INET, &sa->sin_addr, host, sizeof host);
+    printf("refecho listening on %s%s:%d\n", scheme, host, ntohs(sa->sin_port));
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     struct epoll_event ev = {.events = EPOLLIN};
     struct sockaddr_in sa;
@@ -263,10 +303,11 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "-d") == 0) opt_defer = 1;
         else if (strcmp(argv[i], "-1") == 0) opt_one = 1;
         else if (strcmp(argv[i], "-c") == 0) opt_cpu = 1;
+        else if (strcmp(argv[i], "-f") == 0) opt_fork = 1;
         else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc)
             opt_spin = atol(argv[++i]);
         else if (argv[i][0] == '-') {
-            fprintf(stderr, "usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS] "
+            fprintf(stderr, "usage: refecho [-e|-l] [-w] [-d] [-1] [-c] [-s USECS] [-f] "
                     "[HOST:PORT | udp://HOST:PORT]\n");
             return 2;
         } else spec = argv[i];
@@ -274,7 +315,6 @@ int main(int argc, char **argv) {
     udp = strncmp(spec, "udp://", 6) == 0;
     lfd = ref_listen(spec + (udp ? 6 : 0), udp ? SOCK_DGRAM : SOCK_STREAM, &sa);
     long maxfd = sysconf(_SC_OPEN_MAX);
-    char host[INET_ADDRSTRLEN];
 
     if (lfd < 0) {
         fprintf(stderr, "refecho: cannot listen on %s: %s\n", spec,
@@ -283,9 +323,7 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     if (udp) {
-        inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host);
-        printf("refecho listening on udp://%s:%d\n", host, ntohs(sa.sin_port));
-        fflush(stdout);
+        ref_ready("udp://", &sa);
         ref_udp_loop(lfd);
         perror("refecho: recvmmsg");
         return 1;
@@ -296,6 +334,12 @@ int main(int argc, char **argv) {
         int cpu = sched_getcpu();
         setsockopt(lfd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, sizeof cpu);
     }
+    if (opt_fork) {
+        ref_ready("", &sa);
+        ref_fork_loop(lfd);
+        perror("refecho: accept");
+        return 1;
+    }
     ref_maxfd = (int)(maxfd > 0 ? maxfd : 1024);
     ref_out = calloc((size_t)ref_maxfd, sizeof *ref_out);
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -304,9 +348,7 @@ int main(int argc, char **argv) {
         perror("refecho");
         return 1;
     }
-    inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host);
-    printf("refecho listening on %s:%d\n", host, ntohs(sa.sin_port));
-    fflush(stdout);
+    ref_ready("", &sa);
     ref_loop(ep, lfd);
     perror("refecho: epoll_wait");
     return 1;
