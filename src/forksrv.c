@@ -142,9 +142,10 @@ static int child_serve(struct forksrv *fs, int fd, struct net_peer *peer,
                        struct rtfork_tally *t) {
     int status;
 
-    net_nonblock(NULL, fd, 0);
-    if (fs->hs == NULL)
+    if (fs->hs == NULL) {
+        net_nonblock(NULL, fd, 0);
         return echo_blocking(fs->cfg, fd, t);
+    }
     status = rtfork_serve(fs->hs, fd, net_peer_name(peer), t);
     fflush(NULL);               /* what the handler wrote with io.write */
     return status;

@@ -511,11 +511,11 @@ static int ev_send(lua_State *L, struct lconn *u, const char *s,
     struct hconn *hc = u->rt;
     struct task *t = task_of(L);
 
+    if (hc->writer)             /* these bytes would go before its */
+        lconn_busy(L, "conn:send", "write", "connection");
     if (t == NULL || t->hc != hc || hc->gone || conn_can_send(hc->c) ||
         conn_closing(hc->c))
         return send_push(L, hc, s, len);
-    if (hc->writer)
-        lconn_busy(L, "conn:send", "write", "connection");
     hc->writer = t;
     t->send_ref = luaL_ref(L, LUA_REGISTRYINDEX);   /* pops the data */
     task_park(t, HW_SEND, u->timeout);
@@ -829,17 +829,17 @@ static int up_send(lua_State *L, struct lconn *u, const char *s,
     struct hup *up = u->rt;
     struct task *t;
     size_t off = 0;
-    int r = up_write(up->fd, s, len, &off);
+    int r;
 
-    if (r > 0) {
+    if (up->writer)             /* these bytes would go into its */
+        lconn_busy(L, "conn:send", "write", "upstream socket");
+    if ((r = up_write(up->fd, s, len, &off)) > 0) {
         lua_pushinteger(L, (lua_Integer)len);
         return 1;
     }
     if (r < 0)
         return up_ioerr(L, errno);
     t = task_waiter(L, up->hc, "conn:send", "");
-    if (up->writer)
-        lconn_busy(L, "conn:send", "write", "upstream socket");
     if (ev_add(up->hc->h->loop, up->fd, EV_WRITABLE, up_write_proc, up) < 0)
         return up_ioerr(L, errno);
     up->writer = t;
@@ -1016,14 +1016,14 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
         p->chunk = n;           /* a new one, not the rest of a kept one */
     p->len = p->off = 0;
     if (up == NULL) {
+        if (hc->writer)
+            return pipe_busy(t, "connection");
         if (hc->gone || conn_can_send(hc->c) || conn_closing(hc->c)) {
             if (conn_closing(hc->c) || conn_send(hc->c, s, n) < 0)
                 return pipe_end(t, PIPE_WRITE, "closed", hc->u->end_code);
             p->moved += (lua_Integer)p->chunk;
             return P_NEXT;
         }
-        if (hc->writer)
-            return pipe_busy(t, "connection");
         if (pipe_keep(p, s, n) < 0)
             return pipe_end(t, PIPE_WRITE, "not enough memory", ENOMEM);
         hc->writer = t;
@@ -1031,6 +1031,8 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
         p->side = PIPE_WRITE;
         return P_PARKED;
     }
+    if (up->writer)
+        return pipe_busy(t, "upstream socket");
     r = up_write(up->fd, s, n, &off);
     if (r > 0) {
         p->moved += (lua_Integer)p->chunk;
@@ -1038,8 +1040,6 @@ static int pipe_send(struct task *t, const char *s, size_t n) {
     }
     if (r < 0)
         return pipe_end(t, PIPE_WRITE, "closed", up_errno(errno));
-    if (up->writer)
-        return pipe_busy(t, "upstream socket");
     if (pipe_keep(p, s + off, n - off) < 0)
         return pipe_end(t, PIPE_WRITE, "not enough memory", ENOMEM);
     if (ev_add(hc->h->loop, up->fd, EV_WRITABLE, up_write_proc, up) < 0)

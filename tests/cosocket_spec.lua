@@ -108,6 +108,73 @@ for _, model in ipairs({ "event", "fork" }) do
         .. "Connection refused", 5), proxy.log_text())
     end)
 
+    -- One writer at a time: while a coroutine waits to write an object, a
+    -- send to it raises (its bytes would land in the middle of that
+    -- coroutine's), and so does a pipe into it, in C under the event loop
+    -- and as M.pipe under the fork model. The bytes the pipe read are
+    -- dropped with the raise, as a send that raises drops its data.
+    local function busy_handler(dir, from, to, port)
+      local file = dir .. "/busy.lua"
+      util.write_file(file, ([[
+local socket = require "echohost.socket"
+local log = require "echohost.log"
+return { handle = function(conn)
+  local up = assert(socket.connect("127.0.0.1", %d))
+  local from, to = %s, %s
+  -- waits: the client, or the listener behind up, reads nothing (under the
+  -- event loop a conn's send is queued whole below the high-water mark, so
+  -- the second waits; the others wait in the first)
+  local big = string.rep("x", 8 * 1024 * 1024)
+  conn:spawn(function() to:send(big); to:send(big) end)
+  local ok, err = pcall(to.send, to, "y")
+  log.warn("send: " .. tostring(ok) .. " " .. tostring(err))
+  if from == up then assert(up:send("ping")) end
+  ok, err = pcall(from.pipe, from, to)
+  log.warn("pipe: " .. tostring(ok) .. " " .. tostring(err))
+  if to == up then up:reset() end
+end }
+]]):format(port, from, to))
+      return file
+    end
+
+    local function busy_logged(srv, obj)
+      for _, op in ipairs({ "send", "pipe" }) do
+        assert.truthy(srv.server:wait_log(op .. ": false [^\n]*conn:send: another "
+          .. "coroutine is waiting to write this " .. obj, 10), srv.log_text())
+      end
+    end
+
+    it("raises from a send or a pipe into a connection another coroutine waits to write",
+      function()
+      local echo = util.start({ "--workers", "1" })
+      local dir = util.tmpdir()
+      local srv = util.start({ "--workers", "1", "--model", model,
+                               "--handler", busy_handler(dir, "up", "conn", echo.port) })
+      local c = (util.connect(srv.port))
+      busy_logged(srv, "connection")
+      -- the waiting send completes once the client reads; nothing else came
+      c:settimeout(10)
+      local data, err, partial = c:receive("*a")
+      data = data or partial
+      assert.same({ 16 * 1024 * 1024, true, nil }, { #data, not data:find("[^x]"), err })
+      util.rmdir(dir)
+    end)
+
+    it("raises from a send or a pipe into an upstream another coroutine waits to write",
+      function()
+      local silent = assert(socket.bind("127.0.0.1", 0))   -- never accepts
+      local _, port = silent:getsockname()
+      local dir = util.tmpdir()
+      local srv = util.start({ "--workers", "1", "--model", model,
+                               "--handler", busy_handler(dir, "conn", "up", port) })
+      local c = (util.connect(srv.port))
+      assert(c:send("client bytes"))
+      busy_logged(srv, "upstream socket")
+      c:close()
+      silent:close()
+      util.rmdir(dir)
+    end)
+
     it("keeps the client's connection open for reading after the client's half-close", function()
       local proxy = start_pair(model)
       local c = (util.connect(proxy.port))
