@@ -146,7 +146,7 @@ static int child_serve(struct forksrv *fs, int fd, struct net_peer *peer,
         net_nonblock(NULL, fd, 0);
         return echo_blocking(fs->cfg, fd, t);
     }
-    status = rtfork_serve(fs->hs, fd, net_peer_name(peer), t);
+    status = rtfork_serve(fs->hs, fd, peer, t);
     fflush(NULL);               /* what the handler wrote with io.write */
     return status;
 }

@@ -1095,11 +1095,10 @@ static lua_Integer frt_conn_id(lua_State *L) {
     return child.u ? child.u->id : 0;
 }
 
-int rtfork_serve(struct hstate *hs, int fd, const char *peer,
+int rtfork_serve(struct hstate *hs, int fd, const struct net_peer *peer,
                  struct rtfork_tally *t) {
     struct frt *f = &child;
     const struct hrefs *r = &hs->cur;
-    struct net_peer np;
     struct sigaction sa;
     sigset_t term;
 
@@ -1119,8 +1118,7 @@ int rtfork_serve(struct hstate *hs, int fd, const char *peer,
     lhost_set_mem_limit(f->L, 0);
     lconn_set_runtime(f->L, f_connect, f);
     llog_set_conn(frt_conn_id);
-    net_peer_set_name(&np, peer);
-    f->u = lconn_new(f->L, &fork_ops, f, (lua_Integer)getpid(), &np,
+    f->u = lconn_new(f->L, &fork_ops, f, (lua_Integer)getpid(), peer,
                      hs->cfg->high_water);
     f->conn_ref = luaL_ref(f->L, LUA_REGISTRYINDEX);
     lhost_set_mem_limit(f->L, f->mem);

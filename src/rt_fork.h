@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 struct hstate;
+struct net_peer;
 
 /* What a child's connection did, for --access-log. */
 struct rtfork_tally {
@@ -16,8 +17,9 @@ struct rtfork_tally {
  * before the fork, until the connection ends and its coroutines returned
  * (one ppoll loop over what they wait for; the upstreams it opens close
  * with it). SIGTERM (the drain deadline) ends it with on_close "shutdown".
- * Fills t; returns the exit status: 0, or 1 after a handler error. */
-int rtfork_serve(struct hstate *hs, int fd, const char *peer,
+ * peer is named only if the handler asks (conn.peer). Fills t; returns
+ * the exit status: 0, or 1 after a handler error. */
+int rtfork_serve(struct hstate *hs, int fd, const struct net_peer *peer,
                  struct rtfork_tally *t);
 
 #endif
