@@ -603,6 +603,23 @@ local function ratio_ci(sname, cname, field)
   return m, lo, hi
 end
 
+-- sname against base run by run: in each round, sname's run over base's
+-- (a few seconds apart, so what drifts falls alike on both); the median
+-- with its 90 % interval.
+local function paired_ci(sname, base, cname, field)
+  local xs = {}
+  for _, seq in pairs(results.seq[cname] or {}) do
+    local v, b
+    for _, step in ipairs(seq) do
+      if step.server == sname then v = step.run[field] end
+      if step.server == base then b = step.run[field] end
+    end
+    if v and b and b > 0 then xs[#xs + 1] = v / b end
+  end
+  if #xs == 0 then return nil end
+  return median(xs), median_ci(xs)
+end
+
 -- How much of a CPU other processes (and the hypervisor) took during the
 -- measured windows: the noise of this run.
 local function interference()
@@ -672,13 +689,8 @@ local function target_value(t)
   local cfg
   for _, c in ipairs(CONFIGS) do if c.name == cname then cfg = c end end
   if kind == "cpu" then return ratio_ci(sname, cname, "server_cpu_us_per_msg") end
-  if kind == "peer" then
-    local v, base = med(sname, cname, metric_of(cfg)), med(t.base, cname, metric_of(cfg))
-    return v and base and v / base or nil
-  end
-  if kind == "rel" then         -- both as ratios to the refecho runs beside them
-    local v, base = ratio(sname, cname, metric_of(cfg)), ratio(t.base, cname, metric_of(cfg))
-    return v and base and v / base or nil
+  if kind == "peer" or kind == "rel" then
+    return paired_ci(sname, t.base, cname, metric_of(cfg))
   end
   return ratio_ci(sname, cname, metric_of(cfg))
 end
