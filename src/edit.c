@@ -6,9 +6,7 @@
 
 #include "edit.h"
 
-#ifndef EDIT_LIB
 #define EDIT_LIB "libedit.so.2"         /* what libedit-dev links */
-#endif
 
 static struct edit edit;
 static int edit_state;                  /* 0 not tried, 1 loaded, -1 failed */

@@ -365,9 +365,10 @@ static int script_addreturn(lua_State *L) {
     int status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
 
     if (status == LUA_OK) {
+        const struct edit *ed = script_edit();
         lua_remove(L, -2);                      /* "return ..." */
-        if (line[0] != '\0' && script_edit())
-            script_edit()->add_history(line);
+        if (line[0] != '\0' && ed)
+            ed->add_history(line);
     } else {
         lua_pop(L, 2);                          /* the error, "return ..." */
     }
@@ -381,8 +382,9 @@ static int script_multiline(lua_State *L) {
         const char *line = lua_tolstring(L, 1, &len);
         int status = luaL_loadbuffer(L, line, len, "=stdin");
         if (!script_incomplete(L, status) || !script_pushline(L, 0)) {
-            if (script_edit())
-                script_edit()->add_history(line);
+            const struct edit *ed = script_edit();
+            if (ed)
+                ed->add_history(line);
             return status;
         }
         lua_pushliteral(L, "\n");
@@ -421,11 +423,12 @@ static void script_print(lua_State *L) {
 
 static void script_repl(lua_State *L) {
     const char *name = progname;
+    const struct edit *ed = script_edit();
     int status;
 
     progname = NULL;            /* errors at the prompt have no prefix */
-    if (script_edit())
-        *script_edit()->readline_name = "lua";
+    if (ed)
+        *ed->readline_name = "lua";
     while ((status = script_loadline(L)) != -1) {
         if (status == LUA_OK)
             status = script_docall(L, 0, LUA_MULTRET);
