@@ -106,6 +106,18 @@ static void fault(struct hconn *hc, lua_State *L, int status) {
     conn_close(hc->c);
 }
 
+/* Replaces the reply at the top of L with the message fmt (%s: the
+ * reply's type) and faults the connection: -1. */
+static int reply_fault(struct hconn *hc, lua_State *L, const char *fmt) {
+    size_t cap = cap_lift(hc->h);
+
+    lua_pushfstring(L, fmt, luaL_typename(L, -1));
+    cap_restore(hc->h, cap);
+    lua_remove(L, -2);
+    fault(hc, L, LUA_ERRRUN);
+    return -1;
+}
+
 /* Sends the reply at the top of L (a string or nil) and pops it. */
 static int send_reply(struct hconn *hc, lua_State *L) {
     size_t len;
@@ -113,16 +125,14 @@ static int send_reply(struct hconn *hc, lua_State *L) {
 
     if (lua_type(L, -1) == LUA_TSTRING) {
         s = lua_tolstring(L, -1, &len);
+        if (len && hc->writer)  /* it would go before that send's bytes */
+            return reply_fault(hc, L, "conn:send: another coroutine is "
+                               "waiting to write this connection");
         if (len)
             conn_send(hc->c, s, len);
     } else if (!lua_isnil(L, -1)) {
-        size_t cap = cap_lift(hc->h);
-        lua_pushfstring(L, "handler returned a %s (expected a string or nil)",
-                        luaL_typename(L, -1));
-        cap_restore(hc->h, cap);
-        lua_remove(L, -2);
-        fault(hc, L, LUA_ERRRUN);
-        return -1;
+        return reply_fault(hc, L, "handler returned a %s (expected a string "
+                           "or nil)");
     }
     lua_pop(L, 1);
     return 0;

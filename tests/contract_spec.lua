@@ -124,6 +124,7 @@ end
 ]]
 
 local BIG = string.rep("abcdefghijklmnop", 4096)   -- 64 KiB, replied upper-cased
+local X16 = string.rep("x", 16 * 1024 * 1024)     -- two sends of 8 MiB
 
 -- Steps of a connection b that round-trips twice around a fault of a (the
 -- fault's steps in between), then ends by EOF: "other connections unaffected".
@@ -1044,6 +1045,107 @@ return {
     log = "error",
     log_has = { "conn:recv would wait: only a coroutine of the connection "
       .. "(handle, conn:spawn) can wait for data" } },
+
+  -- Output backpressure and one writer at a time. The client reads only in
+  -- the steps that read (pause: the harness's h:pause); 8 MiB is more than
+  -- the kernel's loopback buffers take, so a coroutine's send waits in every
+  -- interpreter (under the event loop the first is queued whole below
+  -- --high-water and the second waits; under --model fork and to an
+  -- upstream the first waits).
+
+  { name = "while a coroutine waits to write the connection, a send and a pipe into it raise; "
+      .. "its send returns once the client reads",
+    handler = [[
+return { handle = function(conn)
+  assert(conn:receive("*l"))            -- "go"; "z" stays buffered for the pipe
+  local big = string.rep("x", 8 * 1024 * 1024)
+  conn:spawn(function() rec(conn, "sent", conn:send(big), conn:send(big)) end)
+  local ok, err = pcall(conn.send, conn, "y")
+  rec(conn, "send", ok, tostring(err):match("conn:send: .*"))
+  ok, err = pcall(conn.pipe, conn, conn)
+  rec(conn, "pipe", ok, tostring(err):match("conn:send: .*"))
+end }
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "go\nz" },
+      { c = "a", expect = X16 },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = {
+      "send false conn:send: another coroutine is waiting to write this connection",
+      "pipe false conn:send: another coroutine is waiting to write this connection",
+      "sent 8388608 8388608" } } },
+
+  { name = "while a coroutine waits to write an upstream socket, a send and a pipe into it "
+      .. "raise; its reset ends the wait with nil, 'closed'",
+    upstreams = { up = "return { handle = function(conn) conn:sleep(30) end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  assert(conn:receive("*l"))
+  local up = assert(socket.connect(host, tonumber(port)))
+  local big = string.rep("x", 8 * 1024 * 1024)
+  conn:spawn(function() rec(conn, "sent", up:send(big)) end)
+  local ok, err = pcall(up.send, up, "y")
+  rec(conn, "send", ok, tostring(err):match("conn:send: .*"))
+  ok, err = pcall(conn.pipe, conn, up)
+  rec(conn, "pipe", ok, tostring(err):match("conn:send: .*"))
+  up:reset()
+  conn:send("done\n")
+end }
+]],
+    steps = {
+      { c = "a", send = "go\nz", expect = "done\n" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = {
+      "send false conn:send: another coroutine is waiting to write this upstream socket",
+      "pipe false conn:send: another coroutine is waiting to write this upstream socket",
+      "sent nil closed 0" } } },
+
+  { name = "a callback's reply while a coroutine waits to write the connection is a fault",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    local big = string.rep("x", 8 * 1024 * 1024)
+    conn:spawn(function() conn:send(big); conn:send(big) end)
+    return "REPLY"
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "go" },
+      { c = "a", ending = "closed", rest = "x*", any = "x" },
+    },
+    reasons = { a = "error" },
+    log = "error",
+    log_has = { "conn:send: another coroutine is waiting to write this connection" } },
+
+  { name = "a send that waits past its settimeout gives nil, 'timeout', 110",
+    handler = [[
+return { handle = function(conn)
+  assert(conn:recv())
+  conn:settimeout(0.2)
+  local big = string.rep("x", 8 * 1024 * 1024)
+  for _ = 1, 4 do
+    local n, err, code = conn:send(big)
+    if not n then
+      rec(conn, "send", n, err, code)
+      break
+    end
+  end
+end }
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "go", wait = 0.5 },
+      { c = "a", ending = "closed", rest = "x*", any = "x" },
+    },
+    records = { a = { "send nil timeout 110" } } },
 
   { name = "a refused connect gives nil, 'connect ADDR: Connection refused', 111",
     handler = [[

@@ -1419,6 +1419,179 @@ end
   end)
 end)
 
+describe("harness output backpressure (a client that pauses)", function()
+  local MiB = 1024 * 1024
+  local HW = harness.HIGH_WATER
+
+  -- handle spawns a writer of n chunks of size bytes that records each
+  -- result in conn.state.log, after the client's first message.
+  local function writer(n, size, timeout)
+    return { handle = function(conn)
+      local log = {}
+      conn.state.log = log
+      conn:recv()
+      conn:settimeout(timeout)
+      conn:spawn(function()
+        for _ = 1, n do
+          local r = table.pack(conn:send(("x"):rep(size)))
+          log[#log + 1] = table.concat({ tostring(r[1]), tostring(r[2]), tostring(r[3]) }, " ")
+          if not r[1] then
+            return
+          end
+        end
+      end)
+      conn:sleep(0)
+    end }
+  end
+
+  it("queues a send whole below high water, makes the next wait, and reads on h:read",
+    function()
+      local h = harness.open(writer(3, MiB), { paused = true })
+      local log = h.conn.state.log
+      assert.equal("", h:input("go"))            -- a paused client reads nothing
+      assert.same({ MiB, { "1048576 nil nil" }, false }, { h:queued(), log, h:closed() })
+      -- the second waits until the client read down to low water (HW / 4)
+      assert.equal(MiB - HW // 4 - 1, #h:read(MiB - HW // 4 - 1))
+      assert.same({ HW // 4 + 1, 1 }, { h:queued(), #log })
+      assert.equal(1, #h:read(1))
+      assert.same({ HW // 4 + MiB, 2 }, { h:queued(), #log })
+      -- resume: the queue, then everything as it comes; the end after it
+      assert.equal(HW // 4 + 2 * MiB, #h:resume())
+      assert.same({ 0, 3, true, "closed" }, { h:queued(), #log, h:closed(), h:reason() })
+      assert.equal(3 * MiB, #h:sent())
+    end)
+
+  it("opens paused (opts.paused, also for h:connect): on_open's reply waits in the queue",
+    function()
+      local h = harness.open({ on_open = function() return "hello" end }, { paused = true })
+      local b = h:connect({ paused = true })
+      assert.same({ "", 5, 5 }, { h:sent(), h:queued(), b:queued() })
+      assert.same({ "hel", "lo", "" }, { h:read(3), h:read(), h:read() })
+      assert.same({ "hello", "" }, { b:resume(), b:read() })
+    end)
+
+  it("raises from another send while one waits, and faults a reply", function()
+    local h = harness.open({ handle = function(conn)
+      conn:recv()
+      conn:spawn(function() conn:send(("x"):rep(HW)); conn:send("y") end)
+      local ok, err = pcall(conn.send, conn, "z")
+      conn.state.send = { ok, err }
+      conn:after(1, function() conn.state.timer = { pcall(conn.send, conn, "t") } end)
+      conn:sleep(2)
+    end }, { paused = true })
+    h:input("go")
+    assert.same({ false, "conn:send: another coroutine is waiting to write this connection" },
+      h.conn.state.send)
+    h:advance(1)
+    assert.same({ false, "conn:send: another coroutine is waiting to write this connection" },
+      h.conn.state.timer)
+
+    local cb = harness.open({ on_data = function(conn, data)
+      conn:spawn(function() conn:send(("x"):rep(HW)); conn:send("y") end)
+      return data
+    end })
+    cb:pause()
+    cb:input("go")
+    assert.same({ true, "error" }, { cb:closed(), cb:reason() })
+    assert.equal("conn:send: another coroutine is waiting to write this connection", cb.log[1])
+    assert.equal(HW, #cb:resume())                -- what was queued before the fault
+  end)
+
+  it("ends a waiting send at its settimeout deadline, at h:timeout and at the end", function()
+    local h = harness.open(writer(3, HW, 0.5), { paused = true })
+    h:input("go")
+    assert.same({ "262144 nil nil" }, h.conn.state.log)
+    h:advance(0.4)
+    assert.equal(1, #h.conn.state.log)
+    h:advance(0.1)
+    assert.same({ "262144 nil nil", "nil timeout 110" }, h.conn.state.log)
+
+    h = harness.open(writer(3, HW), { paused = true })
+    h:input("go")
+    h:timeout()                                  -- no settimeout: it still waits
+    assert.equal(1, #h.conn.state.log)
+    h = harness.open(writer(3, HW, 9), { paused = true })
+    h:input("go")
+    h:timeout()
+    assert.same({ "262144 nil nil", "nil timeout 110" }, h.conn.state.log)
+
+    h = harness.open(writer(3, HW), { paused = true })
+    h:input("go")
+    h:reset()                                    -- what the client had not read is lost
+    assert.same({ "262144 nil nil", "nil closed 104" }, h.conn.state.log)
+    assert.same({ 0, "" }, { h:queued(), h:resume() })
+  end)
+
+  it("ends a closed connection once the client read its output", function()
+    local h = harness.open(function(conn, data) conn:close(); return data:rep(3) end,
+      { paused = true })
+    h:input("ab")
+    assert.same({ false, 6 }, { h:closed(), h:queued() })
+    assert.same({ "abab", false }, { h:read(4), h:closed() })
+    assert.same({ "ab", true, "closed" }, { h:read(), h:closed(), h:reason() })
+  end)
+
+  it("moves the clock by itself only while no send waits for the client", function()
+    local h = harness.open({ handle = function(conn)
+      conn:recv()
+      conn:spawn(function() conn:send(("x"):rep(HW)); conn.state.second = conn:send("y") end)
+      conn:sleep(5)
+      conn.state.woke = true
+    end }, { paused = true })
+    h:input("go")
+    assert.same({ 0.0, nil }, { h:clock(), h.conn.state.woke })
+    h:advance(5)
+    assert.same({ 5.0, true, nil }, { h:clock(), h.conn.state.woke, h.conn.state.second })
+    h:resume()
+    assert.same({ 1, true }, { h.conn.state.second, h:closed() })
+  end)
+
+  it("checks h:read's argument and refuses an upstream instance", function()
+    local h = harness.open(function() end)
+    assert.has_error(function() h:read(-1) end,
+      "bad argument #1 to 'read' (expected a byte count (>= 0), got -1)")
+    assert.has_error(function() h:read(1.5) end,
+      "bad argument #1 to 'read' (expected a byte count (>= 0), got 1.5)")
+  end)
+
+  it("makes an upstream send wait while the instance has more than high water unread", function()
+    local socket, events = harness.socket, {}
+    local function add(e) events[#events + 1] = e end
+    local h = harness.open({ handle = function(conn)
+      local up = assert(socket.connect("127.0.0.1", 7))
+      add("first " .. up:send(("x"):rep(HW)))   -- at high water: the kernel took it
+      add("second " .. up:send("y"))            -- waits for the instance
+      conn:recv()
+    end }, { upstreams = { ["127.0.0.1:7"] = { handle = function(conn)
+      conn:sleep(1)
+      add("instance reads")
+      add("got " .. #conn:recv())
+    end } } })
+    -- nothing waits for the client meanwhile: the clock moved by itself
+    assert.same({ "first 262144", "instance reads", "got 262145", "second 1" }, events)
+    assert.equal(1.0, h:clock())
+  end)
+
+  it("makes an instance's send wait while the handler leaves its socket unread", function()
+    local socket = harness.socket
+    local h = harness.open({ handle = function(conn)
+      local up = assert(socket.connect("127.0.0.1", 7))
+      up:send("go")
+      conn:recv()                                -- the client's turn
+      conn.state.got = #up:recv(HW)
+      conn:recv()
+    end }, { upstreams = { ["127.0.0.1:7"] = { handle = function(conn)
+      conn:recv()
+      conn.state.log = { conn:send(("x"):rep(HW)) }
+      conn.state.log[2] = conn:send("y")
+    end } } })
+    local inst = h.upstreams[1]
+    assert.same({ HW }, inst.conn.state.log)
+    h:input("read")
+    assert.same({ HW, { HW, 1 } }, { h.conn.state.got, inst.conn.state.log })
+  end)
+end)
+
 describe("h:connect, several connections to one loaded handler", function()
   local write = scratch()
 

@@ -62,8 +62,8 @@
 -- connection and its upstream instances. A spawned task runs at once until
 -- it first waits or returns (then its spawner goes on); a task waits in
 -- recv, receive, receiveuntil (on the conn or an upstream socket) and in
--- sleep; the harness's sends never wait (no output backpressure: the
--- one-writer rule never triggers here), nor does connect. Each step runs
+-- sleep, and in a send under backpressure (below); connect never waits.
+-- Each step runs
 -- every runnable task, callback and delivery in FIFO order until none is
 -- left, closes the connections whose close is due (conn:close(); handle and
 -- every spawned task returned; the client's EOF and every spawned task
@@ -71,7 +71,8 @@
 -- waits for the harness's client (the open's connection is ended, or got
 -- the client's EOF, or is direct style with no task reading its conn: a
 -- callbacks or per-message connection waits for the client through
--- on_data), moves the clock to the earliest event and goes on; a step that
+-- on_data; a task waiting to write the conn waits for it too), moves the
+-- clock to the earliest event and goes on; a step that
 -- does so more than harness.STEP_EVENTS (100000) times raises "harness: a
 -- step moved the clock 100000 times by itself ...". Events, in time order
 -- (timers before waits at the same time; each kind in the order armed or
@@ -141,15 +142,38 @@
 -- and query below. The clock moves by itself only while no connection of
 -- the open waits for its client.
 --
--- Steps of h, each returning what the handler sent during it:
+-- Output backpressure. The client reads everything at once until h:pause()
+-- (opts.paused of open and connect: from the start); then what the
+-- handler sends waits in its queue (h:queued() bytes) until h:read([n])
+-- reads n bytes of it (nil: all) or h:resume() reads it all and goes back
+-- to reading as it comes; meanwhile steps return (and h:sent() counts) only
+-- what the client read. As under the event loop: a task's conn:send is
+-- queued whole while less than high_water is queued, else the task waits
+-- (its conn's writer) until the client read the queue down to low water (a
+-- quarter of high_water, at least 1024), then its bytes are queued and it
+-- gets #data; a callback's send is queued regardless; the wait ends with
+-- nil, "timeout", 110 at its settimeout deadline or h:timeout(), and with
+-- nil, "closed", code at the end. While a task waits to write, another send
+-- raises "conn:send: another coroutine is waiting to write this
+-- connection" and a callback's reply faults with that message. A
+-- connection closed by the handler (or done) ends once the queue is read;
+-- the client's reset drops the queue. An upstream socket: a task's
+-- up:send returns once the instance has at most high_water of the
+-- socket's bytes unread (the kernel took it all), else waits until the
+-- instance read down to that (a callback's never waits); an instance's
+-- conn:send follows the conn's rule with the handler's socket as its
+-- client (unread: the socket's bytes up:recv did not take). The writer
+-- rule holds there too ("... this upstream socket").
+--
+-- Steps of h, each returning what the client read during it:
 --   h:input(data)  the client sends data (ignored once the connection ended
 --                  or after h:eof)
 --   h:eof()        the client shuts its side down: a waiting recv gets
 --                  nil, "closed", 0; a function or callbacks handler closes
 --                  once no spawned task is left
---   h:timeout()    a settimeout passes: every read of the conn or of one of
---                  its upstream sockets that waits with a timeout gets
---                  nil, "timeout", 110, whatever its deadline
+--   h:timeout()    a settimeout passes: every read or send of the conn or
+--                  of one of its upstream sockets that waits with a timeout
+--                  gets nil, "timeout", 110, whatever its deadline
 --   h:advance(secs)  the clock moves by secs (>= 0), the events due on the
 --                  way happening in order (see above): timers fire, waits
 --                  whose settimeout deadline passes time out; a task parked
@@ -158,6 +182,10 @@
 --                  get nil, "closed", 104
 --   h:idle()       the idle timeout: reason "timeout"; nil, "closed", 0
 --   h:shutdown()   the server's drain deadline: reason "shutdown"; same
+--   h:pause()      the client stops reading (see Output backpressure)
+--   h:read([n])    the paused client reads n bytes of its queue (nil: all),
+--                  the world running as it goes; returns them
+--   h:resume()     the client reads its queue, then everything as it comes
 --   h:finish([how]) ends the connection if it is still open, as the client
 --                  would: how = "eof" (default), "reset", "timeout" (idle) or
 --                  "shutdown"; returns the reason
@@ -185,7 +213,8 @@
 -- is the handler's socket.)
 -- A connection ends once, with a reason of README's table ("eof", "closed",
 -- "error", "reset", "timeout", "shutdown"); on_close(conn, reason) runs then.
--- Queries: h:sent() (all bytes so far), h:closed() (whether it ended),
+-- Queries: h:sent() (all bytes the client read so far), h:queued() (the
+-- bytes in its queue), h:closed() (whether it ended),
 -- h:ending() (what the client's reads end with: "open", "closed" after the
 -- end or the handler's conn:shutdown("send"), "reset" after conn:reset()),
 -- h:clock() (the virtual seconds since open),
@@ -592,7 +621,7 @@ local function fire(W, e)
   if e.why then                     -- idle_timeout, shutdown_at: wakes e.t "gone"
     end_conn(e.t.self, e.why)
   else
-    wake(e.t, e.obj and "timeout" or "done")
+    wake(e.t, (e.obj or e.wobj) and "timeout" or "done")
   end
 end
 
@@ -610,7 +639,7 @@ end
 
 local function sleeping(W)
   for _, w in ipairs(W.waits) do
-    if not w.obj then
+    if not (w.obj or w.wobj) then
       return true
     end
   end
@@ -618,12 +647,14 @@ local function sleeping(W)
 end
 
 -- Whether the open's connection waits for the harness's client: it is
--- open, the client has not shut its side, and a task reads the conn
--- (direct style) or on_data is how it waits (callbacks, per message).
+-- open, and a task waits to write the conn (the client reads nothing), or
+-- the client has not shut its side and a task reads the conn (direct
+-- style) or on_data is how it waits (callbacks, per message).
 local function client_waits(W)
   for _, self in ipairs(W.clients or {}) do
     local s = self.s
-    if s and not s.reason and not s.eof and (self.kind ~= "direct" or s.reader ~= nil) then
+    if s and not s.reason and (s.writer or not s.eof and (self.kind ~= "direct"
+        or s.reader ~= nil)) then
       return true
     end
   end
@@ -666,16 +697,63 @@ end
 
 -- Connections: output, input, the end --------------------------------------
 
--- The bytes a connection sends: to the harness's client (s.chunks), and
--- for an instance to the handler's upstream socket too (dropped once the
--- handler closed it).
+-- The bytes a connection sends: to the harness's client (s.chunks; while
+-- it pauses, s.queue until it reads them), and for an instance to the
+-- handler's upstream socket too (dropped once the handler closed it).
 local function output(self, data)
   local s = self.s
-  s.chunks[#s.chunks + 1] = data
   local u = s.up
+  if s.paused then
+    s.queue[#s.queue + 1] = data
+    s.queued = s.queued + #data
+    return
+  end
+  s.chunks[#s.chunks + 1] = data
   if u and not conn.done(u.core) then
     u.inbuf = u.inbuf .. data
     wake(u.reader, "wake")
+  end
+end
+
+-- Output backpressure. What self sent that its reader has not read: the
+-- harness's client's queue (while it pauses), for an instance the bytes
+-- the handler's upstream socket holds unread.
+local function unread(self)
+  local s = self.s
+  if s.up then
+    return conn.done(s.up.core) and 0 or #s.up.inbuf
+  end
+  return s.queued
+end
+
+-- Where a waiting send of a conn resumes: a quarter of high water, at
+-- least 1024 bytes (the server's).
+local function low_water(self)
+  return math.max(1024, self.high_water // 4)
+end
+
+-- The reader of self read: once at most low water is unread, the send
+-- that waits has its bytes queued and its task resumes, as under the
+-- event loop.
+local function drained(self)
+  local s = self.s
+  local t = s.writer
+  if t and unread(self) <= low_water(self) then
+    s.writer = nil
+    output(self, t.wdata)
+    t.wdata = nil
+    wake(t, "wake")
+  end
+end
+
+-- The instance of the upstream socket u took bytes the handler sent (n):
+-- once at most high water of them is unread, the send that waits returns.
+local function consumed(u, n)
+  u.unread = u.unread - n
+  local t = u.writer
+  if t and u.unread <= u.owner.high_water then
+    u.writer = nil
+    wake(t, "wake")
   end
 end
 
@@ -688,6 +766,9 @@ local function reply(self, ok, r)
     return fault(self, ("handler returned a %s (expected a string or nil)"):format(type(r)))
   end
   if r and #r > 0 and not (self.s.reason or self.s.rst or self.s.core.wshut) then
+    if self.s.writer then           -- it would go before that send's bytes
+      return fault(self, conn.busy("conn:send", "write", "connection"))
+    end
     output(self, r)
   end
 end
@@ -696,6 +777,9 @@ end
 -- its readers, a callbacks one calls on_data (in a job, in order).
 local function deliver(self, data)
   local s = self.s
+  if s.up and (s.reason or s.eof or self.kind ~= "direct") then
+    consumed(s.up, #data)           -- read (by on_data) or dropped
+  end
   if s.reason or s.eof then
     return
   elseif self.kind == "direct" then
@@ -744,6 +828,7 @@ local function tell_socket(self)
       u.eof = true
     end
     wake(u.reader, "wake")
+    wake(u.writer, "gone")          -- bytes it did not read: a reset
   end
 end
 
@@ -755,6 +840,9 @@ function end_conn(self, reason)
     return
   end
   s.reason, s.code = reason, reason == "reset" and ECONNRESET or 0
+  if reason == "reset" then         -- the client's: what it had not read is lost
+    s.queue, s.queued = {}, 0
+  end
   conn.gone(s.core, s.code)
   close_upstreams(self)
   tell_socket(self)
@@ -773,11 +861,12 @@ function end_conn(self, reason)
 end
 
 -- Between jobs: a close by the handler ends the connection once the output
--- is out; so does the last task returning (direct style), or the client's
--- EOF once no spawned task is left (callbacks, per message).
+-- is out (the client read its queue); so does the last task returning
+-- (direct style), or the client's EOF once no spawned task is left
+-- (callbacks, per message).
 function settle(self)
   local s = self.s
-  if s.reason then
+  if s.reason or s.queued > 0 then
     return
   end
   if s.closing or (#s.tasks == 0 and (self.kind == "direct" or s.eof)) then
@@ -845,7 +934,11 @@ local function conn_recv(self, max, what)
     if s.reason then
       return nil, "closed", s.code
     elseif #s.inbuf > 0 then
-      return take(s, max)
+      local data = take(s, max)
+      if s.up then
+        consumed(s.up, #data)
+      end
+      return data
     elseif s.eof then
       return nil, "closed", 0
     end
@@ -863,6 +956,42 @@ local function conn_recv(self, max, what)
   end
 end
 
+-- A send of the task t that waits on obj (its writer) until woken: #data,
+-- or nil, "timeout", 110 at its settimeout deadline, or nil, "closed",
+-- code (code: of the end that woke it).
+local function send_wait(t, obj, data, timeout, code)
+  local why = wait_for(t, { wobj = obj, at = timeout_at(t.self, timeout) })
+  if obj.writer == t then
+    obj.writer = nil
+  end
+  t.wdata = nil
+  if why == "wake" then
+    return #data
+  elseif why == "timeout" then
+    return nil, "timeout", ETIMEDOUT
+  end
+  return nil, "closed", code()
+end
+
+-- conn:send of self: queued whole while less than high water is unread
+-- by its client; past it a coroutine waits (drained), a callback's bytes
+-- are queued all the same. One writer: while one waits, a send raises.
+local function conn_send(self, data)
+  local s = self.s
+  if s.writer then
+    return false, conn.busy("conn:send", "write", "connection")
+  end
+  local t = #data > 0 and unread(self) >= self.high_water and waiter(self)
+  if not t then
+    if #data > 0 then
+      output(self, data)
+    end
+    return #data
+  end
+  s.writer, t.wdata = t, data
+  return send_wait(t, s, data, s.core.timeout, function() return s.code or 0 end)
+end
+
 local function ops_of(self)
   local s, W = self.s, self.world
   local ops = {}
@@ -870,10 +999,7 @@ local function ops_of(self)
     return conn_recv(self, max, what)
   end
   function ops.send(data)
-    if #data > 0 then
-      output(self, data)
-    end
-    return #data
+    return conn_send(self, data)
   end
   function ops.close()
     s.closing = true
@@ -887,6 +1013,7 @@ local function ops_of(self)
   end
   function ops.reset()               -- an instance's RST reaches the socket at once
     s.closing, s.rst = true, true
+    s.queue, s.queued = {}, 0         -- what the client had not read is dropped
     if s.up then
       s.up.rst = true
       wake(s.up.reader, "wake")
@@ -927,7 +1054,9 @@ local function up_recv(u, max, what)
     elseif u.rst then
       return nil, "closed", ECONNRESET
     elseif #u.inbuf > 0 then
-      return take(u, max)
+      local data = take(u, max)
+      drained(u.inst)
+      return data
     elseif u.eof then
       return nil, "closed", 0
     end
@@ -948,23 +1077,45 @@ local function to_instance(u, fn)
   enqueue(u.owner.world, function() fn(u.inst) end)
 end
 
+-- up:send: the instance gets data at once; a coroutine's send returns once
+-- at most high water of what it sent is unread by the instance (the kernel
+-- took it all), else it waits (consumed); a callback's never waits. One
+-- writer: while one waits, a send raises.
+local function up_send(u, data)
+  if u.rst or u.inst.s.reason then
+    return nil, "closed", ECONNRESET
+  elseif u.writer then
+    return false, conn.busy("conn:send", "write", "upstream socket")
+  end
+  if #data > 0 then
+    u.unread = u.unread + #data
+    to_instance(u, function(inst) deliver(inst, data) end)
+  end
+  local t = u.unread > u.owner.high_water and waiter(u.owner)
+  if not t then
+    return #data
+  end
+  u.writer = t
+  return send_wait(t, u, data, u.core.timeout, function()
+    if conn.done(u.core) then       -- the handler closed or reset it
+      return u.core.code or 0
+    end
+    return ECONNRESET               -- the instance went away with bytes unread
+  end)
+end
+
 local function up_ops(u)
   local ops = {}
   function ops.recv(max, what)
     return up_recv(u, max, what)
   end
   function ops.send(data)
-    if u.rst or u.inst.s.reason then
-      return nil, "closed", ECONNRESET
-    end
-    if #data > 0 then
-      to_instance(u, function(inst) deliver(inst, data) end)
-    end
-    return #data
+    return up_send(u, data)
   end
   function ops.close()
     to_instance(u, client_eof)
     wake(u.reader, "gone")
+    wake(u.writer, "gone")
   end
   function ops.shutdown()
     to_instance(u, client_eof)
@@ -972,6 +1123,7 @@ local function up_ops(u)
   function ops.reset()
     to_instance(u, function(inst) end_conn(inst, "reset") end)
     wake(u.reader, "gone")
+    wake(u.writer, "gone")
   end
   function ops.sleep(secs)
     return sleep(u.owner, u.core, secs)
@@ -998,7 +1150,7 @@ local function open_upstream(self, srv, addr)
   W.nports = W.nports + 1
   local inst = new_harness(W, self.cfg, srv)
   inst.address = addr
-  local u = { owner = self, inst = inst, inbuf = "", eof = false, rst = false }
+  local u = { owner = self, inst = inst, inbuf = "", eof = false, rst = false, unread = 0 }
   u.conn, u.core = conn.new(up_ops(u), { id = self.s.core.id, peer = addr,
     high_water = self.high_water, upstream = true })
   attach(inst, srv.h, ("127.0.0.1:%d"):format(M.UPSTREAM_PORT + W.nports))
@@ -1213,7 +1365,8 @@ end
 -- self serves a connection from peer with the loaded handler h.
 function attach(self, h, peer)
   next_id = next_id + 1
-  local s = { inbuf = "", chunks = {}, closing = false, eof = false, tasks = {}, ups = {} }
+  local s = { inbuf = "", chunks = {}, closing = false, eof = false, tasks = {}, ups = {},
+              queue = {}, queued = 0, paused = false }
   self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
   self.conn, s.core = conn.new(ops_of(self), { id = next_id, peer = peer,
     high_water = self.high_water })
@@ -1251,6 +1404,7 @@ function M.open(handler, opts)
   local h = load_handler(self, handler, "handler", provided(W, self.logs, settings))
   load_upstreams(self, opts.upstreams)
   attach(self, h, opts.peer or M.PEER)
+  self.s.paused = opts.paused and true or false
   start(self)
   run_world(W)
   run_pending(W, run_world)
@@ -1275,6 +1429,7 @@ function H:connect(opts)
   c.idle_timeout, c.shutdown_at = first.idle_timeout, first.shutdown_at   -- a client's
   W.clients[#W.clients + 1] = c
   attach(c, first.h, opts.peer or ("127.0.0.1:" .. (40000 + #W.clients - 1)))
+  c.s.paused = opts.paused and true or false
   start(c)
   run_world(W)
   run_pending(W, run_world)
@@ -1314,12 +1469,12 @@ function H:eof()
   return step(self, client_eof)
 end
 
--- A settimeout passes: every read of the conn or of its upstream sockets
--- waiting with a timeout returns nil, "timeout", 110.
+-- A settimeout passes: every read or send of the conn or of its upstream
+-- sockets waiting with a timeout returns nil, "timeout", 110.
 local function time_out(self)
   for _, t in ipairs(self.s.tasks) do
     local w = t.wait
-    if w and w.obj and w.at then
+    if w and (w.obj or w.wobj) and w.at then
       wake(t, "timeout")
     end
   end
@@ -1328,6 +1483,51 @@ end
 function H:timeout()
   client_only(self, "timeout")
   return step(self, time_out)
+end
+
+-- The client reads up to n bytes (nil: until nothing is queued) of what
+-- waits in its queue, the world running as it goes (a waiting send
+-- resumes once the queue is down to low water).
+local function client_read(self, n)
+  local s = self.s
+  local left = n or math.huge
+  while left > 0 and s.queued > 0 do
+    local data = table.remove(s.queue, 1)
+    if #data > left then
+      table.insert(s.queue, 1, data:sub(left + 1))
+      data = data:sub(1, left)
+    end
+    s.queued, left = s.queued - #data, left - #data
+    s.chunks[#s.chunks + 1] = data
+    drained(self)
+    run_world(self.world)
+  end
+end
+
+-- The client stops reading: what the handler sends from now on waits in
+-- its queue (h:read, h:resume).
+function H:pause()
+  client_only(self, "pause")
+  self.s.paused = true
+end
+
+-- The paused client reads n bytes (nil: all it can); returns them.
+function H:read(n)
+  client_only(self, "read")
+  if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+    error(("bad argument #1 to 'read' (expected a byte count (>= 0), got %s)")
+      :format(tostring(n)), 2)
+  end
+  return step(self, client_read, n)
+end
+
+-- The client reads again: its queue, then everything as it comes.
+function H:resume()
+  client_only(self, "resume")
+  return step(self, function()
+    client_read(self)
+    self.s.paused = false
+  end)
 end
 
 -- Time passes: the clock moves by secs, every event due on the way happens.
@@ -1430,9 +1630,14 @@ end
 
 -- Queries --------------------------------------------------------------------
 
--- Everything sent so far.
+-- Everything the client read so far.
 function H:sent()
   return table.concat(self.s.chunks)
+end
+
+-- The bytes waiting in the paused client's queue.
+function H:queued()
+  return self.s.queued
 end
 
 -- Whether the connection has ended.

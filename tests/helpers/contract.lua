@@ -42,6 +42,12 @@
 --
 -- Steps (c names a connection, opened at its first step):
 --   { c = "a", open = true }      connect (the harness: harness.open)
+--   { c = "a", pause = true }     the client reads only in the steps that read
+--                                 (expect, check, ending), as the servers'
+--                                 client always does: the harness's h:pause(),
+--                                 whose reads are then h:read(n) and, for an
+--                                 ending, h:resume() (output backpressure:
+--                                 sends wait while it does not read)
 --   { c = "a", send = "x" }       the client sends x
 --   { c = "a", expect = "X" }     the client reads exactly #X bytes (with send: after it)
 --   { c = "a", check = "open" }   nothing more comes for a while, not closed
@@ -60,6 +66,11 @@
 --                                 closed it or shut its sending side; the
 --                                 client may still send), "reset" or "open"
 --                                 (nothing ended it; harness: h:ending())
+--   { c = "a", ending = "closed", rest = "x*", any = "x" }
+--                                 as ending, but the bytes may be any number
+--                                 of "x" (a class of Lua patterns), observed
+--                                 as "x*": where how much arrived is the
+--                                 kernel's (a fault that cut writes short)
 --   { u = "x", datagram = "hi", reply = "HI" }
 --                                 the UDP client x (a socket of its own,
 --                                 made at its first step) sends the datagram
@@ -276,6 +287,15 @@ local function log_flags(obs, sc, text)
   end
 end
 
+-- The bytes an ending step read, as observed: with st.any, "x*" when every
+-- byte is of that class.
+local function rest_of(st, rest)
+  if st.any and not rest:find("[^" .. st.any .. "]") then
+    return st.any .. "*"
+  end
+  return rest
+end
+
 local function new_obs()
   return { steps = {}, reasons = {}, records = {}, log = "none", log_has = {}, log_lines = {} }
 end
@@ -404,7 +424,17 @@ function M.run_harness(sc, dir)
       end
       return c
     end
+    -- a paused client reads what the step wants (n; nil: to the end)
     local function take(c, n)
+      if c.paused and n then
+        local have = #c.h:sent() - c.pos
+        if have < n then
+          c.h:read(n - have)
+        end
+      elseif c.paused then
+        c.h:resume()
+        c.paused = false
+      end
       local all = c.h:sent()
       local got = all:sub(c.pos + 1, n and c.pos + n or #all)
       c.pos = c.pos + #got
@@ -446,6 +476,10 @@ function M.run_harness(sc, dir)
         mark, own = #order, nil
       end
       local c = st.c and conn(st.c)
+      if st.pause then
+        c.h:pause()
+        c.paused = true
+      end
       if st.send then
         c.h:input(st.send)
       end
@@ -482,7 +516,7 @@ function M.run_harness(sc, dir)
         -- what the client's reads end with: an EOF also after the handler's
         -- conn:shutdown("send") (the client may still send), or a reset
         local rest = take(c)
-        obs.steps[i] = c.h:ending() .. " after " .. rest
+        obs.steps[i] = c.h:ending() .. " after " .. rest_of(st, rest)
         c.ended = "ending"
       elseif st.datagram then
         obs.steps[i] = datagram(st)
@@ -703,7 +737,7 @@ function M.run_server(model, sc, dir)
       end
     elseif st.ending then
       local rest, how = read_to_end(c.sock, c.port, c.rport, M.READ_TIMEOUT)
-      obs.steps[i] = how .. " after " .. rest
+      obs.steps[i] = how .. " after " .. rest_of(st, rest)
       c.ended = "ending"
     elseif st.datagram then
       obs.steps[i] = datagram(st)
