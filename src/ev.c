@@ -245,8 +245,13 @@ int ev_mask(ev_loop *loop, int fd) {
 
 /* --- timers: a binary heap of slots ordered by deadline ---------------- */
 
+/* By deadline; timers due in the same millisecond in the order added (an
+ * id grows with each add), so that sleeps begun in turn end in turn. */
 static int timer_before(ev_loop *loop, int a, int b) {
-    return loop->timers[loop->heap[a]].when < loop->timers[loop->heap[b]].when;
+    const struct ev_timer *x = &loop->timers[loop->heap[a]];
+    const struct ev_timer *y = &loop->timers[loop->heap[b]];
+
+    return x->when < y->when || (x->when == y->when && x->id < y->id);
 }
 
 static void heap_swap(ev_loop *loop, int a, int b) {

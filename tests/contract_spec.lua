@@ -388,6 +388,79 @@ end }
     reasons = { a = "error", b = "eof", c = "eof" },
     log = "error", log_has = { "not enough memory" } },
 
+  { name = "a reply that is not a string closes that connection with reason error",
+    handler = faulty("num", "      return 42"),
+    steps = around({
+      { c = "a", send = "num" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler returned a number (expected a string or nil)" } },
+
+  { name = "a loop in handle is stopped by --lua-budget; the other connections are served",
+    handler = [[
+return { handle = function(conn)
+  while true do
+    local data, err, code = conn:recv()
+    if not data then return rec(conn, "recv", data, err, code) end
+    if data == "loop" then while true do end end
+    conn:send(data)
+  end
+end }
+]],
+    args = { "--lua-budget", "100000" }, opts = { budget = 100000 },
+    steps = around({
+      { c = "a", send = "ok", expect = "ok" },
+      { c = "a", send = "loop" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    records = { b = { "recv nil closed 0" }, c = { "recv nil closed 0" } },
+    log = "error", log_has = { "instruction budget exceeded" } },
+
+  { name = "a coroutine over --lua-mem fails with not enough memory; the others are served",
+    handler = [[
+return { handle = function(conn)
+  while true do
+    local data, err, code = conn:recv()
+    if not data then return rec(conn, "recv", data, err, code) end
+    if data == "eat" then
+      conn:spawn(function()
+        local t = {}
+        for i = 1, 16384 do t[i] = string.rep("x", 4096) .. i end
+        conn:send("survived " .. #t)
+      end)
+    else
+      conn:send(data)
+    end
+  end
+end }
+]],
+    args = { "--lua-mem", "8m" }, opts = { mem = 8 * 1024 * 1024 },
+    steps = around({
+      { c = "a", send = "eat" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    records = { a = { "recv nil closed 0" }, b = { "recv nil closed 0" },
+                c = { "recv nil closed 0" } },
+    log = "error", log_has = { "not enough memory" } },
+
+  { name = "--lua-budget bounds each callback, not the connection's total",
+    handler = [[
+return function(conn, data)
+  local n = 0
+  for i = 1, 20000 do n = n + i end   -- some 60000 instructions
+  return data .. " " .. n .. "\n"
+end
+]],
+    args = { "--lua-budget", "100000" }, opts = { budget = 100000 },
+    steps = {
+      { c = "a", send = "1", expect = "1 200010000\n" },
+      { c = "a", send = "2", expect = "2 200010000\n" },
+      { c = "a", send = "3", expect = "3 200010000\n" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
   { name = "os.exit in on_data raises, closes that connection with reason error only",
     handler = faulty("exit", "      os.exit(3)"),
     steps = around({
@@ -413,6 +486,23 @@ end }
       { c = "b", ending = "closed", rest = "" },
     } },
 
+  { name = "a handle running across a reload keeps its version; a new connection gets the new",
+    handler = 'local helper = require "helper"\n'
+      .. "return { handle = function(conn)\n"
+      .. "  for data in function() return conn:recv() end do conn:send(helper.tag(data)) end\n"
+      .. "end }\n",
+    files = { ["helper.lua"] = helper_v1 },
+    steps = {
+      { c = "a", send = "x", expect = "v1:x" },
+      { write = { ["helper.lua"] = helper_v2 }, reload = true },
+      { c = "b", send = "y", expect = "v2:Y" },
+      { c = "a", send = "z", expect = "v1:z" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    } },
+
   { name = "a reply returned after conn:close() is sent, then the connection closes",
     handler = [[
 return {
@@ -427,6 +517,44 @@ return {
     reasons = { a = "closed" } },
 
   -- The verbs of framed receive, half-close, reset and sleep ----------------
+
+  { name = "after conn:close() a frame already buffered is returned, then nil, 'closed', 0",
+    handler = [[
+return { handle = function(conn)
+  rec(conn, "first", conn:receive(1))
+  conn:close()
+  rec(conn, "buffered", conn:receive(1))
+  rec(conn, "more", conn:receive(5))
+  rec(conn, "send", conn:send("x"))
+  rec(conn, "recv", conn:recv())
+end }
+]],
+    steps = {
+      { c = "a", send = "ab" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "first a", "buffered b", "more nil closed 0", "send nil closed 0",
+                      "recv nil closed 0" } } },
+
+  { name = "a receive('*l') that times out keeps its bytes for the next",
+    handler = [[
+return { handle = function(conn)
+  conn:settimeout(0.2)
+  rec(conn, "line", conn:receive("*l"))
+  conn:settimeout(nil)
+  rec(conn, "line", conn:receive("*l"))
+  rec(conn, "line", conn:receive("*l"))
+  rec(conn, "all", conn:receive("*a"))
+end }
+]],
+    steps = {
+      { c = "a", send = "ab", wait = 0.5 },
+      { c = "a", send = "c\r\nd\re\nrest" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    -- a CR is dropped before the LF only
+    records = { a = { "line nil timeout 110", "line abc", "line d\re", "all rest" } } },
 
   { name = "a direct-style line server with receive('*l') frames awkward chunks",
     handler = [[
@@ -638,6 +766,58 @@ return {
     },
     reasons = { a = "closed" } },
 
+  { name = "timers due at the same time fire in the order armed",
+    handler = [[
+return {
+  on_open = function(conn)
+    for _, t in ipairs({ { "a", 0.3 }, { "b", 0.3 }, { "c", 0.1 }, { "z", 0 } }) do
+      conn:after(t[2], function() conn:send(t[1]) end)
+    end
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", wait = 0.6 },
+      { c = "a", expect = "zcab" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "eof" } },
+
+  { name = "at most 64 timers on a connection; after on a closed one gives nil, 'closed', 0",
+    handler = [[
+return function(conn, data)
+  for i = 1, 64 do conn:after(60, function() end) end
+  local ok, err = pcall(conn.after, conn, 60, function() end)
+  conn:send(tostring(err):match("too many.*") .. "\n")
+  conn:close()
+  rec(conn, "after", conn:after(1, function() end))
+  rec(conn, "every", conn:every(1, function() end))
+end
+]],
+    steps = {
+      { c = "a", send = "go", expect = "too many timers on this connection (at most 64)\n" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "after nil closed 0", "every nil closed 0" } } },
+
+  { name = "a timer may not wait: sleep in it raises and ends the connection",
+    handler = [[
+return {
+  on_open = function(conn) conn:after(0, function() conn:sleep(1) end) end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", wait = 0.3 },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "error" },
+    log = "error",
+    log_has = { "conn:sleep would wait: only a coroutine of the connection "
+      .. "(handle, conn:spawn) can wait" } },
+
   { name = "an error in a timer closes that connection with reason error and is logged",
     handler = [[
 return {
@@ -711,6 +891,23 @@ end
     },
     log = "warn", log_lines = { "warn: handler FILE:4: conn ID: saw 3 bytes" } },
 
+  { name = "echohost.log while the handler loads names no connection; a module's line is its own",
+    handler = [[
+local log = require("echohost.log")
+log.warn("loading")
+local helper = require "helper"
+return function(_, data) return helper.tag(data) end
+]],
+    files = { ["helper.lua"] = 'local log = require("echohost.log")\n'
+      .. 'return { tag = function(s) log.warn("tag %s", s); return s end }\n' },
+    steps = {
+      { c = "a", send = "abc", expect = "abc" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    log = "warn", log_lines = { "warn: handler FILE:3: loading",
+                                "warn: handler DIR/helper.lua:2: conn ID: tag abc" } },
+
   { name = "a frame over --high-water gives nil, 'too long', 0 and keeps its bytes",
     handler = [[
 return { handle = function(conn)
@@ -752,6 +949,18 @@ end
     raw = true,
     handler = "return function(conn, data)\n  return data +\nend\n",
     load_error = "FILE:3: unexpected symbol near 'end'" },
+
+  { name = "a handler that returns a number stops the start",
+    raw = true,
+    handler = "return 42\n",
+    load_error = "FILE: returned number; a handler returns a function or a table with "
+      .. "handle, on_open, on_data, on_close or on_datagram" },
+
+  { name = "a missing module stops the start with its name",
+    raw = true,
+    handler = "local m = require 'nosuchmodule'\nreturn function() end\n",
+    load_error = "FILE:1: module 'nosuchmodule' not found (in DIR, package.path or "
+      .. "package.cpath)" },
 
   -- Coroutines of a connection (conn:spawn) -------------------------------
 
@@ -809,6 +1018,67 @@ end }
 ]],
     steps = {
       { c = "a", expect = "63 too many coroutines on this connection (at most 64)\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
+  { name = "a coroutine of a callbacks connection may not recv: its data goes to on_data",
+    handler = [[
+return {
+  on_open = function(conn)
+    conn:spawn(function()
+      local ok, err = pcall(conn.recv, conn)
+      conn:send(tostring(err):match("conn:recv: .*") .. "\n")
+    end)
+  end,
+  on_data = function(_, data) return data end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", expect = "conn:recv: the data of this connection goes to on_data\n" },
+      { c = "a", send = "x", expect = "x" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { a = "eof" } },
+
+  -- (in which order several parked coroutines resume then is not promised)
+  { name = "conn:close() from one coroutine gives another's wait nil, 'closed', 0",
+    handler = [[
+return { handle = function(conn)
+  local first = conn:recv()
+  if first == "sleep" then
+    conn:spawn(function() rec(conn, "sleeper", conn:sleep(30)) end)
+  else
+    conn:spawn(function() rec(conn, "reader", conn:recv()) end)
+  end
+  conn:sleep(0.1)
+  conn:close()
+  rec(conn, "closer", conn:recv())
+end }
+]],
+    steps = {
+      { c = "a", send = "sleep" },
+      { c = "b", send = "read" },
+      { wait = 0.3 },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", ending = "closed", rest = "" },
+    },
+    records = { a = { "closer nil closed 0", "sleeper nil closed 0" },
+                b = { "closer nil closed 0", "reader nil closed 0" } } },
+
+  { name = "coroutines that sleep wake in the order of their deadlines, ties as spawned",
+    handler = [[
+return { handle = function(conn)
+  for _, t in ipairs({ { "a", 0.4 }, { "b", 0.2 }, { "c", 0.2 }, { "d", 0 } }) do
+    conn:spawn(function() conn:sleep(t[2]); conn:send(t[1]) end)
+  end
+  conn:sleep(0.3)
+  conn:send("h")
+end }
+]],
+    steps = {
+      { c = "a", expect = "dbcha" },
       { c = "a", ending = "closed", rest = "" },
     } },
 
@@ -909,6 +1179,32 @@ end }
       { c = "a", send = "x", expect = "nil closed 104\n" },
       { c = "a", ending = "reset", rest = "" },
     } },
+
+  { name = "an upstream socket has no timers, coroutines or subscriptions; a send after "
+      .. "its reset gives nil, 'closed', 104",
+    upstreams = { up = "return { handle = function(conn) conn:recv(); conn:reset() end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  for _, verb in ipairs({ "after", "every", "spawn", "subscribe" }) do
+    local arg = verb == "subscribe" and "ch" or (verb == "spawn" and function() end or 1)
+    local ok, err = pcall(up[verb], up, arg, function() end)
+    conn:send(tostring(err):match("%w+ is not available.*") .. "\n")
+  end
+  up:send("x")
+  rec(conn, "recv", up:recv())
+  rec(conn, "send", up:send("y"))
+end }
+]],
+    steps = {
+      { c = "a", expect = ("%s is not available on an upstream socket: timers, coroutines "
+          .. "and subscriptions belong to the client's conn\n"):rep(4):format("after",
+          "every", "spawn", "subscribe") },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "recv nil closed 104", "send nil closed 104" } } },
 
   { name = "framed receive on an upstream socket",
     upstreams = { up = "return function(conn, data) return 'one\\r\\ntwo\\n3456' end\n" },

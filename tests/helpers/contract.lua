@@ -19,11 +19,13 @@
 --     log = "error" | "warn" | "none",   -- class of the log
 --     log_has = { "text" },       -- plain texts the error log contains
 --     log_lines = { "warn: handler FILE:4: conn ID: saw 3 bytes" },   -- lines
---                                 -- of the log (FILE = the handler's path; ID
+--                                 -- of the log (FILE = the handler's path, DIR
+--                                 -- its directory; ID
 --                                 -- stands for any connection id), compared
 --                                 -- after "<level>: ": the server's line after
 --                                 -- its "time [pid] ", the harness's h.logs
---     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path)
+--     load_error = "FILE:3: ..."  -- the handler does not load (FILE = its path,
+--                                 -- DIR = its directory)
 --     shared_size = "4k",         -- the shared dictionary's capacity (the
 --                                 -- servers' --shared-size; the harness: one
 --                                 -- harness.shared(size) for every connection
@@ -187,7 +189,9 @@ local function wanted_lines(sc, file)
   for i, want in ipairs(sc.log_lines or {}) do
     local level, rest = want:match("^(%a+): (.*)$")
     assert(level, "scenario bug: log_lines[" .. i .. "] is not '<level>: text'")
-    list[i] = { level = level, text = (rest:gsub("FILE", function() return file end)) }
+    local dir = file:match("^(.*)/[^/]*$")
+    list[i] = { level = level, text = (rest:gsub("FILE", function() return file end)
+      :gsub("DIR", function() return dir end)) }
   end
   return list
 end
@@ -219,7 +223,9 @@ function M.expected(sc, file)
   local obs = { steps = {}, reasons = {}, records = {}, log = sc.log or "none", log_has = {},
                 log_lines = {} }
   if sc.load_error then
-    return { load_error = (sc.load_error:gsub("FILE", function() return file end)) }
+    local dir = file:match("^(.*)/[^/]*$")
+    return { load_error = (sc.load_error:gsub("FILE", function() return file end)
+      :gsub("DIR", function() return dir end)) }
   end
   for i, st in ipairs(sc.steps) do
     if st.expect then
