@@ -472,6 +472,16 @@ end
       .. "would end the server's other connections; close the connection instead",
       "stack traceback" } },
 
+  { name = "proc.fork in on_data raises, closing that connection only",
+    handler = faulty("fork", "      require('echohost.proc').fork()"),
+    steps = around({
+      { c = "a", send = "fork" },
+      { c = "a", ending = "closed", rest = "" },
+    }, fresh),
+    reasons = { a = "error", b = "eof", c = "eof" },
+    log = "error", log_has = { "handler.lua:5: proc.fork is not available in a handler: a copy "
+      .. "of the server would serve this connection twice" } },
+
   { name = "a sibling module is required and reloaded with its handler",
     handler = 'local helper = require "helper"\n'
       .. "return function(_, data) return helper.tag(data) end\n",
@@ -955,6 +965,12 @@ end
     handler = "return 42\n",
     load_error = "FILE: returned number; a handler returns a function or a table with "
       .. "handle, on_open, on_data, on_close or on_datagram" },
+
+  { name = "proc.fork while the handler loads stops the start",
+    raw = true,
+    handler = "local proc = require 'echohost.proc'\nproc.fork()\nreturn function() end\n",
+    load_error = "FILE:2: proc.fork is not available in a handler: a copy of the server "
+      .. "would serve this connection twice" },
 
   { name = "a missing module stops the start with its name",
     raw = true,
@@ -1509,6 +1525,18 @@ end }
       { c = "b", ending = "closed", rest = "" },
     } },
 
+  { name = "the shared dictionary keeps its keys across a reload",
+    handler = SHARED_CMDS,
+    steps = {
+      { c = "a", send = "incr n", expect = "1\n" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { write = { ["unused.lua"] = "return 1\n" }, reload = true },
+      { c = "b", send = "incr n", expect = "2\n" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    } },
+
   { name = "a full shared dictionary refuses a write with nil, 'no memory' and evicts nothing",
     handler = SHARED_CMDS, shared_size = "4k",
     steps = {
@@ -1551,6 +1579,19 @@ end }
       { c = "b", ending = "closed", rest = "" },
       { c = "c", eof = true },
       { c = "c", ending = "closed", rest = "" },
+    } },
+
+  { name = "a subscription outlives a reload: a new connection's message reaches it",
+    handler = PUBSUB_CMDS,
+    steps = {
+      { c = "a", send = "sub news", expect = "subscribed news\n" },
+      { write = { ["unused.lua"] = "return 1\n" }, reload = true },
+      { c = "b", send = "pub news after", expect = "true\n" },
+      { c = "a", expect = "news:after\n" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
     } },
 
   { name = "a cancelled subscription and a closed connection get nothing",
