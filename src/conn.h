@@ -41,6 +41,10 @@ size_t conn_pending(const conn *c);
 /* Stop (on = 0) or resume (on = 1) reading from the client: the runtime's
  * own input buffer is bounded this way. */
 void conn_want_read(conn *c, int on);
+/* From now on output over the high-water mark does not pause reading
+ * (direct style: its input buffer is bounded by conn_want_read, and a
+ * coroutine may read while another waits to write). */
+void conn_set_duplex(conn *c);
 /* Flush what is queued, then close. Idempotent. handler_on_close follows
  * (later, never from inside this call). */
 void conn_close(conn *c);

@@ -324,6 +324,7 @@ static void co_start(struct hconn *hc) {
     size_t cap = cap_lift(h);
 
     hc->direct = 1;
+    conn_set_duplex(hc->c);
     lua_rawgeti(h->L, LUA_REGISTRYINDEX, h->hs.cur.handle);
     lua_rawgeti(h->L, LUA_REGISTRYINDEX, hc->ud_ref);
     cap_restore(h, cap);

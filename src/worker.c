@@ -33,7 +33,9 @@ enum {
     CONN_SHUTWR = 1 << 7,       /* conn_shutdown_send: FIN once flushed */
     CONN_PROXY = 1 << 8,        /* its PROXY header is not in yet: the
                                    handler has not seen it */
-    CONN_REASON_SHIFT = 9       /* index into reasons[] */
+    CONN_DUPLEX = 1 << 9,       /* reads are the handler's to pause: output
+                                   over high water does not */
+    CONN_REASON_SHIFT = 10      /* index into reasons[] */
 };
 
 /* R_PROXY: its PROXY header was refused (only the access log sees it) */
@@ -164,8 +166,9 @@ static void conn_write_proc(ev_loop *loop, int fd, void *ud, int mask);
 
 /* Registers for reading exactly when nothing holds reads back. */
 static void conn_update_read(conn *c) {
-    int want = !(c->flags & (CONN_PAUSED | CONN_NOREAD | CONN_EOF |
-                             CONN_CLOSING | CONN_DEAD));
+    int paused = (c->flags & CONN_PAUSED) && !(c->flags & CONN_DUPLEX);
+    int want = !paused && !(c->flags & (CONN_NOREAD | CONN_EOF |
+                                        CONN_CLOSING | CONN_DEAD));
 
     if (want && !(c->flags & CONN_READING)) {
         if (ev_add(c->w->loop, c->fd, EV_READABLE, conn_read_proc, c) < 0) {
@@ -177,6 +180,11 @@ static void conn_update_read(conn *c) {
         ev_del(c->w->loop, c->fd, EV_READABLE);
         c->flags &= ~CONN_READING;
     }
+}
+
+void conn_set_duplex(conn *c) {
+    c->flags |= CONN_DUPLEX;
+    conn_update_read(c);
 }
 
 void conn_want_read(conn *c, int on) {

@@ -1389,6 +1389,50 @@ end }
       "pipe false conn:send: another coroutine is waiting to write this connection",
       "sent 8388608 8388608" } } },
 
+  { name = "a callbacks connection reads nothing more while its output is over --high-water",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    rec(conn, "data", data)
+    conn.state.got = data
+    if data == "big" then
+      conn:after(0.2, function() rec(conn, "timer", conn.state.got) end)
+      return string.rep("x", 8 * 1024 * 1024)
+    end
+    return data
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "big", wait = 0.1 },
+      { c = "a", send = "more", wait = 0.4 },
+      { c = "a", expect = X16:sub(1, 8 * 1024 * 1024) .. "more" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "data big", "timer big", "data more" } },
+    reasons = { a = "eof" } },
+
+  { name = "a coroutine reads the client while another waits to write to it",
+    handler = [[
+return { handle = function(conn)
+  assert(conn:receive("*l"))
+  local big = string.rep("x", 8 * 1024 * 1024)
+  conn:spawn(function() rec(conn, "sent", conn:send(big), conn:send(big)) end)
+  rec(conn, "got", conn:recv())
+end }
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "go\n", wait = 0.3 },    -- the writer waits by now
+      { c = "a", send = "hello", wait = 0.3 },
+      { c = "a", expect = X16 },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "got hello", "sent 8388608 8388608" } } },
+
   { name = "while a coroutine waits to write an upstream socket, a send and a pipe into it "
       .. "raise; its reset ends the wait with nil, 'closed'",
     upstreams = { up = "return { handle = function(conn) conn:sleep(30) end }\n" },

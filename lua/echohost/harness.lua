@@ -156,7 +156,12 @@
 -- nil, "closed", code at the end. While a task waits to write, another send
 -- raises "conn:send: another coroutine is waiting to write this
 -- connection" and a callback's reply faults with that message. A
--- connection closed by the handler (or done) ends once the queue is read;
+-- callbacks (or per-message) connection runs on_data for one chunk at a
+-- time and reads none while its output is at high_water or more (the
+-- server's reads pause), until it is down to low water: the client's
+-- chunks and its EOF wait in order (an instance's, with the handler's
+-- socket as its client, likewise); a direct-style one takes input
+-- regardless. A connection closed by the handler (or done) ends once the queue is read;
 -- the client's reset drops the queue. An upstream socket: a task's
 -- up:send returns once the instance has at most high_water of the
 -- socket's bytes unread (the kernel took it all), else waits until the
@@ -735,14 +740,23 @@ end
 -- The reader of self read: once at most low water is unread, the send
 -- that waits has its bytes queued and its task resumes, as under the
 -- event loop.
+local pump
+
 local function drained(self)
   local s = self.s
   local t = s.writer
-  if t and unread(self) <= low_water(self) then
+  if unread(self) > low_water(self) then
+    return
+  end
+  if t then
     s.writer = nil
     output(self, t.wdata)
     t.wdata = nil
     wake(t, "wake")
+  end
+  if s.rpaused then
+    s.rpaused = false
+    pump(self)
   end
 end
 
@@ -775,34 +789,76 @@ end
 
 -- The client sends data to self: a direct-style connection buffers it for
 -- its readers, a callbacks one calls on_data (in a job, in order).
+local client_eof
+
+-- What a callbacks (or per-message) connection's client sent, in order:
+-- on_data runs for one chunk at a time (a job), and none is read while
+-- the connection's output is over high water, until it is down to low
+-- water (as the server's reads pause): the chunks, and the EOF after them,
+-- wait in s.held.
+local EOF = {}
+
+function pump(self)
+  local s = self.s
+  while s.held[1] ~= nil and not s.pumping do
+    if unread(self) >= self.high_water then
+      s.rpaused = true
+    end
+    if s.rpaused then
+      return
+    end
+    local data = table.remove(s.held, 1)
+    if data == EOF then
+      client_eof(self, true)
+    else
+      if s.up then
+        consumed(s.up, #data)
+      end
+      local on_data = self.h.on_data
+      if on_data then
+        s.pumping = true
+        enqueue(self.world, function()
+          s.pumping = false
+          if not (s.reason or conn.done(s.core)) then
+            reply(self, call(self, on_data, self.conn, data))
+          end
+          pump(self)
+        end)
+      end
+    end
+  end
+end
+
+-- The client sends data to self: a direct-style connection buffers it for
+-- its readers, a callbacks one calls on_data (pump).
 local function deliver(self, data)
   local s = self.s
-  if s.up and (s.reason or s.eof or self.kind ~= "direct") then
-    consumed(s.up, #data)           -- read (by on_data) or dropped
-  end
-  if s.reason or s.eof then
+  if s.reason or s.eof or s.held_eof then
+    if s.up then
+      consumed(s.up, #data)         -- dropped
+    end
     return
   elseif self.kind == "direct" then
     s.inbuf = s.inbuf .. data
     return wake(s.reader, "wake")
   end
-  local on_data = self.h.on_data
-  if on_data then
-    enqueue(self.world, function()
-      if not (s.reason or conn.done(s.core)) then
-        reply(self, call(self, on_data, self.conn, data))
-      end
-    end)
-  end
+  s.held[#s.held + 1] = data
+  pump(self)
 end
 
--- The client shuts its side down.
-local function client_eof(self)
+-- The client shuts its side down (a callbacks connection: after what it
+-- sent before, see pump).
+function client_eof(self, now)
   local s = self.s
-  if not (s.reason or s.eof) then
-    s.eof = true
-    wake(s.reader, "wake")
+  if s.reason or s.eof or s.held_eof then
+    return
+  elseif not now and self.kind ~= "direct" and s.held[1] ~= nil then
+    s.held_eof = true
+    s.held[#s.held + 1] = EOF
+    return
   end
+  s.eof, s.held_eof = true, false
+  wake(s.reader, "wake")
 end
 
 -- The handler's connection self ended: its upstream sockets close, each
@@ -1366,7 +1422,7 @@ end
 function attach(self, h, peer)
   next_id = next_id + 1
   local s = { inbuf = "", chunks = {}, closing = false, eof = false, tasks = {}, ups = {},
-              queue = {}, queued = 0, paused = false }
+              queue = {}, queued = 0, paused = false, held = {} }
   self.h, self.kind, self.modules, self.s = h, h.kind, h.modules, s
   self.conn, s.core = conn.new(ops_of(self), { id = next_id, peer = peer,
     high_water = self.high_water })
