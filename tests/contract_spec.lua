@@ -1222,6 +1222,47 @@ end }
     },
     records = { a = { "recv nil closed 104", "send nil closed 104" } } },
 
+  { name = "when the connection ends, the runtime closes its upstream sockets: the upstream "
+      .. "reads EOF",
+    upstreams = { up = "return { on_data = function(_, d) return d end,\n"
+      .. "  on_close = function(conn, reason) rec(conn, 'close', reason) end }\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local up = assert(socket.connect(host, tonumber(port)))
+  assert(up:send("x"))
+  conn:send(up:recv() .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "x\n" },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    reasons = { up = "eof" } },
+
+  { name = "at most 64 upstream sockets on a connection; a closed one makes room",
+    upstreams = { up = "return function(_, d) return d end\n" },
+    handler = [[
+local socket = require "echohost.socket"
+local host, port = require("echohost.settings").up:match("^(.+):(%d+)$")
+return { handle = function(conn)
+  local ups = {}
+  for i = 1, 64 do ups[i] = assert(socket.connect(host, tonumber(port))) end
+  local ok, err = pcall(socket.connect, host, tonumber(port))
+  conn:send(tostring(ok) .. " " .. tostring(err):match("too many.*") .. "\n")
+  ups[1]:close()
+  local up = assert(socket.connect(host, tonumber(port)))
+  assert(up:send("again"))
+  conn:send(up:recv() .. "\n")
+end }
+]],
+    steps = {
+      { c = "a", expect = "false too many upstream sockets on this connection (at most 64)\n"
+          .. "again\n" },
+      { c = "a", ending = "closed", rest = "" },
+    } },
+
   { name = "framed receive on an upstream socket",
     upstreams = { up = "return function(conn, data) return 'one\\r\\ntwo\\n3456' end\n" },
     handler = [[

@@ -34,6 +34,8 @@
 --                                 -- the harness: one harness.bus(size) for
 --                                 -- every connection of the run)
 --     upstreams = { up = "lua source" }   -- upstream servers the handler
+--                                 -- (after a one-line prelude: rec(conn, ...)
+--                                 -- records as records.up)
 --                                 -- reaches through require("echohost.settings").up
 --                                 -- ("HOST:PORT"): the servers' driver starts an
 --                                 -- event server on that handler file (no
@@ -116,6 +118,13 @@ local PRELUDE = 'local REC, DIR = %q, %q; local function rec(conn, ...) '
   .. 'if f then f:close() end; return f ~= nil end; '
   .. 'local _ = rec, flag\n'
 
+-- An upstream's rec(conn, ...) writes "upstream <name><TAB>words": the
+-- records of upstream up are records.up.
+local UP_PRELUDE = 'local REC, NAME = %q, %q; local function rec(_, ...) '
+  .. 'local t = table.pack(...); for i = 1, t.n do t[i] = tostring(t[i]) end; '
+  .. 'local f = assert(io.open(REC, "a")); f:write(NAME, "\\t", '
+  .. 'table.concat(t, " ", 1, t.n), "\\n"); f:close() end; local _ = rec\n'
+
 M.PRELUDE_LINES = 1
 M.NO_REPLY = "(no reply)"   -- a datagram step's observation when none came
 M.UDP_PORT = 41001          -- the harness's UDP clients: 127.0.0.1:(this + n)
@@ -151,10 +160,11 @@ end
 
 function M.prepare(sc, dir)
   local file = dir .. "/handler.lua"
-  for name, text in pairs(sc.upstreams or {}) do
-    write_file(dir .. "/" .. name .. ".lua", text)
-  end
   local records = dir .. "/records"
+  for name, text in pairs(sc.upstreams or {}) do
+    write_file(dir .. "/" .. name .. ".lua", UP_PRELUDE:format(records, "upstream " .. name)
+      .. text)
+  end
   os.execute("rm -f '" .. dir .. "'/flag-*")
   for name, text in pairs(sc.files or {}) do
     write_file(dir .. "/" .. name, text)
@@ -278,7 +288,8 @@ end
 local function parse_records(obs, path, peers)
   for line in (read_file(path) or ""):gmatch("([^\n]*)\n") do
     local peer, what = line:match("^([^\t]*)\t(.*)$")
-    local name = peer and (peers[peer] or ("unknown peer " .. peer)) or "unparsed"
+    local name = peer and (peers[peer] or peer:match("^upstream (.+)$")
+      or ("unknown peer " .. peer)) or "unparsed"
     what = what or line
     local reason = what:match("^close (.*)$")
     local into = reason and obs.reasons or obs.records
