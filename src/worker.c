@@ -25,7 +25,8 @@
 enum {
     CONN_READING = 1 << 0,      /* registered for EV_READABLE */
     CONN_WRITING = 1 << 1,      /* registered for EV_WRITABLE */
-    CONN_PAUSED = 1 << 2,       /* output over high water: not reading */
+    CONN_PAUSED = 1 << 2,       /* output over high water: not reading
+                                   (unless CONN_DUPLEX) */
     CONN_NOREAD = 1 << 3,       /* the handler asked us not to read */
     CONN_EOF = 1 << 4,          /* the client shut down its side */
     CONN_CLOSING = 1 << 5,      /* conn_close: flush, then close */
