@@ -989,7 +989,10 @@ static void frt_poll(struct frt *f) {
     struct fside *ps[FORK_POLL_MAX];
     struct timespec ts;
     double next = frt_next_due(f), now;
-    int n, input = !f->direct && !f->eof && f->end == NULL;
+    /* callbacks read nothing while a coroutine waits to write the client
+     * (its output is backed up), as under the event loop */
+    int n, input = !f->direct && !f->eof && f->end == NULL &&
+                   f->cs.writer == NULL;
     int bell = lpubsub_fd(), nsides;
 
     if (f->idle > 0 && f->end == NULL)

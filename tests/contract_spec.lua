@@ -1456,6 +1456,32 @@ return {
     records = { a = { "data big", "timer big", "data more" } },
     reasons = { a = "eof" } },
 
+  { name = "a callbacks connection reads nothing while a coroutine waits to write to it",
+    handler = [[
+return {
+  on_data = function(conn, data)
+    rec(conn, "data", data)
+    if data == "go" then
+      local big = string.rep("x", 8 * 1024 * 1024)
+      conn:spawn(function() rec(conn, "sent", conn:send(big), conn:send(big)) end)
+      return nil
+    end
+    return data:upper()
+  end,
+  on_close = function(conn, reason) rec(conn, "close", reason) end,
+}
+]],
+    steps = {
+      { c = "a", pause = true },
+      { c = "a", send = "go", wait = 0.3 },
+      { c = "a", send = "more", wait = 0.3 },
+      { c = "a", expect = X16 .. "MORE" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "data go", "sent 8388608 8388608", "data more" } },
+    reasons = { a = "eof" } },
+
   { name = "a coroutine reads the client while another waits to write to it",
     handler = [[
 return { handle = function(conn)
