@@ -496,6 +496,21 @@ end
       { c = "b", ending = "closed", rest = "" },
     } },
 
+  { name = "a reload that fails keeps the version that serves, and logs why",
+    handler = "return function(_, data) return 'v1:' .. data end\n",
+    steps = {
+      { c = "a", send = "x", expect = "v1:x" },
+      { write = { ["handler.lua"] = "return function(conn, data)\n  return data +\nend\n" },
+        reload = "fails", refused = "FILE:3: unexpected symbol near 'end'" },
+      { c = "a", send = "y", expect = "v1:y" },
+      { c = "b", send = "z", expect = "v1:z" },
+      { c = "a", eof = true },
+      { c = "a", ending = "closed", rest = "" },
+      { c = "b", eof = true },
+      { c = "b", ending = "closed", rest = "" },
+    },
+    log = "error", log_has = { "reload failed, version 1 stays: " } },
+
   { name = "a handle running across a reload keeps its version; a new connection gets the new",
     handler = 'local helper = require "helper"\n'
       .. "return { handle = function(conn)\n"
@@ -1097,6 +1112,31 @@ end }
       { c = "a", expect = "dbcha" },
       { c = "a", ending = "closed", rest = "" },
     } },
+
+  { name = "a coroutine that yields outside a wait ends the connection with an error",
+    handler = [[
+return { handle = function(conn)
+  conn:spawn(function() coroutine.yield() end)
+  rec(conn, "recv", conn:recv())
+end }
+]],
+    steps = {
+      { c = "a", ending = "closed", rest = "" },
+    },
+    records = { a = { "recv nil closed 0" } },
+    log = "error", log_has = { "handle yielded outside conn:recv/conn:send" } },
+
+  { name = "a receive cut short by the client's reset gives nil, 'closed', 104 and its bytes",
+    handler = [[
+return { handle = function(conn)
+  rec(conn, "line", conn:receive("*l"))
+end }
+]],
+    steps = {
+      { c = "a", send = "part", wait = 0.2 },
+      { c = "a", reset = true },
+    },
+    records = { a = { "line nil closed 104 part" } } },
 
   { name = "an error in a spawned coroutine ends the connection with reason error",
     handler = [[

@@ -91,6 +91,14 @@
 --                                 rewrite files, then SIGHUP and wait for the
 --                                 next "version N loaded" (harness: nothing;
 --                                 the next harness.open loads the new files)
+--   { write = { ... }, reload = "fails", refused = "FILE:3: ..." }
+--                                 a reload that the loader refuses with that
+--                                 message (FILE, DIR as for load_error): the
+--                                 servers log "reload failed, version N
+--                                 stays: <message>" and serve on; the harness
+--                                 driver loads the files in a harness.open,
+--                                 logs the same line, and puts the files back
+--                                 (its next opens load the version that stays)
 --
 -- The prelude gives the handler rec(conn, ...), which appends
 -- "conn.peer<TAB>words" to the records file (conn may be a datagram's peer
@@ -246,6 +254,10 @@ function M.expected(sc, file)
       obs.steps[i] = st.ending .. " after " .. (st.rest or "")
     elseif st.datagram then
       obs.steps[i] = st.reply or M.NO_REPLY
+    elseif st.reload == "fails" then
+      local dir = file:match("^(.*)/[^/]*$")
+      obs.steps[i] = "refused: " .. st.refused:gsub("FILE", function() return file end)
+        :gsub("DIR", function() return dir end)
     end
   end
   for c, r in pairs(sc.reasons or {}) do
@@ -487,10 +499,26 @@ function M.run_harness(sc, dir)
       local r = h:datagram(st.datagram, udp[st.u])
       return r or M.NO_REPLY
     end
+    local version, refusals = 1, {}
     for i, st in ipairs(sc.steps) do
+      local kept = {}
+      if st.reload == "fails" then
+        for name in pairs(st.write or {}) do
+          kept[name] = read_file(dir .. "/" .. name)
+        end
+      end
       apply_files(dir, st)
-      if st.reload then
-        mark, own = #order, nil
+      if st.reload == "fails" then
+        local ok, err = pcall(harness.open, file, sc.opts)
+        err = ok and "harness.open loaded it" or tostring(err):match("^[^\n]*")
+        obs.steps[i] = "refused: " .. err
+        refusals[#refusals + 1] = ("SIGHUP reload failed, version %d stays: %s")
+          :format(version, err)
+        for name, text in pairs(kept) do
+          write_file(dir .. "/" .. name, text)
+        end
+      elseif st.reload then
+        mark, own, version = #order, nil, version + 1
       end
       local c = st.c and conn(st.c)
       if st.pause then
@@ -539,7 +567,7 @@ function M.run_harness(sc, dir)
         obs.steps[i] = datagram(st)
       end
     end
-    local entries, lines = {}, {}
+    local entries, lines = table.move(refusals, 1, #refusals, 1, {}), {}
     local all = table.move(order, 1, #order, 1, {})
     for _, h in ipairs(owns) do
       all[#all + 1] = { name = "(datagrams)", h = h, ended = "datagrams" }
@@ -707,9 +735,25 @@ function M.run_server(model, sc, dir)
     end
     return c
   end
+  local fails = 0
+  local function refusal(n)    -- the message of the n-th failed reload, or nil
+    local k = 0
+    for msg in srv.log_text():gmatch("reload failed, version %d+ stays: ([^\n]*)") do
+      k = k + 1
+      if k == n then
+        return msg
+      end
+    end
+    return nil
+  end
   for i, st in ipairs(sc.steps) do
     apply_files(dir, st)
-    if st.reload then
+    if st.reload == "fails" then
+      fails = fails + 1
+      srv.server:signal("HUP")
+      util.wait_for(function() return refusal(fails) ~= nil end, 5)
+      obs.steps[i] = "refused: " .. (refusal(fails) or "no 'reload failed' line")
+    elseif st.reload then
       reloads = reloads + 1
       srv.server:signal("HUP")
       srv.server:wait_log("version " .. (reloads + 1) .. " loaded", 5)
