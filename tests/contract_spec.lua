@@ -1936,6 +1936,24 @@ return {
     log = "error", log_has = { "reply of 65508 bytes is longer than a datagram can be "
       .. "(at most 65507 bytes over IPv4)" } },
 
+  { name = "over IPv6 the peer is '[::1]:PORT' and a reply may be 65527 bytes",
+    handler = [[
+return { on_datagram = function(peer, data)
+  if data == "max" then return ("z"):rep(65527) end
+  if data == "big" then return ("z"):rep(65528) end
+  rec(peer, "from", peer:match("^%[::1%]:%d+$") and "[::1]" or peer, #data)
+  return "ok"
+end }
+]],
+    steps = {
+      { u = "x", ipv6 = true, datagram = "hi", reply = "ok" },
+      { u = "x", datagram = "max", reply = ("z"):rep(65527) },
+      { u = "x", datagram = "big", reply = false },
+    },
+    records = { x = { "from [::1] 2" } },
+    log = "error", log_has = { "reply of 65528 bytes is longer than a datagram can be "
+      .. "(at most 65527 bytes over IPv6)" } },
+
   { name = "on_datagram may not wait: connect raises; echohost.log names no connection",
     handler = [[
 local socket, log = require "echohost.socket", require "echohost.log"

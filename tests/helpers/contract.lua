@@ -79,7 +79,9 @@
 --                                 the UDP client x (a socket of its own,
 --                                 made at its first step) sends the datagram
 --                                 "hi" and gets the reply "HI"; reply = false:
---                                 none comes (for CHECK_TIMEOUT). The servers
+--                                 none comes (for CHECK_TIMEOUT); ipv6 = true at
+--                                 a client's first step: it is [::1] (the
+--                                 servers get udp://[::1]:0 too). The servers
 --                                 get a second listener, udp://127.0.0.1:0;
 --                                 the harness calls h:datagram(data, peer) on
 --                                 the open of the last connection opened (its
@@ -138,9 +140,9 @@ M.NO_REPLY = "(no reply)"   -- a datagram step's observation when none came
 M.UDP_PORT = 41001          -- the harness's UDP clients: 127.0.0.1:(this + n)
 
 -- Whether the scenario sends datagrams (the servers then listen on UDP too).
-local function has_datagrams(sc)
+local function has_datagrams(sc, ipv6)
   for _, st in ipairs(sc.steps or {}) do
-    if st.datagram then
+    if st.datagram and (not ipv6 or st.ipv6) then
       return true
     end
   end
@@ -480,7 +482,7 @@ function M.run_harness(sc, dir)
     local function datagram(st)
       if not udp[st.u] then
         nudp = nudp + 1
-        udp[st.u] = "127.0.0.1:" .. (M.UDP_PORT + nudp)
+        udp[st.u] = (st.ipv6 and "[::1]:" or "127.0.0.1:") .. (M.UDP_PORT + nudp)
         peers[udp[st.u]] = st.u
       end
       local h = #order > mark and order[#order].h
@@ -670,6 +672,9 @@ function M.run_server(model, sc, dir)
     table.move({ "--listen", "127.0.0.1:0", "--listen", "udp://127.0.0.1:0" }, 1, 4,
       #args + 1, args)
   end
+  if has_datagrams(sc, true) then
+    table.move({ "--listen", "udp://[::1]:0" }, 1, 2, #args + 1, args)
+  end
   if sc.pubsub_size then
     args[#args + 1] = "--pubsub-size"
     args[#args + 1] = sc.pubsub_size
@@ -708,14 +713,16 @@ function M.run_server(model, sc, dir)
   local reloads = 0
   local udp = {}
   local function datagram(st)
-    local _, uhost, uport = server.split(srv.server.listeners[2])
     local u = udp[st.u]
     if not u then
-      u = util.track(assert(socket.udp()))
-      assert(u:setsockname("127.0.0.1", 0))
+      u = util.track(assert(st.ipv6 and socket.udp6() or socket.udp()))
+      assert(u:setsockname(st.ipv6 and "::1" or "127.0.0.1", 0))
       local ip, port = u:getsockname()
-      udp[st.u], peers[ip .. ":" .. tostring(port)] = u, st.u
+      local peer = (st.ipv6 and "[" .. ip .. "]" or ip) .. ":" .. tostring(port)
+      udp[st.u], peers[peer] = u, st.u
+      udp[u] = st.ipv6 and 3 or 2      -- the listener it sends to
     end
+    local _, uhost, uport = server.split(srv.server.listeners[udp[u]])
     assert(u:sendto(st.datagram, uhost, uport))
     u:settimeout(st.reply == false and M.CHECK_TIMEOUT or M.READ_TIMEOUT)
     local got, err = u:receive(65536)
