@@ -202,6 +202,13 @@ local function apply_files(dir, st)
   end
 end
 
+-- text with FILE replaced by file (the handler's path) and DIR by its
+-- directory.
+local function placed(text, file)
+  local dir = file:match("^(.*)/[^/]*$")
+  return (text:gsub("FILE", function() return file end):gsub("DIR", function() return dir end))
+end
+
 -- The wanted lines of sc.log_lines, FILE replaced by file: level and text
 -- after "<level>: ".
 local function wanted_lines(sc, file)
@@ -209,9 +216,7 @@ local function wanted_lines(sc, file)
   for i, want in ipairs(sc.log_lines or {}) do
     local level, rest = want:match("^(%a+): (.*)$")
     assert(level, "scenario bug: log_lines[" .. i .. "] is not '<level>: text'")
-    local dir = file:match("^(.*)/[^/]*$")
-    list[i] = { level = level, text = (rest:gsub("FILE", function() return file end)
-      :gsub("DIR", function() return dir end)) }
+    list[i] = { level = level, text = placed(rest, file) }
   end
   return list
 end
@@ -243,9 +248,7 @@ function M.expected(sc, file)
   local obs = { steps = {}, reasons = {}, records = {}, log = sc.log or "none", log_has = {},
                 log_lines = {} }
   if sc.load_error then
-    local dir = file:match("^(.*)/[^/]*$")
-    return { load_error = (sc.load_error:gsub("FILE", function() return file end)
-      :gsub("DIR", function() return dir end)) }
+    return { load_error = placed(sc.load_error, file) }
   end
   for i, st in ipairs(sc.steps) do
     if st.expect then
@@ -257,9 +260,7 @@ function M.expected(sc, file)
     elseif st.datagram then
       obs.steps[i] = st.reply or M.NO_REPLY
     elseif st.reload == "fails" then
-      local dir = file:match("^(.*)/[^/]*$")
-      obs.steps[i] = "refused: " .. st.refused:gsub("FILE", function() return file end)
-        :gsub("DIR", function() return dir end)
+      obs.steps[i] = "refused: " .. placed(st.refused, file)
     end
   end
   for c, r in pairs(sc.reasons or {}) do
@@ -766,6 +767,11 @@ function M.run_server(model, sc, dir)
       srv.server:wait_log("version " .. (reloads + 1) .. " loaded", 5)
     end
     local c = st.c and conn(st.c)
+    if st.pause then
+      -- a fixed receive buffer: autotuned, loopback's grows to 32 MiB and
+      -- takes what the scenario means to back up
+      assert(c.sock:setoption("recv-buffer-size", 65536))
+    end
     if st.send then
       c.sock:settimeout(M.READ_TIMEOUT)
       local ok, err = c.sock:send(st.send)
