@@ -100,6 +100,7 @@ TESTBIN := $(BUILD)/tests/ptyrun $(BUILD)/tests/sdsim
 GLUE_TESTS := $(patsubst tests/glue/%.c,$(BUILD)/tests/glue/%,$(wildcard tests/glue/test_*.c))
 BUS_TEST   := $(if $(wildcard tests/bus/test_bus.c),$(BUILD)/tests/bus/test_bus)
 PROXY_TEST := $(if $(wildcard tests/proxy/test_proxy.c),$(BUILD)/tests/proxy/test_proxy)
+EV_TEST    := $(if $(wildcard tests/ev/test_ev.c),$(BUILD)/tests/ev/test_ev)
 GLUE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(GLUE_SRC) $(GLUE_GEN))
 GLUE_RT_OBJ:= $(patsubst %.c,$(BUILD)/%.o,$(GLUE_RT_SRC) $(GLUE_GEN))
 # The glue C library: the runtime and the prelude's types, no Lua.
@@ -107,7 +108,7 @@ GLUE_SONAME := libechohost-glue.so.0
 GLUE_LIBS  := $(if $(GLUE_GEN),$(BUILD)/lib/libechohost-glue.a \
               $(BUILD)/lib/$(GLUE_SONAME))
 all: deps-check $(BIN) $(LUABIN) $(SOS) $(TOOLBIN) $(TESTBIN) $(GLUE_TESTS) \
-     $(BUS_TEST) $(PROXY_TEST) $(GLUE_LIBS)
+     $(BUS_TEST) $(PROXY_TEST) $(EV_TEST) $(GLUE_LIBS)
 
 $(BIN): $(OBJ)
 	@printf '  LD %s\n' $@
@@ -202,6 +203,11 @@ $(BUILD)/tests/bus/test_bus: tests/bus/test_bus.c src/bus.c src/bus.h src/pmutex
 	@mkdir -p $(dir $@)
 	@printf '  LD %s\n' $@
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) -lpthread $(EXTRA_LDFLAGS)
+
+$(BUILD)/tests/ev/test_ev: tests/ev/test_ev.c src/ev.c src/ev.h tests/glue/check.h
+	@mkdir -p $(dir $@)
+	@printf '  LD %s\n' $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/glue -o $@ $(filter %.c,$^) $(EXTRA_LDFLAGS)
 
 $(BUILD)/tests/proxy/test_proxy: tests/proxy/test_proxy.c tests/proxy/proxy_props.h \
     src/proxyproto.c src/proxyproto.h src/net.c tests/glue/check.h

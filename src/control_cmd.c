@@ -198,6 +198,7 @@ static void cmd_listener_stats(lua_State *L, const struct worker_listener *l) {
     cmd_setint(L, "errors", stat_get(&u->errors));
     cmd_setint(L, "faults", stat_get(&u->faults));
     cmd_setint(L, "no_reply", stat_get(&u->no_reply));
+    cmd_setint(L, "polled", stat_get(&u->polled));
 }
 
 /* Slot i's figures, read where its worker writes them: {slot, pid, conns,

@@ -11,12 +11,14 @@
 
 #define EV_MAX_FIRED 512        /* events taken from one epoll_wait */
 #define EV_SLOT_BITS 32         /* timer id = sequence << 32 | slot */
+#define EV_POLLED_MAX 64        /* fds polled at once; more stay in epoll */
 
 struct ev_file {
     int mask;                   /* EV_READABLE | EV_WRITABLE | EV_EXCLUSIVE */
     ev_file_proc *rproc;
     ev_file_proc *wproc;
     void *ud;
+    int polled;                 /* out of epoll: ev_set_polled */
 };
 
 struct ev_timer {
@@ -44,6 +46,8 @@ struct ev_loop {
     long long now;              /* ev_now_ms() at the last wake-up */
     int stop;
     long busy_us;               /* ev_set_busy_poll */
+    int polled[EV_POLLED_MAX];  /* ev_set_polled fds, in no order */
+    int npolled;
     ev_after_proc *after;
     void *after_ud;
 };
@@ -192,6 +196,17 @@ static int grow_files(ev_loop *loop, int fd) {
     return EV_OK;
 }
 
+/* Takes fd off the polled list (epoll is the caller's business). */
+static void unpoll(ev_loop *loop, int fd) {
+    for (int i = 0; i < loop->npolled; i++) {
+        if (loop->polled[i] == fd) {
+            loop->polled[i] = loop->polled[--loop->npolled];
+            break;
+        }
+    }
+    loop->files[fd].polled = 0;
+}
+
 int ev_add(ev_loop *loop, int fd, int mask, ev_file_proc *proc, void *ud) {
     struct ev_file *fe;
 
@@ -204,9 +219,14 @@ int ev_add(ev_loop *loop, int fd, int mask, ev_file_proc *proc, void *ud) {
         return EV_ERR;
     }
     fe = &loop->files[fd];
-    if ((fe->mask | mask) != fe->mask &&
-        api_add(loop, fd, fe->mask, fe->mask | mask) < 0)
-        return EV_ERR;
+    if ((fe->mask | mask) != fe->mask) {
+        /* a polled fd is out of epoll: it comes back, waiting for all */
+        if (api_add(loop, fd, fe->polled ? EV_NONE : fe->mask,
+                    fe->mask | mask) < 0)
+            return EV_ERR;
+        if (fe->polled)
+            unpoll(loop, fd);
+    }
     fe->mask |= mask;
     if (mask & EV_READABLE)
         fe->rproc = proc;
@@ -228,13 +248,55 @@ void ev_del(ev_loop *loop, int fd, int mask) {
     left = fe->mask & ~mask;
     if ((left & (EV_READABLE | EV_WRITABLE)) == EV_NONE)
         left = EV_NONE;
-    api_del(loop, fd, fe->mask, left);
+    if (fe->polled) {
+        unpoll(loop, fd);
+        if (left != EV_NONE)
+            api_add(loop, fd, EV_NONE, left);
+    } else {
+        api_del(loop, fd, fe->mask, left);
+    }
     fe->mask = left;
 }
 
 void ev_forget(ev_loop *loop, int fd) {
-    if (fd >= 0 && fd < loop->setsize)
+    if (fd >= 0 && fd < loop->setsize) {
+        if (loop->files[fd].polled)
+            unpoll(loop, fd);
         loop->files[fd].mask = EV_NONE;
+    }
+}
+
+int ev_set_polled(ev_loop *loop, int fd, int on) {
+    struct ev_file *fe;
+    struct epoll_event ee;
+
+    if (fd < 0 || fd >= loop->setsize || loop->files[fd].mask == EV_NONE) {
+        errno = EBADF;
+        return EV_ERR;
+    }
+    fe = &loop->files[fd];
+    if (!on == !fe->polled)
+        return EV_OK;
+    if (!on) {
+        if (api_add(loop, fd, EV_NONE, fe->mask) < 0)
+            return EV_ERR;
+        unpoll(loop, fd);
+        return EV_OK;
+    }
+    if ((fe->mask & EV_WRITABLE) || loop->npolled == EV_POLLED_MAX) {
+        errno = EINVAL;
+        return EV_ERR;
+    }
+    memset(&ee, 0, sizeof ee);
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ee) < 0)
+        return EV_ERR;
+    loop->polled[loop->npolled++] = fd;
+    fe->polled = 1;
+    return EV_OK;
+}
+
+int ev_polled(const ev_loop *loop, int fd) {
+    return fd >= 0 && fd < loop->setsize && loop->files[fd].polled;
 }
 
 int ev_mask(ev_loop *loop, int fd) {
@@ -426,16 +488,31 @@ static void process_file(ev_loop *loop, int fd, int mask) {
         fe->wproc(loop, fd, fe->ud, mask);
 }
 
-/* One iteration: wait, dispatch file events, due timers, then the
- * after-proc. */
+/* The read procs of the polled fds, as if each had fired; those their
+ * procs stop polling (or delete) meanwhile are skipped. */
+static void process_polled(ev_loop *loop) {
+    int fds[EV_POLLED_MAX], n = loop->npolled;
+
+    memcpy(fds, loop->polled, (size_t)n * sizeof *fds);
+    for (int i = 0; i < n && !loop->stop; i++) {
+        struct ev_file *fe = &loop->files[fds[i]];
+        if (fe->polled)
+            fe->rproc(loop, fds[i], fe->ud, EV_READABLE);
+    }
+}
+
+/* One iteration: wait (not while an fd is polled), dispatch file events,
+ * the polled fds, due timers, then the after-proc. */
 static void run_once(ev_loop *loop) {
-    int n = api_poll(loop, poll_timeout(loop));
+    int n = api_poll(loop, loop->npolled > 0 ? 0 : poll_timeout(loop));
 
     loop->now = ev_now_ms();
     for (int i = 0; i < n && !loop->stop; i++) {
         int fd = loop->fired[i].data.fd;
         process_file(loop, fd, api_mask(loop->fired[i].events));
     }
+    if (loop->npolled > 0)
+        process_polled(loop);
     process_timers(loop);
     if (loop->after)
         loop->after(loop, loop->after_ud);

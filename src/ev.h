@@ -37,6 +37,15 @@ int ev_add(ev_loop *loop, int fd, int mask, ev_file_proc *proc, void *ud);
 /* mask is removed; when nothing is left the fd leaves the loop. */
 void ev_del(ev_loop *loop, int fd, int mask);
 int ev_mask(ev_loop *loop, int fd);
+/* on: fd, waiting for EV_READABLE only, leaves epoll and its read proc runs
+ * once every iteration instead, the loop not sleeping while any fd is
+ * polled; off: back to epoll, which reports it at once if it is ready.
+ * For a socket too busy to wait on: every packet it sends or receives
+ * walks the socket's wait queue, where an epoll entry means a wake-up
+ * call [as NAPI polls a busy NIC instead of taking its interrupts].
+ * EV_ERR with errno set (EINVAL: EV_WRITABLE, or 64 fds polled already). */
+int ev_set_polled(ev_loop *loop, int fd, int on);
+int ev_polled(const ev_loop *loop, int fd);
 /* Drops fd from the loop's tables without telling epoll: for a caller that
  * closes fd (not shared with another process) before the loop polls again,
  * since close removes it from epoll; one syscall less per connection. */

@@ -26,6 +26,7 @@ struct udp_stats {
     stat_t errors;              /* failed receives and sends */
     stat_t faults;              /* the handler failed: no reply */
     stat_t no_reply;            /* the handler answered nothing (nil) */
+    stat_t polled;              /* times busy enough to be polled */
 };
 
 #define UDP_NO_REPLY (-1)       /* a handler's result: send nothing */

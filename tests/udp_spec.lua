@@ -21,9 +21,10 @@ end
 local function listeners(path)
   local out = ctl(path, "for _, l in ipairs(stats().listeners) do print(string.format("
     .. "'{name=%q,kind=%q,dg_in=%d,dg_out=%d,guard=%d,rate=%d,full=%d,errors=%d,"
-    .. "accepted=%d,conns=%d}', l.name, l.kind, l.datagrams_in or 0, l.datagrams_out or 0,"
-    .. " l.dropped_guard or 0, l.dropped_rate or 0, l.dropped_full or 0, l.errors or 0,"
-    .. " l.accepted or 0, l.conns or 0)) end")
+    .. "polled=%d,accepted=%d,conns=%d}', l.name, l.kind, l.datagrams_in or 0,"
+    .. " l.datagrams_out or 0, l.dropped_guard or 0, l.dropped_rate or 0,"
+    .. " l.dropped_full or 0, l.errors or 0, l.polled or 0, l.accepted or 0, l.conns or 0))"
+    .. " end")
   local t = {}
   for line in out:gmatch("[^\n]+") do
     t[#t + 1] = assert(load("return " .. line))()
@@ -278,6 +279,63 @@ describe("UDP echo", function()
     local l = listeners(path)[1]
     assert.is_true(l.dg_in >= 53)
     assert.equal(0, l.guard)
+  end)
+
+  it("polls a busy socket instead of waiting on it, serves TCP meanwhile, and sleeps "
+    .. "again once the socket is empty", function()
+    local path = control_path()
+    local srv = server.start({ "--workers", "1", "--listen", "udp://127.0.0.1:0",
+      "--listen", "127.0.0.1:0", "--udp-rate", "0", "--control", path })
+    local host, port = target(srv, 1)
+    local thost, tport = target(srv, 2)
+    local worker = assert(srv:wait_children(1, 5))[1]
+    -- the CPU ticks (10 ms) the worker takes in a second of no traffic: a
+    -- socket left polled would take them all
+    local function idle_ticks()
+      server.sleep(0.3)
+      local t0 = server.cpu_ticks(worker)
+      server.sleep(1)
+      return server.cpu_ticks(worker) - t0
+    end
+    -- 96 datagrams queued while the worker is stopped: its first wake-up
+    -- reads a full batch, the socket leaves epoll, the rest are polled
+    local socks = {}
+    for k = 1, 4 do socks[k] = udp(host) end
+    cleanup(function() for _, u in ipairs(socks) do u:close() end end)
+    local reqs = {}
+    for i = 1, 96 do reqs[i] = payload("p" .. i, 40) end
+    assert(os.execute("kill -STOP " .. worker))
+    cleanup(function() os.execute("kill -CONT " .. worker .. " 2>/dev/null") end)
+    for i, r in ipairs(reqs) do assert(socks[(i - 1) % 4 + 1]:sendto(r, host, port)) end
+    assert(os.execute("kill -CONT " .. worker))
+    local got = {}
+    for _, u in ipairs(socks) do
+      u:settimeout(2)
+      for _ = 1, 24 do got[assert(u:receivefrom(65536))] = true end
+    end
+    for _, r in ipairs(reqs) do assert.truthy(got[r], r:sub(1, 8) .. " unanswered") end
+    local before = listeners(path)[1]
+    assert.equal(96, before.dg_out)
+    assert.is_true(before.polled >= 1, "never polled")
+    local ticks = idle_ticks()
+    assert.is_true(ticks <= 10, "the worker spins: " .. ticks .. " ticks")
+    -- a flood of 1.5 s (16 sockets, 8 datagrams in flight each): TCP is
+    -- answered meanwhile, and the worker sleeps once it stops
+    local flood = io.popen(("%s -m udp -c 16 -w 8 -s 64 -d 1.5 -W 0 %s:%d 2>&1")
+      :format(q(util.tool("echohost-bench")), host, port))
+    server.sleep(0.2)
+    for i = 1, 10 do
+      assert.equal("tcp " .. i, server.echo(thost, tport, "tcp " .. i, { timeout = 2 }))
+    end
+    local report = flood:read("a")
+    flood:close()
+    local echoed = tonumber(report:match('"msgs":(%d+)'))
+    assert(echoed and echoed > 1000, report)
+    local after = listeners(path)[1]
+    assert.is_true(after.polled > before.polled, "not polled under the flood")
+    assert.is_true(after.dg_out >= before.dg_out + echoed)
+    ticks = idle_ticks()
+    assert.is_true(ticks <= 10, "the worker spins after the flood: " .. ticks .. " ticks")
   end)
 end)
 
