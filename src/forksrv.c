@@ -44,6 +44,7 @@ struct forksrv {
     struct hstate *hs;          /* the loaded handler, or NULL: C echo */
     struct watch *watch;        /* --watch */
     ev_loop *loop;
+    int epfd;                   /* the loop's, for a child to close */
     struct flisten ls[EH_LISTEN_MAX];
     int nls;
     uint16_t udp_ports[EH_LISTEN_MAX];  /* the loop guard's own ports */
@@ -136,16 +137,14 @@ static int child_proxy(const struct eh_config *cfg, int fd,
     return -1;
 }
 
-/* In the child: the connection with the handler, or the C echo. The exit
- * status. */
+/* In the child: the connection with the handler, or the C echo (on a
+ * blocking socket: see accept_flags). The exit status. */
 static int child_serve(struct forksrv *fs, int fd, struct net_peer *peer,
                        struct rtfork_tally *t) {
     int status;
 
-    if (fs->hs == NULL) {
-        net_nonblock(NULL, fd, 0);
+    if (fs->hs == NULL)
         return echo_blocking(fs->cfg, fd, t);
-    }
     status = rtfork_serve(fs->hs, fd, peer, t);
     fflush(NULL);               /* what the handler wrote with io.write */
     return status;
@@ -156,8 +155,9 @@ static int child_serve(struct forksrv *fs, int fd, struct net_peer *peer,
  * Every page the child writes is a copy-on-write fault (and on a VM a TLB
  * flush), and every page of code it runs first a fault too: it frees
  * nothing it inherited and leaves by _exit, so no atexit handler,
- * destructor or stdio cleanup touches memory, and it names the peer and
- * reads the clock only for what uses them. */
+ * destructor or stdio cleanup touches memory, it names the peer and reads
+ * the clock only for what uses them, and the C echo's child runs no code of
+ * ours outside this file. */
 static void child_run(struct forksrv *fs, int fd, struct net_peer *peer,
                       const struct flisten *fl) {
     const struct eh_config *cfg = fs->cfg;
@@ -173,7 +173,7 @@ static void child_run(struct forksrv *fs, int fd, struct net_peer *peer,
     for (int i = 0; i < fs->nls; i++)
         close(fs->ls[i].l.fd);
     sup_after_fork(&fs->sup);
-    close(ev_fd(fs->loop));
+    close(fs->epfd);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_IGN);           /* the parent reopens the log */
@@ -185,6 +185,8 @@ static void child_run(struct forksrv *fs, int fd, struct net_peer *peer,
         status = 0;
         close(fd);
     } else {
+        if (fl->l.proxy && fs->hs == NULL)
+            net_nonblock(NULL, fd, 0);
         status = child_serve(fs, fd, peer, &t);
     }
     if (cfg->access_log)
@@ -238,15 +240,23 @@ static void serve(struct forksrv *fs, int fd, struct net_peer *peer,
     log_debug("child %d serves %s", (int)pid, net_peer_name(peer));
 }
 
+/* The C echo's child reads and writes a blocking socket, so it is accepted
+ * so (no fcntl in each child); the PROXY header's reader and a handler's
+ * runtime want it non-blocking. */
+static int accept_flags(const struct forksrv *fs, const struct flisten *fl) {
+    return fs->hs == NULL && !fl->l.proxy ? 0 : SOCK_NONBLOCK;
+}
+
 static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     struct flisten *fl = ud;
     struct forksrv *fs = fl->fs;
     struct net_peer peer;
+    int flags = accept_flags(fs, fl);
 
     (void)loop;
     (void)mask;
     for (int i = 0; i < ACCEPT_MAX && fl->l.fd >= 0; i++) {
-        int fd = net_accept_peer(lfd, &peer);
+        int fd = net_accept_peer(lfd, &peer, flags);
         if (fd >= 0) {
             serve(fs, fd, &peer, fl);
             continue;
@@ -387,6 +397,7 @@ int forksrv_main(const struct eh_config *cfg, const struct forksrv_listen *ls,
             fs.udp_ports[fs.nudp++] = (uint16_t)net_sock_port(NULL, ls[i].fd);
     }
     fs.loop = ev_create(64);
+    fs.epfd = fs.loop ? ev_fd(fs.loop) : -1;
     if (fs.loop == NULL ||
         sup_init(&fs.sup, fs.loop, cfg, &fork_policy, &fork_ops, &fs) < 0 ||
         open_listeners(&fs) < 0) {

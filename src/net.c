@@ -362,13 +362,13 @@ static void unix_peer(int fd, char *buf, size_t len) {
         snprintf(buf, len, "unix:");
 }
 
-int net_accept_peer(int lfd, struct net_peer *p) {
+int net_accept_peer(int lfd, struct net_peer *p, int flags) {
     socklen_t len;
     int fd;
 
     do {
         len = sizeof p->addr;   /* a Unix peer's path is cut: unused */
-        fd = accept4(lfd, &p->addr.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        fd = accept4(lfd, &p->addr.sa, &len, flags | SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return NET_ERR;
@@ -392,7 +392,7 @@ void net_peer_set_name(struct net_peer *p, const char *name) {
 
 int net_accept(int lfd, char *peer, size_t peerlen) {
     struct net_peer p;
-    int fd = net_accept_peer(lfd, &p);
+    int fd = net_accept_peer(lfd, &p, SOCK_NONBLOCK);
 
     if (fd >= 0 && peer != NULL)
         snprintf(peer, peerlen, "%s", net_peer_name(&p));

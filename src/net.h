@@ -98,8 +98,9 @@ struct net_peer {
     char name[NET_ADDR_LEN];    /* "" until named */
 };
 
-/* net_accept, the peer kept unnamed in p. */
-int net_accept_peer(int lfd, struct net_peer *p);
+/* net_accept, the peer kept unnamed in p; flags: accept4's (SOCK_CLOEXEC
+ * always), 0 for a blocking socket. */
+int net_accept_peer(int lfd, struct net_peer *p, int flags);
 /* "127.0.0.1:53412", "[::1]:53412", "unix:pid=4242,uid=1000". */
 const char *net_peer_name(struct net_peer *p);
 /* A peer known only by its name (an upstream's "host:port"). */

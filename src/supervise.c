@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,15 +100,30 @@ int sup_signals(ev_loop *loop, const int *sigs, int n, int set,
 
 /* --- the table of children ----------------------------------------------- */
 
+/* The table is a mapping of its own that no child inherits: in the heap,
+ * its page would be copy-on-write after each fork and the master's next
+ * write to it a page fault, one per connection under --model fork. No
+ * child reads it (the workers and the fork children never return to the
+ * master's code). */
+static int kids_grow(struct supervisor *s) {
+    size_t old = (size_t)s->capkids * sizeof *s->kids;
+    size_t len = old ? old * 2 : 4096;
+    void *p = old ? mremap(s->kids, old, len, MREMAP_MAYMOVE)
+                  : mmap(NULL, len, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return -1;
+    if (old == 0)
+        madvise(p, len, MADV_DONTFORK);         /* mremap keeps it */
+    s->kids = p;
+    s->capkids = (int)(len / sizeof *s->kids);
+    return 0;
+}
+
 int sup_add(struct supervisor *s, pid_t pid, int tag) {
-    if (s->nkids == s->capkids) {
-        int cap = s->capkids ? s->capkids * 2 : 64;
-        struct sup_child *k = realloc(s->kids, cap * sizeof *k);
-        if (k == NULL)
-            return -1;
-        s->kids = k;
-        s->capkids = cap;
-    }
+    if (s->nkids == s->capkids && kids_grow(s) < 0)
+        return -1;
     s->kids[s->nkids].pid = pid;
     s->kids[s->nkids++].tag = tag;
     return 0;
@@ -329,13 +345,8 @@ void sup_fini(struct supervisor *s) {
     if (s->sigfd >= 0)
         close(s->sigfd);
     s->sigfd = -1;
-    free(s->kids);
+    if (s->kids)
+        munmap(s->kids, (size_t)s->capkids * sizeof *s->kids);
     s->kids = NULL;
     s->capkids = 0;
-}
-
-void sup_after_fork(struct supervisor *s) {
-    close(s->sigfd);
-    if (s->up.fd >= 0)
-        close(s->up.fd);
 }

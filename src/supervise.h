@@ -7,6 +7,7 @@
 #define ECHOHOST_SUPERVISE_H
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "ev.h"
@@ -101,8 +102,14 @@ int sup_init(struct supervisor *s, ev_loop *loop,
 /* Kills and waits for the children left, then frees the table. */
 void sup_fini(struct supervisor *s);
 /* In a child just forked: closes the master's signalfd and upgrade pipe
- * (frees nothing: the child may not touch the pages it shares). */
-void sup_after_fork(struct supervisor *s);
+ * (frees nothing: the child may not touch the pages it shares). Inline: a
+ * --model fork child runs no code of ours but its server's file (every
+ * page of code a child runs is a page fault). */
+static inline void sup_after_fork(struct supervisor *s) {
+    close(s->sigfd);
+    if (s->up.fd >= 0)
+        close(s->up.fd);
+}
 
 /* A child forked (tag: the master's name for it). 0, or -1: out of memory
  * (it is not supervised). */

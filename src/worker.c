@@ -679,7 +679,7 @@ static void accept_proc(ev_loop *loop, int lfd, void *ud, int mask) {
     (void)loop;
     (void)mask;
     for (int i = 0; i < ACCEPT_MAX; i++) {
-        int fd = net_accept_peer(lfd, &peer);
+        int fd = net_accept_peer(lfd, &peer, SOCK_NONBLOCK);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;

@@ -2,6 +2,7 @@
 -- echoing in C, reaped when it ends; --max-conns bounds live children.
 local socket = require "socket"
 local server = require "helpers.server"
+local util = require "helpers.util"
 
 -- Children of pid still alive (zombies count: they must not exist).
 local function zombies(pid)
@@ -137,5 +138,39 @@ describe("echohost --model fork", function()
       end
       assert.same({ libc = true, libm = true }, libs)
     end
+  end)
+
+  -- Each page a child writes is a copy-on-write fault and each page of code
+  -- it runs a fault too: the C echo's child runs only its server's code
+  -- and libc's, writes its stack, the read buffer and what fork and libc
+  -- write (13-15 here, refecho -f's 10); the master copies its stack pages
+  -- again after each fork. A guard: touching the handler state, freeing,
+  -- stdio or the heap table of children would take far more.
+  it("takes few page faults per connection, in a C echo child and in the master", function()
+    local srv = server.start({ "--model", "fork" })
+    local function faults()
+      local f = {}
+      for w in util.slurp("/proc/" .. srv.pid .. "/stat"):match("%) (.*)"):gmatch("%S+") do
+        f[#f + 1] = w
+      end
+      return tonumber(f[8]), tonumber(f[9])     -- minflt, cminflt (reaped children)
+    end
+    local function conns(n)
+      for i = 1, n do
+        assert.equal("hello " .. i, server.echo(srv.host, srv.port, "hello " .. i))
+      end
+      assert.truthy(server.wait(function() return #srv:children() == 0 end, 5))
+    end
+    conns(20)                           -- the master's first pages
+    local master0, children0 = faults()
+    conns(200)
+    local master1, children1 = faults()
+    local per_child = (children1 - children0) / 200
+    local per_master = (master1 - master0) / 200
+    if os.getenv("ECHOHOST_ASAN") then  -- the sanitizers' shadow pages
+      return
+    end
+    assert.is_true(per_child <= 18, ("%.2f faults per child"):format(per_child))
+    assert.is_true(per_master <= 9, ("%.2f faults in the master per connection"):format(per_master))
   end)
 end)
