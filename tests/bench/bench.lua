@@ -250,7 +250,7 @@ local SERVERS = {
   -- refecho's variants: none may beat the reference anywhere (the report
   -- flags each run where one does)
   { name = "ref_aa", title = "refecho again (A/A: the noise)", variant = "" },
-  { name = "ref_et", title = "refecho -e (edge-triggered)", variant = "-e" },
+  { name = "ref_lt", title = "refecho -l (level-triggered)", variant = "-l" },
   { name = "ref_wait", title = "refecho -w (first read after epoll)", variant = "-w" },
   { name = "ref_defer", title = "refecho -d (TCP_DEFER_ACCEPT)", variant = "-d" },
   { name = "ref_one", title = "refecho -1 (one accept per wake-up)", variant = "-1" },
@@ -259,7 +259,7 @@ local SERVERS = {
   -- through the hypervisor on a VM); what HAProxy gains on connrate 16 by
   -- being busier
   { name = "ref_spin", title = "refecho -s 200 (busy-poll 200 µs before sleeping)",
-    variant = "-s 200" },
+    variant = "-s 200", polls = true },
   -- the floor of the other design: a process per connection, nothing else
   -- (blocking accept, fork, the child echoes, the kernel reaps it)
   { name = "ref_fork", title = "refecho -f (fork per connection)", variant = "-f" },
@@ -267,7 +267,7 @@ local SERVERS = {
     cmd = echohost(""), echohost = true, udp = true },
   -- against refecho -s 200: the same polling
   { name = "c_spin", title = "echohost C echo --busy-poll 200",
-    cmd = echohost("--busy-poll 200"), echohost = true },
+    cmd = echohost("--busy-poll 200"), echohost = true, polls = true },
   { name = "lua_fn", title = "echohost Lua per-message",
     cmd = echohost("--handler " .. lua_handler), echohost = true },
   { name = "lua_co", title = "echohost Lua coroutine",
@@ -852,13 +852,15 @@ end
 
 -- Is refecho the floor? Every server (refecho's variants, echohost, the
 -- peers) faster on a configuration beyond doubt: the whole 90 % interval of
--- its median ratio above 1. The A/A row (refecho against itself) shows what
--- the noise alone makes of a median. Those that spend more server CPU per
--- message are listed apart: they buy the speed by sleeping less (on a VM
--- each sleep and wake-up is a trip through the hypervisor, which the client
--- pays too), the trade refecho -s makes on purpose.
+-- its median ratio above 1. Those that spend more server CPU per message
+-- are listed apart: they buy the speed by sleeping less (on a VM each sleep
+-- and wake-up is a trip through the hypervisor, which the client pays too),
+-- the trade refecho -s makes on purpose; and so are the polling servers,
+-- whose floor is refecho -s 200 (see Targets), and the A/A row (refecho
+-- against itself: what the noise alone makes of a median, about one
+-- comparison in twenty beyond it by chance).
 local function floor_lines(out, servers)
-  local cheaper, costlier, close = {}, {}, {}
+  local cheaper, costlier, polling, aa, close = {}, {}, {}, {}, {}
   for _, s in ipairs(servers) do
     for _, c in ipairs(CONFIGS) do
       local r, lo, hi
@@ -867,7 +869,8 @@ local function floor_lines(out, servers)
         local cpu = ratio(s.name, c.name, "server_cpu_us_per_msg")
         local line = string.format("%s on %s (%.3f×, %.3f–%.3f; CPU/msg %s)", s.title,
           c.title, r, lo, hi, cpu and string.format("%.2f×", cpu) or "not measured")
-        local list = cpu and cpu > 1 and costlier or cheaper
+        local list = s.name == "ref_aa" and aa or s.polls and polling
+          or cpu and cpu > 1 and costlier or cheaper
         list[#list + 1] = line
       elseif r and r > 1.02 then
         close[#close + 1] = string.format("%s on %s (%.3f×, %s)", s.title, c.title, r,
@@ -889,8 +892,9 @@ local function floor_lines(out, servers)
       .. "the noise (the %d %% interval of the median ratio above 1) at no more server CPU "
       .. "per message than refecho.", pct)
   else
-    out[#out + 1] = string.format("Yes: no server and no variant of refecho is faster on any "
-      .. "configuration beyond the noise (the %d %% interval of its median ratio above 1).", pct)
+    out[#out + 1] = string.format("Yes: no server%s and no variant of refecho is faster on "
+      .. "any configuration beyond the noise (the %d %% interval of its median ratio above 1).",
+      #polling > 0 and " that sleeps between events" or "", pct)
   end
   if #costlier > 0 then
     out[#out + 1] = ""
@@ -900,14 +904,25 @@ local function floor_lines(out, servers)
       .. "client, the bottleneck of these configurations, pays as well (refecho -s polls "
       .. "before it sleeps and shows how much that is worth here)."
   end
+  if #polling > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = "Polling servers, faster than a server that sleeps (their own floor is "
+      .. "refecho -s 200: see Targets): " .. table.concat(polling, "; ") .. "."
+  end
+  if #aa > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = "The A/A row beyond the noise, by chance (refecho against itself): "
+      .. table.concat(aa, "; ") .. "."
+  end
   if #close > 0 then
     out[#out + 1] = ""
     out[#out + 1] = "Medians above 1.02 whose interval reaches below 1 (within the noise): "
       .. table.concat(close, "; ") .. "."
   end
   local beaten = {}
-  for _, l in ipairs(cheaper) do beaten[#beaten + 1] = l end
-  for _, l in ipairs(costlier) do beaten[#beaten + 1] = l end
+  for _, list in ipairs({ cheaper, costlier, polling }) do
+    for _, l in ipairs(list) do beaten[#beaten + 1] = l end
+  end
   return beaten
 end
 
