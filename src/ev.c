@@ -14,12 +14,17 @@
 #define EV_POLLED_MAX 64        /* fds polled at once; more stay in epoll */
 
 struct ev_file {
-    int mask;                   /* EV_READABLE | EV_WRITABLE | EV_EXCLUSIVE */
+    int mask;                   /* EV_READABLE | EV_WRITABLE | EV_EXCLUSIVE
+                                 * | EV_EDGE */
     ev_file_proc *rproc;
     ev_file_proc *wproc;
     void *ud;
     int polled;                 /* out of epoll: ev_set_polled */
+    int again;                  /* AGAIN_*: on the ev_again list */
+    int again_next;             /* the next fd on that list, or -1 */
 };
+
+enum { AGAIN_NO, AGAIN_YES, AGAIN_CANCELLED };
 
 struct ev_timer {
     long long id;               /* 0: the slot is free */
@@ -48,6 +53,7 @@ struct ev_loop {
     long busy_us;               /* ev_set_busy_poll */
     int polled[EV_POLLED_MAX];  /* ev_set_polled fds, in no order */
     int npolled;
+    int again;                  /* ev_again list head (an fd), or -1 */
     ev_after_proc *after;
     void *after_ud;
 };
@@ -84,6 +90,10 @@ static int api_add(ev_loop *loop, int fd, int old, int mask) {
         ee.events |= EPOLLIN;
     if (mask & EV_WRITABLE)
         ee.events |= EPOLLOUT;
+    if (mask & EV_EDGE)
+        ee.events |= EPOLLET;
+    if ((mask & (EV_EDGE | EV_EXCLUSIVE)) == EV_EDGE)
+        ee.events |= EPOLLRDHUP;        /* EPOLLEXCLUSIVE refuses it */
     if (mask & EV_EXCLUSIVE) {
         /* EPOLLEXCLUSIVE is refused by EPOLL_CTL_MOD: delete and re-add */
         if (op == EPOLL_CTL_MOD)
@@ -137,6 +147,8 @@ static int api_mask(uint32_t events) {
         mask |= EV_WRITABLE;
     if (events & (EPOLLERR | EPOLLHUP))
         mask |= EV_READABLE | EV_WRITABLE;
+    if (events & (EPOLLRDHUP | EPOLLHUP))
+        mask |= EV_READABLE | EV_HUP;
     return mask;
 }
 
@@ -149,6 +161,7 @@ ev_loop *ev_create(int setsize) {
         return NULL;
     loop->epfd = -1;
     loop->free_timer = -1;
+    loop->again = -1;
     loop->setsize = setsize > 16 ? setsize : 16;
     loop->files = calloc(loop->setsize, sizeof *loop->files);
     if (loop->files == NULL || api_create(loop) < 0)
@@ -256,6 +269,8 @@ void ev_del(ev_loop *loop, int fd, int mask) {
         api_del(loop, fd, fe->mask, left);
     }
     fe->mask = left;
+    if (!(left & EV_READABLE) && fe->again == AGAIN_YES)
+        fe->again = AGAIN_CANCELLED;
 }
 
 void ev_forget(ev_loop *loop, int fd) {
@@ -263,7 +278,25 @@ void ev_forget(ev_loop *loop, int fd) {
         if (loop->files[fd].polled)
             unpoll(loop, fd);
         loop->files[fd].mask = EV_NONE;
+        if (loop->files[fd].again == AGAIN_YES)
+            loop->files[fd].again = AGAIN_CANCELLED;
     }
+}
+
+/* A cancelled entry stays on the list, so an fd is never on it twice. */
+void ev_again(ev_loop *loop, int fd) {
+    struct ev_file *fe;
+
+    if (fd < 0 || fd >= loop->setsize)
+        return;
+    fe = &loop->files[fd];
+    if (!(fe->mask & EV_READABLE) || fe->again == AGAIN_YES)
+        return;
+    if (fe->again == AGAIN_NO) {
+        fe->again_next = loop->again;
+        loop->again = fd;
+    }
+    fe->again = AGAIN_YES;
 }
 
 int ev_set_polled(ev_loop *loop, int fd, int on) {
@@ -501,10 +534,40 @@ static void process_polled(ev_loop *loop) {
     }
 }
 
-/* One iteration: wait (not while an fd is polled), dispatch file events,
- * the polled fds, due timers, then the after-proc. */
+/* The read procs ev_again asked for; those asked for meanwhile wait for
+ * the next iteration. */
+static void process_again(ev_loop *loop) {
+    int fd = loop->again;
+
+    loop->again = -1;
+    while (fd >= 0 && !loop->stop) {
+        struct ev_file *fe = &loop->files[fd];
+        int next = fe->again_next, wanted = fe->again == AGAIN_YES;
+
+        fe->again = AGAIN_NO;
+        if (wanted && !fe->polled)
+            fe->rproc(loop, fd, fe->ud, EV_READABLE);
+        fd = next;
+    }
+    while (fd >= 0) {                   /* stopped: keep the rest asked */
+        struct ev_file *fe = &loop->files[fd];
+        int next = fe->again_next;
+        if (fe->again == AGAIN_YES) {
+            fe->again = AGAIN_NO;
+            ev_again(loop, fd);
+        } else {
+            fe->again = AGAIN_NO;
+        }
+        fd = next;
+    }
+}
+
+/* One iteration: wait (not while an fd is polled or asked again), dispatch
+ * file events, the polled fds, the fds asked again, due timers, then the
+ * after-proc. */
 static void run_once(ev_loop *loop) {
-    int n = api_poll(loop, loop->npolled > 0 ? 0 : poll_timeout(loop));
+    int busy = loop->npolled > 0 || loop->again >= 0;
+    int n = api_poll(loop, busy ? 0 : poll_timeout(loop));
 
     loop->now = ev_now_ms();
     for (int i = 0; i < n && !loop->stop; i++) {
@@ -513,6 +576,8 @@ static void run_once(ev_loop *loop) {
     }
     if (loop->npolled > 0)
         process_polled(loop);
+    if (loop->again >= 0)
+        process_again(loop);
     process_timers(loop);
     if (loop->after)
         loop->after(loop, loop->after_ud);

@@ -14,6 +14,16 @@
 /* With EV_READABLE, for an fd several processes wait on (a shared listening
  * socket): wake one waiter, not all (EPOLLEXCLUSIVE). */
 #define EV_EXCLUSIVE 4
+/* With EV_READABLE or EV_WRITABLE: report fd when it becomes ready, not
+ * every iteration while it is (EPOLLET); kept until the fd leaves the loop.
+ * A read proc then reads until a read comes back short or EAGAIN, or calls
+ * ev_again when it stops early (a full buffer, EINTR); after EV_HUP, until
+ * end of file, since the bytes before it come back short. Adding a mask
+ * asks epoll again: an fd ready by then is reported. */
+#define EV_EDGE 8
+/* In a proc's mask, of an EV_EDGE fd: the peer shut down its side
+ * (EPOLLRDHUP); what is left to read ends with end of file. */
+#define EV_HUP 16
 
 #define EV_NOMORE -1            /* a timer proc returning this is deleted */
 
@@ -46,6 +56,10 @@ int ev_mask(ev_loop *loop, int fd);
  * EV_ERR with errno set (EINVAL: EV_WRITABLE, or 64 fds polled already). */
 int ev_set_polled(ev_loop *loop, int fd, int on);
 int ev_polled(const ev_loop *loop, int fd);
+/* fd's read proc runs once more at the end of this iteration or the next,
+ * as if it had fired, the loop not sleeping before (once however often it
+ * is asked). For an EV_EDGE fd left readable: epoll will not report it. */
+void ev_again(ev_loop *loop, int fd);
 /* Drops fd from the loop's tables without telling epoll: for a caller that
  * closes fd (not shared with another process) before the loop polls again,
  * since close removes it from epoll; one syscall less per connection. */

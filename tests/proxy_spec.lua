@@ -377,6 +377,39 @@ describe("a ,proxy listener refusing headers", function()
   end)
 end)
 
+describe("a ,proxy listener", function()
+  -- The header and what follows it in one segment, on a connection the
+  -- server has accepted and found empty: one readiness for both, and the
+  -- bytes after the header are not waited for.
+  it("reads the bytes that came with the header at once", function()
+    local h = dir .. "/peer.lua"
+    util.spit(h, PEER)
+    for _, model in ipairs({ "event", "fork" }) do
+      for _, handler in ipairs({ false, true }) do
+        local args = { "--model", model, "--listen", "127.0.0.1:0,proxy" }
+        if handler then
+          args[#args + 1] = "--handler"
+          args[#args + 1] = h
+        end
+        local srv = server.start(args)
+        for _, hdr in ipairs({ "PROXY TCP4 192.0.2.1 198.51.100.2 4242 443\r\n",
+          v2(1, 0x11, TCP4) }) do
+          local c = tcp("127.0.0.1", srv.port)
+          c:settimeout(5)
+          server.sleep(0.2)
+          assert(c:send(hdr .. "one\ntwo\n"))
+          local a1, e1 = c:receive("*l")
+          local a2, e2 = c:receive("*l")
+          assert.same({ "one", "two" }, { a1 or e1, a2 or e2 },
+            model .. (handler and " with a handler" or " C echo"))
+          c:close()
+        end
+        srv:stop()
+      end
+    end
+  end)
+end)
+
 describe("several listeners in one server", function()
   for _, model in ipairs({ "event", "fork" }) do
     it("TCP, unix and ,proxy ones side by side (" .. model .. " model)", function()

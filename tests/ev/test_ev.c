@@ -1,12 +1,16 @@
-/* The event loop's polled fds (src/ev.c, ev_set_polled) without the rest
- * of the server: a polled fd's read proc runs every iteration and the loop
- * does not sleep meanwhile; back in epoll, what came while it was polled is
- * reported at once; deleting, adding a mask and the limits. A guard timer
+/* The event loop (src/ev.c) without the rest of the server. Polled fds
+ * (ev_set_polled): a polled fd's read proc runs every iteration and the
+ * loop does not sleep meanwhile; back in epoll, what came while it was
+ * polled is reported at once; deleting, adding a mask and the limits.
+ * Edge-triggered fds (EV_EDGE) and ev_again: reported once per arrival,
+ * again when a mask is added; ev_again runs the proc once per iteration
+ * however often asked, not after the fd is deleted. A guard timer
  * ends each loop: a test that needs it has failed. Prints "N passed, N
  * failed" (tests/glue/check.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -204,10 +208,135 @@ static void test_limits(void) {
     close_pipe(&p);
 }
 
+/* Reads one byte a call; asks again (twice) while there was one, or stops
+ * the loop at EAGAIN when told to. */
+struct nibbler {
+    int calls, got;
+    int again;                  /* ev_again after a byte */
+    int stop_at_empty;
+};
+
+static void nibble_proc(ev_loop *loop, int fd, void *ud, int mask) {
+    struct nibbler *nb = ud;
+    char ch;
+
+    (void)mask;
+    nb->calls++;
+    if (read(fd, &ch, 1) == 1) {
+        nb->got++;
+        if (nb->again) {
+            ev_again(loop, fd);
+            ev_again(loop, fd);
+        }
+    } else if (nb->stop_at_empty) {
+        ev_stop(loop);
+    }
+}
+
+/* Bytes left by the proc are not reported again; a new arrival is, and so
+ * is what is there when a mask is added (EPOLL_CTL_MOD asks again). */
+static void test_edge_reports_changes(void) {
+    ev_loop *loop = ev_create(64);
+    struct nibbler nb = {0};
+    int sv[2];
+
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    ASSERT_EQ(ev_mask(loop, sv[0]), EV_READABLE | EV_EDGE);
+    ASSERT_EQ(write(sv[1], "0123456789", 10), 10);
+    run_guarded(loop, 100);
+    ASSERT_EQ(guard_fired, 1);
+    ASSERT_EQ(nb.calls, 1);             /* level-triggered: 10 calls */
+    ASSERT_EQ(write(sv[1], "x", 1), 1);
+    run_guarded(loop, 100);
+    ASSERT_EQ(nb.calls, 2);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_WRITABLE | EV_EDGE, write_proc, &nb),
+              EV_OK);
+    run_guarded(loop, GUARD_MS);        /* writable: write_proc stops it */
+    ASSERT_EQ(guard_fired, 0);
+    ASSERT_EQ(nb.calls, 3);             /* and the bytes left, reported */
+    ev_del(loop, sv[0], EV_WRITABLE);
+    ASSERT_EQ(ev_mask(loop, sv[0]), EV_READABLE | EV_EDGE);
+    ev_del(loop, sv[0], EV_READABLE);
+    ASSERT_EQ(ev_mask(loop, sv[0]), EV_NONE);
+    ev_destroy(loop);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* ev_again: the proc runs without the loop sleeping, once per iteration
+ * however often asked, until it stops asking. */
+static void test_again_reads_the_rest(void) {
+    ev_loop *loop = ev_create(64);
+    struct nibbler nb = {0};
+    int sv[2];
+
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    nb.again = 1;
+    nb.stop_at_empty = 1;
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    ASSERT_EQ(write(sv[1], "0123456789", 10), 10);
+    run_guarded(loop, GUARD_MS);
+    ASSERT_EQ(guard_fired, 0);
+    ASSERT_EQ(nb.got, 10);
+    ASSERT_EQ(nb.calls, 11);
+    ev_destroy(loop);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* Asked for and then deleted or forgotten (its number reused), the proc
+ * does not run; added anew and asked again, it runs once. An fd not
+ * reading is not asked. */
+static void test_again_cancelled(void) {
+    ev_loop *loop = ev_create(64);
+    struct nibbler nb = {0};
+    int sv[2];
+
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    ev_again(loop, sv[0]);              /* not in the loop: nothing */
+    ev_again(loop, -1);
+    ev_again(loop, 100000);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    ev_again(loop, sv[0]);
+    ev_del(loop, sv[0], EV_READABLE);
+    run_guarded(loop, 50);
+    ASSERT_EQ(nb.calls, 0);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    ev_again(loop, sv[0]);
+    ev_forget(loop, sv[0]);             /* closed: its number comes back */
+    close(sv[0]);
+    close(sv[1]);
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    run_guarded(loop, 50);
+    ASSERT_EQ(nb.calls, 0);
+    ev_again(loop, sv[0]);              /* on the list once, not twice */
+    ev_del(loop, sv[0], EV_READABLE);
+    ASSERT_EQ(ev_add(loop, sv[0], EV_READABLE | EV_EDGE, nibble_proc, &nb),
+              EV_OK);
+    ev_again(loop, sv[0]);
+    ev_again(loop, sv[0]);
+    run_guarded(loop, 50);
+    ASSERT_EQ(guard_fired, 1);
+    ASSERT_EQ(nb.calls, 1);
+    ev_destroy(loop);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(void) {
     test_polled_runs_without_sleeping();
     test_unpolled_waits_and_reports();
     test_delete_and_unpoll_amid_others();
     test_limits();
+    test_edge_reports_changes();
+    test_again_reads_the_rest();
+    test_again_cancelled();
     return check_done();
 }
