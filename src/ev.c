@@ -540,24 +540,15 @@ static void process_again(ev_loop *loop) {
     int fd = loop->again;
 
     loop->again = -1;
-    while (fd >= 0 && !loop->stop) {
+    while (fd >= 0) {
         struct ev_file *fe = &loop->files[fd];
         int next = fe->again_next, wanted = fe->again == AGAIN_YES;
 
         fe->again = AGAIN_NO;
-        if (wanted && !fe->polled)
+        if (wanted && loop->stop)
+            ev_again(loop, fd);         /* stopped: still asked next run */
+        else if (wanted && !fe->polled)
             fe->rproc(loop, fd, fe->ud, EV_READABLE);
-        fd = next;
-    }
-    while (fd >= 0) {                   /* stopped: keep the rest asked */
-        struct ev_file *fe = &loop->files[fd];
-        int next = fe->again_next;
-        if (fe->again == AGAIN_YES) {
-            fe->again = AGAIN_NO;
-            ev_again(loop, fd);
-        } else {
-            fe->again = AGAIN_NO;
-        }
         fd = next;
     }
 }

@@ -21,10 +21,6 @@
 #define ACCEPT_MAX 16             /* accepts per wake-up [anet, ae] */
 #define ACCEPT_PAUSE_MS 100       /* no fd left: wait before accepting */
 #define OUT_MIN 4096              /* smallest output queue allocation */
-/* A connection's registrations are edge-triggered: epoll re-polls a
- * level-triggered fd at every wait after reporting it, ~1 % of the CPU of
- * a short connection. conn_read_proc keeps to EV_EDGE's rule. */
-#define CONN_EV EV_EDGE
 #if defined(__SANITIZE_ADDRESS__)
 #define CONN_SPARE_MAX 0          /* ASan: every freed conn is poisoned */
 #else
@@ -184,7 +180,7 @@ static void conn_update_read(conn *c) {
                                         CONN_CLOSING | CONN_DEAD));
 
     if (want && !(c->flags & CONN_READING)) {
-        if (ev_add(c->w->loop, c->fd, EV_READABLE | CONN_EV, conn_read_proc,
+        if (ev_add(c->w->loop, c->fd, EV_READABLE | EV_EDGE, conn_read_proc,
                    c) < 0) {
             conn_fail(c, errno);
             return;
@@ -275,7 +271,7 @@ int conn_send(conn *c, const char *data, size_t len) {
         return -1;
     }
     if (!(c->flags & CONN_WRITING)) {
-        if (ev_add(w->loop, c->fd, EV_WRITABLE | CONN_EV, conn_write_proc,
+        if (ev_add(w->loop, c->fd, EV_WRITABLE | EV_EDGE, conn_write_proc,
                    c) < 0) {
             conn_fail(c, errno);
             return -1;
@@ -327,8 +323,6 @@ void conn_close(conn *c) {
 static void conn_drained(conn *c) {
     c->flags &= ~CONN_PAUSED;
     conn_update_read(c);
-    if (c->flags & CONN_READING)        /* bytes left raise no new edge */
-        ev_again(c->w->loop, c->fd);
     if (c->w->h && !(c->flags & CONN_DEAD))
         handler_on_drain(c->w->h, c);
 }
@@ -385,9 +379,11 @@ static void conn_eof(conn *c) {
 
 /* The hot path: one read into the worker's scratch buffer, straight back
  * out (C echo) or to the handler. With no handler the read is capped so
- * the queue never passes --high-water. A full read may have left bytes,
- * and a short one the end of file after EV_HUP, which the edge-triggered
- * registration will not report: ev_again. */
+ * the queue never passes --high-water. Connections are edge-triggered (a
+ * level-triggered epoll_wait polls again every fd it reported the time
+ * before, ~2 % of the CPU of a short connection): a full read may have
+ * left bytes, and a short one the end of file after EV_HUP, which no new
+ * edge will report: ev_again. */
 static void conn_read_proc(ev_loop *loop, int fd, void *ud, int mask) {
     conn *c = ud;
     struct worker *w = c->w;
@@ -572,7 +568,7 @@ static void proxy_accept(conn *c, const struct proxy_hdr *h) {
     c->flags &= ~CONN_PROXY;
     /* the same registration, the usual proc (no epoll_ctl); what followed
      * the header is still in the socket: proxy_read_proc reads it */
-    ev_add(c->w->loop, c->fd, EV_READABLE | CONN_EV, conn_read_proc, c);
+    ev_add(c->w->loop, c->fd, EV_READABLE | EV_EDGE, conn_read_proc, c);
     if (c->w->h)
         handler_on_open(c->w->h, c);
 }
@@ -615,7 +611,7 @@ static void conn_create(struct worker_lsock *ls, int fd,
     conn *c = conn_alloc(w);
     ev_file_proc *proc = ls->l.proxy ? proxy_read_proc : conn_read_proc;
 
-    if (c == NULL || ev_add(w->loop, fd, EV_READABLE | CONN_EV, proc, c) < 0 ||
+    if (c == NULL || ev_add(w->loop, fd, EV_READABLE | EV_EDGE, proc, c) < 0 ||
         (ls->l.proxy && proxy_start(w, c) < 0)) {
         log_warn("connection from %s dropped: %s", net_peer_name(peer),
                  strerror(errno));
